@@ -1,0 +1,336 @@
+//! IAM and STS calls: signing, sending, retrying and explaining errors.
+
+use std::time::Duration;
+
+use crate::endpoints::Endpoint;
+use crate::error::PluginError;
+use crate::plan::AccessKey;
+use crate::query;
+use crate::secret::Secret;
+use crate::settings::{Credentials, Settings};
+use crate::transport::{Level, SendError, Transport};
+use crate::xml::{self, AwsError, Malformed, User};
+
+/// Whether a call may be repeated after an ambiguous failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads and deletes: repeating is harmless.
+    Safe,
+    /// `CreateAccessKey` (I5): repeat only what surely did not run.
+    OnlyIfNotExecuted,
+}
+
+/// Why a call failed, before it is explained to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("AWS answered HTTP {} {}: {}", .0.status, .0.code, .0.message)]
+    Service(AwsError),
+    #[error("{0}")]
+    Send(SendError),
+    #[error("AWS answered HTTP {0} with a body that is not an AWS error")]
+    Status(u16),
+    #[error("AWS answered HTTP {status}, but {err}")]
+    Malformed { status: u16, err: Malformed },
+    #[error("{0}")]
+    Local(PluginError),
+}
+
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "SlowDown",
+];
+
+impl CallError {
+    /// AWS turned the request away before acting on it because of load.
+    fn throttled(&self) -> bool {
+        matches!(self, Self::Service(e) if THROTTLING.contains(&e.code.as_str()))
+    }
+
+    /// Trying the same request again could succeed.
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Service(e) => self.throttled() || e.status >= 500,
+            Self::Send(e) => e.transient(),
+            Self::Status(s) => *s >= 500 || *s == 429,
+            Self::Malformed { .. } => true,
+            Self::Local(_) => false,
+        }
+    }
+
+    /// The request may have taken effect although no good answer came back.
+    pub fn maybe_executed(&self) -> bool {
+        match self {
+            Self::Service(e) => e.status >= 500 && !self.throttled(),
+            Self::Send(e) => e.maybe_sent(),
+            Self::Status(s) => *s >= 500,
+            Self::Malformed { status, .. } => (200..300).contains(status) || *status >= 500,
+            Self::Local(_) => false,
+        }
+    }
+
+    /// The AWS error code, if AWS gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Service(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// IAM and STS, as seen by one rotation.
+pub struct Iam<'a, T: Transport> {
+    transport: &'a T,
+    settings: &'a Settings,
+}
+
+impl<'a, T: Transport> Iam<'a, T> {
+    pub fn new(transport: &'a T, settings: &'a Settings) -> Self {
+        Self {
+            transport,
+            settings,
+        }
+    }
+
+    pub fn log(&self, level: Level, message: &str) {
+        self.transport.log(level, message);
+    }
+
+    pub fn pause(&self, duration: Duration) {
+        self.transport.sleep(duration);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.transport.elapsed()
+    }
+
+    pub fn random(&self) -> u64 {
+        self.transport.random()
+    }
+
+    /// Signs, sends and parses one call, retrying what `repeat` allows until the deadline.
+    pub fn call<R>(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        action: &str,
+        params: &[(&str, &str)],
+        repeat: Repeat,
+        parse: impl Fn(&[u8]) -> Result<R, Malformed>,
+    ) -> Result<R, CallError> {
+        let started = self.transport.elapsed();
+        let mut attempt = 0;
+        loop {
+            let result = self.call_once(endpoint, credentials, action, params, &parse);
+            let err = match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let retry = err.transient()
+                && (repeat == Repeat::Safe || err.throttled() || !err.maybe_executed());
+            let spent = self.transport.elapsed().saturating_sub(started);
+            let pause = retry
+                .then(|| {
+                    self.settings
+                        .retry
+                        .next_pause(attempt, spent, self.transport.random())
+                })
+                .flatten();
+            let Some(pause) = pause else {
+                return Err(err);
+            };
+            self.log(
+                Level::Warn,
+                &format!(
+                    "{action} failed ({err}); retry {} in {} ms",
+                    attempt + 1,
+                    pause.as_millis()
+                ),
+            );
+            self.transport.sleep(pause);
+            attempt += 1;
+        }
+    }
+
+    fn call_once<R>(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        action: &str,
+        params: &[(&str, &str)],
+        parse: &impl Fn(&[u8]) -> Result<R, Malformed>,
+    ) -> Result<R, CallError> {
+        let request = query::build(endpoint, credentials, action, params, self.transport.now())
+            .map_err(CallError::Local)?;
+        let response = self.transport.send(&request).map_err(CallError::Send)?;
+        self.log(
+            Level::Debug,
+            &format!(
+                "{} {action} as {} -> HTTP {}",
+                endpoint.service, credentials.key_id, response.status
+            ),
+        );
+        if !(200..300).contains(&response.status) {
+            return Err(match xml::error(response.status, &response.body) {
+                Some(e) => CallError::Service(e),
+                None => CallError::Status(response.status),
+            });
+        }
+        parse(&response.body).map_err(|err| CallError::Malformed {
+            status: response.status,
+            err,
+        })
+    }
+
+    fn iam_call<R>(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+        repeat: Repeat,
+        parse: impl Fn(&[u8]) -> Result<R, Malformed>,
+    ) -> Result<R, CallError> {
+        let s = self.settings;
+        self.call(&s.endpoints.iam, &s.credentials, action, params, repeat, parse)
+    }
+
+    /// `GetUser`: the user exists, and its ARN.
+    pub fn get_user(&self) -> Result<User, PluginError> {
+        let name = self.settings.user_name.as_str();
+        self.iam_call("GetUser", &[("UserName", name)], Repeat::Safe, xml::user)
+            .map_err(|e| self.explain(e, "GetUser"))
+    }
+
+    /// `ListAccessKeys`, all pages.
+    pub fn list_keys(&self) -> Result<Vec<AccessKey>, PluginError> {
+        let name = self.settings.user_name.as_str();
+        let mut keys = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut params = vec![("UserName", name)];
+            if let Some(m) = &marker {
+                params.push(("Marker", m));
+            }
+            let (page, next) = self
+                .iam_call("ListAccessKeys", &params, Repeat::Safe, xml::access_keys)
+                .map_err(|e| self.explain(e, "ListAccessKeys"))?;
+            keys.extend(page);
+            match next {
+                Some(m) if marker.as_deref() != Some(&m) => marker = Some(m),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// `CreateAccessKey`, repeated only where it surely did not run (I5).
+    pub fn create_key(&self) -> Result<(String, Secret), CallError> {
+        let name = self.settings.user_name.as_str();
+        self.iam_call(
+            "CreateAccessKey",
+            &[("UserName", name)],
+            Repeat::OnlyIfNotExecuted,
+            xml::created_key,
+        )
+    }
+
+    /// `DeleteAccessKey`; a key already gone counts as deleted. Returns whether it existed.
+    pub fn delete_key(&self, key_id: &str) -> Result<bool, PluginError> {
+        let name = self.settings.user_name.as_str();
+        let params = [("UserName", name), ("AccessKeyId", key_id)];
+        match self.iam_call("DeleteAccessKey", &params, Repeat::Safe, |_| Ok(())) {
+            Ok(()) => {
+                self.log(Level::Info, &format!("deleted access key {key_id} of '{name}'"));
+                Ok(true)
+            }
+            Err(e) if e.code() == Some("NoSuchEntity") => {
+                self.log(Level::Info, &format!("access key {key_id} of '{name}' was already gone"));
+                Ok(false)
+            }
+            Err(e) => Err(self.explain(e, "DeleteAccessKey")),
+        }
+    }
+
+    /// STS `GetCallerIdentity` signed with `credentials`: the caller's ARN.
+    pub fn caller_arn(&self, credentials: &Credentials) -> Result<String, CallError> {
+        let sts = &self.settings.endpoints.sts;
+        self.call(sts, credentials, "GetCallerIdentity", &[], Repeat::Safe, xml::caller_arn)
+    }
+
+    /// Turns a failed call into a sentence a user can act on.
+    pub fn explain(&self, err: CallError, action: &str) -> PluginError {
+        let s = self.settings;
+        let key = &s.credentials.key_id;
+        let user = &s.user_name;
+        let aws = |e: &AwsError| {
+            if e.message.is_empty() {
+                e.code.clone()
+            } else {
+                format!("{}: {}", e.code, e.message)
+            }
+        };
+        match &err {
+            CallError::Service(e) => match e.code.as_str() {
+                "InvalidClientTokenId" | "UnrecognizedClientException" => PluginError::Denied(format!(
+                    "{action} failed: AWS does not recognise access key {key} ({}). Check the \
+                     config's Client ID, and that AWS Region or AWS Endpoint URL points at the \
+                     key's partition",
+                    aws(e)
+                )),
+                "SignatureDoesNotMatch" | "IncompleteSignature" => PluginError::Denied(format!(
+                    "{action} failed: the Client Secret does not match access key {key} ({}). \
+                     Check the config's Client Secret",
+                    e.code
+                )),
+                "RequestExpired" | "ExpiredToken" | "InvalidSignatureException" => {
+                    PluginError::Denied(format!(
+                        "{action} failed: AWS rejected the request's timestamp ({}). Check this \
+                         machine's clock",
+                        aws(e)
+                    ))
+                }
+                "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                    PluginError::Denied(format!(
+                        "{action} on '{user}' was denied for access key {key} ({}). Attach the \
+                         least-privilege policy from the README (iam:GetUser, iam:ListAccessKeys, \
+                         iam:CreateAccessKey, iam:DeleteAccessKey on this user) to the rotating identity",
+                        aws(e)
+                    ))
+                }
+                "NoSuchEntity" => PluginError::NotFound(format!(
+                    "{action} failed: IAM user '{user}' was not found ({}). Check the config's IAM \
+                     Username or the PAM user's login, and that the account is right",
+                    aws(e)
+                )),
+                "LimitExceeded" => PluginError::Conflict(format!(
+                    "{action} failed: '{user}' already has the most access keys IAM allows ({}). \
+                     Something else created a key meanwhile; run again",
+                    aws(e)
+                )),
+                _ if err.transient() => self.unavailable(action, &err),
+                _ => PluginError::Failed(format!(
+                    "{action} on '{user}' failed ({}). Check the message above and run again",
+                    aws(e)
+                )),
+            },
+            CallError::Send(SendError::DestinationNotAllowed(m)) => PluginError::InvalidConfig(format!(
+                "{action} was not sent: {m}. The host allows only the plugin's declared hosts and \
+                 the AWS Endpoint URL"
+            )),
+            CallError::Send(SendError::InvalidRequest(m)) => PluginError::InvalidConfig(format!(
+                "{action} was not sent: {m}. Check the AWS Endpoint URL"
+            )),
+            CallError::Local(e) => e.clone(),
+            _ => self.unavailable(action, &err),
+        }
+    }
+
+    fn unavailable(&self, action: &str, err: &CallError) -> PluginError {
+        PluginError::Unavailable(format!(
+            "{action} kept failing for up to {:.1} s of retries (last: {err}). AWS or the network \
+             is unavailable: run again later, or raise 'Retry Deadline Seconds'",
+            self.settings.retry.deadline.as_secs_f64()
+        ))
+    }
+}

@@ -1,0 +1,98 @@
+//! The plugin's own view of the WIT types, free of bindings so the logic is testable natively.
+
+use crate::secret::Secret;
+
+/// One field of a vault record (`fields` then `custom`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Field {
+    pub kind: String,
+    pub label: Option<String>,
+    pub values: Vec<String>,
+}
+
+impl Field {
+    /// The first value, trimmed; blank means absent.
+    pub fn first_value(&self) -> Option<&str> {
+        self.values.iter().map(|v| v.trim()).find(|v| !v.is_empty())
+    }
+}
+
+/// A vault record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub uid: String,
+    pub record_type: String,
+    pub title: String,
+    pub fields: Vec<Field>,
+}
+
+impl Record {
+    /// The first field whose label is one of `labels`, compared case-insensitively.
+    pub fn by_label(&self, labels: &[&str]) -> Option<&Field> {
+        self.fields.iter().find(|f| {
+            f.label
+                .as_deref()
+                .is_some_and(|l| labels.iter().any(|want| l.trim().eq_ignore_ascii_case(want)))
+        })
+    }
+
+    /// The first field of type `kind`, compared case-insensitively.
+    pub fn by_kind(&self, kind: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.kind.eq_ignore_ascii_case(kind))
+    }
+
+    /// The trimmed, non-blank first value of the field labelled one of `labels`.
+    pub fn value(&self, labels: &[&str]) -> Option<&str> {
+        self.by_label(labels).and_then(Field::first_value)
+    }
+}
+
+/// What the host hands to `rotate`, `finalize` and `rollback`.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub user: Record,
+    pub config: Record,
+    pub provider: Option<Record>,
+    pub dry_run: bool,
+}
+
+/// How the vault stores a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Text,
+    Secret,
+}
+
+/// A value the host stores in the PAM user record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputField {
+    pub label: String,
+    pub aliases: Vec<String>,
+    pub kind: ValueKind,
+    pub value: Secret,
+}
+
+/// The outcome of `rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rotation {
+    pub fields: Vec<OutputField>,
+    pub created: Option<String>,
+    pub retire: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Rotation {
+    /// The stored value of the field labelled `label`.
+    pub fn field(&self, label: &str) -> Option<&Secret> {
+        self.fields
+            .iter()
+            .find(|f| f.label.eq_ignore_ascii_case(label))
+            .map(|f| &f.value)
+    }
+}
+
+/// The outcome of `finalize`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Finalized {
+    pub retired: Vec<String>,
+}

@@ -1,0 +1,257 @@
+//! The key plan: what must go before `CreateAccessKey` (IAM allows two keys per
+//! user) and what `finalize` retires. Pure logic; see DESIGN.md, "The two-key limit".
+
+use crate::error::PluginError;
+
+/// IAM's limit of access keys per user.
+pub const MAX_KEYS: usize = 2;
+
+/// An access key's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+}
+
+/// One access key as `ListAccessKeys` shows it (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub id: String,
+    pub status: KeyStatus,
+    /// `CreateDate`, ISO 8601.
+    pub created: String,
+}
+
+/// What to delete before creating the new key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MakeRoom {
+    /// Below the limit: delete nothing.
+    Nothing,
+    /// A key neither the vault nor the signer uses, left by an earlier run.
+    Leftover(String),
+    /// The vault's own key: the other one signs these requests, so there is no
+    /// spare. The one place where I2 cannot hold.
+    VaultKey(String),
+    /// The only inactive key of two that the vault does not know.
+    Inactive(String),
+}
+
+/// The plan of one rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub make_room: MakeRoom,
+    /// The vault's key, retired by `finalize` once the new key is stored and works.
+    pub retire: Option<String>,
+}
+
+impl Plan {
+    /// Plain sentences describing the plan.
+    pub fn describe(&self, user: &str) -> Vec<String> {
+        let mut notes = Vec::new();
+        match &self.make_room {
+            MakeRoom::Nothing => {}
+            MakeRoom::Leftover(id) => notes.push(format!(
+                "delete {id}: a leftover key of '{user}' that the vault does not record, to make room"
+            )),
+            MakeRoom::VaultKey(id) => notes.push(format!(
+                "delete the vault's key {id} before creating its successor: '{user}' has two keys and \
+                 the other one signs these requests, so there is no spare"
+            )),
+            MakeRoom::Inactive(id) => notes.push(format!(
+                "delete {id}: an inactive key of '{user}' that the vault does not record, to make room"
+            )),
+        }
+        notes.push(format!("create a new access key for '{user}' and store it in the vault"));
+        if let Some(id) = &self.retire {
+            notes.push(format!("after the new key works, delete the old key {id}"));
+        }
+        notes
+    }
+}
+
+/// Decides the plan for a user holding `keys`, whose vault records `vault`,
+/// with requests signed by `signer`. `today` is days since 1970-01-01, for ages.
+pub fn plan(
+    keys: &[AccessKey],
+    vault: Option<&str>,
+    signer: &str,
+    user: &str,
+    today: i64,
+) -> Result<Plan, PluginError> {
+    if vault == Some(signer) {
+        return Err(PluginError::InvalidConfig(format!(
+            "the PAM user record's key {signer} is also the config's Client ID: rotating it would \
+             delete the key that signs rotations. Give the config record a separate key (the user \
+             guide's 'one for client creation, one for key rotation')"
+        )));
+    }
+    let vault_in_iam = vault.filter(|v| keys.iter().any(|k| k.id == *v));
+    let retire = vault_in_iam.map(str::to_string);
+    if keys.len() < MAX_KEYS {
+        return Ok(Plan {
+            make_room: MakeRoom::Nothing,
+            retire,
+        });
+    }
+    if keys.len() > MAX_KEYS {
+        return Err(PluginError::Conflict(format!(
+            "IAM lists {} access keys for '{user}', more than its limit of {MAX_KEYS}: nothing was \
+             changed; check the account",
+            keys.len()
+        )));
+    }
+    if let Some(vault) = vault_in_iam {
+        let other = keys.iter().find(|k| k.id != vault).expect("two distinct keys");
+        return Ok(if other.id == signer {
+            Plan {
+                make_room: MakeRoom::VaultKey(vault.to_string()),
+                retire: None,
+            }
+        } else {
+            Plan {
+                make_room: MakeRoom::Leftover(other.id.clone()),
+                retire,
+            }
+        });
+    }
+    let inactive: Vec<&AccessKey> = keys
+        .iter()
+        .filter(|k| k.status == KeyStatus::Inactive && k.id != signer)
+        .collect();
+    if let [only] = inactive.as_slice() {
+        return Ok(Plan {
+            make_room: MakeRoom::Inactive(only.id.clone()),
+            retire: None,
+        });
+    }
+    let list = keys
+        .iter()
+        .map(|k| {
+            let age = days_since_epoch(&k.created)
+                .map(|d| format!("{} days old", today - d))
+                .unwrap_or_else(|| "age unknown".into());
+            format!("{} ({:?}, {age})", k.id, k.status)
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let recorded = vault.map_or("no key".to_string(), |v| format!("{v}, which IAM does not have"));
+    Err(PluginError::Conflict(format!(
+        "'{user}' already has two access keys, {list}, and the vault records {recorded}: refusing \
+         to delete a key that may be in use. Nothing was changed. Delete or deactivate one of them \
+         in IAM, or record the one in use in the PAM user record's aws_access_key_id, then run again"
+    )))
+}
+
+/// Days since 1970-01-01 of an ISO 8601 date (`2024-05-01T...`).
+pub fn days_since_epoch(iso: &str) -> Option<i64> {
+    let date = iso.get(..10)?;
+    let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, status: KeyStatus, created: &str) -> AccessKey {
+        AccessKey {
+            id: id.into(),
+            status,
+            created: created.into(),
+        }
+    }
+    fn active(id: &str) -> AccessKey {
+        key(id, KeyStatus::Active, "2024-01-01T00:00:00Z")
+    }
+    const TODAY: i64 = 19_800;
+
+    #[test]
+    fn below_the_limit_deletes_nothing() {
+        let p = plan(&[active("V")], Some("V"), "S", "u", TODAY).unwrap();
+        assert_eq!(p.make_room, MakeRoom::Nothing);
+        assert_eq!(p.retire.as_deref(), Some("V"));
+        let p = plan(&[], None, "S", "u", TODAY).unwrap();
+        assert_eq!(p, Plan { make_room: MakeRoom::Nothing, retire: None });
+    }
+
+    #[test]
+    fn unknown_key_below_the_limit_is_kept() {
+        let p = plan(&[active("X")], Some("GONE"), "S", "u", TODAY).unwrap();
+        assert_eq!(p.make_room, MakeRoom::Nothing);
+        assert_eq!(p.retire, None);
+    }
+
+    #[test]
+    fn leftover_beside_the_vault_key_goes() {
+        for keys in [[active("V"), active("X")], [active("X"), active("V")]] {
+            let p = plan(&keys, Some("V"), "S", "u", TODAY).unwrap();
+            assert_eq!(p.make_room, MakeRoom::Leftover("X".into()));
+            assert_eq!(p.retire.as_deref(), Some("V"));
+        }
+    }
+
+    #[test]
+    fn signer_beside_the_vault_key_forces_the_exception() {
+        let p = plan(&[active("V"), active("S")], Some("V"), "S", "u", TODAY).unwrap();
+        assert_eq!(p.make_room, MakeRoom::VaultKey("V".into()));
+        assert_eq!(p.retire, None);
+        assert!(p.describe("u")[0].contains("no spare"));
+    }
+
+    #[test]
+    fn two_unknown_keys_with_one_inactive() {
+        let keys = [key("A", KeyStatus::Inactive, ""), active("B")];
+        let p = plan(&keys, None, "S", "u", TODAY).unwrap();
+        assert_eq!(p.make_room, MakeRoom::Inactive("A".into()));
+    }
+
+    #[test]
+    fn two_unknown_active_keys_are_refused_with_ids_and_ages() {
+        let keys = [
+            key("AKIA1", KeyStatus::Active, "2024-03-01T10:00:00Z"),
+            key("AKIA2", KeyStatus::Active, "2024-03-11T10:00:00Z"),
+        ];
+        let today = days_since_epoch("2024-03-21").unwrap();
+        let err = plan(&keys, Some("OTHER"), "S", "bob", today).unwrap_err();
+        let PluginError::Conflict(m) = err else { panic!("{err:?}") };
+        assert!(m.contains("AKIA1 (Active, 20 days old)"), "{m}");
+        assert!(m.contains("AKIA2 (Active, 10 days old)"), "{m}");
+        assert!(m.contains("Nothing was changed"));
+        let both_inactive = [key("A", KeyStatus::Inactive, ""), key("B", KeyStatus::Inactive, "")];
+        assert!(plan(&both_inactive, None, "S", "u", TODAY).is_err());
+    }
+
+    #[test]
+    fn the_signer_is_never_made_room_for() {
+        // Two unknown keys, one of them the signer: only the inactive non-signer may go.
+        let keys = [active("S"), active("B")];
+        assert!(plan(&keys, None, "S", "u", TODAY).is_err());
+        let keys = [active("S"), key("B", KeyStatus::Inactive, "")];
+        assert_eq!(plan(&keys, None, "S", "u", TODAY).unwrap().make_room, MakeRoom::Inactive("B".into()));
+    }
+
+    #[test]
+    fn vault_key_that_signs_is_refused() {
+        let err = plan(&[active("K")], Some("K"), "K", "u", TODAY).unwrap_err();
+        assert!(matches!(err, PluginError::InvalidConfig(_)));
+    }
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_since_epoch("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(days_since_epoch("2000-03-01"), Some(11_017));
+        assert_eq!(days_since_epoch("2024-02-29T12:00:00Z"), Some(19_782));
+        assert_eq!(days_since_epoch("garbage"), None);
+        assert_eq!(days_since_epoch("2024-13-01"), None);
+    }
+}

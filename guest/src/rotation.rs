@@ -1,0 +1,301 @@
+//! The rotation flow: `rotate`, `finalize` and `rollback` (DESIGN.md, "One rotation").
+
+use crate::error::PluginError;
+use crate::iam::{CallError, Iam};
+use crate::model::{Context, Finalized, OutputField, Rotation, ValueKind};
+use crate::plan::{self, MakeRoom};
+use crate::secret::Secret;
+use crate::settings::{ACCESS_KEY_ID_LABELS, Credentials, SECRET_KEY_LABEL, Settings};
+use crate::transport::{Level, Transport};
+
+/// Checks the user, plans, makes room and creates the new key. Deletes only what
+/// the plan needs to make room; the vault's key stays until `finalize`.
+pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let iam = Iam::new(t, &settings);
+    let user = &settings.user_name;
+
+    let found = iam.get_user()?;
+    iam.log(Level::Info, &format!("IAM user {} exists", found.arn));
+    let keys = iam.list_keys()?;
+    let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+    iam.log(Level::Info, &format!("'{user}' has access keys {ids:?}"));
+
+    let today = t
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 86_400) as i64);
+    let plan = plan::plan(
+        &keys,
+        settings.vault_key_id.as_deref(),
+        &settings.credentials.key_id,
+        user,
+        today,
+    )?;
+    let mut notes = Vec::new();
+    if let Some(v) = settings.vault_key_id.as_deref().filter(|v| !ids.contains(v)) {
+        notes.push(format!(
+            "the vault's key {v} no longer exists in IAM; the new key replaces it"
+        ));
+    }
+    if ctx.dry_run {
+        notes.extend(plan.describe(user));
+        return Ok(Rotation {
+            notes,
+            retire: plan.retire.into_iter().collect(),
+            ..Rotation::default()
+        });
+    }
+
+    let vault_key_deleted = match &plan.make_room {
+        MakeRoom::Nothing => false,
+        MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
+            iam.delete_key(id)?;
+            false
+        }
+        MakeRoom::VaultKey(id) => {
+            let warning = format!(
+                "deleting the vault's key {id} before its successor exists: '{user}' has two keys \
+                 and the other one ({}) signs these requests, so there is no spare. Until the new \
+                 key is stored, the vault holds a deleted key",
+                settings.credentials.key_id
+            );
+            iam.log(Level::Warn, &warning);
+            notes.push(warning);
+            iam.delete_key(id)?;
+            true
+        }
+    };
+
+    let (key_id, secret) = create(&iam, &settings, vault_key_deleted).map_err(|e| {
+        if vault_key_deleted {
+            e.context(format!(
+                "the vault's old key {} was deleted to make room, and creating its successor failed; \
+                 the config's key still works, so run again to create and store a new key",
+                settings.vault_key_id.as_deref().unwrap_or_default()
+            ))
+        } else {
+            e
+        }
+    })?;
+    iam.log(Level::Info, &format!("created access key {key_id} for '{user}'"));
+    Ok(Rotation {
+        fields: vec![
+            OutputField {
+                label: ACCESS_KEY_ID_LABELS[0].into(),
+                aliases: ACCESS_KEY_ID_LABELS[1..].iter().map(|s| s.to_string()).collect(),
+                kind: ValueKind::Text,
+                value: Secret::new(key_id.clone()),
+            },
+            OutputField {
+                label: SECRET_KEY_LABEL.into(),
+                aliases: vec![],
+                kind: ValueKind::Secret,
+                value: secret,
+            },
+        ],
+        created: Some(key_id),
+        retire: plan.retire.into_iter().collect(),
+        notes,
+    })
+}
+
+/// `CreateAccessKey` under I5: after an ambiguous failure, list the keys again,
+/// delete any key that appeared (its secret is lost), and try once more.
+fn create<T: Transport>(
+    iam: &Iam<'_, T>,
+    settings: &Settings,
+    after_deleting_vault_key: bool,
+) -> Result<(String, Secret), PluginError> {
+    let before: Vec<String> = iam.list_keys()?.into_iter().map(|k| k.id).collect();
+    let started = iam.elapsed();
+    let mut attempt = 0;
+    let mut ambiguous_retry_used = false;
+    loop {
+        let err = match iam.create_key() {
+            Ok(created) => return Ok(created),
+            Err(e) => e,
+        };
+        if err.maybe_executed() && !ambiguous_retry_used {
+            ambiguous_retry_used = true;
+            iam.log(
+                Level::Warn,
+                &format!("CreateAccessKey may or may not have run ({err}); checking IAM before trying again"),
+            );
+            delete_unknown_new_keys(iam, &before)?;
+            continue;
+        }
+        if err.maybe_executed() {
+            delete_unknown_new_keys(iam, &before)?;
+            return Err(iam.explain(err, "CreateAccessKey"));
+        }
+        // IAM is eventually consistent: right after the delete that made room, it
+        // may still count two keys.
+        let limit_lag = after_deleting_vault_key && err.code() == Some("LimitExceeded");
+        let pause = limit_lag
+            .then(|| {
+                settings
+                    .retry
+                    .next_pause(attempt, iam.elapsed() - started, iam.random())
+            })
+            .flatten();
+        match pause {
+            Some(p) => {
+                iam.log(Level::Warn, &format!("IAM still counts the deleted key; retrying CreateAccessKey in {} ms", p.as_millis()));
+                iam.pause(p);
+                attempt += 1;
+            }
+            None => return Err(iam.explain(err, "CreateAccessKey")),
+        }
+    }
+}
+
+fn delete_unknown_new_keys<T: Transport>(
+    iam: &Iam<'_, T>,
+    before: &[String],
+) -> Result<(), PluginError> {
+    for key in iam.list_keys()? {
+        if !before.contains(&key.id) {
+            iam.log(
+                Level::Warn,
+                &format!("deleting access key {} created by the ambiguous attempt: its secret never arrived", key.id),
+            );
+            iam.delete_key(&key.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Proves the stored key works (STS, with backoff, since IAM is eventually
+/// consistent) and that it is the rotated user's; then deletes the old key(s).
+pub fn finalize(
+    t: &impl Transport,
+    ctx: &Context,
+    done: &Rotation,
+) -> Result<Finalized, PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let iam = Iam::new(t, &settings);
+    let (Some(key_id), Some(secret)) = (done.created.as_deref(), done.field(SECRET_KEY_LABEL))
+    else {
+        return Err(PluginError::Failed(
+            "finalize was given a rotation without a created key: this is a host bug; nothing was deleted".into(),
+        ));
+    };
+    let new = Credentials {
+        key_id: key_id.to_string(),
+        secret: secret.clone(),
+    };
+    let kept = if done.retire.is_empty() {
+        String::new()
+    } else {
+        format!(" The old key {} was kept;", done.retire.join(", "))
+    };
+    let arn = verify(&iam, &settings, &new).map_err(|e| {
+        e.context(format!(
+            "the new key {key_id} is stored in the vault but could not be verified.{kept} run \
+             again to finish, and it will be removed"
+        ))
+    })?;
+    iam.log(Level::Info, &format!("new key {key_id} authenticates as {arn}"));
+
+    let mut retired = Vec::new();
+    for old in &done.retire {
+        iam.delete_key(old).map_err(|e| {
+            e.context(format!(
+                "the new key {key_id} is stored and works, but the old key {old} could not be \
+                 deleted; run again and it will be removed"
+            ))
+        })?;
+        retired.push(old.clone());
+    }
+    Ok(Finalized { retired })
+}
+
+/// `GetCallerIdentity` with the new key until it works or the verify timeout passes.
+fn verify<T: Transport>(
+    iam: &Iam<'_, T>,
+    settings: &Settings,
+    new: &Credentials,
+) -> Result<String, PluginError> {
+    let started = iam.elapsed();
+    let mut attempt = 0;
+    loop {
+        let err = match iam.caller_arn(new) {
+            Ok(arn) => return check_arn(&arn, &settings.user_name),
+            Err(e) => e,
+        };
+        // A brand-new key is unknown to STS for a while.
+        let propagating = matches!(
+            err.code(),
+            Some("InvalidClientTokenId" | "SignatureDoesNotMatch" | "AccessDenied")
+        );
+        let budget = crate::retry::RetryPolicy {
+            deadline: settings.verify_timeout,
+            ..settings.retry
+        };
+        let pause = (propagating || err.transient())
+            .then(|| budget.next_pause(attempt, iam.elapsed() - started, iam.random()))
+            .flatten();
+        let Some(pause) = pause else {
+            return Err(verify_error(err, settings));
+        };
+        iam.log(
+            Level::Info,
+            &format!("new key {} not usable yet ({err}); retrying in {} ms", new.key_id, pause.as_millis()),
+        );
+        iam.pause(pause);
+        attempt += 1;
+    }
+}
+
+fn verify_error(err: CallError, settings: &Settings) -> PluginError {
+    PluginError::Unavailable(format!(
+        "STS GetCallerIdentity with the new key still failed after {:.1} s ({err}); raise 'Verify \
+         Timeout Seconds' if IAM is slow to propagate",
+        settings.verify_timeout.as_secs_f64()
+    ))
+}
+
+fn check_arn(arn: &str, user: &str) -> Result<String, PluginError> {
+    // arn:PARTITION:iam::ACCOUNT:user/PATH/NAME
+    let name = arn
+        .split(':')
+        .nth(5)
+        .and_then(|r| r.strip_prefix("user/"))
+        .and_then(|r| r.rsplit('/').next());
+    if name.is_some_and(|n| n.eq_ignore_ascii_case(user)) {
+        Ok(arn.to_string())
+    } else {
+        Err(PluginError::Failed(format!(
+            "the new key authenticates as {arn}, not as IAM user '{user}'; check the AWS Endpoint URL"
+        )))
+    }
+}
+
+/// Deletes the key this run created, after the host failed to store it.
+pub fn rollback(t: &impl Transport, ctx: &Context, done: &Rotation) -> Result<(), PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let iam = Iam::new(t, &settings);
+    if let Some(id) = &done.created {
+        iam.delete_key(id).map_err(|e| {
+            e.context(format!(
+                "could not delete this run's new key {id}; the next rotation removes it as a leftover"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_arn;
+
+    #[test]
+    fn arn_must_name_the_user() {
+        assert!(check_arn("arn:aws:iam::123456789012:user/alice", "alice").is_ok());
+        assert!(check_arn("arn:aws-cn:iam::1:user/ops/team/alice", "alice").is_ok());
+        assert!(check_arn("arn:aws:iam::1:user/bob", "alice").is_err());
+        assert!(check_arn("arn:aws:sts::1:assumed-role/alice/x", "alice").is_err());
+        assert!(check_arn("garbage", "alice").is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Turns the vault records into the settings of one rotation: who signs, which
+//! user, which endpoints, which key the vault holds now.
+
+use std::time::Duration;
+
+use crate::endpoints::{self, Endpoints};
+use crate::error::PluginError;
+use crate::model::{Context, Record};
+use crate::retry::RetryPolicy;
+use crate::schema::{
+    AWS_REGION, CLIENT_ID, CLIENT_SECRET, ENDPOINT_URL, IAM_USERNAME, MAX_BACKOFF, RETRY_DEADLINE,
+    VERIFY_TIMEOUT,
+};
+use crate::secret::Secret;
+
+/// Label of the stored access key id, and the vendor guide's misspelling of it.
+pub const ACCESS_KEY_ID_LABELS: &[&str] = &["aws_access_key_id", "aws_acess_key_id"];
+/// Label of the stored secret access key.
+pub const SECRET_KEY_LABEL: &str = "aws_secret_access_key";
+/// Record type of a provider record.
+pub const PROVIDER_TYPE: &str = "pamAwsConfiguration";
+
+const PROVIDER_KEY_ID: &str = "pamAwsAccessKeyId";
+const PROVIDER_SECRET: &str = "pamAwsAccessSecretKey";
+const PROVIDER_REGION: &str = "pamAwsRegionName";
+
+/// An access key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub key_id: String,
+    pub secret: Secret,
+}
+
+/// Everything one rotation needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The IAM user whose key is rotated.
+    pub user_name: String,
+    /// The rotating identity, which signs every IAM request.
+    pub credentials: Credentials,
+    pub region: String,
+    pub endpoints: Endpoints,
+    /// The access key id the PAM user record holds now, if any.
+    pub vault_key_id: Option<String>,
+    pub retry: RetryPolicy,
+    pub verify_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads and checks the settings; every problem found is reported at once.
+    pub fn resolve(ctx: &Context) -> Result<Self, PluginError> {
+        let config = &ctx.config;
+        let provider = ctx.provider.as_ref().map(Provider::read).transpose()?;
+
+        let credentials = credentials(config, provider.as_ref())?;
+        let region = config
+            .value(&[AWS_REGION])
+            .map(str::to_string)
+            .or_else(|| provider.as_ref().and_then(|p| p.region.clone()));
+        let Some(region) = region else {
+            return Err(missing(&[AWS_REGION], provider.is_some()));
+        };
+        let endpoints = endpoints::resolve(&region, config.value(&[ENDPOINT_URL]))?;
+
+        let max_backoff = number(config, MAX_BACKOFF, 5000.0, 1.0, 600_000.0, true)?;
+        let retry = RetryPolicy {
+            deadline: Duration::from_secs_f64(number(
+                config,
+                RETRY_DEADLINE,
+                60.0,
+                0.0,
+                3600.0,
+                false,
+            )?),
+            max_backoff: Duration::from_millis(max_backoff as u64),
+            ..RetryPolicy::default()
+        };
+        let verify_timeout = Duration::from_secs_f64(number(
+            config,
+            VERIFY_TIMEOUT,
+            60.0,
+            0.0,
+            3600.0,
+            false,
+        )?);
+
+        Ok(Self {
+            user_name: user_name(&ctx.user, config)?,
+            credentials,
+            region,
+            endpoints,
+            vault_key_id: ctx.user.value(ACCESS_KEY_ID_LABELS).map(str::to_string),
+            retry,
+            verify_timeout,
+        })
+    }
+}
+
+struct Provider {
+    key_id: Option<String>,
+    secret: Option<String>,
+    region: Option<String>,
+}
+
+impl Provider {
+    fn read(record: &Record) -> Result<Self, PluginError> {
+        if !record.record_type.eq_ignore_ascii_case(PROVIDER_TYPE) {
+            return Err(PluginError::InvalidConfig(format!(
+                "record '{}' given as --configuration-uid has type '{}', not '{PROVIDER_TYPE}': \
+                 pass the UID of a PAM AWS Configuration record, or drop --configuration-uid",
+                record.uid, record.record_type
+            )));
+        }
+        let find = |name: &str| {
+            record
+                .by_kind(name)
+                .or_else(|| record.by_label(&[name]))
+                .map(|f| f.values.clone())
+                .unwrap_or_default()
+        };
+        let first = |values: Vec<String>| {
+            values
+                .iter()
+                .flat_map(|v| v.lines())
+                .map(str::trim)
+                .find(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        Ok(Self {
+            key_id: first(find(PROVIDER_KEY_ID)),
+            secret: first(find(PROVIDER_SECRET)),
+            region: first(find(PROVIDER_REGION)),
+        })
+    }
+}
+
+/// The key pair comes whole from one record: a Client ID from the config with a
+/// secret from the provider would never sign correctly.
+fn credentials(config: &Record, provider: Option<&Provider>) -> Result<Credentials, PluginError> {
+    let id = config.value(&[CLIENT_ID]);
+    let secret = config.value(&[CLIENT_SECRET]);
+    match (id, secret, provider) {
+        (Some(id), Some(secret), _) => Ok(Credentials {
+            key_id: id.to_string(),
+            secret: Secret::new(secret),
+        }),
+        (Some(_), None, _) => Err(missing(&[CLIENT_SECRET], false)),
+        (None, Some(_), _) => Err(missing(&[CLIENT_ID], false)),
+        (None, None, Some(Provider {
+            key_id: Some(id),
+            secret: Some(secret),
+            ..
+        })) => Ok(Credentials {
+            key_id: id.clone(),
+            secret: Secret::new(secret.clone()),
+        }),
+        (None, None, Some(_)) => Err(PluginError::InvalidConfig(format!(
+            "the config record has no '{CLIENT_ID}'/'{CLIENT_SECRET}' and the PAM AWS \
+             Configuration record lacks {PROVIDER_KEY_ID} or {PROVIDER_SECRET}: fill in one of them"
+        ))),
+        (None, None, None) => Err(missing(&[CLIENT_ID, CLIENT_SECRET], false)),
+    }
+}
+
+fn missing(labels: &[&str], provider_tried: bool) -> PluginError {
+    let list = labels
+        .iter()
+        .map(|l| format!("'{l}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = if provider_tried {
+        "set it in the config record or in the PAM AWS Configuration record"
+    } else {
+        "set it in the config record, or pass --configuration-uid with a PAM AWS Configuration record"
+    };
+    PluginError::InvalidConfig(format!("missing required config field(s) {list}: {hint}"))
+}
+
+fn user_name(user: &Record, config: &Record) -> Result<String, PluginError> {
+    let configured = config.value(&[IAM_USERNAME]);
+    let login = user.by_kind("login").and_then(|f| f.first_value());
+    match (configured, login) {
+        // IAM user names are unique regardless of case.
+        (Some(c), Some(l)) if !c.eq_ignore_ascii_case(l) => Err(PluginError::InvalidConfig(format!(
+            "the config record's '{IAM_USERNAME}' is '{c}' but the PAM user record's login is \
+             '{l}': refusing to guess which IAM user to rotate; make them match or clear one"
+        ))),
+        (Some(name), _) | (None, Some(name)) => Ok(name.to_string()),
+        (None, None) => Err(PluginError::InvalidConfig(format!(
+            "no IAM user to rotate: set the PAM user record's login or the config record's \
+             '{IAM_USERNAME}'"
+        ))),
+    }
+}
+
+fn number(
+    config: &Record,
+    label: &str,
+    default: f64,
+    min: f64,
+    max: f64,
+    integer: bool,
+) -> Result<f64, PluginError> {
+    let Some(raw) = config.value(&[label]) else {
+        return Ok(default);
+    };
+    let parsed = if integer {
+        raw.parse::<u64>().ok().map(|n| n as f64)
+    } else {
+        raw.parse::<f64>().ok().filter(|n| n.is_finite())
+    };
+    match parsed {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(PluginError::InvalidConfig(format!(
+            "'{label}' is '{raw}', which is not {} between {min} and {max}: fix it or clear it \
+             to use the default ({default})",
+            if integer { "a whole number" } else { "a number" }
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Field;
+
+    fn field(kind: &str, label: Option<&str>, value: &str) -> Field {
+        Field {
+            kind: kind.into(),
+            label: label.map(Into::into),
+            values: vec![value.into()],
+        }
+    }
+
+    fn config(fields: &[(&str, &str)]) -> Record {
+        Record {
+            uid: "cfg".into(),
+            record_type: "login".into(),
+            title: "AWS".into(),
+            fields: fields.iter().map(|(l, v)| field("text", Some(l), v)).collect(),
+        }
+    }
+
+    fn user(login: &str, key: Option<(&str, &str)>) -> Record {
+        let mut fields = vec![field("login", None, login)];
+        if let Some((label, id)) = key {
+            fields.push(field("text", Some(label), id));
+        }
+        Record {
+            uid: "u".into(),
+            record_type: "pamUser".into(),
+            title: login.into(),
+            fields,
+        }
+    }
+
+    fn provider(region_values: &[&str]) -> Record {
+        Record {
+            uid: "prov".into(),
+            record_type: "pamAwsConfiguration".into(),
+            title: "AWS".into(),
+            fields: vec![
+                field("pamAwsAccessKeyId", None, "AKIAPROVIDER"),
+                field("secret", Some("pamAwsAccessSecretKey"), "provider-secret"),
+                Field {
+                    kind: "pamAwsRegionName".into(),
+                    label: None,
+                    values: region_values.iter().map(|s| s.to_string()).collect(),
+                },
+            ],
+        }
+    }
+
+    fn ctx(user: Record, config: Record, provider: Option<Record>) -> Context {
+        Context {
+            user,
+            config,
+            provider,
+            dry_run: false,
+        }
+    }
+
+    const FULL: &[(&str, &str)] = &[
+        ("Client ID", "AKIACONFIG"),
+        ("Client Secret", "config-secret"),
+        ("AWS Region", "eu-west-1"),
+    ];
+
+    #[test]
+    fn config_record_alone() {
+        let s = Settings::resolve(&ctx(
+            user("alice", Some(("aws_access_key_id", "AKIAOLD"))),
+            config(FULL),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(s.user_name, "alice");
+        assert_eq!(s.credentials.key_id, "AKIACONFIG");
+        assert_eq!(s.credentials.secret.expose(), "config-secret");
+        assert_eq!(s.region, "eu-west-1");
+        assert_eq!(s.vault_key_id.as_deref(), Some("AKIAOLD"));
+        assert_eq!(s.retry.deadline, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn config_record_wins_over_provider() {
+        let s = Settings::resolve(&ctx(
+            user("alice", None),
+            config(FULL),
+            Some(provider(&["us-west-2"])),
+        ))
+        .unwrap();
+        assert_eq!(s.credentials.key_id, "AKIACONFIG");
+        assert_eq!(s.region, "eu-west-1");
+    }
+
+    #[test]
+    fn provider_fills_gaps_and_its_first_region_is_used() {
+        let s = Settings::resolve(&ctx(
+            user("alice", None),
+            config(&[]),
+            Some(provider(&["\n us-west-2\neu-central-1"])),
+        ))
+        .unwrap();
+        assert_eq!(s.credentials.key_id, "AKIAPROVIDER");
+        assert_eq!(s.credentials.secret.expose(), "provider-secret");
+        assert_eq!(s.region, "us-west-2");
+        let s = Settings::resolve(&ctx(
+            user("alice", None),
+            config(&[]),
+            Some(provider(&["", "ap-south-1", "us-east-1"])),
+        ))
+        .unwrap();
+        assert_eq!(s.region, "ap-south-1");
+    }
+
+    #[test]
+    fn provider_of_the_wrong_type_is_refused() {
+        let mut p = provider(&["us-east-1"]);
+        p.record_type = "login".into();
+        let err = Settings::resolve(&ctx(user("alice", None), config(&[]), Some(p))).unwrap_err();
+        assert!(matches!(err, PluginError::InvalidConfig(m) if m.contains("pamAwsConfiguration")));
+    }
+
+    #[test]
+    fn misspelled_label_is_read() {
+        let s = Settings::resolve(&ctx(
+            user("alice", Some(("AWS_ACESS_KEY_ID", "AKIAOLD"))),
+            config(FULL),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(s.vault_key_id.as_deref(), Some("AKIAOLD"));
+    }
+
+    #[test]
+    fn missing_fields_are_listed() {
+        let err = Settings::resolve(&ctx(
+            user("alice", None),
+            config(&[("AWS Region", "us-east-1")]),
+            None,
+        ))
+        .unwrap_err();
+        let PluginError::InvalidConfig(m) = err else {
+            panic!("{err:?}")
+        };
+        assert!(m.contains("'Client ID'") && m.contains("'Client Secret'"), "{m}");
+        let err = Settings::resolve(&ctx(
+            user("alice", None),
+            config(&[("Client ID", "AKIA"), ("Client Secret", "   ")]),
+            None,
+        ))
+        .unwrap_err();
+        assert!(matches!(err, PluginError::InvalidConfig(m) if m.contains("'Client Secret'")));
+    }
+
+    #[test]
+    fn user_name_rule() {
+        let mut cfg = FULL.to_vec();
+        cfg.push(("IAM Username", "bob"));
+        let err = Settings::resolve(&ctx(user("alice", None), config(&cfg), None)).unwrap_err();
+        assert!(matches!(err, PluginError::InvalidConfig(m) if m.contains("refusing to guess")));
+        let s = Settings::resolve(&ctx(user("BOB", None), config(&cfg), None)).unwrap();
+        assert_eq!(s.user_name, "bob");
+        let s = Settings::resolve(&ctx(user("", None), config(&cfg), None)).unwrap();
+        assert_eq!(s.user_name, "bob");
+    }
+
+    #[test]
+    fn numbers_are_checked() {
+        let mut cfg = FULL.to_vec();
+        cfg.push(("Retry Deadline Seconds", "0.5"));
+        cfg.push(("Max Backoff Milliseconds", "20"));
+        let s = Settings::resolve(&ctx(user("a", None), config(&cfg), None)).unwrap();
+        assert_eq!(s.retry.deadline, Duration::from_millis(500));
+        assert_eq!(s.retry.max_backoff, Duration::from_millis(20));
+        cfg.push(("Verify Timeout Seconds", "soon"));
+        let err = Settings::resolve(&ctx(user("a", None), config(&cfg), None)).unwrap_err();
+        assert!(matches!(err, PluginError::InvalidConfig(m) if m.contains("Verify Timeout")));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let s = Settings::resolve(&ctx(user("a", None), config(FULL), None)).unwrap();
+        assert!(!format!("{s:?}").contains("config-secret"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The `bindgen!` output for `wit/plugin.wit`, and its conversions to the host's types.
+
+use crate::http::{self, SendError};
+use crate::plugin::{ConfigItem, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind};
+use crate::secret::Secret;
+use crate::vault::Record;
+
+mod generated {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        imports: { default: trappable },
+    });
+}
+
+pub use generated::pam::rotation::{log as wit_log, outbound as wit_outbound, types as wit};
+pub use generated::{Plugin, PluginPre};
+
+impl From<wit::PluginInfo> for PluginInfo {
+    fn from(i: wit::PluginInfo) -> Self {
+        Self {
+            name: i.name,
+            summary: i.summary,
+            version: i.version,
+            can_rollback: i.can_rollback,
+            allowed_hosts: i.allowed_hosts,
+        }
+    }
+}
+
+impl From<wit::ItemType> for ItemType {
+    fn from(t: wit::ItemType) -> Self {
+        match t {
+            wit::ItemType::Text => Self::Text,
+            wit::ItemType::Multiline => Self::Multiline,
+            wit::ItemType::Url => Self::Url,
+            wit::ItemType::Int => Self::Int,
+            wit::ItemType::Number => Self::Number,
+            wit::ItemType::Bool => Self::Bool,
+            wit::ItemType::Enum => Self::Enum,
+            wit::ItemType::Secret => Self::Secret,
+        }
+    }
+}
+
+impl From<wit::ConfigItem> for ConfigItem {
+    fn from(i: wit::ConfigItem) -> Self {
+        Self {
+            id: i.id,
+            label: i.label,
+            desc: i.desc,
+            is_secret: i.is_secret,
+            item_type: i.item_type.into(),
+            default_value: i.default_value,
+            enum_values: i.enum_values.into_iter().map(|e| (e.value, e.desc)).collect(),
+            required: i.required,
+        }
+    }
+}
+
+impl From<wit::ValueKind> for ValueKind {
+    fn from(k: wit::ValueKind) -> Self {
+        match k {
+            wit::ValueKind::Text => Self::Text,
+            wit::ValueKind::Secret => Self::Secret,
+        }
+    }
+}
+
+impl From<ValueKind> for wit::ValueKind {
+    fn from(k: ValueKind) -> Self {
+        match k {
+            ValueKind::Text => Self::Text,
+            ValueKind::Secret => Self::Secret,
+        }
+    }
+}
+
+impl From<wit::Rotation> for Rotation {
+    fn from(r: wit::Rotation) -> Self {
+        Self {
+            fields: r
+                .fields
+                .into_iter()
+                .map(|f| StoreField {
+                    label: f.label,
+                    aliases: f.aliases,
+                    kind: f.kind.into(),
+                    value: Secret::new(f.value),
+                })
+                .collect(),
+            created: r.created,
+            retire: r.retire,
+            notes: r.notes,
+        }
+    }
+}
+
+impl From<&Rotation> for wit::Rotation {
+    fn from(r: &Rotation) -> Self {
+        Self {
+            fields: r
+                .fields
+                .iter()
+                .map(|f| wit::OutputField {
+                    label: f.label.clone(),
+                    aliases: f.aliases.clone(),
+                    kind: f.kind.into(),
+                    value: f.value.expose().to_string(),
+                })
+                .collect(),
+            created: r.created.clone(),
+            retire: r.retire.clone(),
+            notes: r.notes.clone(),
+        }
+    }
+}
+
+impl From<wit::PluginError> for PluginError {
+    fn from(e: wit::PluginError) -> Self {
+        match e {
+            wit::PluginError::InvalidConfig(m) => Self::InvalidConfig(m),
+            wit::PluginError::Denied(m) => Self::Denied(m),
+            wit::PluginError::NotFound(m) => Self::NotFound(m),
+            wit::PluginError::Conflict(m) => Self::Conflict(m),
+            wit::PluginError::Unavailable(m) => Self::Unavailable(m),
+            wit::PluginError::Failed(m) => Self::Failed(m),
+        }
+    }
+}
+
+impl From<&Record> for wit::VaultRecord {
+    fn from(r: &Record) -> Self {
+        Self {
+            uid: r.uid.clone(),
+            record_type: r.record_type.clone(),
+            title: r.title.clone(),
+            fields: r
+                .fields
+                .iter()
+                .map(|f| wit::Field {
+                    kind: f.kind.clone(),
+                    label: f.label.clone(),
+                    values: f.values.iter().map(|v| v.expose().to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<wit_outbound::Request> for http::Request {
+    fn from(r: wit_outbound::Request) -> Self {
+        Self {
+            method: r.method,
+            url: r.url,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<http::Response> for wit_outbound::Response {
+    fn from(r: http::Response) -> Self {
+        Self {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<SendError> for wit_outbound::SendError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::DestinationNotAllowed(m) => Self::DestinationNotAllowed(m),
+            SendError::InvalidRequest(m) => Self::InvalidRequest(m),
+            SendError::ConnectFailed(m) => Self::ConnectFailed(m),
+            SendError::Timeout(m) => Self::Timeout(m),
+            SendError::ConnectionLost(m) => Self::ConnectionLost(m),
+            SendError::ResponseTooLarge(n) => Self::ResponseTooLarge(n),
+        }
+    }
+}
+
+impl From<&crate::plugin::Context> for wit::Context {
+    fn from(c: &crate::plugin::Context) -> Self {
+        Self {
+            user: (&c.user).into(),
+            config: (&c.config).into(),
+            provider: c.provider.as_ref().map(Into::into),
+            dry_run: c.dry_run,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Serves the guest's `outbound.send`: allowlist first, then HTTPS with rustls,
+//! timeouts, no redirects and a capped response body.
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use thiserror::Error;
+use ureq::Agent;
+use url::Url;
+
+use crate::allowlist::AllowList;
+
+/// A request from the guest.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A response for the guest.
+#[derive(Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+// A body can hold a new secret access key: show only its size.
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Why no response was handed back; the WIT `send-error`, host side.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SendError {
+    #[error("destination not allowed: {0}")]
+    DestinationNotAllowed(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("connect failed: {0}")]
+    ConnectFailed(String),
+    #[error("timeout: {0}")]
+    Timeout(String),
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("response larger than {0} bytes")]
+    ResponseTooLarge(u64),
+}
+
+/// Outbound HTTP limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Whole-request timeout: connect, send, and read the response.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_response_bytes: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The guest's one way out.
+pub struct Outbound {
+    allow: AllowList,
+    agent: Agent,
+    limits: HttpLimits,
+}
+
+impl Outbound {
+    pub fn new(allow: AllowList, limits: HttpLimits) -> Self {
+        let agent = Agent::config_builder()
+            .timeout_global(Some(limits.timeout))
+            .timeout_connect(Some(limits.connect_timeout))
+            .http_status_as_error(false)
+            // A redirect could lead outside the allowlist.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build()
+            .into();
+        Self {
+            allow,
+            agent,
+            limits,
+        }
+    }
+
+    /// Checks the destination, then sends.
+    pub fn send(&self, req: Request) -> Result<Response, SendError> {
+        let url = Url::parse(&req.url)
+            .map_err(|e| SendError::InvalidRequest(format!("URL '{}': {e}", req.url)))?;
+        if let Err(why) = self.allow.check(&url) {
+            tracing::warn!(url = %url, "refused an outbound request: {why}");
+            return Err(SendError::DestinationNotAllowed(why));
+        }
+        let mut builder = ureq::http::Request::builder()
+            .method(req.method.as_str())
+            .uri(url.as_str());
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let request = builder
+            .body(req.body)
+            .map_err(|e| SendError::InvalidRequest(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let response = self.agent.run(request).map_err(classify)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(self.limits.max_response_bytes)
+            .read_to_vec()
+            .map_err(classify)?;
+        tracing::debug!(
+            method = %req.method, host = url.host_str().unwrap_or_default(), status,
+            bytes = body.len(), ms = started.elapsed().as_millis() as u64, "outbound request"
+        );
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Sorts ureq's errors by whether the request can have reached the server (I5).
+fn classify(e: ureq::Error) -> SendError {
+    use ureq::Error as E;
+    use ureq::Timeout as T;
+    match e {
+        E::Timeout(T::Resolve | T::Connect) | E::HostNotFound | E::ConnectionFailed => {
+            SendError::ConnectFailed(e.to_string())
+        }
+        E::Tls(_) => SendError::ConnectFailed(e.to_string()),
+        E::Timeout(_) => SendError::Timeout(e.to_string()),
+        E::BodyExceedsLimit(n) => SendError::ResponseTooLarge(n),
+        E::Io(io) => match io.kind() {
+            ErrorKind::ConnectionRefused | ErrorKind::NotFound | ErrorKind::AddrNotAvailable => {
+                SendError::ConnectFailed(io.to_string())
+            }
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => SendError::Timeout(io.to_string()),
+            _ => SendError::ConnectionLost(io.to_string()),
+        },
+        E::BadUri(_) | E::Http(_) => SendError::InvalidRequest(e.to_string()),
+        other => SendError::ConnectionLost(other.to_string()),
+    }
+}

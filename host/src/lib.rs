@@ -1,0 +1,15 @@
+//! `rotate-host`: runs credential-rotation plugins (WASI 0.2 components) in a
+//! sandbox against a vault file.
+//!
+//! The host knows vaults, files and sandboxes, and nothing about the service a
+//! plugin rotates. See `DESIGN.md` for the steps and invariants.
+
+pub mod allowlist;
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod http;
+mod imports;
+pub mod plugin;
+pub mod secret;
+pub mod vault;

@@ -1,0 +1,118 @@
+//! The plugin's API in the host's own types (see `bindings` for the conversions).
+
+use thiserror::Error;
+
+use crate::secret::Secret;
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub summary: String,
+    pub version: String,
+    pub can_rollback: bool,
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The type of a config value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemType {
+    Text,
+    Multiline,
+    Url,
+    Int,
+    Number,
+    Bool,
+    Enum,
+    Secret,
+}
+
+/// One item of a plugin's config schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigItem {
+    pub id: String,
+    pub label: String,
+    pub desc: String,
+    pub is_secret: bool,
+    pub item_type: ItemType,
+    pub default_value: Option<String>,
+    /// Allowed values of an `enum` item, with their descriptions.
+    pub enum_values: Vec<(String, String)>,
+    pub required: bool,
+}
+
+/// How a value is kept in the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Text,
+    Secret,
+}
+
+impl ValueKind {
+    /// The Keeper field type that holds such a value.
+    pub fn field_type(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Secret => "secret",
+        }
+    }
+}
+
+/// A field the plugin asks the host to store in the PAM user record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreField {
+    pub label: String,
+    pub aliases: Vec<String>,
+    pub kind: ValueKind,
+    pub value: Secret,
+}
+
+/// The outcome of `rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rotation {
+    pub fields: Vec<StoreField>,
+    pub created: Option<String>,
+    pub retire: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// A plugin's refusal, handed back through WIT.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PluginError {
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl PluginError {
+    /// The same error with its message passed through `f` (used for redaction).
+    pub fn map_message(self, f: impl Fn(&str) -> String) -> Self {
+        match self {
+            Self::InvalidConfig(m) => Self::InvalidConfig(f(&m)),
+            Self::Denied(m) => Self::Denied(f(&m)),
+            Self::NotFound(m) => Self::NotFound(f(&m)),
+            Self::Conflict(m) => Self::Conflict(f(&m)),
+            Self::Unavailable(m) => Self::Unavailable(f(&m)),
+            Self::Failed(m) => Self::Failed(f(&m)),
+        }
+    }
+}
+
+/// What the host hands the plugin: the records of one rotation.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub user: crate::vault::Record,
+    pub config: crate::vault::Record,
+    pub provider: Option<crate::vault::Record>,
+    pub dry_run: bool,
+}
