@@ -25,7 +25,10 @@ impl Guest for Plugin {
             summary: crate::SUMMARY.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             can_rollback: false,
-            allowed_hosts: endpoints::ALLOWED_HOSTS.iter().map(|s| s.to_string()).collect(),
+            allowed_hosts: endpoints::ALLOWED_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -39,7 +42,10 @@ impl Guest for Plugin {
             .map_err(Into::into)
     }
 
-    fn finalize(ctx: wit::Context, done: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
+    fn finalize(
+        ctx: wit::Context,
+        done: wit::Rotation,
+    ) -> Result<wit::Finalized, wit::PluginError> {
         rotation::finalize(&Host::new(), &ctx.into(), &done.into())
             .map(|Finalized { retired }| wit::Finalized { retired })
             .map_err(Into::into)
@@ -79,7 +85,9 @@ impl Transport for Host {
                 body: resp.body,
             })
             .map_err(|e| match e {
-                outbound::SendError::DestinationNotAllowed(m) => SendError::DestinationNotAllowed(m),
+                outbound::SendError::DestinationNotAllowed(m) => {
+                    SendError::DestinationNotAllowed(m)
+                }
                 outbound::SendError::InvalidRequest(m) => SendError::InvalidRequest(m),
                 outbound::SendError::ConnectFailed(m) => SendError::ConnectFailed(m),
                 outbound::SendError::Timeout(m) => SendError::Timeout(m),

@@ -198,10 +198,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_regions_and_urls() {
-        for bad in ["", "us-east", "US-EAST-1", "us-east-one", "useast1", "u-east-1", "us--1"] {
+        for bad in [
+            "",
+            "us-east",
+            "US-EAST-1",
+            "us-east-one",
+            "useast1",
+            "u-east-1",
+            "us--1",
+        ] {
             assert!(validate_region(bad).is_err(), "{bad} accepted");
         }
-        for bad in ["ftp://x", "https://", "iam.amazonaws.com", "https://u:p@h", "http://h/?a=b"] {
+        for bad in [
+            "ftp://x",
+            "https://",
+            "iam.amazonaws.com",
+            "https://u:p@h",
+            "http://h/?a=b",
+        ] {
             assert!(validate_endpoint_url(bad).is_err(), "{bad} accepted");
         }
     }

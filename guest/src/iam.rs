@@ -193,7 +193,14 @@ impl<'a, T: Transport> Iam<'a, T> {
         parse: impl Fn(&[u8]) -> Result<R, Malformed>,
     ) -> Result<R, CallError> {
         let s = self.settings;
-        self.call(&s.endpoints.iam, &s.credentials, action, params, repeat, parse)
+        self.call(
+            &s.endpoints.iam,
+            &s.credentials,
+            action,
+            params,
+            repeat,
+            parse,
+        )
     }
 
     /// `GetUser`: the user exists, and its ARN.
@@ -241,11 +248,17 @@ impl<'a, T: Transport> Iam<'a, T> {
         let params = [("UserName", name), ("AccessKeyId", key_id)];
         match self.iam_call("DeleteAccessKey", &params, Repeat::Safe, |_| Ok(())) {
             Ok(()) => {
-                self.log(Level::Info, &format!("deleted access key {key_id} of '{name}'"));
+                self.log(
+                    Level::Info,
+                    &format!("deleted access key {key_id} of '{name}'"),
+                );
                 Ok(true)
             }
             Err(e) if e.code() == Some("NoSuchEntity") => {
-                self.log(Level::Info, &format!("access key {key_id} of '{name}' was already gone"));
+                self.log(
+                    Level::Info,
+                    &format!("access key {key_id} of '{name}' was already gone"),
+                );
                 Ok(false)
             }
             Err(e) => Err(self.explain(e, "DeleteAccessKey")),
@@ -255,7 +268,14 @@ impl<'a, T: Transport> Iam<'a, T> {
     /// STS `GetCallerIdentity` signed with `credentials`: the caller's ARN.
     pub fn caller_arn(&self, credentials: &Credentials) -> Result<String, CallError> {
         let sts = &self.settings.endpoints.sts;
-        self.call(sts, credentials, "GetCallerIdentity", &[], Repeat::Safe, xml::caller_arn)
+        self.call(
+            sts,
+            credentials,
+            "GetCallerIdentity",
+            &[],
+            Repeat::Safe,
+            xml::caller_arn,
+        )
     }
 
     /// Turns a failed call into a sentence a user can act on.
@@ -272,12 +292,14 @@ impl<'a, T: Transport> Iam<'a, T> {
         };
         match &err {
             CallError::Service(e) => match e.code.as_str() {
-                "InvalidClientTokenId" | "UnrecognizedClientException" => PluginError::Denied(format!(
-                    "{action} failed: AWS does not recognise access key {key} ({}). Check the \
+                "InvalidClientTokenId" | "UnrecognizedClientException" => {
+                    PluginError::Denied(format!(
+                        "{action} failed: AWS does not recognise access key {key} ({}). Check the \
                      config's Client ID, and that AWS Region or AWS Endpoint URL points at the \
                      key's partition",
-                    aws(e)
-                )),
+                        aws(e)
+                    ))
+                }
                 "SignatureDoesNotMatch" | "IncompleteSignature" => PluginError::Denied(format!(
                     "{action} failed: the Client Secret does not match access key {key} ({}). \
                      Check the config's Client Secret",
@@ -314,10 +336,12 @@ impl<'a, T: Transport> Iam<'a, T> {
                     aws(e)
                 )),
             },
-            CallError::Send(SendError::DestinationNotAllowed(m)) => PluginError::InvalidConfig(format!(
-                "{action} was not sent: {m}. The host allows only the plugin's declared hosts and \
+            CallError::Send(SendError::DestinationNotAllowed(m)) => {
+                PluginError::InvalidConfig(format!(
+                    "{action} was not sent: {m}. The host allows only the plugin's declared hosts and \
                  the AWS Endpoint URL"
-            )),
+                ))
+            }
             CallError::Send(SendError::InvalidRequest(m)) => PluginError::InvalidConfig(format!(
                 "{action} was not sent: {m}. Check the AWS Endpoint URL"
             )),

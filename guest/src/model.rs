@@ -30,15 +30,19 @@ impl Record {
     /// The first field whose label is one of `labels`, compared case-insensitively.
     pub fn by_label(&self, labels: &[&str]) -> Option<&Field> {
         self.fields.iter().find(|f| {
-            f.label
-                .as_deref()
-                .is_some_and(|l| labels.iter().any(|want| l.trim().eq_ignore_ascii_case(want)))
+            f.label.as_deref().is_some_and(|l| {
+                labels
+                    .iter()
+                    .any(|want| l.trim().eq_ignore_ascii_case(want))
+            })
         })
     }
 
     /// The first field of type `kind`, compared case-insensitively.
     pub fn by_kind(&self, kind: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.kind.eq_ignore_ascii_case(kind))
+        self.fields
+            .iter()
+            .find(|f| f.kind.eq_ignore_ascii_case(kind))
     }
 
     /// The trimmed, non-blank first value of the field labelled one of `labels`.

@@ -61,7 +61,9 @@ impl Plan {
                 "delete {id}: an inactive key of '{user}' that the vault does not record, to make room"
             )),
         }
-        notes.push(format!("create a new access key for '{user}' and store it in the vault"));
+        notes.push(format!(
+            "create a new access key for '{user}' and store it in the vault"
+        ));
         if let Some(id) = &self.retire {
             notes.push(format!("after the new key works, delete the old key {id}"));
         }
@@ -101,7 +103,10 @@ pub fn plan(
         )));
     }
     if let Some(vault) = vault_in_iam {
-        let other = keys.iter().find(|k| k.id != vault).expect("two distinct keys");
+        let other = keys
+            .iter()
+            .find(|k| k.id != vault)
+            .expect("two distinct keys");
         return Ok(if other.id == signer {
             Plan {
                 make_room: MakeRoom::VaultKey(vault.to_string()),
@@ -134,7 +139,9 @@ pub fn plan(
         })
         .collect::<Vec<_>>()
         .join(" and ");
-    let recorded = vault.map_or("no key".to_string(), |v| format!("{v}, which IAM does not have"));
+    let recorded = vault.map_or("no key".to_string(), |v| {
+        format!("{v}, which IAM does not have")
+    });
     Err(PluginError::Conflict(format!(
         "'{user}' already has two access keys, {list}, and the vault records {recorded}: refusing \
          to delete a key that may be in use. Nothing was changed. Delete or deactivate one of them \
@@ -181,7 +188,13 @@ mod tests {
         assert_eq!(p.make_room, MakeRoom::Nothing);
         assert_eq!(p.retire.as_deref(), Some("V"));
         let p = plan(&[], None, "S", "u", TODAY).unwrap();
-        assert_eq!(p, Plan { make_room: MakeRoom::Nothing, retire: None });
+        assert_eq!(
+            p,
+            Plan {
+                make_room: MakeRoom::Nothing,
+                retire: None
+            }
+        );
     }
 
     #[test]
@@ -223,11 +236,16 @@ mod tests {
         ];
         let today = days_since_epoch("2024-03-21").unwrap();
         let err = plan(&keys, Some("OTHER"), "S", "bob", today).unwrap_err();
-        let PluginError::Conflict(m) = err else { panic!("{err:?}") };
+        let PluginError::Conflict(m) = err else {
+            panic!("{err:?}")
+        };
         assert!(m.contains("AKIA1 (Active, 20 days old)"), "{m}");
         assert!(m.contains("AKIA2 (Active, 10 days old)"), "{m}");
         assert!(m.contains("Nothing was changed"));
-        let both_inactive = [key("A", KeyStatus::Inactive, ""), key("B", KeyStatus::Inactive, "")];
+        let both_inactive = [
+            key("A", KeyStatus::Inactive, ""),
+            key("B", KeyStatus::Inactive, ""),
+        ];
         assert!(plan(&both_inactive, None, "S", "u", TODAY).is_err());
     }
 
@@ -237,7 +255,10 @@ mod tests {
         let keys = [active("S"), active("B")];
         assert!(plan(&keys, None, "S", "u", TODAY).is_err());
         let keys = [active("S"), key("B", KeyStatus::Inactive, "")];
-        assert_eq!(plan(&keys, None, "S", "u", TODAY).unwrap().make_room, MakeRoom::Inactive("B".into()));
+        assert_eq!(
+            plan(&keys, None, "S", "u", TODAY).unwrap().make_room,
+            MakeRoom::Inactive("B".into())
+        );
     }
 
     #[test]

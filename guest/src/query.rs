@@ -97,7 +97,14 @@ mod tests {
     fn signs_a_query_request() {
         let e = resolve("eu-west-1", None).unwrap();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
-        let r = build(&e.iam, &creds(), "ListAccessKeys", &[("UserName", "a+b@c")], t).unwrap();
+        let r = build(
+            &e.iam,
+            &creds(),
+            "ListAccessKeys",
+            &[("UserName", "a+b@c")],
+            t,
+        )
+        .unwrap();
         assert_eq!(r.method, "POST");
         assert_eq!(r.url, "https://iam.amazonaws.com/");
         assert_eq!(
@@ -120,18 +127,39 @@ mod tests {
         );
         assert!(!auth.contains("wJalr"));
         // Same input, same signature; another secret, another signature.
-        let again = build(&e.iam, &creds(), "ListAccessKeys", &[("UserName", "a+b@c")], t).unwrap();
+        let again = build(
+            &e.iam,
+            &creds(),
+            "ListAccessKeys",
+            &[("UserName", "a+b@c")],
+            t,
+        )
+        .unwrap();
         assert_eq!(again.headers, r.headers);
         let mut other = creds();
         other.secret = Secret::new("another");
-        let other = build(&e.iam, &other, "ListAccessKeys", &[("UserName", "a+b@c")], t).unwrap();
+        let other = build(
+            &e.iam,
+            &other,
+            "ListAccessKeys",
+            &[("UserName", "a+b@c")],
+            t,
+        )
+        .unwrap();
         assert_ne!(other.headers, r.headers);
     }
 
     #[test]
     fn sts_is_signed_for_its_region() {
         let e = resolve("ap-southeast-2", None).unwrap();
-        let r = build(&e.sts, &creds(), "GetCallerIdentity", &[], SystemTime::now()).unwrap();
+        let r = build(
+            &e.sts,
+            &creds(),
+            "GetCallerIdentity",
+            &[],
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(r.url, "https://sts.ap-southeast-2.amazonaws.com/");
         let auth = &r
             .headers

@@ -33,7 +33,11 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         today,
     )?;
     let mut notes = Vec::new();
-    if let Some(v) = settings.vault_key_id.as_deref().filter(|v| !ids.contains(v)) {
+    if let Some(v) = settings
+        .vault_key_id
+        .as_deref()
+        .filter(|v| !ids.contains(v))
+    {
         notes.push(format!(
             "the vault's key {v} no longer exists in IAM; the new key replaces it"
         ));
@@ -78,12 +82,18 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
             e
         }
     })?;
-    iam.log(Level::Info, &format!("created access key {key_id} for '{user}'"));
+    iam.log(
+        Level::Info,
+        &format!("created access key {key_id} for '{user}'"),
+    );
     Ok(Rotation {
         fields: vec![
             OutputField {
                 label: ACCESS_KEY_ID_LABELS[0].into(),
-                aliases: ACCESS_KEY_ID_LABELS[1..].iter().map(|s| s.to_string()).collect(),
+                aliases: ACCESS_KEY_ID_LABELS[1..]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 kind: ValueKind::Text,
                 value: Secret::new(key_id.clone()),
             },
@@ -141,7 +151,13 @@ fn create<T: Transport>(
             .flatten();
         match pause {
             Some(p) => {
-                iam.log(Level::Warn, &format!("IAM still counts the deleted key; retrying CreateAccessKey in {} ms", p.as_millis()));
+                iam.log(
+                    Level::Warn,
+                    &format!(
+                        "IAM still counts the deleted key; retrying CreateAccessKey in {} ms",
+                        p.as_millis()
+                    ),
+                );
                 iam.pause(p);
                 attempt += 1;
             }
@@ -196,7 +212,10 @@ pub fn finalize(
              again to finish, and it will be removed"
         ))
     })?;
-    iam.log(Level::Info, &format!("new key {key_id} authenticates as {arn}"));
+    iam.log(
+        Level::Info,
+        &format!("new key {key_id} authenticates as {arn}"),
+    );
 
     let mut retired = Vec::new();
     for old in &done.retire {
@@ -241,7 +260,11 @@ fn verify<T: Transport>(
         };
         iam.log(
             Level::Info,
-            &format!("new key {} not usable yet ({err}); retrying in {} ms", new.key_id, pause.as_millis()),
+            &format!(
+                "new key {} not usable yet ({err}); retrying in {} ms",
+                new.key_id,
+                pause.as_millis()
+            ),
         );
         iam.pause(pause);
         attempt += 1;

@@ -67,7 +67,8 @@ pub const SCHEMA: &[ConfigItem] = &[
         "client_id",
         CLIENT_ID,
         "Access key id of the rotating identity. Required unless a PAM AWS Configuration gives it.",
-        ItemType::Secret,
+        // A key id is an identifier (CloudTrail logs it); masking it would hide it from errors.
+        ItemType::Text,
         None,
     ),
     item(

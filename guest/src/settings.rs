@@ -75,14 +75,8 @@ impl Settings {
             max_backoff: Duration::from_millis(max_backoff as u64),
             ..RetryPolicy::default()
         };
-        let verify_timeout = Duration::from_secs_f64(number(
-            config,
-            VERIFY_TIMEOUT,
-            60.0,
-            0.0,
-            3600.0,
-            false,
-        )?);
+        let verify_timeout =
+            Duration::from_secs_f64(number(config, VERIFY_TIMEOUT, 60.0, 0.0, 3600.0, false)?);
 
         Ok(Self {
             user_name: user_name(&ctx.user, config)?,
@@ -146,11 +140,15 @@ fn credentials(config: &Record, provider: Option<&Provider>) -> Result<Credentia
         }),
         (Some(_), None, _) => Err(missing(&[CLIENT_SECRET], false)),
         (None, Some(_), _) => Err(missing(&[CLIENT_ID], false)),
-        (None, None, Some(Provider {
-            key_id: Some(id),
-            secret: Some(secret),
-            ..
-        })) => Ok(Credentials {
+        (
+            None,
+            None,
+            Some(Provider {
+                key_id: Some(id),
+                secret: Some(secret),
+                ..
+            }),
+        ) => Ok(Credentials {
             key_id: id.clone(),
             secret: Secret::new(secret.clone()),
         }),
@@ -181,10 +179,12 @@ fn user_name(user: &Record, config: &Record) -> Result<String, PluginError> {
     let login = user.by_kind("login").and_then(|f| f.first_value());
     match (configured, login) {
         // IAM user names are unique regardless of case.
-        (Some(c), Some(l)) if !c.eq_ignore_ascii_case(l) => Err(PluginError::InvalidConfig(format!(
-            "the config record's '{IAM_USERNAME}' is '{c}' but the PAM user record's login is \
+        (Some(c), Some(l)) if !c.eq_ignore_ascii_case(l) => {
+            Err(PluginError::InvalidConfig(format!(
+                "the config record's '{IAM_USERNAME}' is '{c}' but the PAM user record's login is \
              '{l}': refusing to guess which IAM user to rotate; make them match or clear one"
-        ))),
+            )))
+        }
         (Some(name), _) | (None, Some(name)) => Ok(name.to_string()),
         (None, None) => Err(PluginError::InvalidConfig(format!(
             "no IAM user to rotate: set the PAM user record's login or the config record's \
@@ -214,7 +214,11 @@ fn number(
         _ => Err(PluginError::InvalidConfig(format!(
             "'{label}' is '{raw}', which is not {} between {min} and {max}: fix it or clear it \
              to use the default ({default})",
-            if integer { "a whole number" } else { "a number" }
+            if integer {
+                "a whole number"
+            } else {
+                "a number"
+            }
         ))),
     }
 }
@@ -237,7 +241,10 @@ mod tests {
             uid: "cfg".into(),
             record_type: "login".into(),
             title: "AWS".into(),
-            fields: fields.iter().map(|(l, v)| field("text", Some(l), v)).collect(),
+            fields: fields
+                .iter()
+                .map(|(l, v)| field("text", Some(l), v))
+                .collect(),
         }
     }
 
@@ -364,7 +371,10 @@ mod tests {
         let PluginError::InvalidConfig(m) = err else {
             panic!("{err:?}")
         };
-        assert!(m.contains("'Client ID'") && m.contains("'Client Secret'"), "{m}");
+        assert!(
+            m.contains("'Client ID'") && m.contains("'Client Secret'"),
+            "{m}"
+        );
         let err = Settings::resolve(&ctx(
             user("alice", None),
             config(&[("Client ID", "AKIA"), ("Client Secret", "   ")]),

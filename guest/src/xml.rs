@@ -191,10 +191,8 @@ mod tests {
         assert_eq!(keys[1].status, KeyStatus::Inactive);
         assert_eq!(keys[1].created, "2024-02-01T00:00:00Z");
         assert_eq!(marker.as_deref(), Some("m1"));
-        let (keys, marker) = access_keys(
-            b"<R><AccessKeyMetadata/><IsTruncated>false</IsTruncated></R>",
-        )
-        .unwrap();
+        let (keys, marker) =
+            access_keys(b"<R><AccessKeyMetadata/><IsTruncated>false</IsTruncated></R>").unwrap();
         assert!(keys.is_empty() && marker.is_none());
     }
 

@@ -5,7 +5,9 @@ use url::Url;
 
 /// An origin pattern could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("'{pattern}' is not an allowed-host pattern like 'https://*.example.com' or 'http://127.0.0.1:8080': {why}")]
+#[error(
+    "'{pattern}' is not an allowed-host pattern like 'https://*.example.com' or 'http://127.0.0.1:8080': {why}"
+)]
 pub struct PatternError {
     pub pattern: String,
     pub why: &'static str,
@@ -59,7 +61,11 @@ impl AllowedOrigin {
         // Parse what remains as a URL to normalise the host (case, IPv6, IDNA).
         let url = Url::parse(&format!(
             "{}://{rest}/",
-            if scheme == Scheme::Https { "https" } else { "http" }
+            if scheme == Scheme::Https {
+                "https"
+            } else {
+                "http"
+            }
         ))
         .map_err(|_| err("the host or port is malformed"))?;
         let host = url
@@ -151,7 +157,14 @@ mod tests {
         let o = AllowedOrigin::parse("http://127.0.0.1:5000").unwrap();
         assert_eq!(o.host, HostPattern::Exact("127.0.0.1".into()));
         assert_eq!(o.port, 5000);
-        for bad in ["ftp://x", "https://", "https://a/b", "https://*", "https://a.*.com", "x"] {
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://*",
+            "https://a.*.com",
+            "x",
+        ] {
             assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

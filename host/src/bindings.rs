@@ -1,7 +1,9 @@
 //! The `bindgen!` output for `wit/plugin.wit`, and its conversions to the host's types.
 
 use crate::http::{self, SendError};
-use crate::plugin::{ConfigItem, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind};
+use crate::plugin::{
+    ConfigItem, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind,
+};
 use crate::secret::Secret;
 use crate::vault::Record;
 
@@ -52,7 +54,11 @@ impl From<wit::ConfigItem> for ConfigItem {
             is_secret: i.is_secret,
             item_type: i.item_type.into(),
             default_value: i.default_value,
-            enum_values: i.enum_values.into_iter().map(|e| (e.value, e.desc)).collect(),
+            enum_values: i
+                .enum_values
+                .into_iter()
+                .map(|e| (e.value, e.desc))
+                .collect(),
             required: i.required,
         }
     }

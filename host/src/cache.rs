@@ -26,11 +26,16 @@ pub fn load(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> wasmtime::Resu
         return Component::new(engine, bytes);
     };
     let mut engine_hash = DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hash);
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
     let digest = Sha256::digest(bytes);
     let name = format!(
         "{}-{:016x}.cwasm",
-        digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
         engine_hash.finish()
     );
     let path = dir.join(name);

@@ -58,7 +58,9 @@ pub enum SandboxError {
     CoreModule { path: PathBuf },
     #[error("{path} is not a WebAssembly component: pass the plugin's .wasm file ({why})")]
     NotComponent { path: PathBuf, why: String },
-    #[error("{path} does not implement {WORLD}: {why}. Rebuild the plugin against this host's wit/")]
+    #[error(
+        "{path} does not implement {WORLD}: {why}. Rebuild the plugin against this host's wit/"
+    )]
     WrongWorld { path: PathBuf, why: String },
     #[error(
         "the plugin's `{call}` ran past its time limit of {limit:?} and was stopped; raise --timeout if the service is slow"
@@ -67,7 +69,10 @@ pub enum SandboxError {
     #[error(
         "the plugin's `{call}` tried to use more than {limit_mib} MiB of memory and was stopped; raise --memory-mib if it needs more"
     )]
-    MemoryLimit { call: &'static str, limit_mib: usize },
+    MemoryLimit {
+        call: &'static str,
+        limit_mib: usize,
+    },
     #[error("the plugin crashed in `{call}`: {why}. This is a bug in the plugin")]
     Trap { call: &'static str, why: String },
     #[error("the plugin declares an invalid allowed host: {0}")]
@@ -81,7 +86,10 @@ impl SandboxError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Read { .. } | Self::CoreModule { .. } | Self::NotComponent { .. } | Self::WrongWorld { .. }
+            Self::Read { .. }
+                | Self::CoreModule { .. }
+                | Self::NotComponent { .. }
+                | Self::WrongWorld { .. }
         )
     }
 }
@@ -155,7 +163,11 @@ pub struct Plugin {
 
 impl Plugin {
     /// Reads, compiles (or loads from `cache_dir`) and type-checks a plugin.
-    pub fn load(path: &Path, limits: Limits, cache_dir: Option<&Path>) -> Result<Self, SandboxError> {
+    pub fn load(
+        path: &Path,
+        limits: Limits,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, SandboxError> {
         let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
             path: path.to_path_buf(),
             source,
@@ -183,14 +195,18 @@ impl Plugin {
                 path: path.to_path_buf(),
                 why: format!("{e:#}"),
             })?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugin compiled or loaded");
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "plugin compiled or loaded"
+        );
 
         let mut linker = Linker::<HostState>::new(&engine);
         let wrong_world = |e: wasmtime::Error| SandboxError::WrongWorld {
             path: path.to_path_buf(),
             why: format!("{e:#}"),
         };
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
@@ -298,7 +314,8 @@ impl Instance {
         call: &'static str,
         f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, SandboxError> {
-        self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
+        self.store
+            .set_epoch_deadline(ticks(self.limits.call_timeout));
         let result = f(&self.bindings, &mut self.store);
         let stderr = self.store.data().stderr.contents();
         if !stderr.is_empty() {
@@ -355,7 +372,11 @@ impl Instance {
         Ok(r.map(|f| f.retired).map_err(|e| self.plugin_error(e)))
     }
 
-    pub fn rollback(&mut self, ctx: &Context, done: &Rotation) -> Result<Result<(), PluginError>, SandboxError> {
+    pub fn rollback(
+        &mut self,
+        ctx: &Context,
+        done: &Rotation,
+    ) -> Result<Result<(), PluginError>, SandboxError> {
         let (ctx, done) = (wit::Context::from(ctx), wit::Rotation::from(done));
         let r = self.call("rollback", |b, s| b.call_rollback(s, &ctx, &done))?;
         Ok(r.map_err(|e| self.plugin_error(e)))

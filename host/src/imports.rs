@@ -11,14 +11,10 @@ impl wit_outbound::Host for HostState {
         &mut self,
         req: wit_outbound::Request,
     ) -> wasmtime::Result<Result<wit_outbound::Response, wit_outbound::SendError>> {
-        Ok(self
-            .outbound
-            .send(req.into())
-            .map(Into::into)
-            .map_err(|e| {
-                tracing::debug!("outbound request failed: {e}");
-                e.into()
-            }))
+        Ok(self.outbound.send(req.into()).map(Into::into).map_err(|e| {
+            tracing::debug!("outbound request failed: {e}");
+            e.into()
+        }))
     }
 }
 

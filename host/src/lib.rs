@@ -7,9 +7,12 @@
 pub mod allowlist;
 pub mod bindings;
 pub mod cache;
+pub mod cli;
+pub mod configure;
 pub mod engine;
 pub mod http;
 mod imports;
 pub mod plugin;
+pub mod rotate;
 pub mod secret;
 pub mod vault;

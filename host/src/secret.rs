@@ -83,7 +83,10 @@ mod tests {
         r.add("abcdef");
         r.add("abcdef123456");
         r.add("short");
-        assert_eq!(r.redact("x abcdef123456 y abcdef z short"), "x *** y *** z short");
+        assert_eq!(
+            r.redact("x abcdef123456 y abcdef z short"),
+            "x *** y *** z short"
+        );
         assert!(!format!("{r:?}").contains("abc"));
     }
 }

@@ -79,7 +79,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,7 +181,9 @@ impl Vault {
     }
 
     fn records_mut(&mut self) -> &mut Vec<Value> {
-        self.doc["records"].as_array_mut().expect("checked by parse")
+        self.doc["records"]
+            .as_array_mut()
+            .expect("checked by parse")
     }
 
     /// The record `uid`, checked to be of type `expected` when given.
@@ -333,7 +337,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Value, VaultError> {
             if let Some(s) = r.get(section)
                 && !s.is_array()
             {
-                return Err(bad(format!("record '{uid}': \"{section}\" must be an array")));
+                return Err(bad(format!(
+                    "record '{uid}': \"{section}\" must be an array"
+                )));
             }
         }
     }
@@ -419,7 +425,10 @@ mod tests {
         assert_eq!(r["custom"][0]["note"], "keep");
         assert_eq!(r["custom"][1]["type"], "secret");
         assert_eq!(r["custom"][1]["value"][0], "S3CRET");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -1,0 +1,302 @@
+//! The command line: `run`, `config` and `info`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::configure::{ConfigOptions, configure};
+use crate::engine::{Limits, Plugin};
+use crate::http::HttpLimits;
+use crate::rotate::{RunOptions, run};
+
+/// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
+#[derive(Debug, Parser)]
+#[command(name = "rotate-host", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rotate the credential of a PAM user record.
+    ///
+    /// Exit codes: 0 rotated; 1 failed and nothing changed (or this run's new key
+    /// was rolled back); 2 bad usage or input; 3 new key stored but the old key
+    /// not yet removed (run again).
+    Run(RunArgs),
+    /// Create a plugin config record, asking for each field on a terminal.
+    Config(ConfigArgs),
+    /// Show what a plugin is, what it may reach and its config fields.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plugin component (.wasm).
+    pub guest: PathBuf,
+    /// The vault file.
+    #[arg(long)]
+    pub vault: PathBuf,
+    /// UID of the PAM user record whose credential is rotated.
+    #[arg(short = 'u', long = "user")]
+    pub user: String,
+    /// UID of the plugin config record.
+    #[arg(short = 'c', long = "config")]
+    pub config: String,
+    /// UID of a provider record (for AWS, a pamAwsConfiguration record) that
+    /// supplies what the config record leaves blank.
+    #[arg(long = "configuration-uid")]
+    pub configuration_uid: Option<String>,
+    /// Decide and print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The plugin component (.wasm).
+    pub guest: PathBuf,
+    /// The vault file; created (0600) if it does not exist.
+    #[arg(long)]
+    pub vault: PathBuf,
+    /// Title of the new record.
+    #[arg(short = 't', long)]
+    pub title: String,
+    /// A field value, as LABEL=VALUE; repeat for each field. Labels match any case.
+    #[arg(long = "field", value_name = "LABEL=VALUE")]
+    pub fields: Vec<String>,
+    /// Never ask; fail if a required field is missing.
+    #[arg(long)]
+    pub no_input: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The plugin component (.wasm).
+    pub guest: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// Limits of the sandbox and of the vault lock.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Wall-clock limit of one plugin call, in seconds (retries and HTTP included).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Memory limit of the plugin, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub memory_mib: usize,
+    /// Timeout of one HTTP request, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub http_timeout: f64,
+    /// Largest HTTP response body the plugin may receive, in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub max_response_kib: u64,
+    /// How long to wait for another run's lock on the vault, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub lock_timeout: f64,
+    /// Folder of precompiled plugins [default: $XDG_CACHE_HOME/rotate-host or ~/.cache/rotate-host].
+    #[arg(long, value_name = "DIR", env = "ROTATE_HOST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the plugin every time; use no cache folder.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} must be a positive number of seconds, not {s}"))
+}
+
+impl SandboxArgs {
+    fn limits(&self) -> Result<Limits, String> {
+        if self.memory_mib == 0 {
+            return Err("--memory-mib must be at least 1".into());
+        }
+        Ok(Limits {
+            memory_bytes: self.memory_mib << 20,
+            call_timeout: seconds("timeout", self.timeout)?,
+            http: HttpLimits {
+                timeout: seconds("http-timeout", self.http_timeout)?,
+                connect_timeout: seconds("http-timeout", self.http_timeout.min(10.0))?,
+                max_response_bytes: self.max_response_kib * 1024,
+            },
+        })
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(crate::cache::default_dir)
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the exit code.
+pub fn execute(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Config(args) => config_command(args),
+        Command::Info(args) => info_command(args),
+    }
+}
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("error: {msg}");
+    2
+}
+
+fn run_command(args: RunArgs) -> i32 {
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    let opts = RunOptions {
+        guest: args.guest,
+        vault: args.vault,
+        user_uid: args.user,
+        config_uid: args.config,
+        provider_uid: args.configuration_uid,
+        dry_run: args.dry_run,
+        limits,
+        lock_timeout: seconds("lock-timeout", args.sandbox.lock_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        cache_dir: args.sandbox.cache_dir(),
+    };
+    let result = run(&opts);
+    let mut out = std::io::stdout().lock();
+    match (result, args.json) {
+        (Ok(report), true) => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serialisable")
+            );
+            0
+        }
+        (Ok(report), false) => {
+            if report.status == "planned" {
+                let _ = writeln!(
+                    out,
+                    "dry run for PAM user record {}: nothing was changed. The plan:",
+                    report.user_uid
+                );
+                for n in &report.notes {
+                    let _ = writeln!(out, "  - {n}");
+                }
+            } else {
+                let _ = writeln!(
+                    out,
+                    "rotated PAM user record {}: new key {} stored in {}",
+                    report.user_uid,
+                    report.created.as_deref().unwrap_or("?"),
+                    opts.vault.display()
+                );
+                if !report.retired.is_empty() {
+                    let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
+                }
+            }
+            0
+        }
+        (Err(e), json) => {
+            let code = e.exit_code();
+            if json {
+                let body = serde_json::json!({"status": "failed", "exit_code": code, "error": e.to_string()});
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&body).expect("serialisable")
+                );
+            }
+            eprintln!("error: {e}");
+            code
+        }
+    }
+}
+
+fn config_command(args: ConfigArgs) -> i32 {
+    let opts = ConfigOptions {
+        guest: args.guest,
+        vault: args.vault,
+        title: args.title,
+        fields: args.fields,
+        interactive: !args.no_input,
+        lock_timeout: seconds("lock-timeout", args.sandbox.lock_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        cache_dir: args.sandbox.cache_dir(),
+    };
+    match configure(&opts) {
+        Ok(uid) => {
+            println!("created config record {uid} in {}", opts.vault.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn info_command(args: InfoArgs) -> i32 {
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
+        .and_then(|p| p.instantiate())
+        .and_then(|mut i| Ok((i.info()?, i.config_schema()?)));
+    let (info, schema) = match described {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return if e.is_bad_input() { 2 } else { 1 };
+        }
+    };
+    if args.json {
+        let body = serde_json::json!({"info": info, "config_schema": schema});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).expect("serialisable")
+        );
+        return 0;
+    }
+    println!("{} {}", info.name, info.version);
+    println!("{}", info.summary);
+    println!("can rollback: {}", info.can_rollback);
+    println!("may reach: {}", info.allowed_hosts.join(", "));
+    println!("\nconfig record fields:");
+    for item in &schema {
+        let default = item
+            .default_value
+            .as_deref()
+            .map(|d| format!(", default {d}"))
+            .unwrap_or_default();
+        println!(
+            "  {:<26} {:?}{}{}{}\n      {}",
+            item.label,
+            item.item_type,
+            if item.required { ", required" } else { "" },
+            if item.is_secret { ", secret" } else { "" },
+            default,
+            item.desc
+        );
+    }
+    0
+}

@@ -1,0 +1,225 @@
+//! `rotate-host config`: creates a plugin config record from the plugin's schema,
+//! asking on a terminal or taking `--field LABEL=VALUE`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+
+use crate::engine::{Limits, Plugin, SandboxError};
+use crate::plugin::{ConfigItem, ItemType};
+use crate::vault::{Vault, VaultError};
+
+/// What `rotate-host config` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ConfigOptions {
+    pub guest: PathBuf,
+    pub vault: PathBuf,
+    pub title: String,
+    /// `LABEL=VALUE` pairs from the command line.
+    pub fields: Vec<String>,
+    /// Ask for missing values when standard input is a terminal.
+    pub interactive: bool,
+    pub lock_timeout: Duration,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Why no record was created. The vault is unchanged in every case.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("--field '{0}' is not LABEL=VALUE")]
+    BadField(String),
+    #[error("--field '{label}' is not a field of this plugin; its fields are: {known}")]
+    UnknownLabel { label: String, known: String },
+    #[error("'{label}' {why}")]
+    BadValue { label: String, why: String },
+    #[error(
+        "missing required field(s): {0}. Pass them with --field 'LABEL=VALUE' or run on a terminal to be asked"
+    )]
+    Missing(String),
+    #[error("could not read the answer: {0}")]
+    Prompt(std::io::Error),
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Vault(
+                VaultError::Locked { .. } | VaultError::Write { .. } | VaultError::Lock { .. },
+            ) => 1,
+            Self::Sandbox(e) if !e.is_bad_input() => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// Creates the record and returns its UID.
+pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
+    let plugin = Plugin::load(&opts.guest, Limits::default(), opts.cache_dir.as_deref())?;
+    let mut instance = plugin.instantiate()?;
+    let info = instance.info()?;
+    let schema = instance.config_schema()?;
+
+    let mut values: Vec<(usize, String)> = Vec::new();
+    for pair in &opts.fields {
+        let (label, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadField(pair.clone()))?;
+        let index = schema
+            .iter()
+            .position(|i| i.label.eq_ignore_ascii_case(label.trim()))
+            .ok_or_else(|| ConfigError::UnknownLabel {
+                label: label.trim().to_string(),
+                known: schema
+                    .iter()
+                    .map(|i| format!("'{}'", i.label))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        values.retain(|(i, _)| *i != index);
+        values.push((index, value.trim().to_string()));
+    }
+
+    if opts.interactive && std::io::stdin().is_terminal() {
+        // Required items first, as the vendor's tool asks them.
+        let mut order: Vec<usize> = (0..schema.len()).collect();
+        order.sort_by_key(|&i| !schema[i].required);
+        for i in order {
+            if values.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            let answer = ask(&schema[i]).map_err(ConfigError::Prompt)?;
+            if !answer.is_empty() {
+                values.push((i, answer));
+            }
+        }
+    }
+
+    for (i, value) in &values {
+        check(&schema[*i], value)?;
+    }
+    let missing: Vec<String> = schema
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| item.required && !values.iter().any(|(j, v)| j == i && !v.is_empty()))
+        .map(|(_, item)| format!("'{}'", item.label))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConfigError::Missing(missing.join(", ")));
+    }
+
+    let mut vault = Vault::open_or_create(&opts.vault, opts.lock_timeout)?;
+    let uid = loop {
+        let uid = new_uid();
+        if !vault.has_uid(&uid) {
+            break uid;
+        }
+    };
+    values.sort_by_key(|(i, _)| *i);
+    let mut custom = vec![json!({"type": "text", "label": "SaaS Type", "value": [info.name]})];
+    custom.extend(values.iter().filter(|(_, v)| !v.is_empty()).map(|(i, v)| {
+        let item = &schema[*i];
+        json!({"type": field_type(item), "label": item.label, "value": [v]})
+    }));
+    let mut record = Map::new();
+    record.insert("uid".into(), json!(uid));
+    record.insert("type".into(), json!("login"));
+    record.insert("title".into(), json!(opts.title));
+    record.insert("fields".into(), json!([]));
+    record.insert("custom".into(), Value::Array(custom));
+    vault.add_record(record);
+    vault.save()?;
+    tracing::info!(uid = %uid, vault = %opts.vault.display(), "config record created");
+    Ok(uid)
+}
+
+/// A Keeper-style record UID: 16 random bytes, URL-safe base64.
+fn new_uid() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn field_type(item: &ConfigItem) -> &'static str {
+    match item.item_type {
+        _ if item.is_secret => "secret",
+        ItemType::Secret => "secret",
+        ItemType::Url => "url",
+        ItemType::Multiline => "multiline",
+        _ => "text",
+    }
+}
+
+fn ask(item: &ConfigItem) -> std::io::Result<String> {
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "\n{}: {}",
+        if item.required {
+            "Required"
+        } else {
+            "Optional"
+        },
+        item.label
+    )?;
+    writeln!(err, "{}", item.desc)?;
+    if !item.enum_values.is_empty() {
+        for (v, d) in &item.enum_values {
+            writeln!(err, "  {v}: {d}")?;
+        }
+    }
+    let default = item
+        .default_value
+        .as_deref()
+        .map(|d| format!(" [{d}]"))
+        .unwrap_or_default();
+    let prompt = format!("Enter Value{default} : > ");
+    let answer = if item.is_secret {
+        rpassword::prompt_password(prompt)?
+    } else {
+        write!(err, "{prompt}")?;
+        err.flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
+    Ok(answer.trim().to_string())
+}
+
+/// Checks a value against its item's type.
+fn check(item: &ConfigItem, value: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadValue {
+        label: item.label.clone(),
+        why,
+    };
+    match item.item_type {
+        ItemType::Int if value.parse::<i64>().is_err() => {
+            Err(bad(format!("must be a whole number, not '{value}'")))
+        }
+        ItemType::Number if !value.parse::<f64>().is_ok_and(f64::is_finite) => {
+            Err(bad(format!("must be a number, not '{value}'")))
+        }
+        ItemType::Bool if !matches!(value.to_ascii_lowercase().as_str(), "true" | "false") => {
+            Err(bad(format!("must be true or false, not '{value}'")))
+        }
+        ItemType::Url if crate::allowlist::AllowedOrigin::of_url(value).is_err() => Err(bad(
+            format!("must be an http:// or https:// URL, not '{value}'"),
+        )),
+        ItemType::Enum if !item.enum_values.iter().any(|(v, _)| v == value) => Err(bad(format!(
+            "must be one of {}",
+            item.enum_values
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}

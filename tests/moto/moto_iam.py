@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Drives a moto IAM/STS server for rotate-host's conformance tests and quickstart.
+
+Independent of rotate-host: it uses boto3. The first three calls against a fresh
+server (INITIAL_NO_AUTH_ACTION_COUNT=3) create an administrator; every later call
+is signed with that administrator's key, so moto checks signatures and policies.
+
+Commands print JSON on stdout:
+  bootstrap                        create the administrator; print its key
+  user NAME [--policy-on TARGET]   create a user; with --policy-on, give it the
+                                   user guide's four actions (Resource "*": moto
+                                   matches resources against "*", see README)
+  create-key NAME                  create an access key; print id and secret
+  deactivate NAME KEY_ID           mark a key Inactive
+  keys NAME                        list the user's key ids and statuses
+  whoami KEY_ID SECRET             STS GetCallerIdentity with that key
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+GUIDE_ACTIONS = [
+    "iam:ListAccessKeys",
+    "iam:CreateAccessKey",
+    "iam:DeleteAccessKey",
+    "iam:GetUser",
+]
+
+
+def client(service, endpoint, key=None, secret=None):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key or os.environ.get("MOTO_ADMIN_KEY", "bootstrap"),
+        aws_secret_access_key=secret or os.environ.get("MOTO_ADMIN_SECRET", "bootstrap"),
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--endpoint", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bootstrap")
+    u = sub.add_parser("user")
+    u.add_argument("name")
+    u.add_argument("--policy-on")
+    k = sub.add_parser("create-key")
+    k.add_argument("name")
+    d = sub.add_parser("deactivate")
+    d.add_argument("name")
+    d.add_argument("key_id")
+    ls = sub.add_parser("keys")
+    ls.add_argument("name")
+    w = sub.add_parser("whoami")
+    w.add_argument("key_id")
+    w.add_argument("secret")
+    a = p.parse_args()
+
+    iam = client("iam", a.endpoint)
+    if a.cmd == "bootstrap":
+        iam.create_user(UserName="moto-admin")
+        iam.put_user_policy(
+            UserName="moto-admin",
+            PolicyName="admin",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+            ),
+        )
+        key = iam.create_access_key(UserName="moto-admin")["AccessKey"]
+        out = {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    elif a.cmd == "user":
+        arn = iam.create_user(UserName=a.name)["User"]["Arn"]
+        if a.policy_on:
+            iam.put_user_policy(
+                UserName=a.name,
+                PolicyName="rotate-access-keys",
+                PolicyDocument=json.dumps(
+                    {"Version": "2012-10-17",
+                     "Statement": [{"Effect": "Allow", "Action": GUIDE_ACTIONS, "Resource": "*"}]}
+                ),
+            )
+        out = {"arn": arn}
+    elif a.cmd == "create-key":
+        key = iam.create_access_key(UserName=a.name)["AccessKey"]
+        out = {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    elif a.cmd == "deactivate":
+        iam.update_access_key(UserName=a.name, AccessKeyId=a.key_id, Status="Inactive")
+        out = {}
+    elif a.cmd == "keys":
+        meta = iam.list_access_keys(UserName=a.name)["AccessKeyMetadata"]
+        out = [{"id": m["AccessKeyId"], "status": m["Status"]} for m in meta]
+    elif a.cmd == "whoami":
+        try:
+            arn = client("sts", a.endpoint, a.key_id, a.secret).get_caller_identity()["Arn"]
+            out = {"arn": arn}
+        except botocore.exceptions.ClientError as e:
+            out = {"error": e.response["Error"]["Code"]}
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
