@@ -1,5 +1,7 @@
 //! `rotate-host`: see `rotate_host::cli`.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -8,6 +10,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .init();
     let cli = rotate_host::cli::Cli::parse();

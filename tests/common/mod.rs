@@ -1,0 +1,158 @@
+//! Helpers shared by the integration tests: run the real `rotate-host` binary on
+//! the real guest component, and check DESIGN.md's invariants afterwards.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use test_support::fake_iam::{FakeIam, Key};
+use test_support::vault::{VaultFile, config_record, pam_user};
+
+pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM};
+pub use test_support::assert_no_secrets;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rotate-host");
+
+/// One cache folder per test binary, so the guest is compiled once.
+pub fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// What one `rotate-host` run printed and returned.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Outcome {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// `rotate-host ARGS` at `RUST_LOG=trace`, so every test also checks I3 at the
+/// most verbose level.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("RUST_LOG", "trace")
+        .env("ROTATE_HOST_CACHE_DIR", cache_dir())
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("ALL_PROXY");
+    cmd
+}
+
+pub fn rotate_host(args: &[&str]) -> Outcome {
+    command(args).output().expect("run rotate-host").into()
+}
+
+/// `rotate-host run GUEST --vault V -u USER -c CONFIG EXTRA...`
+pub fn run(vault: &VaultFile, user: &str, config: &str, extra: &[&str]) -> Outcome {
+    let path = vault.path.to_str().unwrap();
+    let mut args = vec!["run", GUEST_WASM, "--vault", path, "-u", user, "-c", config];
+    args.extend(extra);
+    rotate_host(&args)
+}
+
+/// The usual setup against the fake: `rotator` manages `alice`, who has one key
+/// that the vault records.
+pub struct FakeSetup {
+    pub iam: FakeIam,
+    pub vault: VaultFile,
+    pub rotator: Key,
+    pub old: Key,
+}
+
+impl FakeSetup {
+    /// Every secret the run must never print.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut s = vec![self.rotator.secret.clone(), self.old.secret.clone()];
+        s.extend(self.iam.keys("alice").into_iter().map(|k| k.secret));
+        if let Some(v) = self.vault.field("user1", "aws_secret_access_key") {
+            s.push(v);
+        }
+        s
+    }
+
+    pub fn assert_no_leak(&self, out: &Outcome) {
+        let secrets = self.secrets();
+        assert_no_secrets(&out.all(), &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+/// Config fields for the fake at `url`, with short retry budgets for tests.
+pub fn fake_config(url: &str, key: &Key) -> Vec<(String, String, String)> {
+    [
+        ("text", "IAM Username", "alice"),
+        ("secret", "Client ID", key.id.as_str()),
+        ("secret", "Client Secret", key.secret.as_str()),
+        ("text", "AWS Region", "us-east-1"),
+        ("url", "AWS Endpoint URL", url),
+        ("text", "Retry Deadline Seconds", "3"),
+        ("text", "Max Backoff Milliseconds", "50"),
+        ("text", "Verify Timeout Seconds", "2"),
+    ]
+    .iter()
+    .map(|(t, l, v)| (t.to_string(), l.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn config_from(uid: &str, fields: &[(String, String, String)]) -> serde_json::Value {
+    let f: Vec<(&str, &str, &str)> = fields
+        .iter()
+        .map(|(t, l, v)| (t.as_str(), l.as_str(), v.as_str()))
+        .collect();
+    config_record(uid, &f)
+}
+
+pub fn fake_setup() -> FakeSetup {
+    let iam = FakeIam::start();
+    iam.add_user("rotator", &["alice"]);
+    iam.add_user("alice", &[]);
+    let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");
+    let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &fake_config(&iam.url, &rotator)),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &old.id))),
+    ]);
+    FakeSetup { iam, vault, rotator, old }
+}
+
+/// I1 at rest: the key the vault records exists in IAM (or nothing is recorded).
+pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
+    if let Some(id) = vault.field("user1", "aws_access_key_id") {
+        assert!(
+            iam.keys(user).iter().any(|k| k.id == id),
+            "I1 violated: the vault records {id}, which IAM does not have: {:?}",
+            iam.keys(user).iter().map(|k| &k.id).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A converged rotation: the user has exactly one key, the vault's, and the
+/// vault holds its real secret.
+pub fn assert_converged(iam: &FakeIam, vault: &VaultFile) {
+    let keys = iam.keys("alice");
+    assert_eq!(keys.len(), 1, "expected one key, got {keys:?}");
+    assert_eq!(vault.field("user1", "aws_access_key_id").as_deref(), Some(keys[0].id.as_str()));
+    assert_eq!(
+        vault.field("user1", "aws_secret_access_key").as_deref(),
+        Some(keys[0].secret.as_str()),
+        "the vault's secret does not match IAM's"
+    );
+}

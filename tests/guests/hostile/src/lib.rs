@@ -1,0 +1,99 @@
+//! A plugin that misbehaves on purpose. The config record's `behaviour` field
+//! picks how: `spin` loops forever, `hog` grabs memory, `foreign` calls the URL in
+//! `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL` (allowed),
+//! `panic-secret` panics with the config's Client Secret, `log-secret` logs it
+//! and returns it in an error.
+
+#![cfg(target_arch = "wasm32")]
+
+mod bindings {
+    wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
+}
+
+use bindings::pam::rotation::{log, outbound, types as wit};
+
+struct Hostile;
+
+fn value(record: &wit::VaultRecord, label: &str) -> String {
+    record
+        .fields
+        .iter()
+        .find(|f| f.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(label)))
+        .and_then(|f| f.values.first().cloned())
+        .unwrap_or_default()
+}
+
+fn get(url: String) -> String {
+    let request = outbound::Request {
+        method: "GET".into(),
+        url,
+        headers: vec![],
+        body: vec![],
+    };
+    match outbound::send(&request) {
+        Ok(r) => format!("status {} with {} bytes", r.status, r.body.len()),
+        Err(e) => format!("send error: {e:?}"),
+    }
+}
+
+impl bindings::Guest for Hostile {
+    fn info() -> wit::PluginInfo {
+        wit::PluginInfo {
+            name: "Hostile".into(),
+            summary: "misbehaves".into(),
+            version: "0".into(),
+            can_rollback: false,
+            allowed_hosts: vec!["https://*.amazonaws.com".into()],
+        }
+    }
+
+    fn config_schema() -> Vec<wit::ConfigItem> {
+        vec![wit::ConfigItem {
+            id: "endpoint".into(),
+            label: "AWS Endpoint URL".into(),
+            desc: "allowed host".into(),
+            is_secret: false,
+            item_type: wit::ItemType::Url,
+            default_value: None,
+            enum_values: vec![],
+            required: false,
+        }]
+    }
+
+    fn rotate(ctx: wit::Context) -> Result<wit::Rotation, wit::PluginError> {
+        let secret = value(&ctx.config, "Client Secret");
+        match value(&ctx.config, "behaviour").as_str() {
+            "spin" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "hog" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "foreign" => Err(wit::PluginError::Failed(get(value(&ctx.config, "target")))),
+            "fetch" => Err(wit::PluginError::Failed(get(value(&ctx.config, "AWS Endpoint URL")))),
+            "panic-secret" => panic!("leaking {secret}"),
+            "log-secret" => {
+                log::log(log::Level::Error, &format!("the secret is {secret}"));
+                Err(wit::PluginError::Failed(format!("secret {secret}")))
+            }
+            other => Err(wit::PluginError::InvalidConfig(format!("unknown behaviour '{other}'"))),
+        }
+    }
+
+    fn finalize(_: wit::Context, _: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
+        Err(wit::PluginError::Failed("not used".into()))
+    }
+
+    fn rollback(_: wit::Context, _: wit::Rotation) -> Result<(), wit::PluginError> {
+        Ok(())
+    }
+}
+
+bindings::export!(Hostile with_types_in bindings);

@@ -1,0 +1,409 @@
+//! A fake IAM and STS Query API on 127.0.0.1 that keeps per-user keys, enforces
+//! the two-key limit, checks SigV4 signatures, and fails any call on demand.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::sigv4;
+
+/// The account of every fake user.
+pub const ACCOUNT: &str = "123456789012";
+
+/// One way to fail a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// 400 `Throttling`; the call is not carried out.
+    Throttle,
+    /// 500 `InternalFailure`; the call is not carried out.
+    ServerError,
+    /// The connection is closed after the request is read; not carried out.
+    ResetBeforeProcessing,
+    /// The call is carried out, then the connection is closed without an answer.
+    ResetAfterProcessing,
+    /// The call is carried out, then the answer is held back for this long.
+    Timeout(Duration),
+    /// The call is carried out, then answered 200 with broken XML.
+    MalformedXml,
+    /// 403 `AccessDenied`; not carried out.
+    AccessDenied,
+}
+
+impl FaultKind {
+    /// Every kind, for fault matrices (the timeout is meant to outlast the client's).
+    pub fn all(timeout: Duration) -> [FaultKind; 7] {
+        [
+            Self::Throttle,
+            Self::ServerError,
+            Self::ResetBeforeProcessing,
+            Self::ResetAfterProcessing,
+            Self::Timeout(timeout),
+            Self::MalformedXml,
+            Self::AccessDenied,
+        ]
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    action: String,
+    kind: FaultKind,
+    remaining: usize,
+}
+
+/// An access key as the fake keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub id: String,
+    pub secret: String,
+    pub active: bool,
+    pub created: String,
+}
+
+#[derive(Debug, Default)]
+struct User {
+    keys: Vec<Key>,
+    /// Users whose keys this user may manage.
+    manages: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<String, User>,
+    faults: Vec<Fault>,
+    calls: Vec<String>,
+    next_key: u64,
+    /// STS answers InvalidClientTokenId for this many calls with a new key.
+    sts_lag: usize,
+    hold: Option<(String, Sender<()>, Arc<Mutex<Receiver<()>>>)>,
+}
+
+/// The fake server. Dropping it stops nothing: its threads end with the test.
+#[derive(Clone)]
+pub struct FakeIam {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    releases: Arc<Mutex<Vec<Sender<()>>>>,
+}
+
+impl FakeIam {
+    /// Starts a server on a free port of 127.0.0.1.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = shared.clone();
+                thread::spawn(move || serve(stream, state));
+            }
+        });
+        Self {
+            url,
+            state,
+            releases: Arc::default(),
+        }
+    }
+
+    /// Creates a user; `manages` lists the users whose keys it may rotate.
+    pub fn add_user(&self, name: &str, manages: &[&str]) {
+        self.state.lock().unwrap().users.insert(
+            name.into(),
+            User {
+                keys: vec![],
+                manages: manages.iter().map(|s| s.to_string()).collect(),
+            },
+        );
+    }
+
+    /// Creates a key for `user`, as an administrator would.
+    pub fn add_key(&self, user: &str, created: &str) -> Key {
+        let mut s = self.state.lock().unwrap();
+        let key = new_key(&mut s, created);
+        s.users.get_mut(user).expect("user exists").keys.push(key.clone());
+        key
+    }
+
+    pub fn deactivate(&self, user: &str, key_id: &str) {
+        let mut s = self.state.lock().unwrap();
+        for k in &mut s.users.get_mut(user).unwrap().keys {
+            if k.id == key_id {
+                k.active = false;
+            }
+        }
+    }
+
+    /// The user's keys now.
+    pub fn keys(&self, user: &str) -> Vec<Key> {
+        self.state.lock().unwrap().users[user].keys.clone()
+    }
+
+    /// Fails the next `times` calls of `action` with `kind`.
+    pub fn fail(&self, action: &str, kind: FaultKind, times: usize) {
+        self.state.lock().unwrap().faults.push(Fault {
+            action: action.into(),
+            kind,
+            remaining: times,
+        });
+    }
+
+    /// New keys fail STS for this many calls (IAM's eventual consistency).
+    pub fn sts_lag(&self, calls: usize) {
+        self.state.lock().unwrap().sts_lag = calls;
+    }
+
+    /// Every action received so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Holds the answer to the next `action` after carrying it out; the returned
+    /// receiver fires when the call is in flight. `release` lets it go.
+    pub fn hold(&self, action: &str) -> Receiver<()> {
+        let (arrived_tx, arrived_rx) = channel();
+        let (release_tx, release_rx) = channel::<()>();
+        let mut s = self.state.lock().unwrap();
+        // The release sender is parked in the state so `release` can find it.
+        s.hold = Some((action.into(), arrived_tx, Arc::new(Mutex::new(release_rx))));
+        self.releases.lock().unwrap().push(release_tx);
+        arrived_rx
+    }
+
+    /// Lets every held answer go.
+    pub fn release(&self) {
+        self.releases.lock().unwrap().clear();
+    }
+
+    /// The ARN of a fake user.
+    pub fn arn(user: &str) -> String {
+        format!("arn:aws:iam::{ACCOUNT}:user/{user}")
+    }
+}
+
+fn new_key(s: &mut State, created: &str) -> Key {
+    s.next_key += 1;
+    let n = s.next_key;
+    Key {
+        id: format!("AKIAFAKE{n:012}"),
+        secret: format!("fakeSecret{n:04}/{}", "x".repeat(26)),
+        active: true,
+        created: created.into(),
+    }
+}
+
+struct HttpRequest {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest { headers, body })
+}
+
+fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+    let mut out = stream;
+    while let Some(req) = read_request(&mut reader) {
+        let params: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
+        let action = params.get("Action").cloned().unwrap_or_default();
+        let fault = {
+            let mut s = state.lock().unwrap();
+            s.calls.push(action.clone());
+            let f = s.faults.iter_mut().find(|f| f.action == action && f.remaining > 0);
+            f.map(|f| {
+                f.remaining -= 1;
+                f.kind
+            })
+        };
+        let (status, body) = match fault {
+            Some(FaultKind::Throttle) => error(400, "Throttling", "Rate exceeded"),
+            Some(FaultKind::ServerError) => error(500, "InternalFailure", "injected failure"),
+            Some(FaultKind::AccessDenied) => error(403, "AccessDenied", "injected denial"),
+            Some(FaultKind::ResetBeforeProcessing) => {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            _ => handle(&state, &action, &params, &req),
+        };
+        match fault {
+            Some(FaultKind::ResetAfterProcessing) => {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(FaultKind::Timeout(d)) => {
+                thread::sleep(d);
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+            _ => {}
+        }
+        let hold = {
+            let mut s = state.lock().unwrap();
+            match &s.hold {
+                Some((a, _, _)) if *a == action => s.hold.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, arrived, release)) = hold {
+            let _ = arrived.send(());
+            // Blocks until `release` drops the sender (or the test ends).
+            let _ = release.lock().unwrap().recv();
+        }
+        let body = if fault == Some(FaultKind::MalformedXml) {
+            format!("<{action}Response><{action}Result><Broken").into_bytes()
+        } else {
+            body.into_bytes()
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        if out.write_all(head.as_bytes()).and_then(|()| out.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> (u16, String) {
+    (
+        status,
+        format!(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fake</RequestId></ErrorResponse>"
+        ),
+    )
+}
+
+fn handle(
+    state: &Arc<Mutex<State>>,
+    action: &str,
+    params: &HashMap<String, String>,
+    req: &HttpRequest,
+) -> (u16, String) {
+    let mut s = state.lock().unwrap();
+    // Authenticate: a known, active key with a valid signature.
+    let Some(auth) = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .and_then(|(_, v)| sigv4::parse(v))
+    else {
+        return error(403, "MissingAuthenticationToken", "Request is missing Authentication Token");
+    };
+    let expected_service = if action == "GetCallerIdentity" { "sts" } else { "iam" };
+    if auth.service != expected_service {
+        return error(403, "SignatureDoesNotMatch", "wrong service in credential scope");
+    }
+    let signer = s.users.iter().find_map(|(name, u)| {
+        u.keys
+            .iter()
+            .find(|k| k.id == auth.key_id && k.active)
+            .map(|k| (name.clone(), k.secret.clone()))
+    });
+    let Some((signer, secret)) = signer else {
+        return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.");
+    };
+    if !sigv4::verify(&auth, &secret, &req.headers, &req.body) {
+        return error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.");
+    }
+    if action == "GetCallerIdentity" {
+        if s.sts_lag > 0 {
+            s.sts_lag -= 1;
+            return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.");
+        }
+        return (
+            200,
+            format!(
+                "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>{}</Arn><UserId>AID</UserId><Account>{ACCOUNT}</Account></GetCallerIdentityResult></GetCallerIdentityResponse>",
+                FakeIam::arn(&signer)
+            ),
+        );
+    }
+    let target = params.get("UserName").cloned().unwrap_or(signer.clone());
+    let allowed = signer == target || s.users[&signer].manages.contains(&target);
+    if !s.users.contains_key(&target) {
+        return error(404, "NoSuchEntity", &format!("The user with name {target} cannot be found."));
+    }
+    if !allowed {
+        return error(403, "AccessDenied", &format!("User {} is not authorized to perform iam:{action} on {}", FakeIam::arn(&signer), FakeIam::arn(&target)));
+    }
+    match action {
+        "GetUser" => (
+            200,
+            format!(
+                "<GetUserResponse><GetUserResult><User><Path>/</Path><UserName>{target}</UserName><UserId>AID</UserId><Arn>{}</Arn><CreateDate>2024-01-01T00:00:00Z</CreateDate></User></GetUserResult></GetUserResponse>",
+                FakeIam::arn(&target)
+            ),
+        ),
+        "ListAccessKeys" => {
+            let members: String = s.users[&target]
+                .keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "<member><UserName>{target}</UserName><AccessKeyId>{}</AccessKeyId><Status>{}</Status><CreateDate>{}</CreateDate></member>",
+                        k.id,
+                        if k.active { "Active" } else { "Inactive" },
+                        k.created
+                    )
+                })
+                .collect();
+            (
+                200,
+                format!("<ListAccessKeysResponse><ListAccessKeysResult><UserName>{target}</UserName><AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated></ListAccessKeysResult></ListAccessKeysResponse>"),
+            )
+        }
+        "CreateAccessKey" => {
+            if s.users[&target].keys.len() >= 2 {
+                return error(409, "LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2");
+            }
+            let key = new_key(&mut s, "2026-11-24T00:00:00Z");
+            s.users.get_mut(&target).unwrap().keys.push(key.clone());
+            (
+                200,
+                format!(
+                    "<CreateAccessKeyResponse><CreateAccessKeyResult><AccessKey><UserName>{target}</UserName><AccessKeyId>{}</AccessKeyId><Status>Active</Status><SecretAccessKey>{}</SecretAccessKey></AccessKey></CreateAccessKeyResult></CreateAccessKeyResponse>",
+                    key.id, key.secret
+                ),
+            )
+        }
+        "DeleteAccessKey" => {
+            let id = params.get("AccessKeyId").cloned().unwrap_or_default();
+            let keys = &mut s.users.get_mut(&target).unwrap().keys;
+            match keys.iter().position(|k| k.id == id) {
+                Some(i) => {
+                    keys.remove(i);
+                    (200, "<DeleteAccessKeyResponse><ResponseMetadata/></DeleteAccessKeyResponse>".into())
+                }
+                None => error(404, "NoSuchEntity", &format!("The Access Key with id {id} cannot be found.")),
+            }
+        }
+        _ => error(400, "InvalidAction", "unknown action"),
+    }
+}

@@ -1,0 +1,132 @@
+//! moto's IAM/STS server on 127.0.0.1, with signatures and policies enforced.
+//!
+//! moto comes from PyPI (`moto[server]`); `.ci/run` and `scripts/test` install it
+//! into `.venv`. `MOTO_SERVER` may point at another `moto_server`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running moto server with an administrator for setting up and inspecting it.
+pub struct Moto {
+    pub url: String,
+    child: Child,
+    python: PathBuf,
+    admin: (String, String),
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn moto_server() -> PathBuf {
+    let path = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/moto_server"));
+    assert!(
+        path.is_file(),
+        "moto_server not found at {}: run `scripts/test` (it installs moto into .venv), or set MOTO_SERVER",
+        path.display()
+    );
+    path
+}
+
+impl Moto {
+    /// Starts moto on a free port; the first three calls bootstrap an administrator.
+    pub fn start() -> Self {
+        let server = moto_server();
+        let python = server.with_file_name("python");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+            sleep(Duration::from_millis(100));
+        }
+        let mut moto = Self {
+            url,
+            child,
+            python,
+            admin: (String::new(), String::new()),
+        };
+        let admin = moto.helper(&["bootstrap"]);
+        moto.admin = (
+            admin["key_id"].as_str().unwrap().into(),
+            admin["secret"].as_str().unwrap().into(),
+        );
+        moto
+    }
+
+    fn helper(&self, args: &[&str]) -> Value {
+        let out = Command::new(&self.python)
+            .arg(repo_root().join("tests/moto/moto_iam.py"))
+            .args(["--endpoint", &self.url])
+            .args(args)
+            .env("MOTO_ADMIN_KEY", &self.admin.0)
+            .env("MOTO_ADMIN_SECRET", &self.admin.1)
+            .output()
+            .expect("run tests/moto/moto_iam.py");
+        assert!(
+            out.status.success(),
+            "moto_iam.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("moto_iam.py prints JSON")
+    }
+
+    /// Creates a user; with `policy_on`, it gets the user guide's four actions.
+    pub fn user(&self, name: &str, policy_on: Option<&str>) -> String {
+        let mut args = vec!["user", name];
+        if let Some(target) = policy_on {
+            args.extend(["--policy-on", target]);
+        }
+        self.helper(&args)["arn"].as_str().unwrap().into()
+    }
+
+    /// Creates a key; returns its id and secret.
+    pub fn create_key(&self, user: &str) -> (String, String) {
+        let k = self.helper(&["create-key", user]);
+        (k["key_id"].as_str().unwrap().into(), k["secret"].as_str().unwrap().into())
+    }
+
+    pub fn deactivate(&self, user: &str, key_id: &str) {
+        self.helper(&["deactivate", user, key_id]);
+    }
+
+    /// The user's key ids.
+    pub fn keys(&self, user: &str) -> Vec<String> {
+        self.helper(&["keys", user])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// STS GetCallerIdentity with a key: its ARN, or the error code.
+    pub fn whoami(&self, key_id: &str, secret: &str) -> Result<String, String> {
+        let v = self.helper(&["whoami", key_id, secret]);
+        match v["arn"].as_str() {
+            Some(arn) => Ok(arn.into()),
+            None => Err(v["error"].as_str().unwrap_or("?").into()),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,92 @@
+//! Vault files for tests, in Keeper's record shape (DESIGN.md).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// A vault file in its own temporary folder.
+pub struct VaultFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl VaultFile {
+    /// Writes `{"records": records}`.
+    pub fn new(records: Vec<Value>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&json!({ "records": records })).unwrap()).unwrap();
+        Self { dir, path }
+    }
+
+    /// Writes raw bytes as the vault.
+    pub fn raw(bytes: &[u8]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.json");
+        std::fs::write(&path, bytes).unwrap();
+        Self { dir, path }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes()).expect("the vault is valid JSON")
+    }
+
+    /// The first value of the field labelled `label` (any case) in record `uid`.
+    pub fn field(&self, uid: &str, label: &str) -> Option<String> {
+        field_of(&self.json(), uid, label)
+    }
+
+    pub fn folder(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The first value of the field labelled `label` in record `uid` of a vault document.
+pub fn field_of(doc: &Value, uid: &str, label: &str) -> Option<String> {
+    let record = doc["records"].as_array()?.iter().find(|r| r["uid"] == uid)?;
+    ["fields", "custom"]
+        .iter()
+        .filter_map(|s| record[*s].as_array())
+        .flatten()
+        .find(|f| f["label"].as_str().is_some_and(|l| l.eq_ignore_ascii_case(label)))
+        .and_then(|f| f["value"][0].as_str())
+        .map(str::to_string)
+}
+
+/// A plugin config record with custom fields `(type, label, value)`.
+pub fn config_record(uid: &str, fields: &[(&str, &str, &str)]) -> Value {
+    let custom: Vec<Value> = std::iter::once(json!({"type": "text", "label": "SaaS Type", "value": ["AWS Secret Key"]}))
+        .chain(fields.iter().map(|(t, l, v)| json!({"type": t, "label": l, "value": [v]})))
+        .collect();
+    json!({"uid": uid, "type": "login", "title": "AWS Secret Key Credential", "fields": [], "custom": custom})
+}
+
+/// A PAM user record; `key` is `(label, access key id)` when one is recorded.
+pub fn pam_user(uid: &str, login: &str, key: Option<(&str, &str)>) -> Value {
+    let custom: Vec<Value> = key
+        .map(|(label, id)| json!({"type": "text", "label": label, "value": [id]}))
+        .into_iter()
+        .collect();
+    json!({
+        "uid": uid, "type": "pamUser", "title": login,
+        "fields": [{"type": "login", "value": [login]}, {"type": "password", "value": [""]}],
+        "custom": custom,
+        "notes": "kept as is"
+    })
+}
+
+/// A `pamAwsConfiguration` provider record.
+pub fn provider_record(uid: &str, key_id: &str, secret: &str, regions: &str) -> Value {
+    json!({
+        "uid": uid, "type": "pamAwsConfiguration", "title": "AWS",
+        "fields": [
+            {"type": "pamAwsAccessKeyId", "value": [key_id]},
+            {"type": "pamAwsAccessSecretKey", "value": [secret]},
+            {"type": "pamAwsRegionName", "value": [regions]}
+        ]
+    })
+}
