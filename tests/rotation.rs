@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
+use test_support::fake_iam::FaultKind;
 use test_support::vault::{VaultFile, pam_user, provider_record};
 
 #[test]
@@ -29,4 +30,255 @@ fn plain_rotation() {
     let delete = calls.iter().position(|c| c == "DeleteAccessKey").unwrap();
     assert!(create < verify && verify < delete, "{calls:?}");
     s.assert_no_leak(&out);
+}
+
+/// Two keys where the vault's key is the newer one: the older leftover goes.
+#[test]
+fn two_keys_vault_key_newer() {
+    let s = fake_setup();
+    let leftover = s.iam.add_key("alice", "2023-01-01T00:00:00Z");
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
+    assert!(!s.iam.keys("alice").iter().any(|k| k.id == leftover.id || k.id == s.old.id));
+    assert_ne!(before, s.vault.bytes());
+    s.assert_no_leak(&out);
+}
+
+/// Two keys where the vault's key is the older one and CreateAccessKey is
+/// denied: the vault's key survives, the vault is untouched.
+#[test]
+fn two_keys_vault_key_older_and_create_denied() {
+    let s = fake_setup();
+    s.iam.add_key("alice", "2025-06-01T00:00:00Z");
+    s.iam.fail("CreateAccessKey", FaultKind::AccessDenied, usize::MAX);
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("CreateAccessKey") && out.stderr.contains("denied"), "{}", out.stderr);
+    assert!(s.iam.keys("alice").iter().any(|k| k.id == s.old.id), "the vault's key was deleted");
+    assert_eq!(before, s.vault.bytes());
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    s.assert_no_leak(&out);
+}
+
+/// Two keys that the vault does not know: refused, with both ids, nothing changed.
+#[test]
+fn two_unknown_keys_are_refused() {
+    let s = fake_setup();
+    let other = s.iam.add_key("alice", "2025-01-01T00:00:00Z");
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
+        pam_user("user1", "alice", Some(("aws_access_key_id", "AKIANOTINIAM00000000"))),
+    ]);
+    let keys_before = s.iam.keys("alice");
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains(&s.old.id) && out.stderr.contains(&other.id), "{}", out.stderr);
+    assert!(out.stderr.contains("Nothing was changed"), "{}", out.stderr);
+    assert_eq!(s.iam.keys("alice"), keys_before);
+    assert_eq!(before, vault.bytes());
+    assert!(!s.iam.calls().contains(&"CreateAccessKey".to_string()));
+    s.assert_no_leak(&out);
+}
+
+/// The user guide's own setup: one IAM user holds the config's key and the
+/// rotated key. The vault's key must go first (the one I2 exception), with a warning.
+#[test]
+fn guide_setup_one_user_holds_both_keys() {
+    let iam = test_support::fake_iam::FakeIam::start();
+    iam.add_user("alice", &[]);
+    let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &fake_config(&iam.url, &client)),
+        pam_user("user1", "alice", Some(("aws_acess_key_id", &rotated.id))),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stderr.contains("no spare"), "the I2 exception must be logged: {}", out.stderr);
+    let keys = iam.keys("alice");
+    let new = vault.field("user1", "aws_access_key_id").unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().any(|k| k.id == client.id), "the signing key must survive");
+    assert!(keys.iter().any(|k| k.id == new && Some(&k.secret) == vault.field("user1", "aws_secret_access_key").as_ref()));
+    assert!(!keys.iter().any(|k| k.id == rotated.id));
+    let secrets = [client.secret.as_str(), rotated.secret.as_str(), &keys[1].secret];
+    assert_no_secrets(&out.all(), &secrets);
+}
+
+#[test]
+fn wrong_secret_changes_nothing() {
+    let s = fake_setup();
+    let mut cfg = fake_config(&s.iam.url, &s.rotator);
+    cfg[2].2 = "not-the-right-secret-value-0000000000000".into();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
+    ]);
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("Client Secret does not match"), "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    assert_eq!(s.iam.keys("alice").len(), 1);
+    s.assert_no_leak(&out);
+    assert_no_secrets(&out.all(), &["not-the-right-secret-value-0000000000000"]);
+}
+
+#[test]
+fn unknown_iam_user_changes_nothing() {
+    let s = fake_setup();
+    let mut cfg = fake_config(&s.iam.url, &s.rotator);
+    cfg[0].2 = "bob".into();
+    let vault = VaultFile::new(vec![config_from("cfg1", &cfg), pam_user("user1", "bob", None)]);
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("'bob' was not found"), "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    s.assert_no_leak(&out);
+}
+
+/// Credentials and region from a pamAwsConfiguration record; the first region wins.
+#[test]
+fn provider_record_supplies_credentials() {
+    let s = fake_setup();
+    let cfg: Vec<_> = fake_config(&s.iam.url, &s.rotator)
+        .into_iter()
+        .filter(|(_, l, _)| !["Client ID", "Client Secret", "AWS Region"].contains(&l.as_str()))
+        .collect();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
+        provider_record("prov1", &s.rotator.id, &s.rotator.secret, "us-east-1\nus-west-2"),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &["--configuration-uid", "prov1"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &vault);
+    s.assert_no_leak(&out);
+    // Without the provider, the same config lacks credentials: bad input.
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("'Client ID'"), "{}", out.stderr);
+}
+
+/// The vendor guide's misspelled label is read, and written back spelled right.
+#[test]
+fn misspelled_label_is_read_and_corrected() {
+    let s = fake_setup();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
+        pam_user("user1", "alice", Some(("aws_acess_key_id", &s.old.id))),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &vault);
+    let custom = vault.json()["records"][1]["custom"].clone();
+    let labels: Vec<&str> = custom.as_array().unwrap().iter().filter_map(|f| f["label"].as_str()).collect();
+    assert_eq!(labels, ["aws_access_key_id", "aws_secret_access_key"]);
+    s.assert_no_leak(&out);
+}
+
+#[test]
+fn missing_required_config_field_is_bad_input() {
+    let s = fake_setup();
+    let cfg: Vec<_> = fake_config(&s.iam.url, &s.rotator)
+        .into_iter()
+        .filter(|(_, l, _)| l != "Client Secret")
+        .collect();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
+    ]);
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("missing required config field(s) 'Client Secret'"), "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    assert!(s.iam.calls().is_empty(), "nothing may be sent: {:?}", s.iam.calls());
+}
+
+#[test]
+fn malformed_vault_is_bad_input_and_untouched() {
+    let vault = VaultFile::raw(b"{\"records\": [ {\"uid\": \"user1\", ");
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("is malformed"), "{}", out.stderr);
+    assert_eq!(vault.bytes(), b"{\"records\": [ {\"uid\": \"user1\", ");
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let s = fake_setup();
+    s.iam.add_key("alice", "2023-01-01T00:00:00Z");
+    let before = s.vault.bytes();
+    let keys = s.iam.keys("alice");
+    let out = run(&s.vault, "user1", "cfg1", &["--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("nothing was changed") && out.stdout.contains("leftover"), "{}", out.stdout);
+    assert_eq!(before, s.vault.bytes());
+    assert_eq!(keys, s.iam.keys("alice"));
+}
+
+/// IAM is eventually consistent: STS may not know the new key at first.
+#[test]
+fn verification_waits_for_the_new_key() {
+    let s = fake_setup();
+    s.iam.sts_lag(3);
+    let out = run(&s.vault, "user1", "cfg1", &["--json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["status"], "rotated");
+    assert_eq!(report["retired"][0], s.old.id.as_str());
+    assert_eq!(report["created"].as_str(), s.vault.field("user1", "aws_access_key_id").as_deref());
+    assert_eq!(s.iam.calls().iter().filter(|c| *c == "GetCallerIdentity").count(), 4);
+    s.assert_no_leak(&out);
+}
+
+#[test]
+fn info_describes_the_plugin() {
+    let out = rotate_host(&["info", GUEST_WASM, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["info"]["name"], "AWS Secret Key");
+    assert_eq!(v["info"]["can_rollback"], false);
+    assert!(v["info"]["allowed_hosts"].to_string().contains("amazonaws.com"));
+    let labels: Vec<&str> = v["config_schema"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
+    assert!(labels.starts_with(&["IAM Username", "Client ID", "Client Secret", "AWS Region"]), "{labels:?}");
+}
+
+/// `config` creates a record from --field values; `run` then uses it.
+#[test]
+fn config_creates_a_usable_record() {
+    let s = fake_setup();
+    let vault_path = s.vault.path.to_str().unwrap().to_string();
+    let mut args = vec!["config", GUEST_WASM, "--vault", &vault_path, "-t", "New Config", "--no-input"];
+    let fields: Vec<String> = fake_config(&s.iam.url, &s.rotator)
+        .iter()
+        .map(|(_, l, v)| format!("{}={v}", l.to_lowercase()))
+        .collect();
+    for f in &fields {
+        args.extend(["--field", f]);
+    }
+    let out = rotate_host(&args);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let uid = out.stdout.split_whitespace().nth(3).unwrap().to_string();
+    assert_eq!(uid.len(), 22, "{}", out.stdout);
+    assert_eq!(s.vault.field(&uid, "Client Secret").as_deref(), Some(s.rotator.secret.as_str()));
+    let out2 = run(&s.vault, "user1", &uid, &[]);
+    assert_eq!(out2.code, 0, "{}", out2.all());
+    assert_converged(&s.iam, &s.vault);
+    s.assert_no_leak(&out);
+
+    let before = s.vault.bytes();
+    let bad = rotate_host(&["config", GUEST_WASM, "--vault", &vault_path, "-t", "x", "--no-input", "--field", "Colour=blue"]);
+    assert_eq!(bad.code, 2, "{}", bad.all());
+    assert!(bad.stderr.contains("'Colour' is not a field") && bad.stderr.contains("'Client Secret'"), "{}", bad.stderr);
+    let bad = rotate_host(&["config", GUEST_WASM, "--vault", &vault_path, "-t", "x", "--no-input", "--field", "Max Backoff Milliseconds=soon"]);
+    assert_eq!(bad.code, 2, "{}", bad.all());
+    assert_eq!(before, s.vault.bytes());
 }

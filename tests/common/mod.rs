@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use test_support::fake_iam::{FakeIam, Key};
 use test_support::vault::{VaultFile, config_record, pam_user};
 
+#[allow(unused_imports)]
 pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM};
 pub use test_support::assert_no_secrets;
 
