@@ -1,0 +1,188 @@
+//! Conformance against moto (an independent IAM/STS emulator) with signatures
+//! and IAM policies enforced: `INITIAL_NO_AUTH_ACTION_COUNT` is used up by the
+//! bootstrap, and the rotating identity holds only the user guide's four actions.
+
+mod common;
+
+use common::*;
+use test_support::moto::Moto;
+use test_support::vault::{VaultFile, config_record, pam_user, provider_record};
+
+struct MotoSetup {
+    moto: Moto,
+    rotator: (String, String),
+    old: (String, String),
+}
+
+fn setup() -> MotoSetup {
+    let moto = Moto::start();
+    moto.user("alice", None);
+    moto.user("rotator", Some("alice"));
+    let rotator = moto.create_key("rotator");
+    let old = moto.create_key("alice");
+    MotoSetup { moto, rotator, old }
+}
+
+fn config(url: &str, key: &(String, String)) -> serde_json::Value {
+    config_record(
+        "cfg1",
+        &[
+            ("text", "IAM Username", "alice"),
+            ("secret", "Client ID", &key.0),
+            ("secret", "Client Secret", &key.1),
+            ("text", "AWS Region", "us-east-1"),
+            ("url", "AWS Endpoint URL", url),
+            ("text", "Retry Deadline Seconds", "5"),
+        ],
+    )
+}
+
+fn secrets<'a>(s: &'a MotoSetup, vault: &VaultFile) -> Vec<String> {
+    let mut v = vec![s.rotator.1.clone(), s.old.1.clone()];
+    v.extend(vault.field("user1", "aws_secret_access_key"));
+    v
+}
+
+fn check_no_leak(s: &MotoSetup, vault: &VaultFile, out: &Outcome) {
+    let secrets = secrets(s, vault);
+    assert_no_secrets(&out.all(), &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The acceptance test: the vault's new key authenticates as the user.
+#[test]
+fn rotates_and_the_new_key_authenticates_as_the_user() {
+    let s = setup();
+    let vault = VaultFile::new(vec![
+        config(&s.moto.url, &s.rotator),
+        pam_user("user1", "alice", Some(("aws_acess_key_id", &s.old.0))),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let id = vault.field("user1", "aws_access_key_id").unwrap();
+    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    assert_ne!(id, s.old.0);
+    assert_eq!(s.moto.keys("alice"), vec![id.clone()]);
+    let arn = s.moto.whoami(&id, &secret).expect("the new key authenticates");
+    assert!(arn.ends_with(":user/alice"), "{arn}");
+    assert_eq!(s.moto.whoami(&s.old.0, &s.old.1), Err("InvalidClientTokenId".into()));
+    check_no_leak(&s, &vault, &out);
+
+    // And again: the rotated key rotates cleanly.
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(s.moto.keys("alice").len(), 1);
+    assert_ne!(s.moto.keys("alice")[0], id);
+}
+
+#[test]
+fn wrong_secret_is_rejected_by_moto() {
+    let s = setup();
+    let bad = (s.rotator.0.clone(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string());
+    let vault = VaultFile::new(vec![
+        config(&s.moto.url, &bad),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.0))),
+    ]);
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("SignatureDoesNotMatch"), "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
+    check_no_leak(&s, &vault, &out);
+}
+
+/// A rotating identity without the guide's policy is denied by moto's policy engine.
+#[test]
+fn identity_without_the_policy_is_denied() {
+    let s = setup();
+    s.moto.user("intruder", None);
+    let intruder = s.moto.create_key("intruder");
+    let vault = VaultFile::new(vec![
+        config(&s.moto.url, &intruder),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.0))),
+    ]);
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("was denied") && out.stderr.contains("least-privilege policy"), "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
+}
+
+#[test]
+fn unknown_user_in_moto() {
+    let s = setup();
+    let vault = VaultFile::new(vec![
+        config_record(
+            "cfg1",
+            &[
+                ("secret", "Client ID", &s.rotator.0),
+                ("secret", "Client Secret", &s.rotator.1),
+                ("text", "AWS Region", "us-east-1"),
+                ("url", "AWS Endpoint URL", &s.moto.url),
+            ],
+        ),
+        pam_user("user1", "nobody", None),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("'nobody' was not found"), "{}", out.stderr);
+}
+
+/// Two keys, both unknown to the vault, one inactive: the inactive one makes room.
+#[test]
+fn inactive_unknown_key_makes_room() {
+    let s = setup();
+    let inactive = s.moto.create_key("alice");
+    s.moto.deactivate("alice", &inactive.0);
+    let vault = VaultFile::new(vec![
+        config(&s.moto.url, &s.rotator),
+        pam_user("user1", "alice", None),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let keys = s.moto.keys("alice");
+    let id = vault.field("user1", "aws_access_key_id").unwrap();
+    assert!(keys.contains(&id) && keys.contains(&s.old.0) && !keys.contains(&inactive.0), "{keys:?}");
+    check_no_leak(&s, &vault, &out);
+}
+
+#[test]
+fn provider_record_against_moto() {
+    let s = setup();
+    let vault = VaultFile::new(vec![
+        config_record("cfg1", &[("url", "AWS Endpoint URL", &s.moto.url)]),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.0))),
+        provider_record("prov1", &s.rotator.0, &s.rotator.1, "us-east-1"),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &["--configuration-uid", "prov1"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let id = vault.field("user1", "aws_access_key_id").unwrap();
+    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    assert!(s.moto.whoami(&id, &secret).unwrap().ends_with(":user/alice"));
+    check_no_leak(&s, &vault, &out);
+}
+
+/// The user guide's own setup in moto: alice rotates her own second key.
+#[test]
+fn guide_setup_in_moto() {
+    let moto = Moto::start();
+    moto.user("alice", Some("alice"));
+    let client = moto.create_key("alice");
+    let rotated = moto.create_key("alice");
+    let vault = VaultFile::new(vec![
+        config(&moto.url, &client),
+        pam_user("user1", "alice", Some(("aws_acess_key_id", &rotated.0))),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let id = vault.field("user1", "aws_access_key_id").unwrap();
+    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    let mut keys = moto.keys("alice");
+    keys.sort();
+    let mut expected = vec![client.0.clone(), id.clone()];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert!(moto.whoami(&id, &secret).unwrap().ends_with(":user/alice"));
+    assert_no_secrets(&out.all(), &[&client.1, &rotated.1, &secret]);
+}
