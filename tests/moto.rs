@@ -45,7 +45,10 @@ fn secrets<'a>(s: &'a MotoSetup, vault: &VaultFile) -> Vec<String> {
 
 fn check_no_leak(s: &MotoSetup, vault: &VaultFile, out: &Outcome) {
     let secrets = secrets(s, vault);
-    assert_no_secrets(&out.all(), &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_no_secrets(
+        &out.all(),
+        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }
 
 /// The acceptance test: the vault's new key authenticates as the user.
@@ -62,9 +65,15 @@ fn rotates_and_the_new_key_authenticates_as_the_user() {
     let secret = vault.field("user1", "aws_secret_access_key").unwrap();
     assert_ne!(id, s.old.0);
     assert_eq!(s.moto.keys("alice"), vec![id.clone()]);
-    let arn = s.moto.whoami(&id, &secret).expect("the new key authenticates");
+    let arn = s
+        .moto
+        .whoami(&id, &secret)
+        .expect("the new key authenticates");
     assert!(arn.ends_with(":user/alice"), "{arn}");
-    assert_eq!(s.moto.whoami(&s.old.0, &s.old.1), Err("InvalidClientTokenId".into()));
+    assert_eq!(
+        s.moto.whoami(&s.old.0, &s.old.1),
+        Err("InvalidClientTokenId".into())
+    );
     check_no_leak(&s, &vault, &out);
 
     // And again: the rotated key rotates cleanly.
@@ -77,7 +86,10 @@ fn rotates_and_the_new_key_authenticates_as_the_user() {
 #[test]
 fn wrong_secret_is_rejected_by_moto() {
     let s = setup();
-    let bad = (s.rotator.0.clone(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string());
+    let bad = (
+        s.rotator.0.clone(),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string(),
+    );
     let vault = VaultFile::new(vec![
         config(&s.moto.url, &bad),
         pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.0))),
@@ -85,7 +97,11 @@ fn wrong_secret_is_rejected_by_moto() {
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("SignatureDoesNotMatch"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("SignatureDoesNotMatch"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, vault.bytes());
     assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
     check_no_leak(&s, &vault, &out);
@@ -104,7 +120,11 @@ fn identity_without_the_policy_is_denied() {
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("was denied") && out.stderr.contains("least-privilege policy"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was denied") && out.stderr.contains("least-privilege policy"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, vault.bytes());
     assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
 }
@@ -126,7 +146,11 @@ fn unknown_user_in_moto() {
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("'nobody' was not found"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("'nobody' was not found"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Two keys, both unknown to the vault, one inactive: the inactive one makes room.
@@ -143,7 +167,10 @@ fn inactive_unknown_key_makes_room() {
     assert_eq!(out.code, 0, "{}", out.all());
     let keys = s.moto.keys("alice");
     let id = vault.field("user1", "aws_access_key_id").unwrap();
-    assert!(keys.contains(&id) && keys.contains(&s.old.0) && !keys.contains(&inactive.0), "{keys:?}");
+    assert!(
+        keys.contains(&id) && keys.contains(&s.old.0) && !keys.contains(&inactive.0),
+        "{keys:?}"
+    );
     check_no_leak(&s, &vault, &out);
 }
 
@@ -159,7 +186,12 @@ fn provider_record_against_moto() {
     assert_eq!(out.code, 0, "{}", out.all());
     let id = vault.field("user1", "aws_access_key_id").unwrap();
     let secret = vault.field("user1", "aws_secret_access_key").unwrap();
-    assert!(s.moto.whoami(&id, &secret).unwrap().ends_with(":user/alice"));
+    assert!(
+        s.moto
+            .whoami(&id, &secret)
+            .unwrap()
+            .ends_with(":user/alice")
+    );
     check_no_leak(&s, &vault, &out);
 }
 

@@ -18,10 +18,17 @@ fn plain_rotation() {
     assert_converged(&s.iam, &s.vault);
     let new = s.vault.field("user1", "aws_access_key_id").unwrap();
     assert_ne!(new, s.old.id);
-    assert!(out.stdout.contains(&new) && out.stdout.contains(&s.old.id), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&new) && out.stdout.contains(&s.old.id),
+        "{}",
+        out.stdout
+    );
     // Unknown content is kept, and the file is private.
     assert_eq!(s.vault.json()["records"][1]["notes"], "kept as is");
-    let mode = std::fs::metadata(&s.vault.path).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&s.vault.path)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The order of the flow: store before delete is visible in the calls.
     let calls = s.iam.calls();
@@ -41,7 +48,12 @@ fn two_keys_vault_key_newer() {
     let out = run(&s.vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_converged(&s.iam, &s.vault);
-    assert!(!s.iam.keys("alice").iter().any(|k| k.id == leftover.id || k.id == s.old.id));
+    assert!(
+        !s.iam
+            .keys("alice")
+            .iter()
+            .any(|k| k.id == leftover.id || k.id == s.old.id)
+    );
     assert_ne!(before, s.vault.bytes());
     s.assert_no_leak(&out);
 }
@@ -52,12 +64,20 @@ fn two_keys_vault_key_newer() {
 fn two_keys_vault_key_older_and_create_denied() {
     let s = fake_setup();
     s.iam.add_key("alice", "2025-06-01T00:00:00Z");
-    s.iam.fail("CreateAccessKey", FaultKind::AccessDenied, usize::MAX);
+    s.iam
+        .fail("CreateAccessKey", FaultKind::AccessDenied, usize::MAX);
     let before = s.vault.bytes();
     let out = run(&s.vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("CreateAccessKey") && out.stderr.contains("denied"), "{}", out.stderr);
-    assert!(s.iam.keys("alice").iter().any(|k| k.id == s.old.id), "the vault's key was deleted");
+    assert!(
+        out.stderr.contains("CreateAccessKey") && out.stderr.contains("denied"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        s.iam.keys("alice").iter().any(|k| k.id == s.old.id),
+        "the vault's key was deleted"
+    );
     assert_eq!(before, s.vault.bytes());
     assert_vault_key_exists(&s.iam, &s.vault, "alice");
     s.assert_no_leak(&out);
@@ -70,13 +90,21 @@ fn two_unknown_keys_are_refused() {
     let other = s.iam.add_key("alice", "2025-01-01T00:00:00Z");
     let vault = VaultFile::new(vec![
         config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
-        pam_user("user1", "alice", Some(("aws_access_key_id", "AKIANOTINIAM00000000"))),
+        pam_user(
+            "user1",
+            "alice",
+            Some(("aws_access_key_id", "AKIANOTINIAM00000000")),
+        ),
     ]);
     let keys_before = s.iam.keys("alice");
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains(&s.old.id) && out.stderr.contains(&other.id), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&s.old.id) && out.stderr.contains(&other.id),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("Nothing was changed"), "{}", out.stderr);
     assert_eq!(s.iam.keys("alice"), keys_before);
     assert_eq!(before, vault.bytes());
@@ -98,14 +126,26 @@ fn guide_setup_one_user_holds_both_keys() {
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(out.stderr.contains("no spare"), "the I2 exception must be logged: {}", out.stderr);
+    assert!(
+        out.stderr.contains("no spare"),
+        "the I2 exception must be logged: {}",
+        out.stderr
+    );
     let keys = iam.keys("alice");
     let new = vault.field("user1", "aws_access_key_id").unwrap();
     assert_eq!(keys.len(), 2);
-    assert!(keys.iter().any(|k| k.id == client.id), "the signing key must survive");
-    assert!(keys.iter().any(|k| k.id == new && Some(&k.secret) == vault.field("user1", "aws_secret_access_key").as_ref()));
+    assert!(
+        keys.iter().any(|k| k.id == client.id),
+        "the signing key must survive"
+    );
+    assert!(keys.iter().any(|k| k.id == new
+        && Some(&k.secret) == vault.field("user1", "aws_secret_access_key").as_ref()));
     assert!(!keys.iter().any(|k| k.id == rotated.id));
-    let secrets = [client.secret.as_str(), rotated.secret.as_str(), &keys[1].secret];
+    let secrets = [
+        client.secret.as_str(),
+        rotated.secret.as_str(),
+        &keys[1].secret,
+    ];
     assert_no_secrets(&out.all(), &secrets);
 }
 
@@ -121,7 +161,11 @@ fn wrong_secret_changes_nothing() {
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("Client Secret does not match"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Client Secret does not match"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, vault.bytes());
     assert_eq!(s.iam.keys("alice").len(), 1);
     s.assert_no_leak(&out);
@@ -133,7 +177,10 @@ fn unknown_iam_user_changes_nothing() {
     let s = fake_setup();
     let mut cfg = fake_config(&s.iam.url, &s.rotator);
     cfg[0].2 = "bob".into();
-    let vault = VaultFile::new(vec![config_from("cfg1", &cfg), pam_user("user1", "bob", None)]);
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "bob", None),
+    ]);
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
@@ -153,7 +200,12 @@ fn provider_record_supplies_credentials() {
     let vault = VaultFile::new(vec![
         config_from("cfg1", &cfg),
         pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
-        provider_record("prov1", &s.rotator.id, &s.rotator.secret, "us-east-1\nus-west-2"),
+        provider_record(
+            "prov1",
+            &s.rotator.id,
+            &s.rotator.secret,
+            "us-east-1\nus-west-2",
+        ),
     ]);
     let out = run(&vault, "user1", "cfg1", &["--configuration-uid", "prov1"]);
     assert_eq!(out.code, 0, "{}", out.all());
@@ -177,7 +229,12 @@ fn misspelled_label_is_read_and_corrected() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert_converged(&s.iam, &vault);
     let custom = vault.json()["records"][1]["custom"].clone();
-    let labels: Vec<&str> = custom.as_array().unwrap().iter().filter_map(|f| f["label"].as_str()).collect();
+    let labels: Vec<&str> = custom
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["label"].as_str())
+        .collect();
     assert_eq!(labels, ["aws_access_key_id", "aws_secret_access_key"]);
     s.assert_no_leak(&out);
 }
@@ -196,9 +253,18 @@ fn missing_required_config_field_is_bad_input() {
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("missing required config field(s) 'Client Secret'"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("missing required config field(s) 'Client Secret'"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, vault.bytes());
-    assert!(s.iam.calls().is_empty(), "nothing may be sent: {:?}", s.iam.calls());
+    assert!(
+        s.iam.calls().is_empty(),
+        "nothing may be sent: {:?}",
+        s.iam.calls()
+    );
 }
 
 #[test]
@@ -218,7 +284,11 @@ fn dry_run_changes_nothing() {
     let keys = s.iam.keys("alice");
     let out = run(&s.vault, "user1", "cfg1", &["--dry-run"]);
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(out.stdout.contains("nothing was changed") && out.stdout.contains("leftover"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("nothing was changed") && out.stdout.contains("leftover"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(before, s.vault.bytes());
     assert_eq!(keys, s.iam.keys("alice"));
 }
@@ -234,8 +304,18 @@ fn verification_waits_for_the_new_key() {
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["status"], "rotated");
     assert_eq!(report["retired"][0], s.old.id.as_str());
-    assert_eq!(report["created"].as_str(), s.vault.field("user1", "aws_access_key_id").as_deref());
-    assert_eq!(s.iam.calls().iter().filter(|c| *c == "GetCallerIdentity").count(), 4);
+    assert_eq!(
+        report["created"].as_str(),
+        s.vault.field("user1", "aws_access_key_id").as_deref()
+    );
+    assert_eq!(
+        s.iam
+            .calls()
+            .iter()
+            .filter(|c| *c == "GetCallerIdentity")
+            .count(),
+        4
+    );
     s.assert_no_leak(&out);
 }
 
@@ -246,9 +326,21 @@ fn info_describes_the_plugin() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["info"]["name"], "AWS Secret Key");
     assert_eq!(v["info"]["can_rollback"], false);
-    assert!(v["info"]["allowed_hosts"].to_string().contains("amazonaws.com"));
-    let labels: Vec<&str> = v["config_schema"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
-    assert!(labels.starts_with(&["IAM Username", "Client ID", "Client Secret", "AWS Region"]), "{labels:?}");
+    assert!(
+        v["info"]["allowed_hosts"]
+            .to_string()
+            .contains("amazonaws.com")
+    );
+    let labels: Vec<&str> = v["config_schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.starts_with(&["IAM Username", "Client ID", "Client Secret", "AWS Region"]),
+        "{labels:?}"
+    );
 }
 
 /// `config` creates a record from --field values; `run` then uses it.
@@ -256,7 +348,15 @@ fn info_describes_the_plugin() {
 fn config_creates_a_usable_record() {
     let s = fake_setup();
     let vault_path = s.vault.path.to_str().unwrap().to_string();
-    let mut args = vec!["config", GUEST_WASM, "--vault", &vault_path, "-t", "New Config", "--no-input"];
+    let mut args = vec![
+        "config",
+        GUEST_WASM,
+        "--vault",
+        &vault_path,
+        "-t",
+        "New Config",
+        "--no-input",
+    ];
     let fields: Vec<String> = fake_config(&s.iam.url, &s.rotator)
         .iter()
         .map(|(_, l, v)| format!("{}={v}", l.to_lowercase()))
@@ -268,17 +368,44 @@ fn config_creates_a_usable_record() {
     assert_eq!(out.code, 0, "{}", out.all());
     let uid = out.stdout.split_whitespace().nth(3).unwrap().to_string();
     assert_eq!(uid.len(), 22, "{}", out.stdout);
-    assert_eq!(s.vault.field(&uid, "Client Secret").as_deref(), Some(s.rotator.secret.as_str()));
+    assert_eq!(
+        s.vault.field(&uid, "Client Secret").as_deref(),
+        Some(s.rotator.secret.as_str())
+    );
     let out2 = run(&s.vault, "user1", &uid, &[]);
     assert_eq!(out2.code, 0, "{}", out2.all());
     assert_converged(&s.iam, &s.vault);
     s.assert_no_leak(&out);
 
     let before = s.vault.bytes();
-    let bad = rotate_host(&["config", GUEST_WASM, "--vault", &vault_path, "-t", "x", "--no-input", "--field", "Colour=blue"]);
+    let bad = rotate_host(&[
+        "config",
+        GUEST_WASM,
+        "--vault",
+        &vault_path,
+        "-t",
+        "x",
+        "--no-input",
+        "--field",
+        "Colour=blue",
+    ]);
     assert_eq!(bad.code, 2, "{}", bad.all());
-    assert!(bad.stderr.contains("'Colour' is not a field") && bad.stderr.contains("'Client Secret'"), "{}", bad.stderr);
-    let bad = rotate_host(&["config", GUEST_WASM, "--vault", &vault_path, "-t", "x", "--no-input", "--field", "Max Backoff Milliseconds=soon"]);
+    assert!(
+        bad.stderr.contains("'Colour' is not a field") && bad.stderr.contains("'Client Secret'"),
+        "{}",
+        bad.stderr
+    );
+    let bad = rotate_host(&[
+        "config",
+        GUEST_WASM,
+        "--vault",
+        &vault_path,
+        "-t",
+        "x",
+        "--no-input",
+        "--field",
+        "Max Backoff Milliseconds=soon",
+    ]);
     assert_eq!(bad.code, 2, "{}", bad.all());
     assert_eq!(before, s.vault.bytes());
 }

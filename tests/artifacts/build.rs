@@ -37,7 +37,9 @@ fn main() {
     for (package, _, _) in GUESTS {
         cmd.arg("-p").arg(package);
     }
-    let status = cmd.status().expect("run cargo to build the guest components");
+    let status = cmd
+        .status()
+        .expect("run cargo to build the guest components");
     if !status.success() {
         panic!(
             "building the guest components for {TARGET} failed (see above). If the target is \

@@ -92,7 +92,10 @@ impl FakeSetup {
 
     pub fn assert_no_leak(&self, out: &Outcome) {
         let secrets = self.secrets();
-        assert_no_secrets(&out.all(), &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_no_secrets(
+            &out.all(),
+            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
     }
 }
 
@@ -131,7 +134,12 @@ pub fn fake_setup() -> FakeSetup {
         config_from("cfg1", &fake_config(&iam.url, &rotator)),
         pam_user("user1", "alice", Some(("aws_access_key_id", &old.id))),
     ]);
-    FakeSetup { iam, vault, rotator, old }
+    FakeSetup {
+        iam,
+        vault,
+        rotator,
+        old,
+    }
 }
 
 /// I1 at rest: the key the vault records exists in IAM (or nothing is recorded).
@@ -150,7 +158,10 @@ pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
 pub fn assert_converged(iam: &FakeIam, vault: &VaultFile) {
     let keys = iam.keys("alice");
     assert_eq!(keys.len(), 1, "expected one key, got {keys:?}");
-    assert_eq!(vault.field("user1", "aws_access_key_id").as_deref(), Some(keys[0].id.as_str()));
+    assert_eq!(
+        vault.field("user1", "aws_access_key_id").as_deref(),
+        Some(keys[0].id.as_str())
+    );
     assert_eq!(
         vault.field("user1", "aws_secret_access_key").as_deref(),
         Some(keys[0].secret.as_str()),

@@ -125,7 +125,11 @@ impl FakeIam {
     pub fn add_key(&self, user: &str, created: &str) -> Key {
         let mut s = self.state.lock().unwrap();
         let key = new_key(&mut s, created);
-        s.users.get_mut(user).expect("user exists").keys.push(key.clone());
+        s.users
+            .get_mut(user)
+            .expect("user exists")
+            .keys
+            .push(key.clone());
         key
     }
 
@@ -150,6 +154,11 @@ impl FakeIam {
             kind,
             remaining: times,
         });
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
     }
 
     /// New keys fail STS for this many calls (IAM's eventual consistency).
@@ -231,12 +240,16 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
     let mut out = stream;
     while let Some(req) = read_request(&mut reader) {
-        let params: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
+        let params: HashMap<String, String> =
+            form_urlencoded::parse(&req.body).into_owned().collect();
         let action = params.get("Action").cloned().unwrap_or_default();
         let fault = {
             let mut s = state.lock().unwrap();
             s.calls.push(action.clone());
-            let f = s.faults.iter_mut().find(|f| f.action == action && f.remaining > 0);
+            let f = s
+                .faults
+                .iter_mut()
+                .find(|f| f.action == action && f.remaining > 0);
             f.map(|f| {
                 f.remaining -= 1;
                 f.kind
@@ -285,7 +298,11 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        if out.write_all(head.as_bytes()).and_then(|()| out.write_all(&body)).is_err() {
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|()| out.write_all(&body))
+            .is_err()
+        {
             return;
         }
     }
@@ -314,11 +331,23 @@ fn handle(
         .find(|(k, _)| k == "authorization")
         .and_then(|(_, v)| sigv4::parse(v))
     else {
-        return error(403, "MissingAuthenticationToken", "Request is missing Authentication Token");
+        return error(
+            403,
+            "MissingAuthenticationToken",
+            "Request is missing Authentication Token",
+        );
     };
-    let expected_service = if action == "GetCallerIdentity" { "sts" } else { "iam" };
+    let expected_service = if action == "GetCallerIdentity" {
+        "sts"
+    } else {
+        "iam"
+    };
     if auth.service != expected_service {
-        return error(403, "SignatureDoesNotMatch", "wrong service in credential scope");
+        return error(
+            403,
+            "SignatureDoesNotMatch",
+            "wrong service in credential scope",
+        );
     }
     let signer = s.users.iter().find_map(|(name, u)| {
         u.keys
@@ -327,15 +356,27 @@ fn handle(
             .map(|k| (name.clone(), k.secret.clone()))
     });
     let Some((signer, secret)) = signer else {
-        return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.");
+        return error(
+            403,
+            "InvalidClientTokenId",
+            "The security token included in the request is invalid.",
+        );
     };
     if !sigv4::verify(&auth, &secret, &req.headers, &req.body) {
-        return error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.");
+        return error(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        );
     }
     if action == "GetCallerIdentity" {
         if s.sts_lag > 0 {
             s.sts_lag -= 1;
-            return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.");
+            return error(
+                403,
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            );
         }
         return (
             200,
@@ -348,10 +389,22 @@ fn handle(
     let target = params.get("UserName").cloned().unwrap_or(signer.clone());
     let allowed = signer == target || s.users[&signer].manages.contains(&target);
     if !s.users.contains_key(&target) {
-        return error(404, "NoSuchEntity", &format!("The user with name {target} cannot be found."));
+        return error(
+            404,
+            "NoSuchEntity",
+            &format!("The user with name {target} cannot be found."),
+        );
     }
     if !allowed {
-        return error(403, "AccessDenied", &format!("User {} is not authorized to perform iam:{action} on {}", FakeIam::arn(&signer), FakeIam::arn(&target)));
+        return error(
+            403,
+            "AccessDenied",
+            &format!(
+                "User {} is not authorized to perform iam:{action} on {}",
+                FakeIam::arn(&signer),
+                FakeIam::arn(&target)
+            ),
+        );
     }
     match action {
         "GetUser" => (
@@ -376,12 +429,18 @@ fn handle(
                 .collect();
             (
                 200,
-                format!("<ListAccessKeysResponse><ListAccessKeysResult><UserName>{target}</UserName><AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated></ListAccessKeysResult></ListAccessKeysResponse>"),
+                format!(
+                    "<ListAccessKeysResponse><ListAccessKeysResult><UserName>{target}</UserName><AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated></ListAccessKeysResult></ListAccessKeysResponse>"
+                ),
             )
         }
         "CreateAccessKey" => {
             if s.users[&target].keys.len() >= 2 {
-                return error(409, "LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2");
+                return error(
+                    409,
+                    "LimitExceeded",
+                    "Cannot exceed quota for AccessKeysPerUser: 2",
+                );
             }
             let key = new_key(&mut s, "2026-11-24T00:00:00Z");
             s.users.get_mut(&target).unwrap().keys.push(key.clone());
@@ -399,9 +458,17 @@ fn handle(
             match keys.iter().position(|k| k.id == id) {
                 Some(i) => {
                     keys.remove(i);
-                    (200, "<DeleteAccessKeyResponse><ResponseMetadata/></DeleteAccessKeyResponse>".into())
+                    (
+                        200,
+                        "<DeleteAccessKeyResponse><ResponseMetadata/></DeleteAccessKeyResponse>"
+                            .into(),
+                    )
                 }
-                None => error(404, "NoSuchEntity", &format!("The Access Key with id {id} cannot be found.")),
+                None => error(
+                    404,
+                    "NoSuchEntity",
+                    &format!("The Access Key with id {id} cannot be found."),
+                ),
             }
         }
         _ => error(400, "InvalidAction", "unknown action"),

@@ -40,7 +40,11 @@ impl Moto {
     pub fn start() -> Self {
         let server = moto_server();
         let python = server.with_file_name("python");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(&server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
@@ -51,7 +55,10 @@ impl Moto {
         let url = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
             sleep(Duration::from_millis(100));
         }
         let mut moto = Self {
@@ -97,7 +104,10 @@ impl Moto {
     /// Creates a key; returns its id and secret.
     pub fn create_key(&self, user: &str) -> (String, String) {
         let k = self.helper(&["create-key", user]);
-        (k["key_id"].as_str().unwrap().into(), k["secret"].as_str().unwrap().into())
+        (
+            k["key_id"].as_str().unwrap().into(),
+            k["secret"].as_str().unwrap().into(),
+        )
     }
 
     pub fn deactivate(&self, user: &str, key_id: &str) {

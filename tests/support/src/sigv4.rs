@@ -61,7 +61,12 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// True if `auth` is a valid signature by `secret` of a `POST /` request with
 /// these headers (lower-case names) and body.
-pub fn verify(auth: &Authorization, secret: &str, headers: &[(String, String)], body: &[u8]) -> bool {
+pub fn verify(
+    auth: &Authorization,
+    secret: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> bool {
     let header = |name: &str| {
         headers
             .iter()
@@ -86,7 +91,10 @@ pub fn verify(auth: &Authorization, secret: &str, headers: &[(String, String)], 
         auth.signed_headers.join(";"),
         hex::encode(Sha256::digest(body))
     );
-    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        auth.date, auth.region, auth.service
+    );
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))

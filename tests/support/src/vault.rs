@@ -15,7 +15,11 @@ impl VaultFile {
     pub fn new(records: Vec<Value>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&json!({ "records": records })).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&json!({ "records": records })).unwrap(),
+        )
+        .unwrap();
         Self { dir, path }
     }
 
@@ -47,21 +51,33 @@ impl VaultFile {
 
 /// The first value of the field labelled `label` in record `uid` of a vault document.
 pub fn field_of(doc: &Value, uid: &str, label: &str) -> Option<String> {
-    let record = doc["records"].as_array()?.iter().find(|r| r["uid"] == uid)?;
+    let record = doc["records"]
+        .as_array()?
+        .iter()
+        .find(|r| r["uid"] == uid)?;
     ["fields", "custom"]
         .iter()
         .filter_map(|s| record[*s].as_array())
         .flatten()
-        .find(|f| f["label"].as_str().is_some_and(|l| l.eq_ignore_ascii_case(label)))
+        .find(|f| {
+            f["label"]
+                .as_str()
+                .is_some_and(|l| l.eq_ignore_ascii_case(label))
+        })
         .and_then(|f| f["value"][0].as_str())
         .map(str::to_string)
 }
 
 /// A plugin config record with custom fields `(type, label, value)`.
 pub fn config_record(uid: &str, fields: &[(&str, &str, &str)]) -> Value {
-    let custom: Vec<Value> = std::iter::once(json!({"type": "text", "label": "SaaS Type", "value": ["AWS Secret Key"]}))
-        .chain(fields.iter().map(|(t, l, v)| json!({"type": t, "label": l, "value": [v]})))
-        .collect();
+    let custom: Vec<Value> =
+        std::iter::once(json!({"type": "text", "label": "SaaS Type", "value": ["AWS Secret Key"]}))
+            .chain(
+                fields
+                    .iter()
+                    .map(|(t, l, v)| json!({"type": t, "label": l, "value": [v]})),
+            )
+            .collect();
     json!({"uid": uid, "type": "login", "title": "AWS Secret Key Credential", "fields": [], "custom": custom})
 }
 

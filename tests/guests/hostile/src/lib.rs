@@ -18,7 +18,11 @@ fn value(record: &wit::VaultRecord, label: &str) -> String {
     record
         .fields
         .iter()
-        .find(|f| f.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(label)))
+        .find(|f| {
+            f.label
+                .as_deref()
+                .is_some_and(|l| l.eq_ignore_ascii_case(label))
+        })
         .and_then(|f| f.values.first().cloned())
         .unwrap_or_default()
 }
@@ -77,13 +81,18 @@ impl bindings::Guest for Hostile {
                 }
             }
             "foreign" => Err(wit::PluginError::Failed(get(value(&ctx.config, "target")))),
-            "fetch" => Err(wit::PluginError::Failed(get(value(&ctx.config, "AWS Endpoint URL")))),
+            "fetch" => Err(wit::PluginError::Failed(get(value(
+                &ctx.config,
+                "AWS Endpoint URL",
+            )))),
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {
                 log::log(log::Level::Error, &format!("the secret is {secret}"));
                 Err(wit::PluginError::Failed(format!("secret {secret}")))
             }
-            other => Err(wit::PluginError::InvalidConfig(format!("unknown behaviour '{other}'"))),
+            other => Err(wit::PluginError::InvalidConfig(format!(
+                "unknown behaviour '{other}'"
+            ))),
         }
     }
 
