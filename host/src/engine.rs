@@ -186,6 +186,9 @@ impl Plugin {
         }
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        // Copy-on-write memory images pay off when instantiating many times; a
+        // run instantiates once, and the images' memfds count against RLIMIT_FSIZE.
+        config.memory_init_cow(false);
         let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
         start_epoch_ticker(&engine);
 

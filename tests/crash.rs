@@ -1,0 +1,127 @@
+//! Crash safety: `kill -9` while each IAM/STS call is in flight, and while the
+//! vault is being written. Afterwards the vault is valid and the key it records
+//! exists in IAM (I1, I4), and the next run converges.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn crash_while(action: &str) {
+    let s = fake_setup();
+    // The fake carries the call out, then holds its answer until released.
+    let arrived = s.iam.hold(action);
+    let path = s.vault.path.to_str().unwrap().to_string();
+    let mut child = command(&["run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("{action} never arrived"));
+    child.kill().unwrap(); // SIGKILL
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    s.iam.release();
+    assert_eq!(out.code, -1, "{action}: the run was meant to be killed");
+
+    let _valid: serde_json::Value = s.vault.json();
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    s.assert_no_leak(&out);
+
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{action}: {}", again.all());
+    assert_converged(&s.iam, &s.vault);
+    s.assert_no_leak(&again);
+}
+
+#[test]
+fn killed_during_get_user() {
+    crash_while("GetUser");
+}
+
+#[test]
+fn killed_during_list_access_keys() {
+    crash_while("ListAccessKeys");
+}
+
+#[test]
+fn killed_during_create_access_key() {
+    crash_while("CreateAccessKey");
+}
+
+#[test]
+fn killed_during_get_caller_identity() {
+    crash_while("GetCallerIdentity");
+}
+
+#[test]
+fn killed_during_delete_access_key() {
+    crash_while("DeleteAccessKey");
+}
+
+/// `rotate-host run` with files limited to half the vault's size, so writing the
+/// new vault fails. With `ignore_sigxfsz` the write gets EFBIG; otherwise the
+/// kernel kills the process with SIGXFSZ part-way through the temporary file.
+fn run_with_small_files(s: &FakeSetup, ignore_sigxfsz: bool) -> Outcome {
+    let path = s.vault.path.to_str().unwrap().to_string();
+    let mut cmd = command(&["run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1", "--no-cache"]);
+    let limit = (s.vault.bytes().len() / 2) as libc::rlim_t;
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if ignore_sigxfsz {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            }
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.output().unwrap().into()
+}
+
+/// Killed while writing the vault: the vault stays byte-identical, the old key
+/// stays, and the next run deletes the orphaned new key and converges.
+#[test]
+fn killed_while_writing_the_vault() {
+    let s = fake_setup();
+    let before = s.vault.bytes();
+    let out = run_with_small_files(&s, false);
+    assert_eq!(out.code, -1, "SIGXFSZ was meant to kill the run: {}", out.all());
+    assert!(s.iam.calls().contains(&"CreateAccessKey".to_string()));
+    assert!(!s.iam.calls().contains(&"GetCallerIdentity".to_string()), "finalize ran without a stored key");
+    assert_eq!(before, s.vault.bytes(), "the vault must be byte-identical");
+    assert_eq!(s.iam.keys("alice").len(), 2, "old key and the orphaned new one");
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    s.assert_no_leak(&out);
+
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_converged(&s.iam, &s.vault);
+}
+
+/// Storing fails (EFBIG): `rollback` deletes the new key, exit 1, and both the
+/// vault and IAM are as they were.
+#[test]
+fn failed_store_rolls_back_the_new_key() {
+    let s = fake_setup();
+    let before = s.vault.bytes();
+    let out = run_with_small_files(&s, true);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("could not be stored") && out.stderr.contains("was deleted again"), "{}", out.stderr);
+    assert_eq!(before, s.vault.bytes());
+    let keys = s.iam.keys("alice");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].id, s.old.id);
+    s.assert_no_leak(&out);
+}
