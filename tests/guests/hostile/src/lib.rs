@@ -1,7 +1,7 @@
 //! A plugin that misbehaves on purpose. The config record's `behaviour` field
 //! picks how: `spin` loops forever, `hog` grabs memory, `foreign` calls the URL in
 //! `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL` (allowed),
-//! `panic-secret` panics with the config's Client Secret, `log-secret` logs it
+//! `ambient` tries files, environment and sockets, `panic-secret` panics with the config's Client Secret, `log-secret` logs it
 //! and returns it in an error.
 
 #![cfg(target_arch = "wasm32")]
@@ -85,6 +85,14 @@ impl bindings::Guest for Hostile {
                 &ctx.config,
                 "AWS Endpoint URL",
             )))),
+            "ambient" => {
+                let files = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.kind());
+                let env = std::env::vars().count();
+                let socket = std::net::TcpStream::connect(value(&ctx.config, "target").trim_start_matches("http://"))
+                    .map(|_| ())
+                    .map_err(|e| e.kind());
+                Err(wit::PluginError::Failed(format!("files: {files:?}; env: {env}; socket: {socket:?}")))
+            }
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {
                 log::log(log::Level::Error, &format!("the secret is {secret}"));
