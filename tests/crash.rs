@@ -15,11 +15,13 @@ fn crash_while(action: &str) {
     // The fake carries the call out, then holds its answer until released.
     let arrived = s.iam.hold(action);
     let path = s.vault.path.to_str().unwrap().to_string();
-    let mut child = command(&["run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command(&[
+        "run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     arrived
         .recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("{action} never arrived"));
@@ -68,7 +70,17 @@ fn killed_during_delete_access_key() {
 /// kernel kills the process with SIGXFSZ part-way through the temporary file.
 fn run_with_small_files(s: &FakeSetup, ignore_sigxfsz: bool) -> Outcome {
     let path = s.vault.path.to_str().unwrap().to_string();
-    let mut cmd = command(&["run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1", "--no-cache"]);
+    let mut cmd = command(&[
+        "run",
+        GUEST_WASM,
+        "--vault",
+        &path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--no-cache",
+    ]);
     let limit = (s.vault.bytes().len() / 2) as libc::rlim_t;
     // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
     unsafe {
@@ -97,11 +109,23 @@ fn killed_while_writing_the_vault() {
     let s = fake_setup();
     let before = s.vault.bytes();
     let out = run_with_small_files(&s, false);
-    assert_eq!(out.code, -1, "SIGXFSZ was meant to kill the run: {}", out.all());
+    assert_eq!(
+        out.code,
+        -1,
+        "SIGXFSZ was meant to kill the run: {}",
+        out.all()
+    );
     assert!(s.iam.calls().contains(&"CreateAccessKey".to_string()));
-    assert!(!s.iam.calls().contains(&"GetCallerIdentity".to_string()), "finalize ran without a stored key");
+    assert!(
+        !s.iam.calls().contains(&"GetCallerIdentity".to_string()),
+        "finalize ran without a stored key"
+    );
     assert_eq!(before, s.vault.bytes(), "the vault must be byte-identical");
-    assert_eq!(s.iam.keys("alice").len(), 2, "old key and the orphaned new one");
+    assert_eq!(
+        s.iam.keys("alice").len(),
+        2,
+        "old key and the orphaned new one"
+    );
     assert_vault_key_exists(&s.iam, &s.vault, "alice");
     s.assert_no_leak(&out);
 
@@ -118,7 +142,11 @@ fn failed_store_rolls_back_the_new_key() {
     let before = s.vault.bytes();
     let out = run_with_small_files(&s, true);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("could not be stored") && out.stderr.contains("was deleted again"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not be stored") && out.stderr.contains("was deleted again"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, s.vault.bytes());
     let keys = s.iam.keys("alice");
     assert_eq!(keys.len(), 1);

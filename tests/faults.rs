@@ -30,7 +30,11 @@ fn matrix(action: &str) {
         if action == "DeleteAccessKey" {
             s.iam.add_key("alice", "2023-01-01T00:00:00Z");
         }
-        let times = if kind == FaultKind::AccessDenied { usize::MAX } else { 1 };
+        let times = if kind == FaultKind::AccessDenied {
+            usize::MAX
+        } else {
+            1
+        };
         s.iam.fail(action, kind, times);
         let before = s.vault.bytes();
         let out = run(&s.vault, "user1", "cfg1", &["--http-timeout", "1"]);
@@ -47,17 +51,33 @@ fn matrix(action: &str) {
         match out.code {
             0 => assert_converged(&s.iam, &s.vault),
             1 => {
-                assert_eq!(before, s.vault.bytes(), "{case}: a failed run changed the vault");
-                assert!(s.iam.keys("alice").iter().any(|k| k.id == s.old.id), "{case}: I2");
+                assert_eq!(
+                    before,
+                    s.vault.bytes(),
+                    "{case}: a failed run changed the vault"
+                );
+                assert!(
+                    s.iam.keys("alice").iter().any(|k| k.id == s.old.id),
+                    "{case}: I2"
+                );
             }
             3 => {
-                assert_ne!(before, s.vault.bytes(), "{case}: exit 3 means the new key is stored");
+                assert_ne!(
+                    before,
+                    s.vault.bytes(),
+                    "{case}: exit 3 means the new key is stored"
+                );
                 assert!(out.stderr.contains("run again"), "{case}: {}", out.stderr);
             }
             _ => unreachable!(),
         }
         // I5: never more than one unrecorded key per ambiguous create.
-        let creates = s.iam.calls().iter().filter(|c| *c == "CreateAccessKey").count();
+        let creates = s
+            .iam
+            .calls()
+            .iter()
+            .filter(|c| *c == "CreateAccessKey")
+            .count();
         assert!(creates <= 2, "{case}: CreateAccessKey sent {creates} times");
 
         s.iam.clear_faults();
@@ -98,7 +118,8 @@ fn delete_access_key() {
 #[test]
 fn ambiguous_create_is_cleaned_up_before_one_more_attempt() {
     let s = fake_setup();
-    s.iam.fail("CreateAccessKey", FaultKind::ResetAfterProcessing, 1);
+    s.iam
+        .fail("CreateAccessKey", FaultKind::ResetAfterProcessing, 1);
     let out = run(&s.vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_converged(&s.iam, &s.vault);
@@ -108,21 +129,37 @@ fn ambiguous_create_is_cleaned_up_before_one_more_attempt() {
     assert!(second > first);
     let between = &calls[first + 1..second];
     assert!(between.contains(&"ListAccessKeys".to_string()), "{calls:?}");
-    assert!(between.contains(&"DeleteAccessKey".to_string()), "{calls:?}");
-    assert!(out.stderr.contains("its secret never arrived"), "{}", out.stderr);
+    assert!(
+        between.contains(&"DeleteAccessKey".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        out.stderr.contains("its secret never arrived"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Throttling that does not stop ends in a clean failure within the deadline.
 #[test]
 fn persistent_throttling_fails_cleanly() {
     let s = fake_setup();
-    s.iam.fail("CreateAccessKey", FaultKind::Throttle, usize::MAX);
+    s.iam
+        .fail("CreateAccessKey", FaultKind::Throttle, usize::MAX);
     let before = s.vault.bytes();
     let out = run(&s.vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.stderr.contains("run again later"), "{}", out.stderr);
     assert_eq!(before, s.vault.bytes());
     assert_eq!(s.iam.keys("alice").len(), 1);
-    let creates = s.iam.calls().iter().filter(|c| *c == "CreateAccessKey").count();
-    assert!(creates > 2, "throttling is safe to retry; got {creates} attempts");
+    let creates = s
+        .iam
+        .calls()
+        .iter()
+        .filter(|c| *c == "CreateAccessKey")
+        .count();
+    assert!(
+        creates > 2,
+        "throttling is safe to retry; got {creates} attempts"
+    );
 }

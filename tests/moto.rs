@@ -37,7 +37,7 @@ fn config(url: &str, key: &(String, String)) -> serde_json::Value {
     )
 }
 
-fn secrets<'a>(s: &'a MotoSetup, vault: &VaultFile) -> Vec<String> {
+fn secrets(s: &MotoSetup, vault: &VaultFile) -> Vec<String> {
     let mut v = vec![s.rotator.1.clone(), s.old.1.clone()];
     v.extend(vault.field("user1", "aws_secret_access_key"));
     v

@@ -16,14 +16,29 @@ use test_support::vault::{VaultFile, config_record, pam_user};
 const SECRET: &str = "hostileTestSecret/0123456789abcdefABCDEF";
 
 fn hostile_vault(behaviour: &str, extra: &[(&str, &str, &str)]) -> VaultFile {
-    let mut fields = vec![("text", "behaviour", behaviour), ("secret", "Client Secret", SECRET)];
+    let mut fields = vec![
+        ("text", "behaviour", behaviour),
+        ("secret", "Client Secret", SECRET),
+    ];
     fields.extend_from_slice(extra);
-    VaultFile::new(vec![config_record("cfg1", &fields), pam_user("user1", "alice", None)])
+    VaultFile::new(vec![
+        config_record("cfg1", &fields),
+        pam_user("user1", "alice", None),
+    ])
 }
 
 fn run_hostile(vault: &VaultFile, extra: &[&str]) -> Outcome {
     let path = vault.path.to_str().unwrap();
-    let mut args = vec!["run", HOSTILE_WASM, "--vault", path, "-u", "user1", "-c", "cfg1"];
+    let mut args = vec![
+        "run",
+        HOSTILE_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ];
     args.extend(extra);
     let out = rotate_host(&args);
     assert_no_secrets(&out.all(), &[SECRET]);
@@ -56,7 +71,11 @@ fn an_endless_loop_is_stopped() {
     let before = vault.bytes();
     let out = run_hostile(&vault, &["--timeout", "1"]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("ran past its time limit of 1s"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ran past its time limit of 1s"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(before, vault.bytes());
 }
 
@@ -74,12 +93,23 @@ fn a_foreign_host_is_refused_before_any_io() {
     let allowed = FakeIam::start();
     let vault = hostile_vault(
         "foreign",
-        &[("text", "target", &foreign.url), ("url", "AWS Endpoint URL", &allowed.url)],
+        &[
+            ("text", "target", &foreign.url),
+            ("url", "AWS Endpoint URL", &allowed.url),
+        ],
     );
     let out = run_hostile(&vault, &[]);
     assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("DestinationNotAllowed"), "{}", out.stderr);
-    assert!(out.stderr.contains("refused an outbound request"), "the refusal is logged: {}", out.stderr);
+    assert!(
+        out.stderr.contains("DestinationNotAllowed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("refused an outbound request"),
+        "the refusal is logged: {}",
+        out.stderr
+    );
     assert!(foreign.calls().is_empty(), "the foreign host was reached");
 }
 
@@ -88,7 +118,11 @@ fn the_configured_endpoint_is_reachable() {
     let url = serve(b"hello".to_vec(), Duration::ZERO);
     let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
     let out = run_hostile(&vault, &[]);
-    assert!(out.stderr.contains("status 200 with 5 bytes"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("status 200 with 5 bytes"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -96,7 +130,11 @@ fn response_bodies_are_capped() {
     let url = serve(vec![b'x'; 2 << 20], Duration::ZERO);
     let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
     let out = run_hostile(&vault, &["--max-response-kib", "64"]);
-    assert!(out.stderr.contains("ResponseTooLarge(65536)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ResponseTooLarge(65536)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -104,7 +142,11 @@ fn requests_time_out() {
     let url = serve(b"late".to_vec(), Duration::from_secs(5));
     let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
     let out = run_hostile(&vault, &["--http-timeout", "1"]);
-    assert!(out.stderr.contains("send error: SendError::Timeout"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("send error: SendError::Timeout"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// No files, no environment, no sockets.
@@ -113,10 +155,19 @@ fn no_ambient_authority() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let vault = hostile_vault("ambient", &[("text", "target", &target)]);
-    let out = common::command(&["run", HOSTILE_WASM, "--vault", vault.path.to_str().unwrap(), "-u", "user1", "-c", "cfg1"])
-        .env("SOME_HOST_VARIABLE", "visible?")
-        .output()
-        .unwrap();
+    let out = common::command(&[
+        "run",
+        HOSTILE_WASM,
+        "--vault",
+        vault.path.to_str().unwrap(),
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ])
+    .env("SOME_HOST_VARIABLE", "visible?")
+    .output()
+    .unwrap();
     let out: Outcome = out.into();
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.stderr.contains("files: Err("), "{}", out.stderr);

@@ -61,7 +61,7 @@ pub enum RunError {
     #[error("the new key {created} could not be stored: {source}. {rollback}")]
     StoreFailed {
         created: String,
-        source: VaultError,
+        source: Box<VaultError>,
         rollback: String,
     },
     #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
@@ -165,7 +165,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         let rollback = rollback(&mut instance, &ctx, &rotation, &created);
         return Err(RunError::StoreFailed {
             created,
-            source,
+            source: Box::new(source),
             rollback,
         });
     }

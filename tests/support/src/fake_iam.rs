@@ -79,7 +79,14 @@ struct State {
     next_key: u64,
     /// STS answers InvalidClientTokenId for this many calls with a new key.
     sts_lag: usize,
-    hold: Option<(String, Sender<()>, Arc<Mutex<Receiver<()>>>)>,
+    hold: Option<Hold>,
+}
+
+/// An answer to hold back: the fake signals `arrived`, then waits on `release`.
+struct Hold {
+    action: String,
+    arrived: Sender<()>,
+    release: Receiver<()>,
 }
 
 /// The fake server. Dropping it stops nothing: its threads end with the test.
@@ -178,7 +185,11 @@ impl FakeIam {
         let (release_tx, release_rx) = channel::<()>();
         let mut s = self.state.lock().unwrap();
         // The release sender is parked in the state so `release` can find it.
-        s.hold = Some((action.into(), arrived_tx, Arc::new(Mutex::new(release_rx))));
+        s.hold = Some(Hold {
+            action: action.into(),
+            arrived: arrived_tx,
+            release: release_rx,
+        });
         self.releases.lock().unwrap().push(release_tx);
         arrived_rx
     }
@@ -280,14 +291,14 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
         let hold = {
             let mut s = state.lock().unwrap();
             match &s.hold {
-                Some((a, _, _)) if *a == action => s.hold.take(),
+                Some(h) if h.action == action => s.hold.take(),
                 _ => None,
             }
         };
-        if let Some((_, arrived, release)) = hold {
-            let _ = arrived.send(());
+        if let Some(hold) = hold {
+            let _ = hold.arrived.send(());
             // Blocks until `release` drops the sender (or the test ends).
-            let _ = release.lock().unwrap().recv();
+            let _ = hold.release.recv();
         }
         let body = if fault == Some(FaultKind::MalformedXml) {
             format!("<{action}Response><{action}Result><Broken").into_bytes()

@@ -86,12 +86,18 @@ impl bindings::Guest for Hostile {
                 "AWS Endpoint URL",
             )))),
             "ambient" => {
-                let files = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.kind());
-                let env = std::env::vars().count();
-                let socket = std::net::TcpStream::connect(value(&ctx.config, "target").trim_start_matches("http://"))
-                    .map(|_| ())
+                let files = std::fs::read_dir("/")
+                    .map(|d| d.count())
                     .map_err(|e| e.kind());
-                Err(wit::PluginError::Failed(format!("files: {files:?}; env: {env}; socket: {socket:?}")))
+                let env = std::env::vars().count();
+                let socket = std::net::TcpStream::connect(
+                    value(&ctx.config, "target").trim_start_matches("http://"),
+                )
+                .map(|_| ())
+                .map_err(|e| e.kind());
+                Err(wit::PluginError::Failed(format!(
+                    "files: {files:?}; env: {env}; socket: {socket:?}"
+                )))
             }
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {

@@ -1,0 +1,220 @@
+//! Bad input: each case gets a clear message and exit code 2, sends nothing and
+//! changes nothing.
+
+mod common;
+
+use common::*;
+use test_support::vault::{VaultFile, pam_user};
+
+/// Runs `args` against the usual setup and checks that nothing moved.
+fn refused(s: &FakeSetup, vault: &VaultFile, args: &[&str], expect: &str) {
+    let before = vault.bytes();
+    let keys = s.iam.keys("alice");
+    let out = rotate_host(args);
+    assert_eq!(out.code, 2, "{args:?}: {}", out.all());
+    assert!(
+        out.stderr.contains(expect),
+        "{args:?}: expected '{expect}' in:\n{}",
+        out.stderr
+    );
+    assert_eq!(before, vault.bytes(), "{args:?} changed the vault");
+    assert_eq!(keys, s.iam.keys("alice"));
+    assert!(
+        s.iam.calls().is_empty(),
+        "{args:?} sent {:?}",
+        s.iam.calls()
+    );
+    s.assert_no_leak(&out);
+}
+
+fn args<'a>(guest: &'a str, vault: &'a VaultFile, user: &'a str, config: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        guest,
+        "--vault",
+        vault.path.to_str().unwrap(),
+        "-u",
+        user,
+        "-c",
+        config,
+    ]
+}
+
+#[test]
+fn not_a_wasm_file() {
+    let s = fake_setup();
+    let file = s.vault.folder().join("plugin.wasm");
+    std::fs::write(&file, b"#!/bin/sh\necho hi\n").unwrap();
+    refused(
+        &s,
+        &s.vault,
+        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
+        "is not a WebAssembly component",
+    );
+    let missing = s.vault.folder().join("missing.wasm");
+    refused(
+        &s,
+        &s.vault,
+        &args(missing.to_str().unwrap(), &s.vault, "user1", "cfg1"),
+        "could not read plugin",
+    );
+}
+
+#[test]
+fn a_core_module_instead_of_a_component() {
+    let s = fake_setup();
+    let file = s.vault.folder().join("core.wasm");
+    std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
+    refused(
+        &s,
+        &s.vault,
+        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
+        "core WebAssembly module, not a component",
+    );
+}
+
+#[test]
+fn a_component_of_another_world() {
+    let s = fake_setup();
+    let file = s.vault.folder().join("empty.wasm");
+    // The smallest valid component: it exports nothing.
+    std::fs::write(&file, b"\0asm\x0d\0\x01\0").unwrap();
+    refused(
+        &s,
+        &s.vault,
+        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
+        "does not implement pam:rotation/plugin@0.1.0",
+    );
+}
+
+#[test]
+fn unknown_uids() {
+    let s = fake_setup();
+    refused(
+        &s,
+        &s.vault,
+        &args(GUEST_WASM, &s.vault, "nobody", "cfg1"),
+        "no record with UID 'nobody' (given to -u)",
+    );
+    refused(
+        &s,
+        &s.vault,
+        &args(GUEST_WASM, &s.vault, "user1", "nothing"),
+        "no record with UID 'nothing' (given to -c)",
+    );
+    let mut a = args(GUEST_WASM, &s.vault, "user1", "cfg1");
+    a.extend(["--configuration-uid", "absent"]);
+    refused(
+        &s,
+        &s.vault,
+        &a,
+        "no record with UID 'absent' (given to --configuration-uid)",
+    );
+}
+
+#[test]
+fn records_of_the_wrong_type() {
+    let s = fake_setup();
+    refused(
+        &s,
+        &s.vault,
+        &args(GUEST_WASM, &s.vault, "cfg1", "cfg1"),
+        "has type 'login', not 'pamUser'",
+    );
+    let mut a = args(GUEST_WASM, &s.vault, "user1", "cfg1");
+    a.extend(["--configuration-uid", "cfg1"]);
+    refused(&s, &s.vault, &a, "not 'pamAwsConfiguration'");
+}
+
+#[test]
+fn an_empty_required_field() {
+    let s = fake_setup();
+    let mut cfg = fake_config(&s.iam.url, &s.rotator);
+    cfg[1].2 = "   ".into(); // Client ID
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "alice", None),
+    ]);
+    refused(
+        &s,
+        &vault,
+        &args(GUEST_WASM, &vault, "user1", "cfg1"),
+        "missing required config field(s) 'Client ID'",
+    );
+}
+
+#[test]
+fn an_invalid_region() {
+    let s = fake_setup();
+    let mut cfg = fake_config(&s.iam.url, &s.rotator);
+    cfg[3].2 = "us-east".into();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        pam_user("user1", "alice", None),
+    ]);
+    refused(
+        &s,
+        &vault,
+        &args(GUEST_WASM, &vault, "user1", "cfg1"),
+        "AWS Region 'us-east' is not a region name",
+    );
+}
+
+#[test]
+fn conflicting_user_names() {
+    let s = fake_setup();
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
+        pam_user("user1", "bob", None),
+    ]);
+    refused(
+        &s,
+        &vault,
+        &args(GUEST_WASM, &vault, "user1", "cfg1"),
+        "refusing to guess which IAM user",
+    );
+}
+
+#[test]
+fn a_vault_path_that_is_a_folder_or_missing() {
+    let s = fake_setup();
+    let folder = s.vault.folder().to_str().unwrap().to_string();
+    let out = rotate_host(&[
+        "run", GUEST_WASM, "--vault", &folder, "-u", "user1", "-c", "cfg1",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("is a folder"), "{}", out.stderr);
+    let missing = format!("{folder}/nope.json");
+    let out = rotate_host(&[
+        "run", GUEST_WASM, "--vault", &missing, "-u", "user1", "-c", "cfg1",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert!(!std::path::Path::new(&missing).exists());
+    assert!(s.iam.calls().is_empty());
+}
+
+#[test]
+fn bad_usage() {
+    let out = rotate_host(&["run", GUEST_WASM, "--vault", "v.json", "-c", "cfg1"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("--user"), "{}", out.stderr);
+    let out = rotate_host(&[
+        "run",
+        GUEST_WASM,
+        "--vault",
+        "v.json",
+        "-u",
+        "a",
+        "-c",
+        "b",
+        "--timeout",
+        "0",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr.contains("--timeout must be a positive number"),
+        "{}",
+        out.stderr
+    );
+}
