@@ -147,7 +147,7 @@ impl<'a, T: Transport> Iam<'a, T> {
                 &format!(
                     "{action} failed ({err}); retry {} in {} ms",
                     attempt + 1,
-                    pause.as_millis()
+                    pause.as_millis() as u64
                 ),
             );
             self.transport.sleep(pause);
@@ -352,9 +352,9 @@ impl<'a, T: Transport> Iam<'a, T> {
 
     fn unavailable(&self, action: &str, err: &CallError) -> PluginError {
         PluginError::Unavailable(format!(
-            "{action} kept failing for up to {:.1} s of retries (last: {err}). AWS or the network \
+            "{action} kept failing for up to {} s of retries (last: {err}). AWS or the network \
              is unavailable: run again later, or raise 'Retry Deadline Seconds'",
-            self.settings.retry.deadline.as_secs_f64()
+            self.settings.retry.deadline.as_secs()
         ))
     }
 }

@@ -135,7 +135,11 @@ pub fn plan(
             let age = days_since_epoch(&k.created)
                 .map(|d| format!("{} days old", today - d))
                 .unwrap_or_else(|| "age unknown".into());
-            format!("{} ({:?}, {age})", k.id, k.status)
+            let status = match k.status {
+                KeyStatus::Active => "Active",
+                KeyStatus::Inactive => "Inactive",
+            };
+            format!("{} ({status}, {age})", k.id)
         })
         .collect::<Vec<_>>()
         .join(" and ");

@@ -32,7 +32,7 @@ impl RetryPolicy {
             .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
             .min(self.max_backoff);
         let half = step / 2;
-        let spread = half.as_micros().max(1) as u64;
+        let spread = (half.as_micros() as u64).max(1);
         half + Duration::from_micros(random % spread)
     }
 

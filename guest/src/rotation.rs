@@ -19,7 +19,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
     iam.log(Level::Info, &format!("IAM user {} exists", found.arn));
     let keys = iam.list_keys()?;
     let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
-    iam.log(Level::Info, &format!("'{user}' has access keys {ids:?}"));
+    iam.log(Level::Info, &format!("'{user}' has access keys [{}]", ids.join(", ")));
 
     let today = t
         .now()
@@ -155,7 +155,7 @@ fn create<T: Transport>(
                     Level::Warn,
                     &format!(
                         "IAM still counts the deleted key; retrying CreateAccessKey in {} ms",
-                        p.as_millis()
+                        p.as_millis() as u64
                     ),
                 );
                 iam.pause(p);
@@ -263,7 +263,7 @@ fn verify<T: Transport>(
             &format!(
                 "new key {} not usable yet ({err}); retrying in {} ms",
                 new.key_id,
-                pause.as_millis()
+                pause.as_millis() as u64
             ),
         );
         iam.pause(pause);
@@ -273,9 +273,9 @@ fn verify<T: Transport>(
 
 fn verify_error(err: CallError, settings: &Settings) -> PluginError {
     PluginError::Unavailable(format!(
-        "STS GetCallerIdentity with the new key still failed after {:.1} s ({err}); raise 'Verify \
+        "STS GetCallerIdentity with the new key still failed after {} s ({err}); raise 'Verify \
          Timeout Seconds' if IAM is slow to propagate",
-        settings.verify_timeout.as_secs_f64()
+        settings.verify_timeout.as_secs()
     ))
 }
 

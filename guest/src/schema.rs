@@ -96,7 +96,7 @@ pub const SCHEMA: &[ConfigItem] = &[
         "retry_deadline_seconds",
         RETRY_DEADLINE,
         "How long one call may keep retrying throttling, 5xx and connection failures.",
-        ItemType::Number,
+        ItemType::Int,
         Some("60"),
     ),
     item(
@@ -110,7 +110,7 @@ pub const SCHEMA: &[ConfigItem] = &[
         "verify_timeout_seconds",
         VERIFY_TIMEOUT,
         "How long to wait for a new key to work (IAM is eventually consistent).",
-        ItemType::Number,
+        ItemType::Int,
         Some("60"),
     ),
 ];

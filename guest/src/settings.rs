@@ -62,21 +62,13 @@ impl Settings {
         };
         let endpoints = endpoints::resolve(&region, config.value(&[ENDPOINT_URL]))?;
 
-        let max_backoff = number(config, MAX_BACKOFF, 5000.0, 1.0, 600_000.0, true)?;
+        // Whole numbers only: float parsing and printing would add tens of KiB to the component.
         let retry = RetryPolicy {
-            deadline: Duration::from_secs_f64(number(
-                config,
-                RETRY_DEADLINE,
-                60.0,
-                0.0,
-                3600.0,
-                false,
-            )?),
-            max_backoff: Duration::from_millis(max_backoff as u64),
+            deadline: Duration::from_secs(whole(config, RETRY_DEADLINE, 60, 0, 3600)?),
+            max_backoff: Duration::from_millis(whole(config, MAX_BACKOFF, 5000, 1, 600_000)?),
             ..RetryPolicy::default()
         };
-        let verify_timeout =
-            Duration::from_secs_f64(number(config, VERIFY_TIMEOUT, 60.0, 0.0, 3600.0, false)?);
+        let verify_timeout = Duration::from_secs(whole(config, VERIFY_TIMEOUT, 60, 0, 3600)?);
 
         Ok(Self {
             user_name: user_name(&ctx.user, config)?,
@@ -193,32 +185,15 @@ fn user_name(user: &Record, config: &Record) -> Result<String, PluginError> {
     }
 }
 
-fn number(
-    config: &Record,
-    label: &str,
-    default: f64,
-    min: f64,
-    max: f64,
-    integer: bool,
-) -> Result<f64, PluginError> {
+fn whole(config: &Record, label: &str, default: u64, min: u64, max: u64) -> Result<u64, PluginError> {
     let Some(raw) = config.value(&[label]) else {
         return Ok(default);
     };
-    let parsed = if integer {
-        raw.parse::<u64>().ok().map(|n| n as f64)
-    } else {
-        raw.parse::<f64>().ok().filter(|n| n.is_finite())
-    };
-    match parsed {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
+    match raw.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(PluginError::InvalidConfig(format!(
-            "'{label}' is '{raw}', which is not {} between {min} and {max}: fix it or clear it \
-             to use the default ({default})",
-            if integer {
-                "a whole number"
-            } else {
-                "a number"
-            }
+            "'{label}' is '{raw}', which is not a whole number from {min} to {max}: fix it or \
+             clear it to use the default ({default})"
         ))),
     }
 }
@@ -399,12 +374,12 @@ mod tests {
     #[test]
     fn numbers_are_checked() {
         let mut cfg = FULL.to_vec();
-        cfg.push(("Retry Deadline Seconds", "0.5"));
+        cfg.push(("Retry Deadline Seconds", "2"));
         cfg.push(("Max Backoff Milliseconds", "20"));
         let s = Settings::resolve(&ctx(user("a", None), config(&cfg), None)).unwrap();
-        assert_eq!(s.retry.deadline, Duration::from_millis(500));
+        assert_eq!(s.retry.deadline, Duration::from_secs(2));
         assert_eq!(s.retry.max_backoff, Duration::from_millis(20));
-        cfg.push(("Verify Timeout Seconds", "soon"));
+        cfg.push(("Verify Timeout Seconds", "0.5"));
         let err = Settings::resolve(&ctx(user("a", None), config(&cfg), None)).unwrap_err();
         assert!(matches!(err, PluginError::InvalidConfig(m) if m.contains("Verify Timeout")));
     }
