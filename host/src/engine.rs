@@ -199,7 +199,7 @@ impl Plugin {
                 why: format!("{e:#}"),
             })?;
         tracing::debug!(
-            ms = started.elapsed().as_millis() as u64,
+            us = started.elapsed().as_micros() as u64,
             "plugin compiled or loaded"
         );
 
