@@ -19,7 +19,10 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
     iam.log(Level::Info, &format!("IAM user {} exists", found.arn));
     let keys = iam.list_keys()?;
     let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
-    iam.log(Level::Info, &format!("'{user}' has access keys [{}]", ids.join(", ")));
+    iam.log(
+        Level::Info,
+        &format!("'{user}' has access keys [{}]", ids.join(", ")),
+    );
 
     let today = t
         .now()

@@ -185,7 +185,13 @@ fn user_name(user: &Record, config: &Record) -> Result<String, PluginError> {
     }
 }
 
-fn whole(config: &Record, label: &str, default: u64, min: u64, max: u64) -> Result<u64, PluginError> {
+fn whole(
+    config: &Record,
+    label: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, PluginError> {
     let Some(raw) = config.value(&[label]) else {
         return Ok(default);
     };
