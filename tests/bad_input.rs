@@ -40,50 +40,44 @@ fn args<'a>(guest: &'a str, vault: &'a VaultFile, user: &'a str, config: &'a str
     ]
 }
 
+/// Plugin files that are not a pam:rotation component.
 #[test]
-fn not_a_wasm_file() {
+fn wrong_plugin_files() {
     let s = fake_setup();
-    let file = s.vault.folder().join("plugin.wasm");
-    std::fs::write(&file, b"#!/bin/sh\necho hi\n").unwrap();
-    refused(
-        &s,
-        &s.vault,
-        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
-        "is not a WebAssembly component",
-    );
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "script.wasm",
+            b"#!/bin/sh\necho hi\n",
+            "is not a WebAssembly component",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0",
+            "core WebAssembly module, not a component",
+        ),
+        // The smallest valid component: it exports nothing.
+        (
+            "empty.wasm",
+            b"\0asm\x0d\0\x01\0",
+            "does not implement pam:rotation/plugin@0.1.0",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let file = s.vault.folder().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        refused(
+            &s,
+            &s.vault,
+            &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
+            expect,
+        );
+    }
     let missing = s.vault.folder().join("missing.wasm");
     refused(
         &s,
         &s.vault,
         &args(missing.to_str().unwrap(), &s.vault, "user1", "cfg1"),
         "could not read plugin",
-    );
-}
-
-#[test]
-fn a_core_module_instead_of_a_component() {
-    let s = fake_setup();
-    let file = s.vault.folder().join("core.wasm");
-    std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
-    refused(
-        &s,
-        &s.vault,
-        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
-        "core WebAssembly module, not a component",
-    );
-}
-
-#[test]
-fn a_component_of_another_world() {
-    let s = fake_setup();
-    let file = s.vault.folder().join("empty.wasm");
-    // The smallest valid component: it exports nothing.
-    std::fs::write(&file, b"\0asm\x0d\0\x01\0").unwrap();
-    refused(
-        &s,
-        &s.vault,
-        &args(file.to_str().unwrap(), &s.vault, "user1", "cfg1"),
-        "does not implement pam:rotation/plugin@0.1.0",
     );
 }
 

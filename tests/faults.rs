@@ -72,12 +72,7 @@ fn matrix(action: &str) {
             _ => unreachable!(),
         }
         // I5: never more than one unrecorded key per ambiguous create.
-        let creates = s
-            .iam
-            .calls()
-            .iter()
-            .filter(|c| *c == "CreateAccessKey")
-            .count();
+        let creates = s.iam.count("CreateAccessKey");
         assert!(creates <= 2, "{case}: CreateAccessKey sent {creates} times");
 
         s.iam.clear_faults();
@@ -152,12 +147,7 @@ fn persistent_throttling_fails_cleanly() {
     assert!(out.stderr.contains("run again later"), "{}", out.stderr);
     assert_eq!(before, s.vault.bytes());
     assert_eq!(s.iam.keys("alice").len(), 1);
-    let creates = s
-        .iam
-        .calls()
-        .iter()
-        .filter(|c| *c == "CreateAccessKey")
-        .count();
+    let creates = s.iam.count("CreateAccessKey");
     assert!(
         creates > 2,
         "throttling is safe to retry; got {creates} attempts"

@@ -193,10 +193,11 @@ fn unknown_iam_user_changes_nothing() {
 #[test]
 fn provider_record_supplies_credentials() {
     let s = fake_setup();
-    let cfg: Vec<_> = fake_config(&s.iam.url, &s.rotator)
-        .into_iter()
-        .filter(|(_, l, _)| !["Client ID", "Client Secret", "AWS Region"].contains(&l.as_str()))
-        .collect();
+    let cfg = fake_config_without(
+        &s.iam.url,
+        &s.rotator,
+        &["Client ID", "Client Secret", "AWS Region"],
+    );
     let vault = VaultFile::new(vec![
         config_from("cfg1", &cfg),
         pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
@@ -242,10 +243,7 @@ fn misspelled_label_is_read_and_corrected() {
 #[test]
 fn missing_required_config_field_is_bad_input() {
     let s = fake_setup();
-    let cfg: Vec<_> = fake_config(&s.iam.url, &s.rotator)
-        .into_iter()
-        .filter(|(_, l, _)| l != "Client Secret")
-        .collect();
+    let cfg = fake_config_without(&s.iam.url, &s.rotator, &["Client Secret"]);
     let vault = VaultFile::new(vec![
         config_from("cfg1", &cfg),
         pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
@@ -308,14 +306,7 @@ fn verification_waits_for_the_new_key() {
         report["created"].as_str(),
         s.vault.field("user1", "aws_access_key_id").as_deref()
     );
-    assert_eq!(
-        s.iam
-            .calls()
-            .iter()
-            .filter(|c| *c == "GetCallerIdentity")
-            .count(),
-        4
-    );
+    assert_eq!(s.iam.count("GetCallerIdentity"), 4);
     s.assert_no_leak(&out);
 }
 
@@ -407,6 +398,26 @@ fn config_creates_a_usable_record() {
         "Max Backoff Milliseconds=soon",
     ]);
     assert_eq!(bad.code, 2, "{}", bad.all());
+    // A typo that drops the '=' must not echo what may be a secret.
+    let typo = format!("Client Secret:{}", s.rotator.secret);
+    let bad = rotate_host(&[
+        "config",
+        GUEST_WASM,
+        "--vault",
+        &vault_path,
+        "-t",
+        "x",
+        "--no-input",
+        "--field",
+        &typo,
+    ]);
+    assert_eq!(bad.code, 2, "{}", bad.all());
+    assert!(
+        bad.stderr.contains("--field number 1 has no '='"),
+        "{}",
+        bad.stderr
+    );
+    s.assert_no_leak(&bad);
     assert_eq!(before, s.vault.bytes());
 }
 

@@ -125,6 +125,10 @@ fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
 }
 
 impl SandboxArgs {
+    fn lock_timeout(&self) -> Result<Duration, String> {
+        seconds("lock-timeout", self.lock_timeout)
+    }
+
     fn limits(&self) -> Result<Limits, String> {
         if self.memory_mib == 0 {
             return Err("--memory-mib must be at least 1".into());
@@ -164,9 +168,9 @@ fn usage_error(msg: &str) -> i32 {
 }
 
 fn run_command(args: RunArgs) -> i32 {
-    let limits = match args.sandbox.limits() {
-        Ok(l) => l,
-        Err(e) => return usage_error(&e),
+    let (limits, lock_timeout) = match (args.sandbox.limits(), args.sandbox.lock_timeout()) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(e), _) | (_, Err(e)) => return usage_error(&e),
     };
     let opts = RunOptions {
         guest: args.guest,
@@ -176,8 +180,7 @@ fn run_command(args: RunArgs) -> i32 {
         provider_uid: args.configuration_uid,
         dry_run: args.dry_run,
         limits,
-        lock_timeout: seconds("lock-timeout", args.sandbox.lock_timeout)
-            .unwrap_or(Duration::from_secs(30)),
+        lock_timeout,
         cache_dir: args.sandbox.cache_dir(),
     };
     let result = run(&opts);
@@ -232,14 +235,18 @@ fn run_command(args: RunArgs) -> i32 {
 }
 
 fn config_command(args: ConfigArgs) -> i32 {
+    let (limits, lock_timeout) = match (args.sandbox.limits(), args.sandbox.lock_timeout()) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(e), _) | (_, Err(e)) => return usage_error(&e),
+    };
     let opts = ConfigOptions {
         guest: args.guest,
         vault: args.vault,
         title: args.title,
         fields: args.fields,
         interactive: !args.no_input,
-        lock_timeout: seconds("lock-timeout", args.sandbox.lock_timeout)
-            .unwrap_or(Duration::from_secs(30)),
+        limits,
+        lock_timeout,
         cache_dir: args.sandbox.cache_dir(),
     };
     match configure(&opts) {

@@ -23,6 +23,7 @@ pub struct ConfigOptions {
     pub fields: Vec<String>,
     /// Ask for missing values when standard input is a terminal.
     pub interactive: bool,
+    pub limits: Limits,
     pub lock_timeout: Duration,
     pub cache_dir: Option<PathBuf>,
 }
@@ -34,8 +35,9 @@ pub enum ConfigError {
     Vault(#[from] VaultError),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
-    #[error("--field '{0}' is not LABEL=VALUE")]
-    BadField(String),
+    // The value may be a secret: name the flag's position, never its text.
+    #[error("--field number {0} has no '=': write it as LABEL=VALUE")]
+    BadField(usize),
     #[error("--field '{label}' is not a field of this plugin; its fields are: {known}")]
     UnknownLabel { label: String, known: String },
     #[error("'{label}' {why}")]
@@ -62,16 +64,14 @@ impl ConfigError {
 
 /// Creates the record and returns its UID.
 pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
-    let plugin = Plugin::load(&opts.guest, Limits::default(), opts.cache_dir.as_deref())?;
+    let plugin = Plugin::load(&opts.guest, opts.limits, opts.cache_dir.as_deref())?;
     let mut instance = plugin.instantiate()?;
     let info = instance.info()?;
     let schema = instance.config_schema()?;
 
     let mut values: Vec<(usize, String)> = Vec::new();
-    for pair in &opts.fields {
-        let (label, value) = pair
-            .split_once('=')
-            .ok_or_else(|| ConfigError::BadField(pair.clone()))?;
+    for (n, pair) in opts.fields.iter().enumerate() {
+        let (label, value) = pair.split_once('=').ok_or(ConfigError::BadField(n + 1))?;
         let index = schema
             .iter()
             .position(|i| i.label.eq_ignore_ascii_case(label.trim()))
@@ -105,12 +105,7 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     for (i, value) in &values {
         check(&schema[*i], value)?;
     }
-    let missing: Vec<String> = schema
-        .iter()
-        .enumerate()
-        .filter(|(i, item)| item.required && !values.iter().any(|(j, v)| j == i && !v.is_empty()))
-        .map(|(_, item)| format!("'{}'", item.label))
-        .collect();
+    let missing = missing_required(&schema, &values);
     if !missing.is_empty() {
         return Err(ConfigError::Missing(missing.join(", ")));
     }
@@ -138,6 +133,16 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     vault.save()?;
     tracing::info!(uid = %uid, vault = %opts.vault.display(), "config record created");
     Ok(uid)
+}
+
+/// The quoted labels of required items without a non-empty value.
+fn missing_required(schema: &[ConfigItem], values: &[(usize, String)]) -> Vec<String> {
+    schema
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| item.required && !values.iter().any(|(j, v)| j == i && !v.is_empty()))
+        .map(|(_, item)| format!("'{}'", item.label))
+        .collect()
 }
 
 /// A Keeper-style record UID: 16 random bytes, URL-safe base64.
@@ -221,5 +226,62 @@ fn check(item: &ConfigItem, value: &str) -> Result<(), ConfigError> {
                 .join(", ")
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(label: &str, item_type: ItemType, required: bool) -> ConfigItem {
+        ConfigItem {
+            id: label.to_lowercase(),
+            label: label.into(),
+            desc: String::new(),
+            is_secret: item_type == ItemType::Secret,
+            item_type,
+            default_value: None,
+            enum_values: vec![("a".into(), "first".into())],
+            required,
+        }
+    }
+
+    #[test]
+    fn lists_every_missing_required_label() {
+        let schema = [
+            item("Tenant", ItemType::Text, true),
+            item("Token", ItemType::Secret, true),
+            item("Note", ItemType::Text, false),
+        ];
+        assert_eq!(missing_required(&schema, &[]), ["'Tenant'", "'Token'"]);
+        assert_eq!(
+            missing_required(&schema, &[(0, "x".into()), (1, String::new())]),
+            ["'Token'"]
+        );
+        assert!(missing_required(&schema, &[(0, "x".into()), (1, "y".into())]).is_empty());
+    }
+
+    #[test]
+    fn checks_values_against_their_types() {
+        assert!(check(&item("N", ItemType::Int, false), "12").is_ok());
+        assert!(check(&item("N", ItemType::Int, false), "1.5").is_err());
+        assert!(check(&item("N", ItemType::Number, false), "1.5").is_ok());
+        assert!(check(&item("B", ItemType::Bool, false), "TRUE").is_ok());
+        assert!(check(&item("B", ItemType::Bool, false), "yes").is_err());
+        assert!(check(&item("U", ItemType::Url, false), "https://h:1").is_ok());
+        assert!(check(&item("U", ItemType::Url, false), "h:1").is_err());
+        assert!(check(&item("E", ItemType::Enum, false), "a").is_ok());
+        assert!(check(&item("E", ItemType::Enum, false), "b").is_err());
+    }
+
+    #[test]
+    fn uids_look_like_keepers() {
+        let (a, b) = (new_uid(), new_uid());
+        assert_eq!(a.len(), 22);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
     }
 }

@@ -116,6 +116,14 @@ pub fn fake_config(url: &str, key: &Key) -> Vec<(String, String, String)> {
     .collect()
 }
 
+/// `fake_config` without the fields labelled `drop`.
+pub fn fake_config_without(url: &str, key: &Key, drop: &[&str]) -> Vec<(String, String, String)> {
+    fake_config(url, key)
+        .into_iter()
+        .filter(|(_, l, _)| !drop.contains(&l.as_str()))
+        .collect()
+}
+
 pub fn config_from(uid: &str, fields: &[(String, String, String)]) -> serde_json::Value {
     let f: Vec<(&str, &str, &str)> = fields
         .iter()

@@ -178,6 +178,17 @@ impl FakeIam {
         self.state.lock().unwrap().calls.clone()
     }
 
+    /// How many times `action` was received.
+    pub fn count(&self, action: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| *c == action)
+            .count()
+    }
+
     /// Holds the answer to the next `action` after carrying it out; the returned
     /// receiver fires when the call is in flight. `release` lets it go.
     pub fn hold(&self, action: &str) -> Receiver<()> {
