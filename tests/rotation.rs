@@ -492,3 +492,10 @@ fn concurrent_runs_on_one_vault_lose_no_update() {
         Some(bob_keys[0].id.as_str())
     );
 }
+
+/// The shipped guest (release profile `guest`) stays within its 400 KiB budget.
+#[test]
+fn guest_component_fits_its_size_budget() {
+    let size = std::fs::metadata(GUEST_WASM).unwrap().len();
+    assert!(size <= 400 * 1024, "the guest grew to {} KiB", size / 1024);
+}
