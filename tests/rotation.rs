@@ -499,3 +499,46 @@ fn guest_component_fits_its_size_budget() {
     let size = std::fs::metadata(GUEST_WASM).unwrap().len();
     assert!(size <= 400 * 1024, "the guest grew to {} KiB", size / 1024);
 }
+
+/// On a terminal, `config` asks for each schema item (here through `script`,
+/// which gives it a pseudo-terminal); blank answers keep the defaults.
+#[test]
+fn config_asks_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.json");
+    let cmd = format!(
+        "{BIN} config {GUEST_WASM} --vault {} -t Asked --cache-dir {}",
+        vault.display(),
+        cache_dir().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script`");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"alice\nAKIAASKED\nasked-secret-value\neu-west-1\n\n\n\n\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for prompt in ["IAM Username", "Client Secret", "Enter Value [60] : >"] {
+        assert!(text.contains(prompt), "missing prompt {prompt}: {text}");
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&vault).unwrap()).unwrap();
+    let uid = doc["records"][0]["uid"].as_str().unwrap();
+    let field = |l| test_support::vault::field_of(&doc, uid, l);
+    assert_eq!(field("IAM Username").as_deref(), Some("alice"));
+    assert_eq!(
+        field("Client Secret").as_deref(),
+        Some("asked-secret-value")
+    );
+    assert_eq!(field("AWS Region").as_deref(), Some("eu-west-1"));
+    assert_eq!(field("Retry Deadline Seconds"), None);
+}
