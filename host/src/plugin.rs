@@ -77,18 +77,19 @@ pub struct Rotation {
     pub notes: Vec<String>,
 }
 
-/// A plugin's refusal, handed back through WIT.
+/// A plugin's refusal, handed back through WIT. The message stands alone: it
+/// says what failed, why, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PluginError {
-    #[error("invalid config: {0}")]
+    #[error("{0}")]
     InvalidConfig(String),
-    #[error("denied: {0}")]
+    #[error("{0}")]
     Denied(String),
-    #[error("not found: {0}")]
+    #[error("{0}")]
     NotFound(String),
-    #[error("conflict: {0}")]
+    #[error("{0}")]
     Conflict(String),
-    #[error("unavailable: {0}")]
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Failed(String),

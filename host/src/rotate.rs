@@ -48,7 +48,7 @@ pub enum RunError {
     Vault(#[from] VaultError),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
-    #[error("{stage} failed and nothing was changed: {error}")]
+    #[error("{stage} failed; the vault was not changed: {error}")]
     Plugin {
         stage: &'static str,
         error: PluginError,
@@ -136,8 +136,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     {
         instance.add_secret(f.value.expose());
     }
-    for note in &rotation.notes {
-        tracing::warn!("{}", instance.redact(note));
+    if !opts.dry_run {
+        for note in &rotation.notes {
+            tracing::warn!("{}", instance.redact(note));
+        }
     }
     let mut report = RunReport {
         status: if opts.dry_run { "planned" } else { "rotated" },
