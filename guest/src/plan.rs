@@ -36,6 +36,16 @@ pub enum MakeRoom {
     Inactive(String),
 }
 
+impl MakeRoom {
+    /// The key this deletes, if any.
+    pub fn deletes(&self) -> Option<&str> {
+        match self {
+            Self::Nothing => None,
+            Self::Leftover(id) | Self::VaultKey(id) | Self::Inactive(id) => Some(id),
+        }
+    }
+}
+
 /// The plan of one rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {

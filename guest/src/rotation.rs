@@ -74,7 +74,13 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         }
     };
 
-    let (key_id, secret) = create(&iam, &settings, vault_key_deleted).map_err(|e| {
+    // The keys that exist now: a key beyond these after an ambiguous create is its orphan.
+    let existing: Vec<String> = ids
+        .iter()
+        .filter(|id| plan.make_room.deletes() != Some(**id))
+        .map(|id| id.to_string())
+        .collect();
+    let (key_id, secret) = create(&iam, &settings, &existing, vault_key_deleted).map_err(|e| {
         if vault_key_deleted {
             e.context(format!(
                 "the vault's old key {} was deleted to make room, and creating its successor failed; \
@@ -118,9 +124,9 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
 fn create<T: Transport>(
     iam: &Iam<'_, T>,
     settings: &Settings,
+    before: &[String],
     after_deleting_vault_key: bool,
 ) -> Result<(String, Secret), PluginError> {
-    let before: Vec<String> = iam.list_keys()?.into_iter().map(|k| k.id).collect();
     let started = iam.elapsed();
     let mut attempt = 0;
     let mut ambiguous_retry_used = false;
@@ -135,11 +141,11 @@ fn create<T: Transport>(
                 Level::Warn,
                 &format!("CreateAccessKey may or may not have run ({err}); checking IAM before trying again"),
             );
-            delete_unknown_new_keys(iam, &before)?;
+            delete_unknown_new_keys(iam, before)?;
             continue;
         }
         if err.maybe_executed() {
-            delete_unknown_new_keys(iam, &before)?;
+            delete_unknown_new_keys(iam, before)?;
             return Err(iam.explain(err, "CreateAccessKey"));
         }
         // IAM is eventually consistent: right after the delete that made room, it

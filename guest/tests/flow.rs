@@ -1,0 +1,299 @@
+//! The rotation flow natively, against a scripted transport: each IAM/STS action
+//! answers from a queue, so the retry and I5 paths can be driven exactly.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use aws_key_rotation::error::PluginError;
+use aws_key_rotation::model::{Context, Field, Record};
+use aws_key_rotation::rotation::{finalize, rotate};
+use aws_key_rotation::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
+
+type Answer = Result<HttpResponse, SendError>;
+
+#[derive(Default)]
+struct Script {
+    answers: RefCell<HashMap<String, VecDeque<Answer>>>,
+    sent: RefCell<Vec<String>>,
+    clock: RefCell<Duration>,
+}
+
+impl Script {
+    fn on(self, action: &str, answer: Answer) -> Self {
+        self.answers
+            .borrow_mut()
+            .entry(action.into())
+            .or_default()
+            .push_back(answer);
+        self
+    }
+
+    fn sent(&self) -> Vec<String> {
+        self.sent.borrow().clone()
+    }
+}
+
+impl Transport for Script {
+    fn send(&self, r: &HttpRequest) -> Result<HttpResponse, SendError> {
+        let body = String::from_utf8(r.body.clone()).unwrap();
+        let action = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("Action="))
+            .unwrap()
+            .to_string();
+        self.sent.borrow_mut().push(action.clone());
+        self.answers
+            .borrow_mut()
+            .get_mut(&action)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or_else(|| panic!("no answer scripted for {action}; sent {:?}", self.sent()))
+    }
+    fn log(&self, _: Level, _: &str) {}
+    fn sleep(&self, d: Duration) {
+        *self.clock.borrow_mut() += d;
+    }
+    fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+    fn elapsed(&self) -> Duration {
+        *self.clock.borrow()
+    }
+    fn random(&self) -> u64 {
+        7
+    }
+}
+
+fn ok(body: &str) -> Answer {
+    Ok(HttpResponse {
+        status: 200,
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+fn aws_error(status: u16, code: &str) -> Answer {
+    Ok(HttpResponse {
+        status,
+        body: format!(
+            "<ErrorResponse><Error><Code>{code}</Code><Message>m</Message></Error></ErrorResponse>"
+        )
+        .into_bytes(),
+    })
+}
+
+fn user() -> Answer {
+    ok("<R><User><UserName>alice</UserName><Arn>arn:aws:iam::1:user/alice</Arn></User></R>")
+}
+
+fn keys(ids: &[&str]) -> Answer {
+    let members: String = ids
+        .iter()
+        .map(|id| format!("<member><AccessKeyId>{id}</AccessKeyId><Status>Active</Status><CreateDate>2024-01-01T00:00:00Z</CreateDate></member>"))
+        .collect();
+    ok(&format!(
+        "<R><AccessKeyMetadata>{members}</AccessKeyMetadata></R>"
+    ))
+}
+
+fn created(id: &str) -> Answer {
+    ok(&format!(
+        "<R><AccessKey><AccessKeyId>{id}</AccessKeyId><SecretAccessKey>secret-of-{id}</SecretAccessKey></AccessKey></R>"
+    ))
+}
+
+fn field(kind: &str, label: &str, value: &str) -> Field {
+    Field {
+        kind: kind.into(),
+        label: Some(label.into()),
+        values: vec![value.into()],
+    }
+}
+
+fn ctx(vault_key: &str, client_id: &str) -> Context {
+    Context {
+        user: Record {
+            uid: "u".into(),
+            record_type: "pamUser".into(),
+            title: "alice".into(),
+            fields: vec![
+                Field {
+                    kind: "login".into(),
+                    label: None,
+                    values: vec!["alice".into()],
+                },
+                field("text", "aws_access_key_id", vault_key),
+            ],
+        },
+        config: Record {
+            uid: "c".into(),
+            record_type: "login".into(),
+            title: "cfg".into(),
+            fields: vec![
+                field("text", "Client ID", client_id),
+                field("secret", "Client Secret", "rotator-secret"),
+                field("text", "AWS Region", "us-east-1"),
+                field("text", "Retry Deadline Seconds", "5"),
+            ],
+        },
+        provider: None,
+        dry_run: false,
+    }
+}
+
+#[test]
+fn a_plain_rotation_sends_five_calls() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", created("NEW"))
+        .on(
+            "GetCallerIdentity",
+            ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
+        )
+        .on("DeleteAccessKey", ok("<R/>"));
+    let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
+    assert_eq!(r.created.as_deref(), Some("NEW"));
+    assert_eq!(r.retire, ["OLD"]);
+    assert_eq!(
+        r.field("aws_secret_access_key").unwrap().expose(),
+        "secret-of-NEW"
+    );
+    let f = finalize(&t, &ctx("OLD", "ROTATOR"), &r).unwrap();
+    assert_eq!(f.retired, ["OLD"]);
+    assert_eq!(
+        t.sent(),
+        [
+            "GetUser",
+            "ListAccessKeys",
+            "CreateAccessKey",
+            "GetCallerIdentity",
+            "DeleteAccessKey"
+        ]
+    );
+}
+
+/// I5: a timed-out create is never repeated before the orphan it may have left
+/// is found and deleted.
+#[test]
+fn an_ambiguous_create_is_cleaned_up_then_tried_once_more() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", Err(SendError::Timeout("slow".into())))
+        .on("ListAccessKeys", keys(&["OLD", "ORPHAN"]))
+        .on("DeleteAccessKey", ok("<R/>"))
+        .on("CreateAccessKey", created("NEW"));
+    let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
+    assert_eq!(r.created.as_deref(), Some("NEW"));
+    assert_eq!(
+        t.sent(),
+        [
+            "GetUser",
+            "ListAccessKeys",
+            "CreateAccessKey",
+            "ListAccessKeys",
+            "DeleteAccessKey",
+            "CreateAccessKey"
+        ]
+    );
+}
+
+/// Two ambiguous failures in a row: clean up again and give up.
+#[test]
+fn a_second_ambiguous_create_gives_up_after_cleaning_up() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", aws_error(500, "InternalFailure"))
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", aws_error(503, "ServiceUnavailable"))
+        .on("ListAccessKeys", keys(&["OLD", "ORPHAN"]))
+        .on("DeleteAccessKey", ok("<R/>"));
+    let err = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap_err();
+    assert!(matches!(err, PluginError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        t.sent().iter().filter(|a| *a == "CreateAccessKey").count(),
+        2
+    );
+    assert_eq!(t.sent().last().map(String::as_str), Some("DeleteAccessKey"));
+}
+
+/// Throttling means the request was turned away: safe to repeat as is.
+#[test]
+fn a_throttled_create_is_retried_without_listing() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", aws_error(400, "Throttling"))
+        .on("CreateAccessKey", created("NEW"));
+    rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
+    assert_eq!(
+        t.sent(),
+        [
+            "GetUser",
+            "ListAccessKeys",
+            "CreateAccessKey",
+            "CreateAccessKey"
+        ]
+    );
+    assert!(*t.clock.borrow() > Duration::ZERO, "it backed off");
+}
+
+/// The guide's setup: after deleting the vault's key, IAM may still count it.
+#[test]
+fn limit_exceeded_right_after_making_room_is_retried() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["VAULT", "ROTATOR"]))
+        .on("DeleteAccessKey", ok("<R/>"))
+        .on("CreateAccessKey", aws_error(409, "LimitExceeded"))
+        .on("CreateAccessKey", created("NEW"));
+    let r = rotate(&t, &ctx("VAULT", "ROTATOR")).unwrap();
+    assert!(r.retire.is_empty());
+    assert!(r.notes[0].contains("no spare"), "{:?}", r.notes);
+}
+
+/// IAM is eventually consistent: verification waits, within its budget.
+#[test]
+fn verification_retries_until_the_key_works() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&[]))
+        .on("CreateAccessKey", created("NEW"))
+        .on("GetCallerIdentity", aws_error(403, "InvalidClientTokenId"))
+        .on("GetCallerIdentity", aws_error(403, "InvalidClientTokenId"))
+        .on(
+            "GetCallerIdentity",
+            ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
+        );
+    let r = rotate(&t, &ctx("", "ROTATOR")).unwrap();
+    let f = finalize(&t, &ctx("", "ROTATOR"), &r).unwrap();
+    assert!(f.retired.is_empty());
+    assert_eq!(
+        t.sent()
+            .iter()
+            .filter(|a| *a == "GetCallerIdentity")
+            .count(),
+        3
+    );
+}
+
+/// A key that authenticates as someone else is not the user's: nothing is deleted.
+#[test]
+fn a_key_of_another_user_is_not_accepted() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", created("NEW"))
+        .on(
+            "GetCallerIdentity",
+            ok("<R><Arn>arn:aws:iam::1:user/mallory</Arn></R>"),
+        );
+    let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
+    let err = finalize(&t, &ctx("OLD", "ROTATOR"), &r).unwrap_err();
+    assert!(
+        err.to_string().contains("mallory") && err.to_string().contains("old key OLD was kept"),
+        "{err}"
+    );
+    assert!(!t.sent().contains(&"DeleteAccessKey".to_string()));
+}
