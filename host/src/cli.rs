@@ -36,19 +36,20 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plugin component (.wasm).
+    #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
     /// The vault file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub vault: PathBuf,
     /// UID of the PAM user record whose credential is rotated.
-    #[arg(short = 'u', long = "user")]
+    #[arg(short = 'u', long = "user", value_name = "PAM_USER_UID")]
     pub user: String,
     /// UID of the plugin config record.
-    #[arg(short = 'c', long = "config")]
+    #[arg(short = 'c', long = "config", value_name = "CONFIG_UID")]
     pub config: String,
     /// UID of a provider record (for AWS, a pamAwsConfiguration record) that
     /// supplies what the config record leaves blank.
-    #[arg(long = "configuration-uid")]
+    #[arg(long = "configuration-uid", value_name = "UID")]
     pub configuration_uid: Option<String>,
     /// Decide and print the plan; change nothing.
     #[arg(long)]
@@ -63,12 +64,13 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// The plugin component (.wasm).
+    #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
     /// The vault file; created (0600) if it does not exist.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub vault: PathBuf,
     /// Title of the new record.
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, value_name = "TITLE")]
     pub title: String,
     /// A field value, as LABEL=VALUE; repeat for each field. Labels match any case.
     #[arg(long = "field", value_name = "LABEL=VALUE")]
@@ -83,6 +85,7 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// The plugin component (.wasm).
+    #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
     /// Print as JSON.
     #[arg(long)]
