@@ -542,3 +542,22 @@ fn config_asks_on_a_terminal() {
     assert_eq!(field("AWS Region").as_deref(), Some("eu-west-1"));
     assert_eq!(field("Retry Deadline Seconds"), None);
 }
+
+/// Keeper UIDs are URL-safe base64: they may start with '-'.
+#[test]
+fn uids_may_start_with_a_hyphen() {
+    let s = fake_setup();
+    let vault = VaultFile::new(vec![
+        config_from("-cfg_1", &fake_config(&s.iam.url, &s.rotator)),
+        pam_user("-user_1", "alice", Some(("aws_access_key_id", &s.old.id))),
+    ]);
+    let out = run(&vault, "-user_1", "-cfg_1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let keys = s.iam.keys("alice");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        vault.field("-user_1", "aws_access_key_id").as_deref(),
+        Some(keys[0].id.as_str())
+    );
+    s.assert_no_leak(&out);
+}

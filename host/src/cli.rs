@@ -42,14 +42,29 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub vault: PathBuf,
     /// UID of the PAM user record whose credential is rotated.
-    #[arg(short = 'u', long = "user", value_name = "PAM_USER_UID")]
+    // Keeper UIDs are URL-safe base64 and may start with '-'.
+    #[arg(
+        short = 'u',
+        long = "user",
+        value_name = "PAM_USER_UID",
+        allow_hyphen_values = true
+    )]
     pub user: String,
     /// UID of the plugin config record.
-    #[arg(short = 'c', long = "config", value_name = "CONFIG_UID")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "CONFIG_UID",
+        allow_hyphen_values = true
+    )]
     pub config: String,
     /// UID of a provider record (for AWS, a pamAwsConfiguration record) that
     /// supplies what the config record leaves blank.
-    #[arg(long = "configuration-uid", value_name = "UID")]
+    #[arg(
+        long = "configuration-uid",
+        value_name = "UID",
+        allow_hyphen_values = true
+    )]
     pub configuration_uid: Option<String>,
     /// Decide and print the plan; change nothing.
     #[arg(long)]
