@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use test_support::vault::{VaultFile, pam_user};
+use test_support::vault::VaultFile;
 
 /// Runs `args` against the usual setup and checks that nothing moved.
 fn refused(s: &FakeSetup, vault: &VaultFile, args: &[&str], expect: &str) {
@@ -125,10 +125,7 @@ fn an_empty_required_field() {
     let s = fake_setup();
     let mut cfg = fake_config(&s.iam.url, &s.rotator);
     cfg[1].2 = "   ".into(); // Client ID
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &cfg),
-        pam_user("user1", "alice", None),
-    ]);
+    let vault = vault_with(&cfg, "alice", None);
     refused(
         &s,
         &vault,
@@ -142,10 +139,7 @@ fn an_invalid_region() {
     let s = fake_setup();
     let mut cfg = fake_config(&s.iam.url, &s.rotator);
     cfg[3].2 = "us-east".into();
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &cfg),
-        pam_user("user1", "alice", None),
-    ]);
+    let vault = vault_with(&cfg, "alice", None);
     refused(
         &s,
         &vault,
@@ -157,10 +151,7 @@ fn an_invalid_region() {
 #[test]
 fn conflicting_user_names() {
     let s = fake_setup();
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
-        pam_user("user1", "bob", None),
-    ]);
+    let vault = vault_with(&fake_config(&s.iam.url, &s.rotator), "bob", None);
     refused(
         &s,
         &vault,

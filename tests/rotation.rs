@@ -120,10 +120,11 @@ fn guide_setup_one_user_holds_both_keys() {
     iam.add_user("alice", &[]);
     let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
     let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &fake_config(&iam.url, &client)),
-        pam_user("user1", "alice", Some(("aws_acess_key_id", &rotated.id))),
-    ]);
+    let vault = vault_with(
+        &fake_config(&iam.url, &client),
+        "alice",
+        Some(("aws_acess_key_id", &rotated.id)),
+    );
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(
@@ -154,10 +155,7 @@ fn wrong_secret_changes_nothing() {
     let s = fake_setup();
     let mut cfg = fake_config(&s.iam.url, &s.rotator);
     cfg[2].2 = "not-the-right-secret-value-0000000000000".into();
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &cfg),
-        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
-    ]);
+    let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &s.old.id)));
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
@@ -177,10 +175,7 @@ fn unknown_iam_user_changes_nothing() {
     let s = fake_setup();
     let mut cfg = fake_config(&s.iam.url, &s.rotator);
     cfg[0].2 = "bob".into();
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &cfg),
-        pam_user("user1", "bob", None),
-    ]);
+    let vault = vault_with(&cfg, "bob", None);
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 1, "{}", out.all());
@@ -222,10 +217,11 @@ fn provider_record_supplies_credentials() {
 #[test]
 fn misspelled_label_is_read_and_corrected() {
     let s = fake_setup();
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
-        pam_user("user1", "alice", Some(("aws_acess_key_id", &s.old.id))),
-    ]);
+    let vault = vault_with(
+        &fake_config(&s.iam.url, &s.rotator),
+        "alice",
+        Some(("aws_acess_key_id", &s.old.id)),
+    );
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_converged(&s.iam, &vault);
@@ -244,10 +240,7 @@ fn misspelled_label_is_read_and_corrected() {
 fn missing_required_config_field_is_bad_input() {
     let s = fake_setup();
     let cfg = fake_config_without(&s.iam.url, &s.rotator, &["Client Secret"]);
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &cfg),
-        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.id))),
-    ]);
+    let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &s.old.id)));
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 2, "{}", out.all());

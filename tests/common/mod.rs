@@ -132,16 +132,30 @@ pub fn config_from(uid: &str, fields: &[(String, String, String)]) -> serde_json
     config_record(uid, &f)
 }
 
+/// A vault with config record `cfg1` holding `cfg`, and PAM user record `user1`
+/// for `login` recording `key` as `(label, access key id)`.
+pub fn vault_with(
+    cfg: &[(String, String, String)],
+    login: &str,
+    key: Option<(&str, &str)>,
+) -> VaultFile {
+    VaultFile::new(vec![
+        config_from("cfg1", cfg),
+        pam_user("user1", login, key),
+    ])
+}
+
 pub fn fake_setup() -> FakeSetup {
     let iam = FakeIam::start();
     iam.add_user("rotator", &["alice"]);
     iam.add_user("alice", &[]);
     let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");
     let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
-    let vault = VaultFile::new(vec![
-        config_from("cfg1", &fake_config(&iam.url, &rotator)),
-        pam_user("user1", "alice", Some(("aws_access_key_id", &old.id))),
-    ]);
+    let vault = vault_with(
+        &fake_config(&iam.url, &rotator),
+        "alice",
+        Some(("aws_access_key_id", &old.id)),
+    );
     FakeSetup {
         iam,
         vault,
