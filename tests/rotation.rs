@@ -554,3 +554,46 @@ fn uids_may_start_with_a_hyphen() {
     );
     s.assert_no_leak(&out);
 }
+
+/// Real HTTPS (rustls) to an endpoint whose certificate comes from a private CA,
+/// trusted with --ca-file.
+#[test]
+fn rotates_over_https_with_a_private_ca() {
+    let ca = test_support::tls::TestCa::new();
+    let s = setup_on(test_support::fake_iam::FakeIam::start_tls(&ca));
+    assert!(s.iam.url.starts_with("https://"));
+    let ca_file = s.vault.folder().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let out = run(
+        &s.vault,
+        "user1",
+        "cfg1",
+        &["--ca-file", ca_file.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
+    s.assert_no_leak(&out);
+}
+
+/// Without the CA, the handshake fails: nothing is sent, nothing is retried, and
+/// the message says how to fix it.
+#[test]
+fn an_untrusted_certificate_fails_at_once_and_clearly() {
+    let ca = test_support::tls::TestCa::new();
+    let s = setup_on(test_support::fake_iam::FakeIam::start_tls(&ca));
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("TLS handshake") && out.stderr.contains("--ca-file"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("retry"),
+        "a certificate error is not transient: {}",
+        out.stderr
+    );
+    assert!(s.iam.calls().is_empty());
+    assert_eq!(before, s.vault.bytes());
+}

@@ -90,6 +90,7 @@ impl Transport for Host {
                 }
                 outbound::SendError::InvalidRequest(m) => SendError::InvalidRequest(m),
                 outbound::SendError::ConnectFailed(m) => SendError::ConnectFailed(m),
+                outbound::SendError::TlsFailed(m) => SendError::TlsFailed(m),
                 outbound::SendError::Timeout(m) => SendError::Timeout(m),
                 outbound::SendError::ConnectionLost(m) => SendError::ConnectionLost(m),
                 outbound::SendError::ResponseTooLarge(n) => SendError::ResponseTooLarge(n),

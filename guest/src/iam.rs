@@ -342,6 +342,11 @@ impl<'a, T: Transport> Iam<'a, T> {
                  the AWS Endpoint URL"
                 ))
             }
+            CallError::Send(SendError::TlsFailed(m)) => PluginError::Failed(format!(
+                "{action} was not sent: the TLS handshake with the endpoint failed ({m}). If a \
+                 proxy or private endpoint presents a certificate from your own CA, pass that CA \
+                 to rotate-host with --ca-file"
+            )),
             CallError::Send(SendError::InvalidRequest(m)) => PluginError::InvalidConfig(format!(
                 "{action} was not sent: {m}. Check the AWS Endpoint URL"
             )),

@@ -39,6 +39,8 @@ pub enum SendError {
     InvalidRequest(String),
     #[error("could not connect: {0}")]
     ConnectFailed(String),
+    #[error("the TLS handshake failed: {0}")]
+    TlsFailed(String),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("the connection broke: {0}")]

@@ -181,6 +181,7 @@ impl From<SendError> for wit_outbound::SendError {
             SendError::DestinationNotAllowed(m) => Self::DestinationNotAllowed(m),
             SendError::InvalidRequest(m) => Self::InvalidRequest(m),
             SendError::ConnectFailed(m) => Self::ConnectFailed(m),
+            SendError::TlsFailed(m) => Self::TlsFailed(m),
             SendError::Timeout(m) => Self::Timeout(m),
             SendError::ConnectionLost(m) => Self::ConnectionLost(m),
             SendError::ResponseTooLarge(n) => Self::ResponseTooLarge(n),

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::configure::{ConfigOptions, configure};
 use crate::engine::{Limits, Plugin};
-use crate::http::HttpLimits;
+use crate::http::{HttpConfig, read_ca_file};
 use crate::rotate::{RunOptions, run};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
@@ -124,6 +124,10 @@ pub struct SandboxArgs {
     /// Largest HTTP response body the plugin may receive, in KiB.
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     pub max_response_kib: u64,
+    /// Trust only the CA certificates in this PEM file for HTTPS (a private
+    /// endpoint, or a TLS-inspecting proxy) instead of the built-in Mozilla roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// How long to wait for another run's lock on the vault, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub lock_timeout: f64,
@@ -154,10 +158,16 @@ impl SandboxArgs {
         Ok(Limits {
             memory_bytes: self.memory_mib << 20,
             call_timeout: seconds("timeout", self.timeout)?,
-            http: HttpLimits {
+            http: HttpConfig {
                 timeout: seconds("http-timeout", self.http_timeout)?,
                 connect_timeout: seconds("http-timeout", self.http_timeout.min(10.0))?,
                 max_response_bytes: self.max_response_kib * 1024,
+                ca_certs: self
+                    .ca_file
+                    .as_deref()
+                    .map(read_ca_file)
+                    .transpose()?
+                    .map(std::sync::Arc::new),
             },
         })
     }

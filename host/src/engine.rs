@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::allowlist::AllowList;
 use crate::bindings::{self, wit};
 use crate::cache;
-use crate::http::{HttpLimits, Outbound};
+use crate::http::{HttpConfig, Outbound};
 use crate::plugin::{ConfigItem, Context, PluginError, PluginInfo, Rotation};
 use crate::secret::Redactor;
 
@@ -25,13 +25,13 @@ const TICK: Duration = Duration::from_millis(10);
 const STDERR_CAP: usize = 64 * 1024;
 
 /// Resource limits of one plugin run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Linear memory and tables, in bytes.
     pub memory_bytes: usize,
     /// Wall-clock time one export call may take, retries and HTTP included.
     pub call_timeout: Duration,
-    pub http: HttpLimits,
+    pub http: HttpConfig,
 }
 
 impl Default for Limits {
@@ -39,7 +39,7 @@ impl Default for Limits {
         Self {
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(300),
-            http: HttpLimits::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -249,7 +249,7 @@ impl Plugin {
             table: ResourceTable::new(),
             limiter,
             stderr,
-            outbound: Outbound::new(AllowList::default(), self.limits.http),
+            outbound: Outbound::new(AllowList::default(), &self.limits.http),
             redactor: Redactor::default(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -265,7 +265,7 @@ impl Plugin {
         Ok(Instance {
             store,
             bindings,
-            limits: self.limits,
+            limits: self.limits.clone(),
         })
     }
 }
@@ -299,7 +299,7 @@ pub struct Instance {
 impl Instance {
     /// Lets the guest reach `allow`; every other destination is refused.
     pub fn allow(&mut self, allow: AllowList) {
-        self.store.data_mut().outbound = Outbound::new(allow, self.limits.http);
+        self.store.data_mut().outbound = Outbound::new(allow, &self.limits.http);
     }
 
     /// Masks `secret` in everything the guest logs or returns as an error.

@@ -4,8 +4,11 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
+use std::sync::Arc;
 use thiserror::Error;
+
 use ureq::Agent;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use url::Url;
 
 use crate::allowlist::AllowList;
@@ -46,6 +49,8 @@ pub enum SendError {
     InvalidRequest(String),
     #[error("connect failed: {0}")]
     ConnectFailed(String),
+    #[error("TLS failed: {0}")]
+    TlsFailed(String),
     #[error("timeout: {0}")]
     Timeout(String),
     #[error("connection lost: {0}")]
@@ -54,37 +59,66 @@ pub enum SendError {
     ResponseTooLarge(u64),
 }
 
-/// Outbound HTTP limits.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
+/// Outbound HTTP limits and trust.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
     /// Whole-request timeout: connect, send, and read the response.
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_response_bytes: u64,
+    /// CA certificates (DER) to trust instead of the built-in Mozilla roots.
+    pub ca_certs: Option<Arc<Vec<Certificate<'static>>>>,
 }
 
-impl Default for HttpLimits {
+impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 1024 * 1024,
+            ca_certs: None,
         }
     }
+}
+
+/// Reads the PEM certificates of a `--ca-file`.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("could not read --ca-file {}: {e}", path.display()))?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--ca-file {} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--ca-file {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// The guest's one way out.
 pub struct Outbound {
     allow: AllowList,
     agent: Agent,
-    limits: HttpLimits,
+    max_response_bytes: u64,
 }
 
 impl Outbound {
-    pub fn new(allow: AllowList, limits: HttpLimits) -> Self {
+    pub fn new(allow: AllowList, config: &HttpConfig) -> Self {
+        let roots = match &config.ca_certs {
+            Some(certs) => RootCerts::Specific(certs.clone()),
+            None => RootCerts::WebPki,
+        };
         let agent = Agent::config_builder()
-            .timeout_global(Some(limits.timeout))
-            .timeout_connect(Some(limits.connect_timeout))
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .timeout_global(Some(config.timeout))
+            .timeout_connect(Some(config.connect_timeout))
             .http_status_as_error(false)
             // A redirect could lead outside the allowlist.
             .max_redirects(0)
@@ -94,7 +128,7 @@ impl Outbound {
         Self {
             allow,
             agent,
-            limits,
+            max_response_bytes: config.max_response_bytes,
         }
     }
 
@@ -131,7 +165,7 @@ impl Outbound {
         let body = response
             .into_body()
             .with_config()
-            .limit(self.limits.max_response_bytes)
+            .limit(self.max_response_bytes)
             .read_to_vec()
             .map_err(classify)?;
         tracing::debug!(
@@ -154,9 +188,10 @@ fn classify(e: ureq::Error) -> SendError {
         E::Timeout(T::Resolve | T::Connect) | E::HostNotFound | E::ConnectionFailed => {
             SendError::ConnectFailed(e.to_string())
         }
-        E::Tls(_) => SendError::ConnectFailed(e.to_string()),
+        E::Tls(_) | E::Rustls(_) => SendError::TlsFailed(e.to_string()),
         E::Timeout(_) => SendError::Timeout(e.to_string()),
         E::BodyExceedsLimit(n) => SendError::ResponseTooLarge(n),
+        E::Io(io) if handshake_failure(&io) => SendError::TlsFailed(io.to_string()),
         E::Io(io) => match io.kind() {
             ErrorKind::ConnectionRefused | ErrorKind::NotFound | ErrorKind::AddrNotAvailable => {
                 SendError::ConnectFailed(io.to_string())
@@ -167,4 +202,23 @@ fn classify(e: ureq::Error) -> SendError {
         E::BadUri(_) | E::Http(_) => SendError::InvalidRequest(e.to_string()),
         other => SendError::ConnectionLost(other.to_string()),
     }
+}
+
+/// A TLS error that can only happen in the handshake, before anything is sent.
+/// Other TLS errors may come after the request went out, so they stay ambiguous.
+fn handshake_failure(io: &std::io::Error) -> bool {
+    use rustls::Error as R;
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<R>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                R::InvalidCertificate(_)
+                    | R::NoCertificatesPresented
+                    | R::PeerIncompatible(_)
+                    | R::InappropriateHandshakeMessage { .. }
+                    | R::UnsupportedNameType
+                    | R::AlertReceived(rustls::AlertDescription::HandshakeFailure)
+            )
+        })
 }

@@ -103,7 +103,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         .map(|uid| vault.record(uid, "--configuration-uid", None))
         .transpose()?;
 
-    let plugin = Plugin::load(&opts.guest, opts.limits, opts.cache_dir.as_deref())?;
+    let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
     let mut instance = plugin.instantiate()?;
     let info = instance.info()?;
     let schema = instance.config_schema()?;

@@ -146,7 +146,11 @@ pub fn vault_with(
 }
 
 pub fn fake_setup() -> FakeSetup {
-    let iam = FakeIam::start();
+    setup_on(FakeIam::start())
+}
+
+/// The usual setup on a given fake (for example one speaking HTTPS).
+pub fn setup_on(iam: FakeIam) -> FakeSetup {
     iam.add_user("rotator", &["alice"]);
     iam.add_user("alice", &[]);
     let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crate::sigv4;
+use crate::tls::TestCa;
 
 /// The account of every fake user.
 pub const ACCOUNT: &str = "123456789012";
@@ -98,16 +99,33 @@ pub struct FakeIam {
 }
 
 impl FakeIam {
-    /// Starts a server on a free port of 127.0.0.1.
+    /// Starts a server on a free port of 127.0.0.1, speaking plain HTTP.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server speaking HTTPS with a certificate from `ca`.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca.server.clone()))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let state = shared.clone();
-                thread::spawn(move || serve(stream, state));
+                let tls = tls.clone();
+                thread::spawn(move || match tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).expect("TLS session");
+                        serve(rustls::StreamOwned::new(conn, stream), state);
+                    }
+                    None => serve(stream, state),
+                });
             }
         });
         Self {
@@ -232,7 +250,7 @@ struct HttpRequest {
     body: Vec<u8>,
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
+fn read_request(reader: &mut BufReader<impl Read>) -> Option<HttpRequest> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -258,9 +276,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
     Some(HttpRequest { headers, body })
 }
 
-fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-    let mut out = stream;
+/// Serves requests one after another on one connection; returning drops (closes) it.
+fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader) {
         let params: HashMap<String, String> =
             form_urlencoded::parse(&req.body).into_owned().collect();
@@ -281,20 +299,13 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             Some(FaultKind::Throttle) => error(400, "Throttling", "Rate exceeded"),
             Some(FaultKind::ServerError) => error(500, "InternalFailure", "injected failure"),
             Some(FaultKind::AccessDenied) => error(403, "AccessDenied", "injected denial"),
-            Some(FaultKind::ResetBeforeProcessing) => {
-                let _ = out.shutdown(Shutdown::Both);
-                return;
-            }
+            Some(FaultKind::ResetBeforeProcessing) => return,
             _ => handle(&state, &action, &params, &req),
         };
         match fault {
-            Some(FaultKind::ResetAfterProcessing) => {
-                let _ = out.shutdown(Shutdown::Both);
-                return;
-            }
+            Some(FaultKind::ResetAfterProcessing) => return,
             Some(FaultKind::Timeout(d)) => {
                 thread::sleep(d);
-                let _ = out.shutdown(Shutdown::Both);
                 return;
             }
             _ => {}
@@ -320,9 +331,11 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
+        let out = reader.get_mut();
         if out
             .write_all(head.as_bytes())
             .and_then(|()| out.write_all(&body))
+            .and_then(|()| out.flush())
             .is_err()
         {
             return;

@@ -3,6 +3,7 @@
 pub mod fake_iam;
 pub mod moto;
 pub mod sigv4;
+pub mod tls;
 pub mod vault;
 
 /// Panics if any of `secrets` appears in `text` (I3).
