@@ -243,6 +243,9 @@ fn run_command(args: RunArgs) -> i32 {
                 if !report.retired.is_empty() {
                     let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
                 }
+                for n in &report.notes {
+                    let _ = writeln!(out, "note: {n}");
+                }
             }
             0
         }

@@ -136,11 +136,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     {
         instance.add_secret(f.value.expose());
     }
-    if !opts.dry_run {
-        for note in &rotation.notes {
-            tracing::warn!("{}", instance.redact(note));
-        }
-    }
     let mut report = RunReport {
         status: if opts.dry_run { "planned" } else { "rotated" },
         user_uid: opts.user_uid.clone(),
@@ -199,19 +194,19 @@ fn rollback(
     rotation: &crate::plugin::Rotation,
     created: &str,
 ) -> String {
-    match instance.rollback(ctx, rotation) {
-        Ok(Ok(())) => format!(
-            "The new key {created} was deleted again; the vault and the old key are as they were"
-        ),
-        Ok(Err(e)) => format!(
-            "Deleting the new key {created} failed too ({e}); the vault and the old key are as \
-             they were, and the next run deletes {created} as a leftover"
-        ),
-        Err(e) => format!(
-            "Deleting the new key {created} failed too ({e}); the vault and the old key are as \
-             they were, and the next run deletes {created} as a leftover"
-        ),
-    }
+    let failure = match instance.rollback(ctx, rotation) {
+        Ok(Ok(())) => {
+            return format!(
+                "The new key {created} was deleted again; the vault and the old key are as they were"
+            );
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    format!(
+        "Deleting the new key {created} failed too ({failure}); the vault and the old key are as \
+         they were, and the next run deletes {created} as a leftover"
+    )
 }
 
 /// The plugin's declared hosts, plus the origin of every `url` config value.
