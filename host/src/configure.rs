@@ -152,6 +152,7 @@ fn new_uid() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The Keeper field type that holds an item's value.
 fn field_type(item: &ConfigItem) -> &'static str {
     match item.item_type {
         _ if item.is_secret => "secret",
