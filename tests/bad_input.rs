@@ -167,14 +167,12 @@ fn a_vault_path_that_is_a_folder_or_missing() {
     let out = rotate_host(&[
         "run", GUEST_WASM, "--vault", &folder, "-u", "user1", "-c", "cfg1",
     ]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("is a folder"), "{}", out.stderr);
+    out.expect(2, &["is a folder"]);
     let missing = format!("{folder}/nope.json");
     let out = rotate_host(&[
         "run", GUEST_WASM, "--vault", &missing, "-u", "user1", "-c", "cfg1",
     ]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    out.expect(2, &["does not exist"]);
     assert!(!std::path::Path::new(&missing).exists());
     assert!(s.iam.calls().is_empty());
 }
@@ -182,8 +180,7 @@ fn a_vault_path_that_is_a_folder_or_missing() {
 #[test]
 fn bad_usage() {
     let out = rotate_host(&["run", GUEST_WASM, "--vault", "v.json", "-c", "cfg1"]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("--user"), "{}", out.stderr);
+    out.expect(2, &["--user"]);
     let out = rotate_host(&[
         "run",
         GUEST_WASM,
@@ -196,10 +193,5 @@ fn bad_usage() {
         "--timeout",
         "0",
     ]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(
-        out.stderr.contains("--timeout must be a positive number"),
-        "{}",
-        out.stderr
-    );
+    out.expect(2, &["--timeout must be a positive number"]);
 }

@@ -141,12 +141,7 @@ fn failed_store_rolls_back_the_new_key() {
     let s = fake_setup();
     let before = s.vault.bytes();
     let out = run_with_small_files(&s, true);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("could not be stored") && out.stderr.contains("was deleted again"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["could not be stored", "was deleted again"]);
     assert_eq!(before, s.vault.bytes());
     let keys = s.iam.keys("alice");
     assert_eq!(keys.len(), 1);

@@ -143,8 +143,7 @@ fn persistent_throttling_fails_cleanly() {
         .fail("CreateAccessKey", FaultKind::Throttle, usize::MAX);
     let before = s.vault.bytes();
     let out = run(&s.vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("run again later"), "{}", out.stderr);
+    out.expect(1, &["run again later"]);
     assert_eq!(before, s.vault.bytes());
     assert_eq!(s.iam.keys("alice").len(), 1);
     let creates = s.iam.count("CreateAccessKey");

@@ -96,12 +96,7 @@ fn wrong_secret_is_rejected_by_moto() {
     ]);
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("SignatureDoesNotMatch"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["SignatureDoesNotMatch"]);
     assert_eq!(before, vault.bytes());
     assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
     check_no_leak(&s, &vault, &out);
@@ -119,12 +114,7 @@ fn identity_without_the_policy_is_denied() {
     ]);
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("was denied") && out.stderr.contains("least-privilege policy"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["was denied", "least-privilege policy"]);
     assert_eq!(before, vault.bytes());
     assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
 }
@@ -145,12 +135,7 @@ fn unknown_user_in_moto() {
         pam_user("user1", "nobody", None),
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("'nobody' was not found"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["'nobody' was not found"]);
 }
 
 /// Two keys, both unknown to the vault, one inactive: the inactive one makes room.

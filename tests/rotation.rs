@@ -68,12 +68,7 @@ fn two_keys_vault_key_older_and_create_denied() {
         .fail("CreateAccessKey", FaultKind::AccessDenied, usize::MAX);
     let before = s.vault.bytes();
     let out = run(&s.vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("CreateAccessKey") && out.stderr.contains("denied"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["CreateAccessKey", "denied"]);
     assert!(
         s.iam.keys("alice").iter().any(|k| k.id == s.old.id),
         "the vault's key was deleted"
@@ -158,12 +153,7 @@ fn wrong_secret_changes_nothing() {
     let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &s.old.id)));
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("Client Secret does not match"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["Client Secret does not match"]);
     assert_eq!(before, vault.bytes());
     assert_eq!(s.iam.keys("alice").len(), 1);
     s.assert_no_leak(&out);
@@ -178,8 +168,7 @@ fn unknown_iam_user_changes_nothing() {
     let vault = vault_with(&cfg, "bob", None);
     let before = vault.bytes();
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(out.stderr.contains("'bob' was not found"), "{}", out.stderr);
+    out.expect(1, &["'bob' was not found"]);
     assert_eq!(before, vault.bytes());
     s.assert_no_leak(&out);
 }
@@ -209,8 +198,7 @@ fn provider_record_supplies_credentials() {
     s.assert_no_leak(&out);
     // Without the provider, the same config lacks credentials: bad input.
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("'Client ID'"), "{}", out.stderr);
+    out.expect(2, &["'Client ID'"]);
 }
 
 /// The vendor guide's misspelled label is read, and written back spelled right.
@@ -262,8 +250,7 @@ fn missing_required_config_field_is_bad_input() {
 fn malformed_vault_is_bad_input_and_untouched() {
     let vault = VaultFile::raw(b"{\"records\": [ {\"uid\": \"user1\", ");
     let out = run(&vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains("is malformed"), "{}", out.stderr);
+    out.expect(2, &["is malformed"]);
     assert_eq!(vault.bytes(), b"{\"records\": [ {\"uid\": \"user1\", ");
 }
 
@@ -373,12 +360,7 @@ fn config_creates_a_usable_record() {
         "--field",
         "Colour=blue",
     ]);
-    assert_eq!(bad.code, 2, "{}", bad.all());
-    assert!(
-        bad.stderr.contains("'Colour' is not a field") && bad.stderr.contains("'Client Secret'"),
-        "{}",
-        bad.stderr
-    );
+    bad.expect(2, &["'Colour' is not a field", "'Client Secret'"]);
     let bad = rotate_host(&[
         "config",
         GUEST_WASM,
@@ -404,12 +386,7 @@ fn config_creates_a_usable_record() {
         "--field",
         &typo,
     ]);
-    assert_eq!(bad.code, 2, "{}", bad.all());
-    assert!(
-        bad.stderr.contains("--field number 1 has no '='"),
-        "{}",
-        bad.stderr
-    );
+    bad.expect(2, &["--field number 1 has no '='"]);
     s.assert_no_leak(&bad);
     assert_eq!(before, s.vault.bytes());
 }
@@ -428,12 +405,7 @@ fn a_locked_vault_fails_clearly_after_waiting() {
     let before = s.vault.bytes();
     let started = std::time::Instant::now();
     let out = run(&s.vault, "user1", "cfg1", &["--lock-timeout", "0.5"]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("locked by another rotate-host run"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["locked by another rotate-host run"]);
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(500),
         "it must wait first"
@@ -583,12 +555,7 @@ fn an_untrusted_certificate_fails_at_once_and_clearly() {
     let s = setup_on(test_support::fake_iam::FakeIam::start_tls(&ca));
     let before = s.vault.bytes();
     let out = run(&s.vault, "user1", "cfg1", &[]);
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stderr.contains("TLS handshake") && out.stderr.contains("--ca-file"),
-        "{}",
-        out.stderr
-    );
+    out.expect(1, &["TLS handshake", "--ca-file"]);
     assert!(
         !out.stderr.contains("retry"),
         "a certificate error is not transient: {}",

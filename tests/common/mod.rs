@@ -33,6 +33,18 @@ impl Outcome {
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
+
+    /// Asserts the exit code, and that standard error says each of `needles`.
+    pub fn expect(&self, code: i32, needles: &[&str]) {
+        assert_eq!(self.code, code, "{}", self.all());
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "expected '{n}' in:\n{}",
+                self.stderr
+            );
+        }
+    }
 }
 
 impl From<Output> for Outcome {
