@@ -152,3 +152,31 @@ fn persistent_throttling_fails_cleanly() {
         "throttling is safe to retry; got {creates} attempts"
     );
 }
+
+/// Nothing listens at the endpoint: every request fails before it is sent
+/// (connection refused), is retried until the deadline, and the run fails cleanly.
+#[test]
+fn an_unreachable_endpoint_fails_cleanly() {
+    let s = fake_setup();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let vault = vault_with(
+        &fake_config(&url, &s.rotator),
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+    );
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    out.expect(
+        1,
+        &[
+            "GetUser kept failing",
+            "could not connect",
+            "run again later",
+        ],
+    );
+    assert!(out.stderr.matches("retry").count() >= 2, "{}", out.stderr);
+    assert_eq!(before, vault.bytes());
+    assert_eq!(s.iam.keys("alice").len(), 1);
+}
