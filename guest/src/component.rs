@@ -156,6 +156,7 @@ impl From<wit::Context> for Context {
             config: c.config.into(),
             provider: c.provider.map(Into::into),
             dry_run: c.dry_run,
+            deadline: Some(Duration::from_millis(c.deadline_ms)),
         }
     }
 }

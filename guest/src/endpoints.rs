@@ -22,8 +22,16 @@ pub struct Endpoints {
     pub sts: Endpoint,
 }
 
-/// The origins the plugin declares in `info`: every partition's IAM and STS hosts.
-pub const ALLOWED_HOSTS: &[&str] = &["https://*.amazonaws.com", "https://*.amazonaws.com.cn"];
+/// The origins the plugin declares in `info`: the IAM host of each partition it
+/// knows and their regional STS hosts (`*` is one DNS label: a region). Nothing
+/// else under `amazonaws.com`, where customers own names (S3 buckets, API Gateway).
+pub const ALLOWED_HOSTS: &[&str] = &[
+    "https://iam.amazonaws.com",
+    "https://iam.us-gov.amazonaws.com",
+    "https://iam.cn-north-1.amazonaws.com.cn",
+    "https://sts.*.amazonaws.com",
+    "https://sts.*.amazonaws.com.cn",
+];
 
 const IAM_VERSION: &str = "2010-05-08";
 const STS_VERSION: &str = "2011-06-15";
@@ -151,6 +159,31 @@ fn sts(url: String, region: &str) -> Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every endpoint `resolve` can produce without an override is declared.
+    #[test]
+    fn declared_hosts_cover_every_partition() {
+        for region in [
+            "us-east-1",
+            "eu-west-2",
+            "us-gov-west-1",
+            "us-gov-east-1",
+            "cn-north-1",
+            "cn-northwest-1",
+        ] {
+            let e = resolve(region, None).unwrap();
+            for url in [&e.iam.url, &e.sts.url] {
+                let host = url.strip_prefix("https://").unwrap();
+                let declared = ALLOWED_HOSTS.iter().any(|p| {
+                    let pattern = p.strip_prefix("https://").unwrap();
+                    let (pl, hl): (Vec<_>, Vec<_>) =
+                        (pattern.split('.').collect(), host.split('.').collect());
+                    pl.len() == hl.len() && pl.iter().zip(&hl).all(|(p, h)| *p == "*" || p == h)
+                });
+                assert!(declared, "{url} is not declared");
+            }
+        }
+    }
 
     #[test]
     fn commercial_partition() {

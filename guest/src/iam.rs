@@ -6,6 +6,7 @@ use crate::endpoints::Endpoint;
 use crate::error::PluginError;
 use crate::plan::AccessKey;
 use crate::query;
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::settings::{Credentials, Settings};
 use crate::transport::{Level, SendError, Transport};
@@ -81,6 +82,14 @@ impl CallError {
     }
 }
 
+/// IAM's access key id format: 16 to 128 of `A-Z` and `0-9`.
+pub fn is_key_id(id: &str) -> bool {
+    (16..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
 /// IAM and STS, as seen by one rotation.
 pub struct Iam<'a, T: Transport> {
     transport: &'a T,
@@ -107,8 +116,35 @@ impl<'a, T: Transport> Iam<'a, T> {
         self.transport.elapsed()
     }
 
-    pub fn random(&self) -> u64 {
-        self.transport.random()
+    /// The pause before retry `attempt` of something that started at `started`,
+    /// if it ends before `policy`'s deadline and leaves time before the host's.
+    pub fn next_pause(
+        &self,
+        policy: &RetryPolicy,
+        attempt: u32,
+        started: Duration,
+    ) -> Option<Duration> {
+        let now = self.transport.elapsed();
+        let pause = policy.next_pause(
+            attempt,
+            now.saturating_sub(started),
+            self.transport.random(),
+        )?;
+        match self.settings.deadline {
+            // Keep a fifth of the call's time (at most 5 s) for one more request and the report.
+            Some(limit) if now + pause + (limit / 5).min(Duration::from_secs(5)) > limit => {
+                self.log(
+                    Level::Warn,
+                    &format!(
+                        "not retrying: a {} ms pause would run into the host's time limit of {} ms",
+                        pause.as_millis() as u64,
+                        limit.as_millis() as u64
+                    ),
+                );
+                None
+            }
+            _ => Some(pause),
+        }
     }
 
     /// Signs, sends and parses one call, retrying what `repeat` allows until the deadline.
@@ -131,13 +167,8 @@ impl<'a, T: Transport> Iam<'a, T> {
             };
             let retry = err.transient()
                 && (repeat == Repeat::Safe || err.throttled() || !err.maybe_executed());
-            let spent = self.transport.elapsed().saturating_sub(started);
             let pause = retry
-                .then(|| {
-                    self.settings
-                        .retry
-                        .next_pause(attempt, spent, self.transport.random())
-                })
+                .then(|| self.next_pause(&self.settings.retry, attempt, started))
                 .flatten();
             let Some(pause) = pause else {
                 return Err(err);
@@ -206,18 +237,30 @@ impl<'a, T: Transport> Iam<'a, T> {
     /// `GetUser`: the user exists, and its ARN.
     pub fn get_user(&self) -> Result<User, PluginError> {
         let name = self.settings.user_name.as_str();
-        self.iam_call("GetUser", &[("UserName", name)], Repeat::Safe, xml::user)
-            .map_err(|e| self.explain(e, "GetUser"))
+        let user = self
+            .iam_call("GetUser", &[("UserName", name)], Repeat::Safe, xml::user)
+            .map_err(|e| self.explain(e, "GetUser"))?;
+        // IAM user names are unique regardless of case; anything else is not IAM.
+        if !user.name.eq_ignore_ascii_case(name) {
+            return Err(PluginError::Failed(format!(
+                "GetUser for '{name}' answered with another user, '{}'; nothing was changed. \
+                 Check the AWS Endpoint URL: IAM does not do this",
+                user.name
+            )));
+        }
+        Ok(user)
     }
 
-    /// `ListAccessKeys`, all pages.
+    /// `ListAccessKeys`, all pages. A user has at most two keys, so more than
+    /// `MAX_PAGES` pages, or a marker seen before, is a broken or hostile server.
     pub fn list_keys(&self) -> Result<Vec<AccessKey>, PluginError> {
+        const MAX_PAGES: usize = 10;
         let name = self.settings.user_name.as_str();
         let mut keys = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..MAX_PAGES {
             let mut params = vec![("UserName", name)];
-            if let Some(m) = &marker {
+            if let Some(m) = seen.last() {
                 params.push(("Marker", m));
             }
             let (page, next) = self
@@ -225,20 +268,48 @@ impl<'a, T: Transport> Iam<'a, T> {
                 .map_err(|e| self.explain(e, "ListAccessKeys"))?;
             keys.extend(page);
             match next {
-                Some(m) if marker.as_deref() != Some(&m) => marker = Some(m),
-                _ => return Ok(keys),
+                None => return Ok(keys),
+                Some(m) if seen.contains(&m) => {
+                    return Err(PluginError::Unavailable(format!(
+                        "ListAccessKeys for '{name}' returned a page marker it had already \
+                         returned, so the listing would never end; nothing was changed. Check \
+                         the AWS Endpoint URL: IAM does not do this"
+                    )));
+                }
+                Some(m) => seen.push(m),
             }
         }
+        Err(PluginError::Unavailable(format!(
+            "ListAccessKeys for '{name}' went on past {MAX_PAGES} pages, though a user has at \
+             most two keys; nothing was changed. Check the AWS Endpoint URL: IAM does not do this"
+        )))
     }
 
-    /// `CreateAccessKey`, repeated only where it surely did not run (I5).
+    /// `CreateAccessKey`, repeated only where it surely did not run (I5). An
+    /// answer that names another user or an id unlike IAM's is not trusted: it
+    /// counts as an unreadable answer, so the caller lists and cleans up.
     pub fn create_key(&self) -> Result<(String, Secret), CallError> {
         let name = self.settings.user_name.as_str();
         self.iam_call(
             "CreateAccessKey",
             &[("UserName", name)],
             Repeat::OnlyIfNotExecuted,
-            xml::created_key,
+            |body| {
+                let key = xml::created_key(body)?;
+                let untrusted = |what| Malformed {
+                    what,
+                    len: body.len(),
+                };
+                if !key.user.eq_ignore_ascii_case(name) {
+                    return Err(untrusted("the answer names another IAM user's key"));
+                }
+                if !is_key_id(&key.id) {
+                    return Err(untrusted(
+                        "the new key id is not 16 to 128 capital letters and digits",
+                    ));
+                }
+                Ok((key.id, key.secret))
+            },
         )
     }
 
@@ -358,7 +429,8 @@ impl<'a, T: Transport> Iam<'a, T> {
     fn unavailable(&self, action: &str, err: &CallError) -> PluginError {
         PluginError::Unavailable(format!(
             "{action} kept failing for up to {} s of retries (last: {err}). AWS or the network \
-             is unavailable: run again later, or raise 'Retry Deadline Seconds'",
+             is unavailable: run again later, or raise 'Retry Deadline Seconds' (and the host's \
+             --timeout, which bounds all retries)",
             self.settings.retry.deadline.as_secs()
         ))
     }

@@ -58,6 +58,8 @@ pub struct Context {
     pub config: Record,
     pub provider: Option<Record>,
     pub dry_run: bool,
+    /// How long this call may run before the host stops it; `None` means no limit.
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// How the vault stores a value.

@@ -145,18 +145,14 @@ fn create<T: Transport>(
             continue;
         }
         if err.maybe_executed() {
-            delete_unknown_new_keys(iam, before)?;
-            return Err(iam.explain(err, "CreateAccessKey"));
+            let deleted = delete_unknown_new_keys(iam, before)?;
+            return Err(ambiguous_create_error(iam, err, &deleted));
         }
         // IAM is eventually consistent: right after the delete that made room, it
         // may still count two keys.
         let limit_lag = after_deleting_vault_key && err.code() == Some("LimitExceeded");
         let pause = limit_lag
-            .then(|| {
-                settings
-                    .retry
-                    .next_pause(attempt, iam.elapsed() - started, iam.random())
-            })
+            .then(|| iam.next_pause(&settings.retry, attempt, started))
             .flatten();
         match pause {
             Some(p) => {
@@ -175,10 +171,12 @@ fn create<T: Transport>(
     }
 }
 
+/// Deletes every key that is not in `before`; returns their ids.
 fn delete_unknown_new_keys<T: Transport>(
     iam: &Iam<'_, T>,
     before: &[String],
-) -> Result<(), PluginError> {
+) -> Result<Vec<String>, PluginError> {
+    let mut deleted = Vec::new();
     for key in iam.list_keys()? {
         if !before.contains(&key.id) {
             iam.log(
@@ -186,9 +184,30 @@ fn delete_unknown_new_keys<T: Transport>(
                 &format!("deleting access key {} created by the ambiguous attempt: its secret never arrived", key.id),
             );
             iam.delete_key(&key.id)?;
+            deleted.push(key.id);
         }
     }
-    Ok(())
+    Ok(deleted)
+}
+
+/// The second ambiguous `CreateAccessKey` in a row: say what happened in IAM.
+fn ambiguous_create_error<T: Transport>(
+    iam: &Iam<'_, T>,
+    err: CallError,
+    deleted: &[String],
+) -> PluginError {
+    let cleanup = if deleted.is_empty() {
+        "IAM shows no key it created".to_string()
+    } else {
+        format!(
+            "the key(s) it created ({}) were deleted again, since their secret never arrived",
+            deleted.join(", ")
+        )
+    };
+    let why = iam.explain(err, "CreateAccessKey");
+    PluginError::Unavailable(format!(
+        "CreateAccessKey gave no usable answer twice; {cleanup}. No new key was stored. {why}"
+    ))
 }
 
 /// Proves the stored key works (STS, with backoff, since IAM is eventually
@@ -215,7 +234,13 @@ pub fn finalize(
     } else {
         format!(" The old key {} was kept;", done.retire.join(", "))
     };
-    let arn = verify(&iam, &settings, &new).map_err(|e| {
+    let user = iam.get_user().map_err(|e| {
+        e.context(format!(
+            "the new key {key_id} is stored in the vault but was not verified.{kept} run again \
+             to finish"
+        ))
+    })?;
+    let arn = verify(&iam, &settings, &new, &user.arn).map_err(|e| {
         e.context(format!(
             "the new key {key_id} is stored in the vault but could not be verified.{kept} run \
              again to finish, and it will be removed"
@@ -244,12 +269,13 @@ fn verify<T: Transport>(
     iam: &Iam<'_, T>,
     settings: &Settings,
     new: &Credentials,
+    user_arn: &str,
 ) -> Result<String, PluginError> {
     let started = iam.elapsed();
     let mut attempt = 0;
     loop {
         let err = match iam.caller_arn(new) {
-            Ok(arn) => return check_arn(&arn, &settings.user_name),
+            Ok(arn) => return check_arn(&arn, user_arn),
             Err(e) => e,
         };
         // A brand-new key is unknown to STS for a while.
@@ -262,7 +288,7 @@ fn verify<T: Transport>(
             ..settings.retry
         };
         let pause = (propagating || err.transient())
-            .then(|| budget.next_pause(attempt, iam.elapsed() - started, iam.random()))
+            .then(|| iam.next_pause(&budget, attempt, started))
             .flatten();
         let Some(pause) = pause else {
             return Err(verify_error(err, settings));
@@ -288,18 +314,15 @@ fn verify_error(err: CallError, settings: &Settings) -> PluginError {
     ))
 }
 
-fn check_arn(arn: &str, user: &str) -> Result<String, PluginError> {
-    // arn:PARTITION:iam::ACCOUNT:user/PATH/NAME
-    let name = arn
-        .split(':')
-        .nth(5)
-        .and_then(|r| r.strip_prefix("user/"))
-        .and_then(|r| r.rsplit('/').next());
-    if name.is_some_and(|n| n.eq_ignore_ascii_case(user)) {
+/// The new key must authenticate as exactly the user `GetUser` named: same
+/// partition, account, path and name, compared case-sensitively.
+fn check_arn(arn: &str, user_arn: &str) -> Result<String, PluginError> {
+    if arn == user_arn {
         Ok(arn.to_string())
     } else {
         Err(PluginError::Failed(format!(
-            "the new key authenticates as {arn}, not as IAM user '{user}'; check the AWS Endpoint URL"
+            "the new key authenticates as {arn}, not as {user_arn}, the user GetUser names; it \
+             was kept unused. Check the AWS Endpoint URL: an endpoint that answers this is not IAM"
         )))
     }
 }
@@ -323,11 +346,20 @@ mod tests {
     use super::check_arn;
 
     #[test]
-    fn arn_must_name_the_user() {
-        assert!(check_arn("arn:aws:iam::123456789012:user/alice", "alice").is_ok());
-        assert!(check_arn("arn:aws-cn:iam::1:user/ops/team/alice", "alice").is_ok());
-        assert!(check_arn("arn:aws:iam::1:user/bob", "alice").is_err());
-        assert!(check_arn("arn:aws:sts::1:assumed-role/alice/x", "alice").is_err());
-        assert!(check_arn("garbage", "alice").is_err());
+    fn arn_must_be_the_users_whole_arn() {
+        let alice = "arn:aws:iam::123456789012:user/alice";
+        assert!(check_arn(alice, alice).is_ok());
+        let team = "arn:aws-cn:iam::1:user/ops/team/alice";
+        assert!(check_arn(team, team).is_ok());
+        for other in [
+            "arn:aws:iam::999999999999:user/alice",
+            "arn:aws:iam::123456789012:user/ALICE",
+            "arn:aws-us-gov:iam::123456789012:user/alice",
+            "arn:aws:iam::123456789012:user/other/alice",
+            "arn:aws:sts::123456789012:assumed-role/alice/x",
+            "garbage",
+        ] {
+            assert!(check_arn(other, alice).is_err(), "{other} accepted");
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct Settings {
     pub vault_key_id: Option<String>,
     pub retry: RetryPolicy,
     pub verify_timeout: Duration,
+    /// When the host stops this call; no pause may run past it.
+    pub deadline: Option<Duration>,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             vault_key_id: ctx.user.value(ACCESS_KEY_ID_LABELS).map(str::to_string),
             retry,
             verify_timeout,
+            deadline: ctx.deadline,
         })
     }
 }
@@ -265,6 +268,7 @@ mod tests {
             config,
             provider,
             dry_run: false,
+            deadline: None,
         }
     }
 

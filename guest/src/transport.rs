@@ -51,8 +51,12 @@ pub enum SendError {
 
 impl SendError {
     /// True when the request may have reached the server (I5: not safe to repeat blindly).
+    /// An answer too large to read was sent and answered: what it did is unknown.
     pub fn maybe_sent(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::ConnectionLost(_))
+        matches!(
+            self,
+            Self::Timeout(_) | Self::ConnectionLost(_) | Self::ResponseTooLarge(_)
+        )
     }
 
     /// True when trying again could help.

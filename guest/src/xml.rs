@@ -69,14 +69,29 @@ fn required(doc: &Document<'_>, name: &str, len: usize) -> Result<String, Malfor
         })
 }
 
+/// `text` with control and bidirectional-override characters written as `\u{..}`,
+/// so a server cannot forge lines or reorder what a terminal shows.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Reads an error response; `None` if the body is not one.
 pub fn error(status: u16, body: &[u8]) -> Option<AwsError> {
     let doc = parse(body).ok()?;
     let error = find(doc.root(), "Error")?;
     Some(AwsError {
         status,
-        code: text_of(error, "Code")?,
-        message: text_of(error, "Message").unwrap_or_default(),
+        code: printable(&text_of(error, "Code")?),
+        message: printable(&text_of(error, "Message").unwrap_or_default()),
     })
 }
 
@@ -131,13 +146,34 @@ pub fn access_keys(body: &[u8]) -> Result<(Vec<AccessKey>, Option<String>), Malf
     Ok((keys, marker))
 }
 
-/// Reads `CreateAccessKey`: the new key's id and secret.
-pub fn created_key(body: &[u8]) -> Result<(String, Secret), Malformed> {
+/// `CreateAccessKey`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// The user the answer says the key belongs to.
+    pub user: String,
+    pub id: String,
+    pub secret: Secret,
+}
+
+/// Reads `CreateAccessKey`: whose key, its id and its secret.
+pub fn created_key(body: &[u8]) -> Result<CreatedKey, Malformed> {
     let doc = parse(body)?;
-    Ok((
-        required(&doc, "AccessKeyId", body.len())?,
-        Secret::new(required(&doc, "SecretAccessKey", body.len())?),
-    ))
+    let len = body.len();
+    let key = find(doc.root(), "AccessKey").ok_or(Malformed {
+        what: "CreateAccessKey's response has no AccessKey",
+        len,
+    })?;
+    let field = |name| {
+        text_of(key, name).ok_or(Malformed {
+            what: "CreateAccessKey's AccessKey lacks UserName, AccessKeyId or SecretAccessKey",
+            len,
+        })
+    };
+    Ok(CreatedKey {
+        user: field("UserName")?,
+        id: field("AccessKeyId")?,
+        secret: Secret::new(field("SecretAccessKey")?),
+    })
 }
 
 /// Reads `GetCallerIdentity`: the caller's ARN.
@@ -162,6 +198,10 @@ mod tests {
         assert_eq!(e.status, 404);
         assert_eq!(error(500, b"<html>oops"), None);
         assert_eq!(error(500, b"<a><b/></a>"), None);
+        let forged =
+            "<E><Error><Code>X</Code><Message>a\nFORGED\u{9b}31m\u{202e}b</Message></Error></E>";
+        let e = error(403, forged.as_bytes()).unwrap();
+        assert_eq!(e.message, "a\\u{a}FORGED\\u{9b}31m\\u{202e}b");
     }
 
     #[test]
@@ -202,9 +242,10 @@ mod tests {
           <UserName>alice</UserName><AccessKeyId>AKIANEW</AccessKeyId><Status>Active</Status>
           <SecretAccessKey>s3cr3t/Value</SecretAccessKey></AccessKey></CreateAccessKeyResult>
           </CreateAccessKeyResponse>"#;
-        let (id, secret) = created_key(body).unwrap();
-        assert_eq!(id, "AKIANEW");
-        assert_eq!(secret.expose(), "s3cr3t/Value");
+        let key = created_key(body).unwrap();
+        assert_eq!(key.user, "alice");
+        assert_eq!(key.id, "AKIANEW");
+        assert_eq!(key.secret.expose(), "s3cr3t/Value");
         let truncated = &body[..body.len() - 40];
         let err = created_key(truncated).unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");

@@ -137,6 +137,7 @@ fn ctx(vault_key: &str, client_id: &str) -> Context {
         },
         provider: None,
         dry_run: false,
+        deadline: None,
     }
 }
 

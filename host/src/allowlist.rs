@@ -1,12 +1,16 @@
 //! The origins a guest may reach, parsed once at startup and checked before any I/O.
+//!
+//! The plugin declares what it needs; the operator can only narrow it
+//! (`--allow-host`), and plain `http://` reaches loopback addresses only unless
+//! the operator opts in (`--allow-http`).
 
 use thiserror::Error;
-use url::Url;
+use url::{Host, Url};
 
 /// An origin pattern could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
-    "'{pattern}' is not an allowed-host pattern like 'https://*.example.com' or 'http://127.0.0.1:8080': {why}"
+    "'{pattern}' is not an allowed-host pattern like 'https://iam.amazonaws.com', 'https://sts.*.amazonaws.com' or 'http://127.0.0.1:8080': {why}"
 )]
 pub struct PatternError {
     pub pattern: String,
@@ -20,12 +24,21 @@ pub enum Scheme {
     Https,
 }
 
-/// A host name, exact or `*.`-wildcard.
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// A host name or address. In a name, a `*` label matches exactly one label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
     Exact(String),
-    /// Matches any name ending in `.suffix` (the suffix itself excluded).
-    AnySubdomainOf(String),
+    /// The labels, left to right; `None` is a `*`.
+    Labels(Vec<Option<String>>),
 }
 
 /// One allowed origin: scheme, host and port.
@@ -37,7 +50,8 @@ pub struct AllowedOrigin {
 }
 
 impl AllowedOrigin {
-    /// Parses `scheme://host[:port]`, where host may start with `*.`.
+    /// Parses `scheme://host[:port]`, where whole labels of a host name may be `*`.
+    /// The last two labels must be literal: `https://*.com` would allow the world.
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
         let err = |why| PatternError {
             pattern: pattern.to_string(),
@@ -50,52 +64,95 @@ impl AllowedOrigin {
         } else {
             return Err(err("the scheme must be http or https"));
         };
-        let rest = rest.trim_end_matches('/');
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
             return Err(err("only scheme, host and port are allowed"));
         }
-        let (wildcard, rest) = match rest.strip_prefix("*.") {
-            Some(r) => (true, r),
-            None => (false, rest),
+        let (host_part, port_part) = match rest.rsplit_once(':') {
+            Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, None),
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
         };
-        // Parse what remains as a URL to normalise the host (case, IPv6, IDNA).
+        let labels: Vec<&str> = host_part.split('.').collect();
+        let wildcards: Vec<bool> = labels.iter().map(|l| *l == "*").collect();
+        if labels.iter().any(|l| l.contains('*') && *l != "*") {
+            return Err(err(
+                "a '*' must be a whole label, as in 'sts.*.amazonaws.com'",
+            ));
+        }
+        let any_wildcard = wildcards.iter().any(|w| *w);
+        if any_wildcard && (labels.len() < 3 || wildcards[labels.len() - 2..].iter().any(|w| *w)) {
+            return Err(err(
+                "the last two labels of a wildcard host must be literal",
+            ));
+        }
+        // Parse with the wildcards replaced, to normalise the rest (case, IDNA, IPv6).
+        let literal: Vec<&str> = labels
+            .iter()
+            .map(|l| if *l == "*" { "wildcard" } else { l })
+            .collect();
+        let port = port_part.map(|p| format!(":{p}")).unwrap_or_default();
         let url = Url::parse(&format!(
-            "{}://{rest}/",
-            if scheme == Scheme::Https {
-                "https"
-            } else {
-                "http"
-            }
+            "{}://{}{port}/",
+            scheme.as_str(),
+            literal.join(".")
         ))
         .map_err(|_| err("the host or port is malformed"))?;
         let host = url
             .host_str()
-            .filter(|h| !h.is_empty() && !h.contains('*'))
-            .ok_or_else(|| err("the host is missing or has a '*' other than a leading '*.'"))?
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| err("the host is missing"))?
             .to_string();
         let port = url
             .port_or_known_default()
             .ok_or_else(|| err("the port is malformed"))?;
-        Ok(Self {
-            scheme,
-            host: if wildcard {
-                HostPattern::AnySubdomainOf(host)
-            } else {
-                HostPattern::Exact(host)
-            },
-            port,
-        })
+        let host = if any_wildcard {
+            let normalised: Vec<&str> = host.split('.').collect();
+            if normalised.len() != labels.len() {
+                return Err(err("the host is malformed"));
+            }
+            HostPattern::Labels(
+                normalised
+                    .iter()
+                    .zip(&wildcards)
+                    .map(|(l, w)| (!w).then(|| l.to_string()))
+                    .collect(),
+            )
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(Self { scheme, host, port })
     }
 
-    /// The origin of a base URL such as an `AWS Endpoint URL`.
+    /// The origin of a base URL such as an `AWS Endpoint URL`: exactly its
+    /// scheme, host and port.
     pub fn of_url(url: &str) -> Result<Self, PatternError> {
         let parsed = Url::parse(url).map_err(|_| PatternError {
             pattern: url.to_string(),
             why: "it is not a URL",
         })?;
-        let host = parsed.host_str().unwrap_or_default();
-        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
-        Self::parse(&format!("{}://{host}{port}", parsed.scheme()))
+        let scheme = match parsed.scheme() {
+            "https" => Scheme::Https,
+            "http" => Scheme::Http,
+            _ => {
+                return Err(PatternError {
+                    pattern: url.to_string(),
+                    why: "the scheme must be http or https",
+                });
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(PatternError {
+                pattern: url.to_string(),
+                why: "the host is missing",
+            })?;
+        Ok(Self {
+            scheme,
+            host: HostPattern::Exact(host.to_string()),
+            port: parsed.port_or_known_default().unwrap_or(0),
+        })
     }
 
     fn matches(&self, scheme: Scheme, host: &str, port: u16) -> bool {
@@ -103,41 +160,78 @@ impl AllowedOrigin {
             && self.port == port
             && match &self.host {
                 HostPattern::Exact(h) => h == host,
-                HostPattern::AnySubdomainOf(suffix) => host
-                    .strip_suffix(suffix.as_str())
-                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                HostPattern::Labels(want) => {
+                    let got: Vec<&str> = host.split('.').collect();
+                    got.len() == want.len()
+                        && want.iter().zip(&got).all(|(w, g)| match w {
+                            None => !g.is_empty(),
+                            Some(w) => w == g,
+                        })
+                }
             }
     }
+}
+
+/// What the operator allows, on top of what each plugin declares.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkPolicy {
+    /// `--allow-host`: when set, a destination must also match one of these.
+    pub operator: Option<Vec<AllowedOrigin>>,
+    /// `--allow-http`: plain `http://` to hosts other than loopback addresses.
+    pub allow_http: bool,
 }
 
 /// The set of origins one guest may reach.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
-    origins: Vec<AllowedOrigin>,
+    plugin: Vec<AllowedOrigin>,
+    policy: NetworkPolicy,
 }
 
 impl AllowList {
-    pub fn new(origins: Vec<AllowedOrigin>) -> Self {
-        Self { origins }
+    /// The plugin's origins, narrowed by the operator's `policy`.
+    pub fn new(plugin: Vec<AllowedOrigin>, policy: NetworkPolicy) -> Self {
+        Self { plugin, policy }
     }
 
-    /// Checks `url`; the error says what was refused and why.
+    /// Checks `url`; the error says what was refused, why, and who can change it.
     pub fn check(&self, url: &Url) -> Result<(), String> {
         let scheme = match url.scheme() {
             "https" => Scheme::Https,
             "http" => Scheme::Http,
             other => return Err(format!("scheme '{other}' is not allowed")),
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("URLs carrying a user name or password are refused".into());
+        }
         let host = url.host_str().unwrap_or_default();
         let port = url.port_or_known_default().unwrap_or(0);
-        if self.origins.iter().any(|o| o.matches(scheme, host, port)) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}://{host}:{port} is not in the plugin's allowlist",
-                url.scheme()
-            ))
+        let origin = format!("{}://{host}:{port}", url.scheme());
+        let loopback = match url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            _ => false,
+        };
+        if scheme == Scheme::Http && !loopback && !self.policy.allow_http {
+            return Err(format!(
+                "{origin} is plain http to a host that is not a loopback address, so secrets \
+                 would cross the network in clear text; use https, or the operator can pass \
+                 --allow-http"
+            ));
         }
+        if !self.plugin.iter().any(|o| o.matches(scheme, host, port)) {
+            return Err(format!(
+                "{origin} is neither among the origins the plugin declares nor the config's endpoint"
+            ));
+        }
+        if let Some(operator) = &self.policy.operator
+            && !operator.iter().any(|o| o.matches(scheme, host, port))
+        {
+            return Err(format!(
+                "{origin} is outside the operator's --allow-host list"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -149,20 +243,41 @@ mod tests {
         list.check(&Url::parse(url).unwrap()).is_ok()
     }
 
+    fn origins(patterns: &[&str]) -> Vec<AllowedOrigin> {
+        patterns
+            .iter()
+            .map(|p| AllowedOrigin::parse(p).unwrap())
+            .collect()
+    }
+
     #[test]
     fn parses_patterns() {
-        let o = AllowedOrigin::parse("https://*.Amazonaws.com").unwrap();
-        assert_eq!(o.host, HostPattern::AnySubdomainOf("amazonaws.com".into()));
+        let o = AllowedOrigin::parse("https://STS.*.Amazonaws.com").unwrap();
+        assert_eq!(
+            o.host,
+            HostPattern::Labels(vec![
+                Some("sts".into()),
+                None,
+                Some("amazonaws".into()),
+                Some("com".into())
+            ])
+        );
         assert_eq!(o.port, 443);
         let o = AllowedOrigin::parse("http://127.0.0.1:5000").unwrap();
         assert_eq!(o.host, HostPattern::Exact("127.0.0.1".into()));
         assert_eq!(o.port, 5000);
+        let o = AllowedOrigin::parse("http://[::1]:5000").unwrap();
+        assert_eq!(o.host, HostPattern::Exact("[::1]".into()));
         for bad in [
             "ftp://x",
             "https://",
             "https://a/b",
             "https://*",
+            "https://*.com",
             "https://a.*.com",
+            "https://*.amazonaws.*",
+            "https://a*.example.com",
+            "https://u@h.example.com",
             "x",
         ] {
             assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
@@ -171,24 +286,78 @@ mod tests {
             AllowedOrigin::of_url("http://127.0.0.1:5000/some/path").unwrap(),
             AllowedOrigin::parse("http://127.0.0.1:5000").unwrap()
         );
+        assert_eq!(
+            AllowedOrigin::of_url("https://iam.example.internal").unwrap(),
+            AllowedOrigin::parse("https://iam.example.internal:443").unwrap()
+        );
     }
 
     #[test]
-    fn checks_scheme_host_and_port() {
-        let list = AllowList::new(vec![
-            AllowedOrigin::parse("https://*.amazonaws.com").unwrap(),
-            AllowedOrigin::parse("http://127.0.0.1:5000").unwrap(),
-        ]);
+    fn a_wildcard_matches_exactly_one_label() {
+        let list = AllowList::new(
+            origins(&["https://sts.*.amazonaws.com", "https://iam.amazonaws.com"]),
+            NetworkPolicy::default(),
+        );
         assert!(allows(&list, "https://iam.amazonaws.com/"));
         assert!(allows(&list, "https://sts.eu-west-1.amazonaws.com/"));
-        assert!(allows(&list, "http://127.0.0.1:5000/"));
-        assert!(!allows(&list, "https://amazonaws.com/"));
-        assert!(!allows(&list, "https://evilamazonaws.com/"));
+        assert!(!allows(&list, "https://sts.amazonaws.com/"));
+        assert!(!allows(&list, "https://sts.a.b.amazonaws.com/"));
+        assert!(!allows(&list, "https://bucket.s3.amazonaws.com/"));
+        assert!(!allows(
+            &list,
+            "https://abc.execute-api.us-east-1.amazonaws.com/"
+        ));
         assert!(!allows(&list, "https://iam.amazonaws.com.evil.net/"));
-        assert!(!allows(&list, "http://iam.amazonaws.com/"));
         assert!(!allows(&list, "https://iam.amazonaws.com:8443/"));
-        assert!(!allows(&list, "http://127.0.0.1:5001/"));
-        assert!(!allows(&list, "http://localhost:5000/"));
+        assert!(!allows(&list, "https://user:pw@iam.amazonaws.com/"));
         assert!(!allows(&list, "file:///etc/passwd"));
+    }
+
+    #[test]
+    fn plain_http_reaches_loopback_addresses_only_unless_allowed() {
+        let declared = origins(&[
+            "http://127.0.0.1:5000",
+            "http://[::1]:5000",
+            "http://localhost:5000",
+            "http://iam.amazonaws.com",
+        ]);
+        let list = AllowList::new(declared.clone(), NetworkPolicy::default());
+        assert!(allows(&list, "http://127.0.0.1:5000/"));
+        assert!(allows(&list, "http://[::1]:5000/"));
+        assert!(!allows(&list, "http://localhost:5000/"));
+        let err = list
+            .check(&Url::parse("http://iam.amazonaws.com/").unwrap())
+            .unwrap_err();
+        assert!(err.contains("--allow-http"), "{err}");
+        let opted_in = AllowList::new(
+            declared,
+            NetworkPolicy {
+                allow_http: true,
+                ..NetworkPolicy::default()
+            },
+        );
+        assert!(allows(&opted_in, "http://iam.amazonaws.com/"));
+        assert!(allows(&opted_in, "http://localhost:5000/"));
+    }
+
+    #[test]
+    fn the_operator_can_only_narrow() {
+        let list = AllowList::new(
+            origins(&["https://iam.amazonaws.com", "https://sts.*.amazonaws.com"]),
+            NetworkPolicy {
+                operator: Some(origins(&[
+                    "https://sts.eu-west-1.amazonaws.com",
+                    "https://evil.example.com",
+                ])),
+                allow_http: false,
+            },
+        );
+        assert!(allows(&list, "https://sts.eu-west-1.amazonaws.com/"));
+        let err = list
+            .check(&Url::parse("https://iam.amazonaws.com/").unwrap())
+            .unwrap_err();
+        assert!(err.contains("--allow-host"), "{err}");
+        // The operator cannot widen what the plugin declared.
+        assert!(!allows(&list, "https://evil.example.com/"));
     }
 }

@@ -11,7 +11,13 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
-        imports: { default: trappable },
+        // `send` waits on the network, so it is async: the call's timeout can
+        // then stop a plugin blocked in it. Exports are async for the same reason.
+        imports: {
+            "pam:rotation/outbound.send": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
     });
 }
 
@@ -189,13 +195,13 @@ impl From<SendError> for wit_outbound::SendError {
     }
 }
 
-impl From<&crate::plugin::Context> for wit::Context {
-    fn from(c: &crate::plugin::Context) -> Self {
-        Self {
-            user: (&c.user).into(),
-            config: (&c.config).into(),
-            provider: c.provider.as_ref().map(Into::into),
-            dry_run: c.dry_run,
-        }
+/// The WIT context of one call, which must end within `deadline`.
+pub fn context(c: &crate::plugin::Context, deadline: std::time::Duration) -> wit::Context {
+    wit::Context {
+        user: (&c.user).into(),
+        config: (&c.config).into(),
+        provider: c.provider.as_ref().map(Into::into),
+        dry_run: c.dry_run,
+        deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::allowlist::{AllowedOrigin, NetworkPolicy};
 use crate::configure::{ConfigOptions, configure};
 use crate::engine::{Limits, Plugin};
 use crate::http::{HttpConfig, read_ca_file};
@@ -112,25 +113,35 @@ pub struct InfoArgs {
 /// Limits of the sandbox and of the vault lock.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
-    /// Wall-clock limit of one plugin call, in seconds (retries and HTTP included).
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-    pub timeout: f64,
-    /// Memory limit of the plugin, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    pub memory_mib: usize,
-    /// Timeout of one HTTP request, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    pub http_timeout: f64,
-    /// Largest HTTP response body the plugin may receive, in KiB.
-    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    /// Wall-clock limit of one plugin call, in seconds, whatever the plugin is
+    /// doing (computing, sleeping or waiting on the network) [0.001-86400].
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds_in(86_400.0))]
+    pub timeout: Duration,
+    /// Memory limit of the plugin, in MiB: all its memories and tables together [1-16384].
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pub memory_mib: u64,
+    /// Timeout of one HTTP request, in seconds [0.001-3600].
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds_in(3_600.0))]
+    pub http_timeout: Duration,
+    /// Largest HTTP response body the plugin may receive, in KiB [1-1048576].
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub max_response_kib: u64,
     /// Trust only the CA certificates in this PEM file for HTTPS (a private
     /// endpoint, or a TLS-inspecting proxy) instead of the built-in Mozilla roots.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// How long to wait for another run's lock on the vault, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    pub lock_timeout: f64,
+    /// Narrow what plugins may reach to these origins (repeat the flag), like
+    /// 'https://iam.amazonaws.com' or 'https://sts.*.amazonaws.com'. A plugin
+    /// never reaches more than it declares, whatever is listed here.
+    #[arg(long = "allow-host", value_name = "ORIGIN", value_parser = origin)]
+    pub allow_host: Vec<AllowedOrigin>,
+    /// Let plugins use plain http:// to hosts that are not loopback addresses.
+    /// Secrets then cross the network unencrypted.
+    #[arg(long)]
+    pub allow_http: bool,
+    /// How long to wait for another run's lock on the vault, in seconds [0.001-86400].
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds_in(86_400.0))]
+    pub lock_timeout: Duration,
     /// Folder of precompiled plugins [default: $XDG_CACHE_HOME/rotate-host or ~/.cache/rotate-host].
     #[arg(long, value_name = "DIR", env = "ROTATE_HOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -139,28 +150,34 @@ pub struct SandboxArgs {
     pub no_cache: bool,
 }
 
-fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("--{flag} must be a positive number of seconds, not {s}"))
+/// A clap parser for a number of seconds in `[0.001, max]`.
+fn seconds_in(max: f64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s: &str| {
+        let n: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+        if !(0.001..=max).contains(&n) {
+            return Err(format!("{n} is not in 0.001..={max} seconds"));
+        }
+        Ok(Duration::from_secs_f64(n))
+    }
+}
+
+fn origin(s: &str) -> Result<AllowedOrigin, String> {
+    AllowedOrigin::parse(s).map_err(|e| e.to_string())
 }
 
 impl SandboxArgs {
-    fn lock_timeout(&self) -> Result<Duration, String> {
-        seconds("lock-timeout", self.lock_timeout)
-    }
-
     fn limits(&self) -> Result<Limits, String> {
-        if self.memory_mib == 0 {
-            return Err("--memory-mib must be at least 1".into());
-        }
         Ok(Limits {
-            memory_bytes: self.memory_mib << 20,
-            call_timeout: seconds("timeout", self.timeout)?,
+            // In range by the parser: at most 16 GiB.
+            memory_bytes: usize::try_from(self.memory_mib << 20)
+                .map_err(|_| "--memory-mib is too large for this machine".to_string())?,
+            call_timeout: self.timeout,
             http: HttpConfig {
-                timeout: seconds("http-timeout", self.http_timeout)?,
-                connect_timeout: seconds("http-timeout", self.http_timeout.min(10.0))?,
+                timeout: self.http_timeout,
+                connect_timeout: self.http_timeout.min(Duration::from_secs(10)),
                 max_response_bytes: self.max_response_kib * 1024,
                 ca_certs: self
                     .ca_file
@@ -168,6 +185,10 @@ impl SandboxArgs {
                     .map(read_ca_file)
                     .transpose()?
                     .map(std::sync::Arc::new),
+            },
+            network: NetworkPolicy {
+                operator: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
+                allow_http: self.allow_http,
             },
         })
     }
@@ -196,9 +217,9 @@ fn usage_error(msg: &str) -> i32 {
 }
 
 fn run_command(args: RunArgs) -> i32 {
-    let (limits, lock_timeout) = match (args.sandbox.limits(), args.sandbox.lock_timeout()) {
-        (Ok(l), Ok(t)) => (l, t),
-        (Err(e), _) | (_, Err(e)) => return usage_error(&e),
+    let (limits, lock_timeout) = match args.sandbox.limits() {
+        Ok(l) => (l, args.sandbox.lock_timeout),
+        Err(e) => return usage_error(&e),
     };
     let opts = RunOptions {
         guest: args.guest,
@@ -266,9 +287,9 @@ fn run_command(args: RunArgs) -> i32 {
 }
 
 fn config_command(args: ConfigArgs) -> i32 {
-    let (limits, lock_timeout) = match (args.sandbox.limits(), args.sandbox.lock_timeout()) {
-        (Ok(l), Ok(t)) => (l, t),
-        (Err(e), _) | (_, Err(e)) => return usage_error(&e),
+    let (limits, lock_timeout) = match args.sandbox.limits() {
+        Ok(l) => (l, args.sandbox.lock_timeout),
+        Err(e) => return usage_error(&e),
     };
     let opts = ConfigOptions {
         guest: args.guest,
@@ -298,8 +319,7 @@ fn info_command(args: InfoArgs) -> i32 {
         Err(e) => return usage_error(&e),
     };
     let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
-        .and_then(|p| p.instantiate())
-        .and_then(|mut i| Ok((i.info()?, i.config_schema()?)));
+        .and_then(|p| p.describe());
     let (info, schema) = match described {
         Ok(d) => d,
         Err(e) => {

@@ -65,9 +65,7 @@ impl ConfigError {
 /// Creates the record and returns its UID.
 pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
-    let mut instance = plugin.instantiate()?;
-    let info = instance.info()?;
-    let schema = instance.config_schema()?;
+    let (info, schema) = plugin.describe()?;
 
     let mut values: Vec<(usize, String)> = Vec::new();
     for (n, pair) in opts.fields.iter().enumerate() {

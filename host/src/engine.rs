@@ -1,37 +1,50 @@
-//! The sandbox: one wasmtime engine, an epoch ticker, memory and time limits,
-//! and a WASI context with no files, no environment and no sockets.
+//! The sandbox: one wasmtime engine per process, a fresh store per plugin
+//! instance, a hard wall-clock limit on every call, one memory budget for the
+//! whole plugin, and a WASI context with no files, no environment and no sockets.
+//!
+//! Time: every export call runs under `tokio::time::timeout`. Host calls that
+//! wait (WASI sleeps and polls, `outbound.send`) are async, and WebAssembly code
+//! yields to the executor at every epoch tick, so the timeout fires whatever the
+//! plugin is doing.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::allowlist::AllowList;
-use crate::bindings::{self, wit};
+use crate::allowlist::{AllowList, NetworkPolicy};
+use crate::bindings;
 use crate::cache;
 use crate::http::{HttpConfig, Outbound};
 use crate::plugin::{ConfigItem, Context, PluginError, PluginInfo, Rotation};
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
-pub const WORLD: &str = "pam:rotation/plugin@0.1.0";
+pub const WORLD: &str = "pam:rotation/plugin@0.2.0";
 
+/// How often WebAssembly code yields to the executor, so a timeout can fire.
 const TICK: Duration = Duration::from_millis(10);
 const STDERR_CAP: usize = 64 * 1024;
+/// Counted against the memory budget for each table element (a pointer and its type).
+const TABLE_ELEMENT_BYTES: usize = 16;
 
 /// Resource limits of one plugin run.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Linear memory and tables, in bytes.
+    /// All linear memories and tables of the plugin together, in bytes.
     pub memory_bytes: usize,
-    /// Wall-clock time one export call may take, retries and HTTP included.
+    /// Wall-clock time one export call may take, whatever the plugin is doing.
     pub call_timeout: Duration,
     pub http: HttpConfig,
+    /// What the operator lets plugins reach, on top of what they declare.
+    pub network: NetworkPolicy,
 }
 
 impl Default for Limits {
@@ -40,6 +53,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(300),
             http: HttpConfig::default(),
+            network: NetworkPolicy::default(),
         }
     }
 }
@@ -63,11 +77,11 @@ pub enum SandboxError {
     )]
     WrongWorld { path: PathBuf, why: String },
     #[error(
-        "the plugin's `{call}` ran past its time limit of {limit:?} and was stopped; raise --timeout if the service is slow"
+        "the plugin's `{call}` ran past its time limit of {limit:?} (--timeout) and was stopped; raise --timeout if the service is slow"
     )]
     Timeout { call: &'static str, limit: Duration },
     #[error(
-        "the plugin's `{call}` tried to use more than {limit_mib} MiB of memory and was stopped; raise --memory-mib if it needs more"
+        "the plugin's `{call}` tried to use more than {limit_mib} MiB of memory in all (--memory-mib) and was stopped; raise --memory-mib if it needs more"
     )]
     MemoryLimit {
         call: &'static str,
@@ -79,6 +93,10 @@ pub enum SandboxError {
     AllowList(#[from] crate::allowlist::PatternError),
     #[error("the WebAssembly engine failed: {0}")]
     Engine(String),
+    #[error(
+        "the plugin's `{call}` cannot run: an earlier call was stopped part-way. This is a bug in rotate-host"
+    )]
+    Stopped { call: &'static str },
 }
 
 impl SandboxError {
@@ -94,43 +112,62 @@ impl SandboxError {
     }
 }
 
-/// `StoreLimits`, remembering whether it refused a memory growth.
-struct MemoryLimiter {
-    limits: StoreLimits,
+/// One memory budget for everything a plugin instance allocates: every linear
+/// memory and table of every core instance counts against the same total.
+struct MemoryBudget {
+    limit: usize,
+    used: usize,
+    /// Whether a growth was refused, to name the limit when the plugin traps.
     refused: bool,
 }
 
-impl ResourceLimiter for MemoryLimiter {
+impl MemoryBudget {
+    fn grow(&mut self, bytes: usize) -> bool {
+        match self.used.checked_add(bytes).filter(|n| *n <= self.limit) {
+            Some(n) => {
+                self.used = n;
+                true
+            }
+            None => {
+                self.refused = true;
+                false
+            }
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryBudget {
+    // Also called with `current == 0` when a memory is created.
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.limits.memory_growing(current, desired, maximum)?;
-        self.refused |= !ok;
-        Ok(ok)
+        Ok(self.grow(desired.saturating_sub(current)))
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.limits.table_growing(current, desired, maximum)?;
-        self.refused |= !ok;
-        Ok(ok)
+        Ok(self.grow(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
     }
 
     fn instances(&self) -> usize {
-        self.limits.instances()
+        64
     }
     fn tables(&self) -> usize {
-        self.limits.tables()
+        64
     }
     fn memories(&self) -> usize {
-        self.limits.memories()
+        64
     }
 }
 
@@ -138,9 +175,9 @@ impl ResourceLimiter for MemoryLimiter {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limiter: MemoryLimiter,
+    budget: MemoryBudget,
     stderr: MemoryOutputPipe,
-    pub(crate) outbound: Outbound,
+    pub(crate) outbound: Arc<Outbound>,
     pub(crate) redactor: Redactor,
 }
 
@@ -208,7 +245,7 @@ impl Plugin {
             path: path.to_path_buf(),
             why: format!("{e:#}"),
         };
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
@@ -226,8 +263,17 @@ impl Plugin {
         &self.path
     }
 
+    /// What the plugin says about itself and its config fields, from a
+    /// throwaway instance (for `info` and `config`).
+    pub fn describe(&self) -> Result<(PluginInfo, Vec<ConfigItem>), SandboxError> {
+        block_on(async {
+            let mut instance = self.instantiate().await?;
+            Ok((instance.info().await?, instance.config_schema().await?))
+        })
+    }
+
     /// A fresh instance in its own store. It can reach nothing until `allow` is called.
-    pub fn instantiate(&self) -> Result<Instance, SandboxError> {
+    pub async fn instantiate(&self) -> Result<Instance, SandboxError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         // No preopens, no environment, no arguments, no sockets, no name lookups.
         let wasi = WasiCtx::builder()
@@ -236,42 +282,55 @@ impl Plugin {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limiter = MemoryLimiter {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .table_elements(100_000)
-                .instances(64)
-                .build(),
-            refused: false,
-        };
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter,
+            budget: MemoryBudget {
+                limit: self.limits.memory_bytes,
+                used: 0,
+                refused: false,
+            },
             stderr,
-            outbound: Outbound::new(AllowList::default(), &self.limits.http),
+            outbound: Arc::new(Outbound::new(AllowList::default(), &self.limits.http)),
             redactor: Redactor::default(),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(self.limits.call_timeout));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| SandboxError::WrongWorld {
-                path: self.path.clone(),
-                why: format!("{e:#}"),
-            })?;
+        store.limiter(|s| &mut s.budget);
+        // Yield to the executor at every tick, so the call's timeout can fire.
+        store.epoch_deadline_async_yield_and_update(1);
+        let instantiated = tokio::time::timeout(
+            self.limits.call_timeout,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await;
+        let bindings = match instantiated {
+            Ok(Ok(b)) => b,
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    call: "instantiate",
+                    limit: self.limits.call_timeout,
+                });
+            }
+            Ok(Err(_)) if store.data().budget.refused => {
+                return Err(SandboxError::MemoryLimit {
+                    call: "instantiate",
+                    limit_mib: self.limits.memory_bytes >> 20,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SandboxError::WrongWorld {
+                    path: self.path.clone(),
+                    why: format!("{e:#}"),
+                });
+            }
+        };
         Ok(Instance {
             store,
             bindings,
             limits: self.limits.clone(),
+            stopped: false,
         })
     }
-}
-
-fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / TICK.as_millis()).max(1) as u64
 }
 
 /// Bumps the engine's epoch every tick until the engine is dropped.
@@ -289,49 +348,77 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawn the epoch ticker");
 }
 
+/// Runs `future` to completion on a runtime of its own: the command-line
+/// entry into the async engine. Blocking work still running at the end (an
+/// HTTP request of a stopped plugin) is abandoned, not waited for.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("start the async runtime");
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    output
+}
+
 /// A live plugin instance.
 pub struct Instance {
     store: Store<HostState>,
     bindings: bindings::Plugin,
     limits: Limits,
+    /// An earlier call was cut short: the instance's state is unknown.
+    stopped: bool,
 }
 
 impl Instance {
     /// Lets the guest reach `allow`; every other destination is refused.
     pub fn allow(&mut self, allow: AllowList) {
-        self.store.data_mut().outbound = Outbound::new(allow, &self.limits.http);
+        self.store.data_mut().outbound = Arc::new(Outbound::new(allow, &self.limits.http));
     }
 
-    /// Masks `secret` in everything the guest logs or returns as an error.
+    /// Masks `secret` (and its encoded forms) in everything the guest says.
     pub fn add_secret(&mut self, secret: &str) {
         self.store.data_mut().redactor.add(secret);
     }
 
-    /// Masks known secrets in `text`.
-    pub fn redact(&self, text: &str) -> String {
-        self.store.data().redactor.redact(text)
+    /// `text` from the guest or the network, safe to print: known secrets
+    /// masked, control and bidi characters escaped.
+    pub fn clean(&self, text: &str) -> String {
+        self.store.data().redactor.clean(text)
     }
 
-    fn call<R>(
+    fn start(&mut self, call: &'static str) -> Result<Duration, SandboxError> {
+        if self.stopped {
+            return Err(SandboxError::Stopped { call });
+        }
+        Ok(self.limits.call_timeout)
+    }
+
+    /// Maps the end of a call: its time limit, the memory budget, or a trap.
+    fn finish<R>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
     ) -> Result<R, SandboxError> {
-        self.store
-            .set_epoch_deadline(ticks(self.limits.call_timeout));
-        let result = f(&self.bindings, &mut self.store);
         let stderr = self.store.data().stderr.contents();
         if !stderr.is_empty() {
-            let text = self.redact(&String::from_utf8_lossy(&stderr));
-            tracing::debug!(target: "guest", "stderr: {}", text.trim_end());
+            for line in String::from_utf8_lossy(&stderr).lines() {
+                tracing::debug!(target: "guest", "stderr: {}", self.clean(line));
+            }
         }
-        result.map_err(|e| {
-            if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                SandboxError::Timeout {
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => {
+                self.stopped = true;
+                return Err(SandboxError::Timeout {
                     call,
                     limit: self.limits.call_timeout,
-                }
-            } else if self.store.data().limiter.refused {
+                });
+            }
+        };
+        result.map_err(|e| {
+            self.stopped = true;
+            if self.store.data().budget.refused {
                 SandboxError::MemoryLimit {
                     call,
                     limit_mib: self.limits.memory_bytes >> 20,
@@ -344,48 +431,100 @@ impl Instance {
                     .unwrap_or_default();
                 SandboxError::Trap {
                     call,
-                    why: self.redact(&format!("{}{panic}", e.root_cause())),
+                    why: self.clean(&format!("{}{panic}", e.root_cause())),
                 }
             }
         })
     }
 
-    pub fn info(&mut self) -> Result<PluginInfo, SandboxError> {
-        self.call("info", |b, s| b.call_info(s)).map(Into::into)
+    pub async fn info(&mut self) -> Result<PluginInfo, SandboxError> {
+        let limit = self.start("info")?;
+        let r = tokio::time::timeout(limit, self.bindings.call_info(&mut self.store)).await;
+        let info = PluginInfo::from(self.finish("info", r)?);
+        Ok(PluginInfo {
+            name: self.clean(&info.name),
+            summary: self.clean(&info.summary),
+            version: self.clean(&info.version),
+            allowed_hosts: info.allowed_hosts.iter().map(|h| self.clean(h)).collect(),
+            ..info
+        })
     }
 
-    pub fn config_schema(&mut self) -> Result<Vec<ConfigItem>, SandboxError> {
-        self.call("config-schema", |b, s| b.call_config_schema(s))
-            .map(|items| items.into_iter().map(Into::into).collect())
+    pub async fn config_schema(&mut self) -> Result<Vec<ConfigItem>, SandboxError> {
+        let limit = self.start("config-schema")?;
+        let r =
+            tokio::time::timeout(limit, self.bindings.call_config_schema(&mut self.store)).await;
+        let items = self.finish("config-schema", r)?;
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let i = ConfigItem::from(i);
+                ConfigItem {
+                    label: self.clean(&i.label),
+                    desc: self.clean(&i.desc),
+                    ..i
+                }
+            })
+            .collect())
     }
 
-    pub fn rotate(&mut self, ctx: &Context) -> Result<Result<Rotation, PluginError>, SandboxError> {
-        let ctx = wit::Context::from(ctx);
-        let r = self.call("rotate", |b, s| b.call_rotate(s, &ctx))?;
-        Ok(r.map(Into::into).map_err(|e| self.plugin_error(e)))
+    pub async fn rotate(
+        &mut self,
+        ctx: &Context,
+    ) -> Result<Result<Rotation, PluginError>, SandboxError> {
+        let limit = self.start("rotate")?;
+        let ctx = bindings::context(ctx, limit);
+        let r = tokio::time::timeout(limit, self.bindings.call_rotate(&mut self.store, &ctx)).await;
+        let r = self.finish("rotate", r)?;
+        Ok(r.map(|r| self.clean_rotation(r.into()))
+            .map_err(|e| self.plugin_error(e)))
     }
 
-    pub fn finalize(
+    pub async fn finalize(
         &mut self,
         ctx: &Context,
         done: &Rotation,
     ) -> Result<Result<Vec<String>, PluginError>, SandboxError> {
-        let (ctx, done) = (wit::Context::from(ctx), wit::Rotation::from(done));
-        let r = self.call("finalize", |b, s| b.call_finalize(s, &ctx, &done))?;
-        Ok(r.map(|f| f.retired).map_err(|e| self.plugin_error(e)))
+        let limit = self.start("finalize")?;
+        let (ctx, done) = (bindings::context(ctx, limit), done.into());
+        let r = tokio::time::timeout(
+            limit,
+            self.bindings.call_finalize(&mut self.store, &ctx, &done),
+        )
+        .await;
+        let r = self.finish("finalize", r)?;
+        Ok(
+            r.map(|f| f.retired.iter().map(|id| self.clean(id)).collect())
+                .map_err(|e| self.plugin_error(e)),
+        )
     }
 
-    pub fn rollback(
+    pub async fn rollback(
         &mut self,
         ctx: &Context,
         done: &Rotation,
     ) -> Result<Result<(), PluginError>, SandboxError> {
-        let (ctx, done) = (wit::Context::from(ctx), wit::Rotation::from(done));
-        let r = self.call("rollback", |b, s| b.call_rollback(s, &ctx, &done))?;
+        let limit = self.start("rollback")?;
+        let (ctx, done) = (bindings::context(ctx, limit), done.into());
+        let r = tokio::time::timeout(
+            limit,
+            self.bindings.call_rollback(&mut self.store, &ctx, &done),
+        )
+        .await;
+        let r = self.finish("rollback", r)?;
         Ok(r.map_err(|e| self.plugin_error(e)))
     }
 
-    fn plugin_error(&self, e: wit::PluginError) -> PluginError {
-        PluginError::from(e).map_message(|m| self.redact(m))
+    /// Notes are only for printing, so they are cleaned here. Key ids go back
+    /// to the plugin as it gave them and are cleaned where they are printed.
+    fn clean_rotation(&self, r: Rotation) -> Rotation {
+        Rotation {
+            notes: r.notes.iter().map(|n| self.clean(n)).collect(),
+            ..r
+        }
+    }
+
+    fn plugin_error(&self, e: bindings::wit::PluginError) -> PluginError {
+        PluginError::from(e).map_message(|m| self.clean(m))
     }
 }

@@ -1,5 +1,5 @@
-//! Serves the guest's `outbound.send`: allowlist first, then HTTPS with rustls,
-//! timeouts, no redirects and a capped response body.
+//! Serves the guest's `outbound.send`: allowlist and header checks first, then
+//! HTTPS with rustls, timeouts, no redirects and a capped response body.
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -132,24 +132,30 @@ impl Outbound {
         }
     }
 
-    /// Checks the destination, then sends.
+    /// Checks the destination and the headers, then sends.
     pub fn send(&self, req: Request) -> Result<Response, SendError> {
         let url = Url::parse(&req.url)
-            .map_err(|e| SendError::InvalidRequest(format!("URL '{}': {e}", req.url)))?;
-        if let Err(why) = self.allow.check(&url) {
-            tracing::warn!(url = %url, "refused an outbound request: {why}");
-            return Err(SendError::DestinationNotAllowed(why));
-        }
+            .map_err(|e| SendError::InvalidRequest(format!("the URL is malformed: {e}")))?;
+        self.allow
+            .check(&url)
+            .map_err(SendError::DestinationNotAllowed)?;
         let mut builder = ureq::http::Request::builder()
             .method(req.method.as_str())
             .uri(url.as_str());
         for (name, value) in &req.headers {
+            if HOST_OWNED_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name.trim()))
+            {
+                return Err(SendError::InvalidRequest(format!(
+                    "header '{name}' is set by the host, not the plugin"
+                )));
+            }
             builder = builder.header(name.as_str(), value.as_str());
         }
         let request = builder
             .body(req.body)
             .map_err(|e| SendError::InvalidRequest(e.to_string()))?;
-        let started = std::time::Instant::now();
         let response = self.agent.run(request).map_err(classify)?;
         let status = response.status().as_u16();
         let headers = response
@@ -168,10 +174,6 @@ impl Outbound {
             .limit(self.max_response_bytes)
             .read_to_vec()
             .map_err(classify)?;
-        tracing::debug!(
-            method = %req.method, host = url.host_str().unwrap_or_default(), status,
-            bytes = body.len(), ms = started.elapsed().as_millis() as u64, "outbound request"
-        );
         Ok(Response {
             status,
             headers,
@@ -179,6 +181,23 @@ impl Outbound {
         })
     }
 }
+
+/// Headers that describe the connection or its framing, which the host owns:
+/// from a plugin they could smuggle a second request, or reach a proxy.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
 
 /// Sorts ureq's errors by whether the request can have reached the server (I5).
 fn classify(e: ureq::Error) -> SendError {
@@ -188,6 +207,8 @@ fn classify(e: ureq::Error) -> SendError {
         E::Timeout(T::Resolve | T::Connect) | E::HostNotFound | E::ConnectionFailed => {
             SendError::ConnectFailed(e.to_string())
         }
+        // A failed name lookup: nothing was sent.
+        E::Io(io) if is_resolve_failure(&io) => SendError::ConnectFailed(io.to_string()),
         E::Tls(_) | E::Rustls(_) => SendError::TlsFailed(e.to_string()),
         E::Timeout(_) => SendError::Timeout(e.to_string()),
         E::BodyExceedsLimit(n) => SendError::ResponseTooLarge(n),
@@ -202,6 +223,16 @@ fn classify(e: ureq::Error) -> SendError {
         E::BadUri(_) | E::Http(_) => SendError::InvalidRequest(e.to_string()),
         other => SendError::ConnectionLost(other.to_string()),
     }
+}
+
+/// The system resolver's "no such host" and "try again" errors, which std
+/// reports as uncategorised I/O errors.
+fn is_resolve_failure(io: &std::io::Error) -> bool {
+    let text = io.to_string();
+    text.contains("failed to lookup address information")
+        || text.contains("Name or service not known")
+        || text.contains("Temporary failure in name resolution")
+        || text.contains("No address associated with hostname")
 }
 
 /// A TLS error that can only happen in the handshake, before anything is sent.

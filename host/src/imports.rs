@@ -1,26 +1,44 @@
 //! The host side of the guest's imports: `outbound` and `log`.
 //!
 //! Each returns `wasmtime::Result<..>`: a refusal is a typed error handed to the
-//! guest; an `Err` of the outer result would be a host bug and traps.
+//! guest; an `Err` of the outer result would be a host bug and traps. Whatever
+//! the guest wrote (URLs, messages) is cleaned before it is logged.
 
 use crate::bindings::{wit, wit_log, wit_outbound};
 use crate::engine::HostState;
+use crate::http::{Request, SendError};
 
 impl wit_outbound::Host for HostState {
-    fn send(
+    async fn send(
         &mut self,
         req: wit_outbound::Request,
     ) -> wasmtime::Result<Result<wit_outbound::Response, wit_outbound::SendError>> {
-        Ok(self.outbound.send(req.into()).map(Into::into).map_err(|e| {
-            tracing::debug!("outbound request failed: {e}");
-            e.into()
-        }))
+        let request = Request::from(req);
+        let method = self.redactor.clean(&request.method);
+        let url = self.redactor.clean(&request.url);
+        let outbound = self.outbound.clone();
+        let started = std::time::Instant::now();
+        // ureq blocks; on its own thread, the call's timeout can still end the plugin.
+        let result = tokio::task::spawn_blocking(move || outbound.send(request)).await?;
+        let ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(r) => {
+                tracing::debug!(%method, %url, status = r.status, bytes = r.body.len(), ms, "outbound request")
+            }
+            Err(SendError::DestinationNotAllowed(why)) => {
+                tracing::warn!(%url, "refused an outbound request: {}", self.redactor.clean(why))
+            }
+            Err(e) => {
+                tracing::debug!(%method, %url, ms, "outbound request failed: {}", self.redactor.clean(&e.to_string()))
+            }
+        }
+        Ok(result.map(Into::into).map_err(Into::into))
     }
 }
 
 impl wit_log::Host for HostState {
     fn log(&mut self, level: wit_log::Level, message: String) -> wasmtime::Result<()> {
-        let message = self.redactor.redact(&message);
+        let message = self.redactor.clean(&message);
         match level {
             wit_log::Level::Trace => tracing::trace!(target: "guest", "{message}"),
             wit_log::Level::Debug => tracing::debug!(target: "guest", "{message}"),

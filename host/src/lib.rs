@@ -15,4 +15,5 @@ mod imports;
 pub mod plugin;
 pub mod rotate;
 pub mod secret;
+pub mod text;
 pub mod vault;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::allowlist::{AllowList, AllowedOrigin};
+use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, ValueKind};
 use crate::vault::{Record, Vault, VaultError};
@@ -93,6 +93,10 @@ impl RunError {
 
 /// Runs one rotation.
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
+    crate::engine::block_on(run_async(opts))
+}
+
+async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
     // The lock is held until the vault is dropped, at the end of the run.
     let mut vault = Vault::open(&opts.vault, opts.lock_timeout)?;
     let user = vault.record(&opts.user_uid, "-u", Some(PAM_USER_TYPE))?;
@@ -104,13 +108,18 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         .transpose()?;
 
     let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
-    let mut instance = plugin.instantiate()?;
-    let info = instance.info()?;
-    let schema = instance.config_schema()?;
-    instance.allow(allow_list(&info.allowed_hosts, &schema, &config)?);
+    let mut instance = plugin.instantiate().await?;
+    let info = instance.info().await?;
+    let schema = instance.config_schema().await?;
     for secret in secrets(&schema, &user, &config, provider.as_ref()) {
         instance.add_secret(&secret);
     }
+    instance.allow(allow_list(
+        &info.allowed_hosts,
+        &schema,
+        &config,
+        &opts.limits.network,
+    )?);
     let ctx = Context {
         user,
         config,
@@ -119,7 +128,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     };
     tracing::info!(plugin = %info.name, user = %opts.user_uid, dry_run = opts.dry_run, "rotating");
 
-    let rotation = match instance.rotate(&ctx) {
+    let rotation = match instance.rotate(&ctx).await {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => {
             return Err(RunError::Plugin {
@@ -139,14 +148,14 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut report = RunReport {
         status: if opts.dry_run { "planned" } else { "rotated" },
         user_uid: opts.user_uid.clone(),
-        created: rotation.created.clone(),
+        created: rotation.created.as_deref().map(|c| instance.clean(c)),
         retired: vec![],
-        notes: rotation.notes.iter().map(|n| instance.redact(n)).collect(),
+        notes: rotation.notes.clone(),
     };
     if opts.dry_run {
         return Ok(report);
     }
-    let Some(created) = rotation.created.clone() else {
+    let Some(created) = report.created.clone() else {
         return Err(RunError::Plugin {
             stage: "rotate",
             error: PluginError::Failed("the plugin returned no new credential".into()),
@@ -159,7 +168,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         .set_fields(&opts.user_uid, &rotation.fields)
         .and_then(|()| vault.save());
     if let Err(source) = stored {
-        let rollback = rollback(&mut instance, &ctx, &rotation, &created);
+        let rollback = rollback(&mut instance, &ctx, &rotation, &created).await;
         return Err(RunError::StoreFailed {
             created,
             source: Box::new(source),
@@ -169,7 +178,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     tracing::info!(key = %created, vault = %vault.path().display(), "new key stored");
 
     // Step 5: prove the new key works, then retire the old one.
-    match instance.finalize(&ctx, &rotation) {
+    match instance.finalize(&ctx, &rotation).await {
         Ok(Ok(retired)) => {
             for id in &retired {
                 tracing::info!(key = %id, "old key retired");
@@ -188,13 +197,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     }
 }
 
-fn rollback(
+async fn rollback(
     instance: &mut Instance,
     ctx: &Context,
     rotation: &crate::plugin::Rotation,
     created: &str,
 ) -> String {
-    let failure = match instance.rollback(ctx, rotation) {
+    let failure = match instance.rollback(ctx, rotation).await {
         Ok(Ok(())) => {
             return format!(
                 "The new key {created} was deleted again; the vault and the old key are as they were"
@@ -209,11 +218,13 @@ fn rollback(
     )
 }
 
-/// The plugin's declared hosts, plus the origin of every `url` config value.
+/// The plugin's declared hosts, plus exactly the origin of every `url` config
+/// value, narrowed by the operator's `policy`.
 pub fn allow_list(
     declared: &[String],
     schema: &[ConfigItem],
     config: &Record,
+    policy: &NetworkPolicy,
 ) -> Result<AllowList, SandboxError> {
     let mut origins = declared
         .iter()
@@ -227,7 +238,7 @@ pub fn allow_list(
             }
         }
     }
-    Ok(AllowList::new(origins))
+    Ok(AllowList::new(origins, policy.clone()))
 }
 
 fn value_of(record: &Record, label: &str) -> Option<String> {

@@ -1,0 +1,41 @@
+//! Text from a plugin or a server, made safe for a terminal, a log or JSON.
+
+/// `text` with control characters (C0, DEL, C1) and bidirectional formatting
+/// characters written as `\u{..}`: a plugin or server cannot forge log lines,
+/// send terminal escapes, or reorder what the reader sees.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(needs_escape) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escapes_controls_and_bidi_and_keeps_the_rest() {
+        assert_eq!(printable("AKIA ok é ✓"), "AKIA ok é ✓");
+        assert_eq!(
+            printable("a\nb\r\u{1b}[31m\u{9b}\u{7f}\u{202e}\u{2066}z"),
+            "a\\u{a}b\\u{d}\\u{1b}[31m\\u{9b}\\u{7f}\\u{202e}\\u{2066}z"
+        );
+    }
+}
