@@ -181,17 +181,41 @@ fn a_vault_path_that_is_a_folder_or_missing() {
 fn bad_usage() {
     let out = rotate_host(&["run", GUEST_WASM, "--vault", "v.json", "-c", "cfg1"]);
     out.expect(2, &["--user"]);
-    let out = rotate_host(&[
-        "run",
-        GUEST_WASM,
-        "--vault",
-        "v.json",
-        "-u",
-        "a",
-        "-c",
-        "b",
-        "--timeout",
-        "0",
-    ]);
-    out.expect(2, &["--timeout must be a positive number"]);
+}
+
+/// Out-of-range numbers exit 2 naming the flag and its range; nothing wraps.
+#[test]
+fn numeric_flags_are_range_checked() {
+    let s = fake_setup();
+    let base = args(GUEST_WASM, &s.vault, "user1", "cfg1");
+    for (flag, value, range) in [
+        ("--timeout", "0", "0.001..=86400"),
+        ("--timeout", "184467440737095520", "0.001..=86400"),
+        ("--timeout", "NaN", "0.001..=86400"),
+        ("--timeout", "soon", "is not a number"),
+        ("--memory-mib", "0", "1..=16384"),
+        ("--memory-mib", "17592186044416", "1..=16384"),
+        ("--http-timeout", "99999", "0.001..=3600"),
+        ("--max-response-kib", "18446744073709551615", "1..=1048576"),
+        ("--lock-timeout", "1e300", "0.001..=86400"),
+    ] {
+        let mut a = base.clone();
+        a.extend([flag, value]);
+        let out = rotate_host(&a);
+        out.expect(2, &[flag, range]);
+    }
+    assert!(s.iam.calls().is_empty(), "sent {:?}", s.iam.calls());
+}
+
+#[test]
+fn a_malformed_allow_host_is_refused() {
+    let s = fake_setup();
+    let mut a = args(GUEST_WASM, &s.vault, "user1", "cfg1");
+    a.extend(["--allow-host", "https://*.com"]);
+    refused(
+        &s,
+        &s.vault,
+        &a,
+        "the last two labels of a wildcard host must be literal",
+    );
 }

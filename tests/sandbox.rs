@@ -1,13 +1,17 @@
 //! The sandbox, proved with a purpose-built hostile plugin (tests/guests/hostile):
-//! CPU time, memory, the outbound allowlist, response size and time limits, no
-//! ambient authority, and no secret leaking through logs, errors or panics.
+//! wall-clock time whatever the plugin does, total memory, the outbound
+//! allowlist and the operator's narrowing of it, plain http, host-owned headers,
+//! response size and time limits, no ambient authority, and no secret leaking
+//! through URLs, headers, logs, errors or panics, encoded or not.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use test_support::fake_iam::FakeIam;
@@ -28,17 +32,12 @@ fn hostile_vault(behaviour: &str, extra: &[(&str, &str, &str)]) -> VaultFile {
 }
 
 fn run_hostile(vault: &VaultFile, extra: &[&str]) -> Outcome {
+    run_component(HOSTILE_WASM, vault, extra)
+}
+
+fn run_component(wasm: &str, vault: &VaultFile, extra: &[&str]) -> Outcome {
     let path = vault.path.to_str().unwrap();
-    let mut args = vec![
-        "run",
-        HOSTILE_WASM,
-        "--vault",
-        path,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-    ];
+    let mut args = vec!["run", wasm, "--vault", path, "-u", "user1", "-c", "cfg1"];
     args.extend(extra);
     let out = rotate_host(&args);
     assert_no_secrets(&out.all(), &[SECRET]);
@@ -47,22 +46,85 @@ fn run_hostile(vault: &VaultFile, extra: &[&str]) -> Outcome {
 
 /// A server on 127.0.0.1 that answers every request with `body`, after `delay`.
 fn serve(body: Vec<u8>, delay: Duration) -> String {
+    serve_status(200, body, delay).0
+}
+
+/// Like `serve`, with a status; also counts the requests it received.
+fn serve_status(status: u16, body: Vec<u8>, delay: Duration) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
     thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let body = body.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf);
                 thread::sleep(delay);
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(&body);
             });
         }
     });
-    url
+    (url, hits)
+}
+
+/// Runs the hostile plugin with `--timeout 2` and checks that it was stopped by
+/// that limit, and soon: this is liveness (it would otherwise never end), not a
+/// speed claim; `scripts/bench` measures the real overshoot.
+fn assert_stopped_by_the_timeout(vault: &VaultFile) {
+    let before = vault.bytes();
+    let started = Instant::now();
+    let out = run_hostile(vault, &["--timeout", "2"]);
+    let took = started.elapsed();
+    out.expect(1, &["ran past its time limit of 2s (--timeout)"]);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(before, vault.bytes(), "the vault changed");
+}
+
+#[test]
+fn a_plugin_asleep_forever_is_stopped_by_the_timeout() {
+    assert_stopped_by_the_timeout(&hostile_vault("sleep", &[]));
+}
+
+#[test]
+fn a_plugin_retrying_with_huge_backoff_is_stopped_by_the_timeout() {
+    let (url, hits) = serve_status(503, b"busy".to_vec(), Duration::ZERO);
+    assert_stopped_by_the_timeout(&hostile_vault(
+        "hammer",
+        &[("url", "AWS Endpoint URL", &url)],
+    ));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the plugin was not stopped mid-pause"
+    );
+}
+
+#[test]
+fn a_plugin_blocked_in_a_slow_request_is_stopped_by_the_timeout() {
+    let url = serve(b"late".to_vec(), Duration::from_secs(60));
+    assert_stopped_by_the_timeout(&hostile_vault(
+        "fetch",
+        &[("url", "AWS Endpoint URL", &url)],
+    ));
+}
+
+/// Eight core instances of 10 MiB each: each memory is under the cap, the total is not.
+#[test]
+fn memory_is_capped_across_all_memories_and_instances() {
+    let vault = hostile_vault("unknown", &[]);
+    let out = run_component(MANY_MEMORIES_WASM, &vault, &["--memory-mib", "64"]);
+    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib)"]);
+    // With room for them all, the same component runs.
+    let out = run_component(MANY_MEMORIES_WASM, &vault, &["--memory-mib", "128"]);
+    out.expect(2, &["unknown behaviour 'unknown'"]);
 }
 
 #[test]
@@ -70,7 +132,7 @@ fn an_endless_loop_is_stopped() {
     let vault = hostile_vault("spin", &[]);
     let before = vault.bytes();
     let out = run_hostile(&vault, &["--timeout", "1"]);
-    out.expect(1, &["ran past its time limit of 1s"]);
+    out.expect(1, &["ran past its time limit of 1s (--timeout)"]);
     assert_eq!(before, vault.bytes());
 }
 
@@ -78,7 +140,7 @@ fn an_endless_loop_is_stopped() {
 fn a_memory_hog_is_stopped() {
     let vault = hostile_vault("hog", &[]);
     let out = run_hostile(&vault, &["--memory-mib", "16"]);
-    out.expect(1, &["more than 16 MiB"]);
+    out.expect(1, &["more than 16 MiB of memory in all"]);
 }
 
 #[test]
@@ -172,4 +234,101 @@ fn secrets_in_guest_logs_errors_and_panics_are_masked() {
         assert_eq!(out.code, 1, "{behaviour}: {}", out.all());
         assert!(out.stderr.contains("***"), "{behaviour}: {}", out.stderr);
     }
+}
+
+/// The operator can narrow the plugin's allowlist, never widen it.
+#[test]
+fn the_operator_narrows_the_allowlist() {
+    let url = serve(b"hello".to_vec(), Duration::ZERO);
+    let other = serve(b"other".to_vec(), Duration::ZERO);
+    let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
+    let out = run_hostile(&vault, &["--allow-host", &other]);
+    assert!(
+        out.stderr
+            .contains("outside the operator's --allow-host list"),
+        "{}",
+        out.stderr
+    );
+    let out = run_hostile(&vault, &["--allow-host", &url]);
+    assert!(
+        out.stderr.contains("status 200 with 5 bytes"),
+        "{}",
+        out.stderr
+    );
+    // Listing a host the plugin did not declare does not open it.
+    let foreign = FakeIam::start();
+    let vault = hostile_vault(
+        "foreign",
+        &[
+            ("text", "target", &foreign.url),
+            ("url", "AWS Endpoint URL", &url),
+        ],
+    );
+    let out = run_hostile(&vault, &["--allow-host", &foreign.url]);
+    out.expect(1, &["DestinationNotAllowed"]);
+    assert!(foreign.calls().is_empty(), "the foreign host was reached");
+}
+
+/// `localhost` is a name, not a loopback address: plain http to it needs `--allow-http`.
+#[test]
+fn plain_http_to_a_name_needs_the_operators_opt_in() {
+    let url = serve(b"hello".to_vec(), Duration::ZERO);
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &by_name)]);
+    let out = run_hostile(&vault, &[]);
+    assert!(
+        out.stderr.contains("DestinationNotAllowed"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--allow-http"), "{}", out.stderr);
+    let out = run_hostile(&vault, &["--allow-http"]);
+    assert!(
+        out.stderr.contains("status 200 with 5 bytes"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn host_owned_headers_are_refused_before_any_io() {
+    for header in [
+        "Host",
+        "transfer-encoding",
+        "Connection",
+        "proxy-authorization",
+        "content-length",
+    ] {
+        let (url, hits) = serve_status(200, b"hello".to_vec(), Duration::ZERO);
+        let vault = hostile_vault(
+            "header",
+            &[
+                ("text", "target", header),
+                ("url", "AWS Endpoint URL", &url),
+            ],
+        );
+        let out = run_hostile(&vault, &[]);
+        assert!(
+            out.stderr.contains("InvalidRequest") && out.stderr.contains("is set by the host"),
+            "{header}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "{header} reached the server"
+        );
+    }
+}
+
+/// The secret, percent-encoded in URLs (one allowed, one refused), raw in a
+/// header, \u-escaped in a log line and encoded in the error: none of it is
+/// printed, at `RUST_LOG=trace`.
+#[test]
+fn secrets_smuggled_in_urls_headers_logs_and_errors_are_masked() {
+    let url = serve(b"hello".to_vec(), Duration::ZERO);
+    let vault = hostile_vault("smuggle", &[("url", "AWS Endpoint URL", &url)]);
+    let out = run_hostile(&vault, &[]); // asserts every encoded form is absent
+    out.expect(1, &["refused an outbound request", "outbound request"]);
+    assert!(out.stderr.contains("***"), "{}", out.stderr);
 }

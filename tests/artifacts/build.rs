@@ -58,8 +58,69 @@ fn main() {
         ));
         rerun_if_changed_from_dep_info(&artifacts.join(format!("{stem}.d")));
     }
+    let many = out_dir.join("many_memories.wasm");
+    let hostile = fs::read(artifacts.join("hostile_guest.wasm")).unwrap();
+    fs::write(&many, with_extra_memories(&hostile, 8, 160)).unwrap();
+    generated.push_str(&format!(
+        "/// The hostile component plus 8 core instances of 10 MiB memory each: every\n/// memory is under a 64 MiB cap, their total is not.\npub const MANY_MEMORIES_WASM: &str = {:?};\n",
+        many.display().to_string()
+    ));
     fs::write(out_dir.join("guests.rs"), generated).unwrap();
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+}
+
+/// `component` with `count` more core instances, each of a module that only
+/// declares a memory of `pages` 64 KiB pages. They are appended as new sections,
+/// so no existing index moves, and instantiating the component creates them.
+fn with_extra_memories(component: &[u8], count: u32, pages: u64) -> Vec<u8> {
+    use wasm_encoder::{
+        ComponentSection, Encode, InstanceSection, MemorySection, MemoryType, Module, ModuleArg,
+        ModuleSection,
+    };
+    use wasmparser::{Parser, Payload};
+
+    // Core modules defined at the top level (not inside a nested module or component).
+    let mut depth = 0usize;
+    let mut modules = 0u32;
+    for payload in Parser::new(0).parse_all(component) {
+        match payload.expect("the hostile component parses") {
+            Payload::ModuleSection { .. } => {
+                if depth == 0 {
+                    modules += 1;
+                }
+                depth += 1;
+            }
+            Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    let mut memory = MemorySection::new();
+    memory.memory(MemoryType {
+        minimum: pages,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut module = Module::new();
+    module.section(&memory);
+
+    let mut out = component.to_vec();
+    let mut instances = InstanceSection::new();
+    for i in 0..count {
+        let section = ModuleSection(&module);
+        out.push(section.id());
+        section.encode(&mut out);
+        instances.instantiate(modules + i, Vec::<(&str, ModuleArg)>::new());
+    }
+    out.push(instances.id());
+    instances.encode(&mut out);
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(&out)
+        .expect("the component with extra memories is valid");
+    out
 }
 
 /// `foo.wasm: a.rs b.rs ...`: every input of the last build.

