@@ -95,9 +95,12 @@ fn keys(ids: &[&str]) -> Answer {
     ))
 }
 
+/// The id `CreateAccessKey` answers with, in IAM's format.
+const NEW: &str = "AKIANEWKEY0000000001";
+
 fn created(id: &str) -> Answer {
     ok(&format!(
-        "<R><AccessKey><AccessKeyId>{id}</AccessKeyId><SecretAccessKey>secret-of-{id}</SecretAccessKey></AccessKey></R>"
+        "<R><AccessKey><UserName>alice</UserName><AccessKeyId>{id}</AccessKeyId><SecretAccessKey>secret-of-{id}</SecretAccessKey></AccessKey></R>"
     ))
 }
 
@@ -142,22 +145,23 @@ fn ctx(vault_key: &str, client_id: &str) -> Context {
 }
 
 #[test]
-fn a_plain_rotation_sends_five_calls() {
+fn a_plain_rotation_sends_six_calls() {
     let t = Script::default()
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&["OLD"]))
-        .on("CreateAccessKey", created("NEW"))
+        .on("CreateAccessKey", created(NEW))
+        .on("GetUser", user())
         .on(
             "GetCallerIdentity",
             ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
         )
         .on("DeleteAccessKey", ok("<R/>"));
     let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
-    assert_eq!(r.created.as_deref(), Some("NEW"));
+    assert_eq!(r.created.as_deref(), Some(NEW));
     assert_eq!(r.retire, ["OLD"]);
     assert_eq!(
         r.field("aws_secret_access_key").unwrap().expose(),
-        "secret-of-NEW"
+        format!("secret-of-{NEW}")
     );
     let f = finalize(&t, &ctx("OLD", "ROTATOR"), &r).unwrap();
     assert_eq!(f.retired, ["OLD"]);
@@ -167,6 +171,7 @@ fn a_plain_rotation_sends_five_calls() {
             "GetUser",
             "ListAccessKeys",
             "CreateAccessKey",
+            "GetUser",
             "GetCallerIdentity",
             "DeleteAccessKey"
         ]
@@ -181,11 +186,11 @@ fn an_ambiguous_create_is_cleaned_up_then_tried_once_more() {
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&["OLD"]))
         .on("CreateAccessKey", Err(SendError::Timeout("slow".into())))
-        .on("ListAccessKeys", keys(&["OLD", "ORPHAN"]))
+        .on("ListAccessKeys", keys(&["OLD", "AKIAORPHAN0000000001"]))
         .on("DeleteAccessKey", ok("<R/>"))
-        .on("CreateAccessKey", created("NEW"));
+        .on("CreateAccessKey", created(NEW));
     let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
-    assert_eq!(r.created.as_deref(), Some("NEW"));
+    assert_eq!(r.created.as_deref(), Some(NEW));
     assert_eq!(
         t.sent(),
         [
@@ -208,7 +213,7 @@ fn a_second_ambiguous_create_gives_up_after_cleaning_up() {
         .on("CreateAccessKey", aws_error(500, "InternalFailure"))
         .on("ListAccessKeys", keys(&["OLD"]))
         .on("CreateAccessKey", aws_error(503, "ServiceUnavailable"))
-        .on("ListAccessKeys", keys(&["OLD", "ORPHAN"]))
+        .on("ListAccessKeys", keys(&["OLD", "AKIAORPHAN0000000001"]))
         .on("DeleteAccessKey", ok("<R/>"));
     let err = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap_err();
     assert!(matches!(err, PluginError::Unavailable(_)), "{err:?}");
@@ -226,7 +231,7 @@ fn a_throttled_create_is_retried_without_listing() {
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&["OLD"]))
         .on("CreateAccessKey", aws_error(400, "Throttling"))
-        .on("CreateAccessKey", created("NEW"));
+        .on("CreateAccessKey", created(NEW));
     rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
     assert_eq!(
         t.sent(),
@@ -248,7 +253,7 @@ fn limit_exceeded_right_after_making_room_is_retried() {
         .on("ListAccessKeys", keys(&["VAULT", "ROTATOR"]))
         .on("DeleteAccessKey", ok("<R/>"))
         .on("CreateAccessKey", aws_error(409, "LimitExceeded"))
-        .on("CreateAccessKey", created("NEW"));
+        .on("CreateAccessKey", created(NEW));
     let r = rotate(&t, &ctx("VAULT", "ROTATOR")).unwrap();
     assert!(r.retire.is_empty());
     assert!(r.notes[0].contains("no spare"), "{:?}", r.notes);
@@ -260,7 +265,8 @@ fn verification_retries_until_the_key_works() {
     let t = Script::default()
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&[]))
-        .on("CreateAccessKey", created("NEW"))
+        .on("CreateAccessKey", created(NEW))
+        .on("GetUser", user())
         .on("GetCallerIdentity", aws_error(403, "InvalidClientTokenId"))
         .on("GetCallerIdentity", aws_error(403, "InvalidClientTokenId"))
         .on(
@@ -285,7 +291,8 @@ fn a_key_of_another_user_is_not_accepted() {
     let t = Script::default()
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&["OLD"]))
-        .on("CreateAccessKey", created("NEW"))
+        .on("CreateAccessKey", created(NEW))
+        .on("GetUser", user())
         .on(
             "GetCallerIdentity",
             ok("<R><Arn>arn:aws:iam::1:user/mallory</Arn></R>"),
@@ -297,4 +304,29 @@ fn a_key_of_another_user_is_not_accepted() {
         "{err}"
     );
     assert!(!t.sent().contains(&"DeleteAccessKey".to_string()));
+}
+
+/// The plugin never pauses past the host's deadline, whatever its retry settings.
+#[test]
+fn backoff_stops_before_the_hosts_deadline() {
+    let mut t = Script::default();
+    for _ in 0..1000 {
+        t = t.on("GetUser", aws_error(500, "InternalFailure"));
+    }
+    let mut c = ctx("OLD", "ROTATOR");
+    c.config
+        .fields
+        .push(field("text", "Max Backoff Milliseconds", "600000"));
+    c.config
+        .fields
+        .push(field("text", "Retry Deadline Seconds", "3600"));
+    c.deadline = Some(Duration::from_secs(10));
+    let err = rotate(&t, &c).unwrap_err();
+    assert!(matches!(err, PluginError::Unavailable(_)), "{err:?}");
+    let slept = *t.clock.borrow();
+    assert!(
+        slept <= Duration::from_secs(8),
+        "paused {slept:?} of a 10 s deadline"
+    );
+    assert!(t.sent().len() >= 2, "it retried at all: {:?}", t.sent());
 }
