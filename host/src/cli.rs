@@ -11,6 +11,7 @@ use crate::configure::{ConfigOptions, configure};
 use crate::engine::{Limits, Plugin};
 use crate::http::{HttpConfig, read_ca_file};
 use crate::rotate::{RunOptions, run};
+use crate::vault::VaultOptions;
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
 #[derive(Debug, Parser)]
@@ -74,6 +75,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub vault_options: VaultArgs,
+    #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
@@ -95,6 +98,8 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub no_input: bool,
     #[command(flatten)]
+    pub vault_options: VaultArgs,
+    #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
@@ -110,7 +115,31 @@ pub struct InfoArgs {
     pub sandbox: SandboxArgs,
 }
 
-/// Limits of the sandbox and of the vault lock.
+/// How the vault file is opened.
+#[derive(Debug, Args)]
+pub struct VaultArgs {
+    /// How long to wait for another run's lock on the vault, in seconds [0.001-86400].
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds_in(86_400.0))]
+    pub lock_timeout: Duration,
+    /// The largest vault file to read, in MiB [1-4096].
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_vault_mib: u64,
+    /// Refuse a vault that group or others can read, instead of warning.
+    #[arg(long)]
+    pub strict_permissions: bool,
+}
+
+impl VaultArgs {
+    fn options(&self) -> VaultOptions {
+        VaultOptions {
+            lock_timeout: self.lock_timeout,
+            max_bytes: self.max_vault_mib << 20,
+            strict_permissions: self.strict_permissions,
+        }
+    }
+}
+
+/// Limits of the sandbox.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Wall-clock limit of one plugin call, in seconds, whatever the plugin is
@@ -139,9 +168,6 @@ pub struct SandboxArgs {
     /// Secrets then cross the network unencrypted.
     #[arg(long)]
     pub allow_http: bool,
-    /// How long to wait for another run's lock on the vault, in seconds [0.001-86400].
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds_in(86_400.0))]
-    pub lock_timeout: Duration,
     /// Folder of precompiled plugins [default: $XDG_CACHE_HOME/rotate-host or ~/.cache/rotate-host].
     #[arg(long, value_name = "DIR", env = "ROTATE_HOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -217,8 +243,8 @@ fn usage_error(msg: &str) -> i32 {
 }
 
 fn run_command(args: RunArgs) -> i32 {
-    let (limits, lock_timeout) = match args.sandbox.limits() {
-        Ok(l) => (l, args.sandbox.lock_timeout),
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
     let opts = RunOptions {
@@ -229,7 +255,7 @@ fn run_command(args: RunArgs) -> i32 {
         provider_uid: args.configuration_uid,
         dry_run: args.dry_run,
         limits,
-        lock_timeout,
+        vault_options: args.vault_options.options(),
         cache_dir: args.sandbox.cache_dir(),
     };
     let result = run(&opts);
@@ -287,8 +313,8 @@ fn run_command(args: RunArgs) -> i32 {
 }
 
 fn config_command(args: ConfigArgs) -> i32 {
-    let (limits, lock_timeout) = match args.sandbox.limits() {
-        Ok(l) => (l, args.sandbox.lock_timeout),
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
     let opts = ConfigOptions {
@@ -298,7 +324,7 @@ fn config_command(args: ConfigArgs) -> i32 {
         fields: args.fields,
         interactive: !args.no_input,
         limits,
-        lock_timeout,
+        vault_options: args.vault_options.options(),
         cache_dir: args.sandbox.cache_dir(),
     };
     match configure(&opts) {

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -11,7 +10,7 @@ use thiserror::Error;
 
 use crate::engine::{Limits, Plugin, SandboxError};
 use crate::plugin::{ConfigItem, ItemType};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, VaultOptions};
 
 /// What `rotate-host config` was asked to do.
 #[derive(Debug, Clone)]
@@ -24,7 +23,7 @@ pub struct ConfigOptions {
     /// Ask for missing values when standard input is a terminal.
     pub interactive: bool,
     pub limits: Limits,
-    pub lock_timeout: Duration,
+    pub vault_options: VaultOptions,
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -53,9 +52,7 @@ pub enum ConfigError {
 impl ConfigError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Vault(
-                VaultError::Locked { .. } | VaultError::Write { .. } | VaultError::Lock { .. },
-            ) => 1,
+            Self::Vault(e) if !e.is_bad_input() => 1,
             Self::Sandbox(e) if !e.is_bad_input() => 1,
             _ => 2,
         }
@@ -108,7 +105,7 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
         return Err(ConfigError::Missing(missing.join(", ")));
     }
 
-    let mut vault = Vault::open_or_create(&opts.vault, opts.lock_timeout)?;
+    let mut vault = Vault::open_or_create(&opts.vault, &opts.vault_options)?;
     let uid = loop {
         let uid = new_uid();
         if !vault.has_uid(&uid) {

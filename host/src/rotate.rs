@@ -2,7 +2,6 @@
 //! new credential durably, then `finalize`, or `rollback` if storing failed.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -10,7 +9,7 @@ use thiserror::Error;
 use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, ValueKind};
-use crate::vault::{Record, Vault, VaultError};
+use crate::vault::{Record, Vault, VaultError, VaultOptions};
 
 /// The record type of a PAM user record.
 pub const PAM_USER_TYPE: &str = "pamUser";
@@ -25,7 +24,7 @@ pub struct RunOptions {
     pub provider_uid: Option<String>,
     pub dry_run: bool,
     pub limits: Limits,
-    pub lock_timeout: Duration,
+    pub vault_options: VaultOptions,
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -73,13 +72,7 @@ impl RunError {
     /// input, 3 new key stored but the old one not yet removed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Vault(
-                VaultError::NotFound { .. }
-                | VaultError::IsFolder { .. }
-                | VaultError::Malformed { .. }
-                | VaultError::NoRecord { .. }
-                | VaultError::WrongType { .. },
-            ) => 2,
+            Self::Vault(e) if e.is_bad_input() => 2,
             Self::Sandbox(e) if e.is_bad_input() => 2,
             Self::Plugin {
                 error: PluginError::InvalidConfig(_),
@@ -98,7 +91,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
 
 async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
     // The lock is held until the vault is dropped, at the end of the run.
-    let mut vault = Vault::open(&opts.vault, opts.lock_timeout)?;
+    let mut vault = Vault::open(&opts.vault, &opts.vault_options)?;
     let user = vault.record(&opts.user_uid, "-u", Some(PAM_USER_TYPE))?;
     let config = vault.record(&opts.config_uid, "-c", None)?;
     let provider = opts

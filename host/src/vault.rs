@@ -1,12 +1,25 @@
 //! The vault: a JSON file of Keeper-shaped records, locked for the whole run and
-//! replaced atomically (DESIGN.md I4).
+//! replaced atomically (docs/design.md, I4).
+//!
+//! Hostile files are refused before anything is sent: a FIFO, device or socket
+//! as vault or lock, a lock that is a symlink, a file over the size cap,
+//! duplicate JSON keys. A symlinked vault is resolved: the lock and the
+//! temporary file sit beside the real file, and the link stays a link.
+//!
+//! The file is indexed, not loaded as a tree: each record stays raw text until
+//! it is read or changed, so memory stays near the file's size. A rewrite is
+//! compact, and keeps numbers, key order and unknown content exactly.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, BufWriter, Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
@@ -20,6 +33,22 @@ pub enum VaultError {
     NotFound { path: PathBuf },
     #[error("vault {path} is a folder: pass the path of the vault file to --vault")]
     IsFolder { path: PathBuf },
+    #[error(
+        "vault {path} is {what}, not a regular file: refusing to read or replace it; pass the path of the vault file itself"
+    )]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error(
+        "vault {path} is {size} bytes, over the {max}-byte cap: if it really is this large, raise --max-vault-mib"
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error(
+        "vault {path} is readable or writable by group or others (mode {mode:04o}) and holds secrets; run `chmod 600 {path}`, or drop --strict-permissions to only be warned"
+    )]
+    Insecure { path: PathBuf, mode: u32 },
+    #[error(
+        "vault {path} is owned by uid {uid} and gid {gid}, which this user cannot give a rewritten file; run as its owner (or root) so the owner, group and mode survive the rewrite"
+    )]
+    Ownership { path: PathBuf, uid: u32, gid: u32 },
     #[error("could not read vault {path}: {source}; check the path and its permissions")]
     Read { path: PathBuf, source: io::Error },
     #[error("vault {path} is malformed: {why}. It was left untouched; fix it or restore a backup")]
@@ -44,10 +73,46 @@ pub enum VaultError {
          finishes, or raise --lock-timeout"
     )]
     Locked { path: PathBuf, waited: Duration },
+    #[error(
+        "lock file {path} is {what}, not a regular file: someone may be interfering with the vault's folder; remove it and check who can write there"
+    )]
+    LockNotRegular { path: PathBuf, what: &'static str },
     #[error("could not lock vault {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
     #[error("could not write vault {path}: {source}. The vault file was left as it was")]
     Write { path: PathBuf, source: io::Error },
+}
+
+impl VaultError {
+    /// True when the file or the command line is wrong (exit 2), rather than a
+    /// passing condition such as a held lock or a full disk.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            Self::Read { .. } | Self::Locked { .. } | Self::Lock { .. } | Self::Write { .. }
+        )
+    }
+}
+
+/// How to open a vault.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// How long to wait for another run's lock.
+    pub lock_timeout: Duration,
+    /// The largest vault file read, in bytes.
+    pub max_bytes: u64,
+    /// Refuse a vault that group or others may read, instead of warning.
+    pub strict_permissions: bool,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(30),
+            max_bytes: 64 << 20,
+            strict_permissions: false,
+        }
+    }
 }
 
 /// One field of a record, from `fields` or `custom`.
@@ -68,10 +133,38 @@ pub struct Record {
     pub fields: Vec<Field>,
 }
 
+/// A top-level member of the file, kept raw, or the records array.
+enum Member {
+    Raw(Range<usize>),
+    Records,
+}
+
+/// One record: its raw text in the file, or its new content once changed.
+enum Slot {
+    Raw(Range<usize>),
+    Changed(Value),
+}
+
+/// The owner, group and mode a rewrite must keep.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
 /// An open, locked vault file.
 pub struct Vault {
+    /// As given, for messages.
     path: PathBuf,
-    doc: Value,
+    /// With symlinks resolved: what is locked and replaced.
+    real: PathBuf,
+    text: String,
+    members: Vec<(String, Member)>,
+    records: Vec<Slot>,
+    by_uid: HashMap<String, usize>,
+    /// `None` for a vault this run creates.
+    owner: Option<Owner>,
     // Held until the vault is dropped; a separate file, since the vault itself is
     // replaced by rename.
     _lock: File,
@@ -91,19 +184,58 @@ fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// What a file that is not a regular file is, for messages.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+// Never follow a link, never block on a FIFO, never leak into a child.
+const SAFE_OPEN: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+
 /// Takes the exclusive lock on `path`'s lock file, waiting at most `timeout`.
 fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
     let lock_file = lock_path(path);
+    let not_regular = |what| VaultError::LockNotRegular {
+        path: lock_file.clone(),
+        what,
+    };
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
+        .custom_flags(SAFE_OPEN)
         .open(&lock_file)
-        .map_err(|source| VaultError::Lock {
-            path: lock_file.clone(),
-            source,
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => not_regular("a symbolic link"),
+            Some(libc::ENXIO) => not_regular("a FIFO or device"),
+            _ => VaultError::Lock {
+                path: lock_file.clone(),
+                source,
+            },
         })?;
+    let meta = file.metadata().map_err(|source| VaultError::Lock {
+        path: lock_file.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(not_regular(kind_of(&meta)));
+    }
     let started = Instant::now();
     loop {
         match file.try_lock() {
@@ -127,63 +259,208 @@ fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
     }
 }
 
+/// `path` with symlinks resolved; for a file still to be created, its folder's.
+fn resolve(path: &Path, create: bool) -> Result<PathBuf, VaultError> {
+    match fs::canonicalize(path) {
+        Ok(real) => Ok(real),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A dangling link is not a file to create: that would replace the link.
+            let dangling = fs::symlink_metadata(path).is_ok();
+            if !create || dangling {
+                return Err(VaultError::NotFound {
+                    path: path.to_path_buf(),
+                });
+            }
+            let parent = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let dir = fs::canonicalize(parent).map_err(|source| VaultError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(dir.join(path.file_name().unwrap_or_default()))
+        }
+        Err(source) => Err(VaultError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether this process can give a new file `uid` and `gid`.
+fn can_give(uid: u32, gid: u32) -> bool {
+    // SAFETY: these calls have no preconditions and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        return true;
+    }
+    if uid != euid {
+        return false;
+    }
+    if gid == egid {
+        return true;
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds `groups.len()` entries, as passed.
+    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    n > 0 && groups[..n as usize].contains(&gid)
+}
+
 impl Vault {
     /// Locks and reads an existing vault.
-    pub fn open(path: &Path, lock_timeout: Duration) -> Result<Self, VaultError> {
-        Self::open_inner(path, lock_timeout, false)
+    pub fn open(path: &Path, opts: &VaultOptions) -> Result<Self, VaultError> {
+        Self::open_inner(path, opts, false)
     }
 
     /// Locks and reads a vault, starting an empty one if the file does not exist.
-    pub fn open_or_create(path: &Path, lock_timeout: Duration) -> Result<Self, VaultError> {
-        Self::open_inner(path, lock_timeout, true)
+    pub fn open_or_create(path: &Path, opts: &VaultOptions) -> Result<Self, VaultError> {
+        Self::open_inner(path, opts, true)
     }
 
-    fn open_inner(path: &Path, lock_timeout: Duration, create: bool) -> Result<Self, VaultError> {
-        if path.is_dir() {
+    fn open_inner(path: &Path, opts: &VaultOptions, create: bool) -> Result<Self, VaultError> {
+        let real = resolve(path, create)?;
+        if real.is_dir() {
             return Err(VaultError::IsFolder {
                 path: path.to_path_buf(),
             });
         }
-        if !create && !path.exists() {
-            return Err(VaultError::NotFound {
+        if let Ok(meta) = fs::metadata(&real)
+            && !meta.is_file()
+        {
+            return Err(VaultError::NotRegular {
                 path: path.to_path_buf(),
+                what: kind_of(&meta),
             });
         }
-        let lock = lock(path, lock_timeout)?;
-        let doc = match fs::read(path) {
-            Ok(bytes) => parse(path, &bytes)?,
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => json!({ "records": [] }),
+        let lock = lock(&real, opts.lock_timeout)?;
+        let read_err = |source| VaultError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(SAFE_OPEN)
+            .open(&real)
+        {
+            Ok(f) => Some(f),
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(VaultError::NotFound {
                     path: path.to_path_buf(),
                 });
             }
-            Err(source) => {
-                return Err(VaultError::Read {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(VaultError::NotRegular {
                     path: path.to_path_buf(),
-                    source,
+                    what: "a symbolic link swapped in while it was opened",
                 });
             }
+            Err(source) => return Err(read_err(source)),
         };
+        let Some(file) = file else {
+            return Ok(Self {
+                path: path.to_path_buf(),
+                real,
+                text: String::new(),
+                members: vec![("records".into(), Member::Records)],
+                records: vec![],
+                by_uid: HashMap::new(),
+                owner: None,
+                _lock: lock,
+            });
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(VaultError::NotRegular {
+                path: path.to_path_buf(),
+                what: kind_of(&meta),
+            });
+        }
+        if meta.len() > opts.max_bytes {
+            return Err(VaultError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+                max: opts.max_bytes,
+            });
+        }
+        let owner = Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.permissions().mode() & 0o7777,
+        };
+        if owner.mode & 0o077 != 0 {
+            if opts.strict_permissions {
+                return Err(VaultError::Insecure {
+                    path: path.to_path_buf(),
+                    mode: owner.mode,
+                });
+            }
+            tracing::warn!(
+                "vault {} is readable or writable by group or others (mode {:04o}) and holds \
+                 secrets; run `chmod 600 {}` (--strict-permissions refuses such vaults)",
+                path.display(),
+                owner.mode,
+                path.display()
+            );
+        }
+        if !can_give(owner.uid, owner.gid) {
+            return Err(VaultError::Ownership {
+                path: path.to_path_buf(),
+                uid: owner.uid,
+                gid: owner.gid,
+            });
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // The cap again: the file may have grown since fstat.
+        file.take(opts.max_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > opts.max_bytes {
+            return Err(VaultError::TooLarge {
+                path: path.to_path_buf(),
+                size: bytes.len() as u64,
+                max: opts.max_bytes,
+            });
+        }
+        let bad = |why: String| VaultError::Malformed {
+            path: path.to_path_buf(),
+            why,
+        };
+        let mut text = String::from_utf8(bytes).map_err(|e| {
+            bad(format!(
+                "not UTF-8 (at byte {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        let (members, records, by_uid) = index(&text).map_err(bad)?;
         Ok(Self {
             path: path.to_path_buf(),
-            doc,
+            real,
+            text,
+            members,
+            records,
+            by_uid,
+            owner: Some(owner),
             _lock: lock,
         })
     }
 
+    /// The vault's path as given.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn records(&self) -> &Vec<Value> {
-        self.doc["records"].as_array().expect("checked by parse")
-    }
-
-    fn records_mut(&mut self) -> &mut Vec<Value> {
-        self.doc["records"]
-            .as_array_mut()
-            .expect("checked by parse")
+    fn value_at(&self, index: usize) -> Value {
+        match &self.records[index] {
+            Slot::Changed(v) => v.clone(),
+            // Indexed as valid JSON already.
+            Slot::Raw(range) => serde_json::from_str(&self.text[range.clone()])
+                .expect("an indexed record parses"),
+        }
     }
 
     /// The record `uid`, checked to be of type `expected` when given.
@@ -193,16 +470,12 @@ impl Vault {
         flag: &'static str,
         expected: Option<&'static str>,
     ) -> Result<Record, VaultError> {
-        let raw = self
-            .records()
-            .iter()
-            .find(|r| r["uid"] == uid)
-            .ok_or_else(|| VaultError::NoRecord {
-                path: self.path.clone(),
-                uid: uid.to_string(),
-                flag,
-            })?;
-        let record = to_record(raw);
+        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
+            path: self.path.clone(),
+            uid: uid.to_string(),
+            flag,
+        })?;
+        let record = to_record(&self.value_at(index));
         if let Some(expected) = expected
             && !record.record_type.eq_ignore_ascii_case(expected)
         {
@@ -216,21 +489,17 @@ impl Vault {
         Ok(record)
     }
 
-    /// Sets `fields` on record `uid` in memory: a field labelled with the label or
-    /// an alias (any case) is replaced and relabelled; otherwise a custom field is
-    /// added. Nothing else in the record changes.
+    /// Sets `fields` on record `uid` in memory: every field labelled with the
+    /// label or an alias (any case) is replaced and relabelled; if there is
+    /// none, a custom field is added. Nothing else in the record changes.
     pub fn set_fields(&mut self, uid: &str, fields: &[StoreField]) -> Result<(), VaultError> {
-        let path = self.path.clone();
-        let record = self
-            .records_mut()
-            .iter_mut()
-            .find(|r| r["uid"] == uid)
-            .ok_or_else(|| VaultError::NoRecord {
-                path,
-                uid: uid.to_string(),
-                flag: "-u",
-            })?;
-        let record = record.as_object_mut().expect("checked by parse");
+        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
+            path: self.path.clone(),
+            uid: uid.to_string(),
+            flag: "-u",
+        })?;
+        let mut value = self.value_at(index);
+        let record = value.as_object_mut().expect("indexed records are objects");
         for f in fields {
             let names = std::iter::once(&f.label).chain(&f.aliases);
             let matches = |v: &Value| {
@@ -238,13 +507,6 @@ impl Vault {
                     .and_then(Value::as_str)
                     .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)))
             };
-            let existing = ["fields", "custom"].into_iter().find_map(|section| {
-                record
-                    .get(section)
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().position(&matches))
-                    .map(|i| (section, i))
-            });
             let new_field = |old: Option<&Value>| {
                 let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
                 obj.insert("type".into(), json!(f.kind.field_type()));
@@ -252,98 +514,246 @@ impl Vault {
                 obj.insert("value".into(), json!([f.value.expose()]));
                 Value::Object(obj)
             };
-            match existing {
-                Some((section, i)) => {
-                    let list = record[section].as_array_mut().expect("found above");
-                    list[i] = new_field(Some(&list[i]));
-                }
-                None => {
-                    let custom = record
-                        .entry("custom")
-                        .or_insert_with(|| Value::Array(vec![]));
-                    if !custom.is_array() {
-                        *custom = Value::Array(vec![]);
+            let mut found = false;
+            for section in ["fields", "custom"] {
+                if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
+                    for item in list.iter_mut().filter(|v| matches(v)) {
+                        *item = new_field(Some(item));
+                        found = true;
                     }
-                    custom.as_array_mut().expect("array").push(new_field(None));
                 }
             }
+            if !found {
+                let custom = record
+                    .entry("custom")
+                    .or_insert_with(|| Value::Array(vec![]));
+                if !custom.is_array() {
+                    *custom = Value::Array(vec![]);
+                }
+                custom.as_array_mut().expect("array").push(new_field(None));
+            }
         }
+        self.records[index] = Slot::Changed(value);
         Ok(())
     }
 
     /// Adds a record in memory.
     pub fn add_record(&mut self, record: Map<String, Value>) {
-        self.records_mut().push(Value::Object(record));
+        if let Some(uid) = record.get("uid").and_then(Value::as_str) {
+            self.by_uid.insert(uid.to_string(), self.records.len());
+        }
+        self.records.push(Slot::Changed(Value::Object(record)));
     }
 
     /// Whether a record with this UID exists.
     pub fn has_uid(&self, uid: &str) -> bool {
-        self.records().iter().any(|r| r["uid"] == uid)
+        self.by_uid.contains_key(uid)
     }
 
-    /// Writes the vault: a temporary file beside it, fsync, rename, fsync of the
-    /// folder. The file ends up 0600. A failure leaves the old file as it was.
+    /// Writes the vault, compact: a temporary file beside the real file, with
+    /// its owner, group and mode (0600 for a new vault), fsync, rename, fsync of
+    /// the folder. A failure leaves the old file as it was.
     pub fn save(&self) -> Result<(), VaultError> {
         let err = |source| VaultError::Write {
             path: self.path.clone(),
             source,
         };
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&self.doc).expect("JSON values serialise");
-        bytes.push(b'\n');
+        let dir = self.real.parent().unwrap_or(Path::new("/"));
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(
                 ".{}.",
-                self.path.file_name().unwrap_or_default().to_string_lossy()
+                self.real.file_name().unwrap_or_default().to_string_lossy()
             ))
             .suffix(".tmp")
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(dir)
             .map_err(err)?;
-        tmp.write_all(&bytes).map_err(err)?;
+        if let Some(o) = self.owner {
+            let file = tmp.as_file();
+            let meta = file.metadata().map_err(err)?;
+            if (meta.uid(), meta.gid()) != (o.uid, o.gid) {
+                std::os::unix::fs::fchown(file, Some(o.uid), Some(o.gid)).map_err(err)?;
+            }
+            // After fchown, which may clear set-id bits.
+            file.set_permissions(fs::Permissions::from_mode(o.mode))
+                .map_err(err)?;
+        }
+        let mut out = BufWriter::new(tmp.as_file_mut());
+        self.write_compact(&mut out).map_err(err)?;
+        out.flush().map_err(err)?;
+        drop(out);
         tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&self.path).map_err(|e| err(e.error))?;
+        tmp.persist(&self.real).map_err(|e| err(e.error))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        tracing::debug!(path = %self.path.display(), bytes = bytes.len(), "vault saved");
+        tracing::debug!(path = %self.path.display(), "vault saved");
         Ok(())
+    }
+
+    fn write_compact(&self, out: &mut impl Write) -> io::Result<()> {
+        let raw = |range: &Range<usize>| -> io::Result<Value> {
+            serde_json::from_str(&self.text[range.clone()]).map_err(io::Error::other)
+        };
+        out.write_all(b"{")?;
+        for (i, (key, member)) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, key)?;
+            out.write_all(b":")?;
+            match member {
+                Member::Raw(range) => serde_json::to_writer(&mut *out, &raw(range)?)?,
+                Member::Records => {
+                    out.write_all(b"[")?;
+                    for (j, slot) in self.records.iter().enumerate() {
+                        if j > 0 {
+                            out.write_all(b",")?;
+                        }
+                        match slot {
+                            Slot::Changed(v) => serde_json::to_writer(&mut *out, v)?,
+                            Slot::Raw(range) => serde_json::to_writer(&mut *out, &raw(range)?)?,
+                        }
+                    }
+                    out.write_all(b"]")?;
+                }
+            }
+        }
+        out.write_all(b"}\n")
     }
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<Value, VaultError> {
-    let bad = |why: String| VaultError::Malformed {
-        path: path.to_path_buf(),
-        why,
+type Index = (Vec<(String, Member)>, Vec<Slot>, HashMap<String, usize>);
+
+/// Indexes the file: its top-level members, each record's raw text and UID.
+/// Checks what the host relies on; the content is parsed once, and only
+/// records that are read or changed are ever built as values.
+fn index(text: &str) -> Result<Index, String> {
+    let offset = |raw: &RawValue| {
+        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        start..start + raw.get().len()
     };
     // serde_json's messages give a position, never the content.
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
-    let records = doc
-        .get("records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("the top level must be an object with a \"records\" array".into()))?;
-    let mut seen = std::collections::HashSet::new();
-    for (i, r) in records.iter().enumerate() {
-        let uid = r
-            .get("uid")
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| bad(format!("record #{} has no \"uid\" string", i + 1)))?;
-        if !seen.insert(uid) {
-            return Err(bad(format!("two records have the UID '{uid}'")));
-        }
-        for section in ["fields", "custom"] {
-            if let Some(s) = r.get(section)
-                && !s.is_array()
-            {
-                return Err(bad(format!(
-                    "record '{uid}': \"{section}\" must be an array"
-                )));
-            }
+    let top: Entries<'_> = serde_json::from_str(text).map_err(|e| {
+        format!("not a JSON object with a \"records\" array ({e})")
+    })?;
+    let mut members = Vec::with_capacity(top.0.len());
+    let mut raw_records: Option<Vec<&RawValue>> = None;
+    for (key, raw) in top.0 {
+        if key == "records" {
+            raw_records = Some(
+                serde_json::from_str(raw.get())
+                    .map_err(|_| "\"records\" must be an array".to_string())?,
+            );
+            members.push((key, Member::Records));
+        } else {
+            serde_json::from_str::<NoDuplicateKeys>(raw.get())
+                .map_err(|e| format!("top-level \"{key}\": {e}"))?;
+            members.push((key, Member::Raw(offset(raw))));
         }
     }
-    Ok(doc)
+    let raw_records =
+        raw_records.ok_or("the top level must be an object with a \"records\" array")?;
+    let mut records = Vec::with_capacity(raw_records.len());
+    let mut by_uid = HashMap::with_capacity(raw_records.len());
+    for (i, raw) in raw_records.into_iter().enumerate() {
+        let n = i + 1;
+        let entries: Entries<'_> = serde_json::from_str(raw.get())
+            .map_err(|e| format!("record #{n} is not an object with unique keys ({e})"))?;
+        serde_json::from_str::<NoDuplicateKeys>(raw.get())
+            .map_err(|e| format!("record #{n}: {e}; remove one of the two"))?;
+        let mut uid = None;
+        for (key, value) in &entries.0 {
+            match key.as_str() {
+                "uid" => uid = serde_json::from_str::<String>(value.get()).ok(),
+                "fields" | "custom" if !value.get().starts_with('[') => {
+                    return Err(format!("record #{n}: \"{key}\" must be an array"));
+                }
+                _ => {}
+            }
+        }
+        let uid = uid
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| format!("record #{n} has no \"uid\" string"))?;
+        if by_uid.insert(uid.clone(), i).is_some() {
+            return Err(format!("two records have the UID '{uid}'"));
+        }
+        records.push(Slot::Raw(offset(raw)));
+    }
+    Ok((members, records, by_uid))
+}
+
+/// An object's members in order, raw; a key given twice is an error.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut out: Vec<(String, &'de RawValue)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format!("the key \"{key}\" appears twice")));
+                    }
+                    out.push((key, map.next_value()?));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Any JSON value in which no object has the same key twice: serde_json
+/// would keep only the last, and a rewrite would silently drop the others.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoDuplicateKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(de::Error::custom(format!("the key \"{key}\" appears twice")));
+                    }
+                    map.next_value::<NoDuplicateKeys>()?;
+                }
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicateKeys, A::Error> {
+                while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn to_record(raw: &Value) -> Record {
@@ -379,7 +789,12 @@ mod tests {
     use super::*;
     use crate::plugin::ValueKind;
 
-    const T: Duration = Duration::from_secs(1);
+    fn t() -> VaultOptions {
+        VaultOptions {
+            lock_timeout: Duration::from_secs(1),
+            ..VaultOptions::default()
+        }
+    }
 
     fn write(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("vault.json");
@@ -405,7 +820,8 @@ mod tests {
               "fields": [{"type": "login", "value": ["alice"]}],
               "custom": [{"type": "text", "label": "AWS_ACESS_KEY_ID", "value": ["OLD"], "note": "keep"}]}]}"#,
         );
-        let mut v = Vault::open(&p, T).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        let mut v = Vault::open(&p, &t()).unwrap();
         v.set_fields(
             "u",
             &[
@@ -425,10 +841,127 @@ mod tests {
         assert_eq!(r["custom"][0]["note"], "keep");
         assert_eq!(r["custom"][1]["type"], "secret");
         assert_eq!(r["custom"][1]["value"][0], "S3CRET");
+        // The mode survives the rewrite.
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
+            0o640
         );
+    }
+
+    /// Values survive exactly: big and odd numbers, key order, unknown content.
+    #[test]
+    fn a_rewrite_keeps_numbers_and_order_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = r#"{"z": 12345678901234567890123, "a": [-0, 1.0, 1e400, -0.0, 1.50],
+            "records": [{"uid": "u", "type": "pamUser", "n": 18446744073709551616, "m": {"b": 1, "a": 2},
+              "custom": [{"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}]},
+              {"uid": "other", "type": "login", "big": -98765432109876543210.000}]}"#;
+        let p = write(dir.path(), body);
+        let mut v = Vault::open(&p, &t()).unwrap();
+        v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
+            .unwrap();
+        v.save().unwrap();
+        drop(v);
+        let out = fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            out,
+            concat!(
+                // Digits are kept; an exponent gains its sign ("1e+400"), the same number.
+                r#"{"z":12345678901234567890123,"a":[-0,1.0,1e+400,-0.0,1.50],"records":["#,
+                r#"{"uid":"u","type":"pamUser","n":18446744073709551616,"m":{"b":1,"a":2},"#,
+                r#""custom":[{"type":"text","label":"aws_access_key_id","value":["NEW"]}]},"#,
+                r#"{"uid":"other","type":"login","big":-98765432109876543210.000}]}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "\u{feff}{\"records\": [{\"uid\": \"u\", \"type\": \"pamUser\"}]}",
+        );
+        let v = Vault::open(&p, &t()).unwrap();
+        assert_eq!(v.record("u", "-u", Some("pamUser")).unwrap().uid, "u");
+    }
+
+    #[test]
+    fn duplicate_keys_anywhere_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (body, key) in [
+            (r#"{"records": [], "records": []}"#, "records"),
+            (r#"{"records": [{"uid": "u", "uid": "v"}]}"#, "uid"),
+            (
+                r#"{"records": [{"uid": "u", "custom": [{"label": "a", "label": "b"}]}]}"#,
+                "label",
+            ),
+            (r#"{"x": {"k": 1, "k": 2}, "records": []}"#, "k"),
+        ] {
+            let p = write(dir.path(), body);
+            let e = Vault::open(&p, &t()).unwrap_err();
+            assert!(
+                matches!(&e, VaultError::Malformed { why, .. } if why.contains(&format!("\"{key}\" appears twice"))),
+                "{body}: {e}"
+            );
+        }
+    }
+
+    /// Every field under the label or an alias gets the new value.
+    #[test]
+    fn every_field_with_the_label_or_an_alias_is_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"{"records": [{"uid": "u", "type": "pamUser",
+              "fields": [{"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}],
+              "custom": [{"type": "text", "label": "AWS_ACESS_KEY_ID", "value": ["OLD"]},
+                         {"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}]}]}"#,
+        );
+        let mut v = Vault::open(&p, &t()).unwrap();
+        v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
+            .unwrap();
+        let r = v.record("u", "-u", None).unwrap();
+        let values: Vec<&str> = r.fields.iter().map(|f| f.values[0].expose()).collect();
+        assert_eq!(values, ["NEW", "NEW", "NEW"]);
+    }
+
+    #[test]
+    fn fifos_devices_and_oversized_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Vault::open(&fifo, &t()).unwrap_err();
+        assert!(matches!(e, VaultError::NotRegular { what: "a FIFO", .. }), "{e}");
+        let e = Vault::open(Path::new("/dev/zero"), &t()).unwrap_err();
+        assert!(matches!(e, VaultError::NotRegular { what: "a device", .. }), "{e}");
+        let p = write(dir.path(), &format!("{{\"records\": [], \"pad\": \"{}\"}}", "x".repeat(2000)));
+        let small = VaultOptions {
+            max_bytes: 1024,
+            ..t()
+        };
+        let e = Vault::open(&p, &small).unwrap_err();
+        assert!(matches!(e, VaultError::TooLarge { max: 1024, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_link_or_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), r#"{"records": []}"#);
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, lock_path(&p)).unwrap();
+        let e = Vault::open(&p, &t()).unwrap_err();
+        assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
+        assert!(!target.exists(), "the lock followed the link");
+        fs::remove_file(lock_path(&p)).unwrap();
+        let c = std::ffi::CString::new(lock_path(&p).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Vault::open(&p, &t()).unwrap_err();
+        assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
     }
 
     #[test]
@@ -439,7 +972,7 @@ mod tests {
             r#"{"records": [{"uid": "u", "type": "pamUser", "title": "a",
                "fields": [{"type": "login", "value": ["alice"]}, {"type": "host", "value": [{"hostName": "h"}]}]}]}"#,
         );
-        let v = Vault::open(&p, T).unwrap();
+        let v = Vault::open(&p, &t()).unwrap();
         let r = v.record("u", "-u", Some("pamUser")).unwrap();
         assert_eq!(r.fields[0].values[0].expose(), "alice");
         assert_eq!(r.fields[1].values[0].expose(), r#"{"hostName":"h"}"#);
@@ -465,15 +998,15 @@ mod tests {
             r#"{"records": [{"uid": "a", "custom": {}}]}"#,
         ] {
             let p = write(dir.path(), body);
-            let e = Vault::open(&p, T).unwrap_err();
+            let e = Vault::open(&p, &t()).unwrap_err();
             assert!(matches!(e, VaultError::Malformed { .. }), "{body}: {e}");
         }
         assert!(matches!(
-            Vault::open(dir.path(), T),
+            Vault::open(dir.path(), &t()),
             Err(VaultError::IsFolder { .. })
         ));
         assert!(matches!(
-            Vault::open(&dir.path().join("missing.json"), T),
+            Vault::open(&dir.path().join("missing.json"), &t()),
             Err(VaultError::NotFound { .. })
         ));
     }
@@ -482,10 +1015,16 @@ mod tests {
     fn a_second_opener_waits_then_fails() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), r#"{"records": []}"#);
-        let first = Vault::open(&p, T).unwrap();
-        let e = Vault::open(&p, Duration::from_millis(120)).unwrap_err();
+        let first = Vault::open(&p, &t()).unwrap();
+        let e = Vault::open(
+            &p,
+            &VaultOptions {
+                lock_timeout: Duration::from_millis(120),
+                ..t()
+            },
+        ).unwrap_err();
         assert!(matches!(e, VaultError::Locked { .. }), "{e}");
         drop(first);
-        assert!(Vault::open(&p, T).is_ok());
+        assert!(Vault::open(&p, &t()).is_ok());
     }
 }
