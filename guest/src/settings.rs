@@ -77,7 +77,7 @@ impl Settings {
             credentials,
             region,
             endpoints,
-            vault_key_id: ctx.user.value(ACCESS_KEY_ID_LABELS).map(str::to_string),
+            vault_key_id: vault_key_id(&ctx.user)?,
             retry,
             verify_timeout,
             deadline: ctx.deadline,
@@ -167,6 +167,38 @@ fn missing(labels: &[&str], provider_tried: bool) -> PluginError {
         "set it in the config record, or pass --configuration-uid with a PAM AWS Configuration record"
     };
     PluginError::InvalidConfig(format!("missing required config field(s) {list}: {hint}"))
+}
+
+/// The key id the PAM user record holds. Several fields may carry it (the
+/// label and its misspelling); if they disagree, which key is the vault's is
+/// unknown, and guessing could delete the one in use.
+fn vault_key_id(user: &Record) -> Result<Option<String>, PluginError> {
+    let mut ids: Vec<&str> = user
+        .fields
+        .iter()
+        .filter(|f| {
+            f.label.as_deref().is_some_and(|l| {
+                ACCESS_KEY_ID_LABELS
+                    .iter()
+                    .any(|want| l.trim().eq_ignore_ascii_case(want))
+            })
+        })
+        .filter_map(|f| f.first_value())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        many => Err(PluginError::InvalidConfig(format!(
+            "PAM user record '{}' has {} different access key ids ({}) in fields labelled \
+             {}: keep one field, with the key id in use, and run again",
+            user.uid,
+            many.len(),
+            many.join(", "),
+            ACCESS_KEY_ID_LABELS.join(" or ")
+        ))),
+    }
 }
 
 fn user_name(user: &Record, config: &Record) -> Result<String, PluginError> {
@@ -343,6 +375,24 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.vault_key_id.as_deref(), Some("AKIAOLD"));
+    }
+
+    #[test]
+    fn key_id_fields_must_agree() {
+        let mut u = user("alice", Some(("aws_access_key_id", "AKIAOLD")));
+        u.fields.push(crate::model::Field {
+            kind: "text".into(),
+            label: Some("aws_acess_key_id".into()),
+            values: vec!["AKIAOLD".into()],
+        });
+        let s = Settings::resolve(&ctx(u.clone(), config(FULL), None)).unwrap();
+        assert_eq!(s.vault_key_id.as_deref(), Some("AKIAOLD"));
+        u.fields.last_mut().unwrap().values = vec!["AKIAOTHER".into()];
+        let err = Settings::resolve(&ctx(u, config(FULL), None)).unwrap_err();
+        assert!(
+            matches!(&err, PluginError::InvalidConfig(m) if m.contains("AKIAOLD, AKIAOTHER")),
+            "{err:?}"
+        );
     }
 
     #[test]

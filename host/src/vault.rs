@@ -458,8 +458,9 @@ impl Vault {
         match &self.records[index] {
             Slot::Changed(v) => v.clone(),
             // Indexed as valid JSON already.
-            Slot::Raw(range) => serde_json::from_str(&self.text[range.clone()])
-                .expect("an indexed record parses"),
+            Slot::Raw(range) => {
+                serde_json::from_str(&self.text[range.clone()]).expect("an indexed record parses")
+            }
         }
     }
 
@@ -632,9 +633,8 @@ fn index(text: &str) -> Result<Index, String> {
         start..start + raw.get().len()
     };
     // serde_json's messages give a position, never the content.
-    let top: Entries<'_> = serde_json::from_str(text).map_err(|e| {
-        format!("not a JSON object with a \"records\" array ({e})")
-    })?;
+    let top: Entries<'_> = serde_json::from_str(text)
+        .map_err(|e| format!("not a JSON object with a \"records\" array ({e})"))?;
     let mut members = Vec::with_capacity(top.0.len());
     let mut raw_records: Option<Vec<&RawValue>> = None;
     for (key, raw) in top.0 {
@@ -696,7 +696,9 @@ impl<'de> Deserialize<'de> for Entries<'de> {
                 let mut out: Vec<(String, &'de RawValue)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if out.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format!("the key \"{key}\" appears twice")));
+                        return Err(de::Error::custom(format!(
+                            "the key \"{key}\" appears twice"
+                        )));
                     }
                     out.push((key, map.next_value()?));
                 }
@@ -723,7 +725,9 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format!("the key \"{key}\" appears twice")));
+                        return Err(de::Error::custom(format!(
+                            "the key \"{key}\" appears twice"
+                        )));
                     }
                     map.next_value::<NoDuplicateKeys>()?;
                 }
@@ -935,10 +939,25 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = Vault::open(&fifo, &t()).unwrap_err();
-        assert!(matches!(e, VaultError::NotRegular { what: "a FIFO", .. }), "{e}");
+        assert!(
+            matches!(e, VaultError::NotRegular { what: "a FIFO", .. }),
+            "{e}"
+        );
         let e = Vault::open(Path::new("/dev/zero"), &t()).unwrap_err();
-        assert!(matches!(e, VaultError::NotRegular { what: "a device", .. }), "{e}");
-        let p = write(dir.path(), &format!("{{\"records\": [], \"pad\": \"{}\"}}", "x".repeat(2000)));
+        assert!(
+            matches!(
+                e,
+                VaultError::NotRegular {
+                    what: "a device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let p = write(
+            dir.path(),
+            &format!("{{\"records\": [], \"pad\": \"{}\"}}", "x".repeat(2000)),
+        );
         let small = VaultOptions {
             max_bytes: 1024,
             ..t()
@@ -1022,7 +1041,8 @@ mod tests {
                 lock_timeout: Duration::from_millis(120),
                 ..t()
             },
-        ).unwrap_err();
+        )
+        .unwrap_err();
         assert!(matches!(e, VaultError::Locked { .. }), "{e}");
         drop(first);
         assert!(Vault::open(&p, &t()).is_ok());
