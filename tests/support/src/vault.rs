@@ -11,23 +11,18 @@ pub struct VaultFile {
 }
 
 impl VaultFile {
-    /// Writes `{"records": records}`.
+    /// Writes `{"records": records}`, mode 0600 as a vault should be.
     pub fn new(records: Vec<Value>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vault.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&json!({ "records": records })).unwrap(),
-        )
-        .unwrap();
-        Self { dir, path }
+        Self::raw(&serde_json::to_vec_pretty(&json!({ "records": records })).unwrap())
     }
 
-    /// Writes raw bytes as the vault.
+    /// Writes raw bytes as the vault, mode 0600.
     pub fn raw(bytes: &[u8]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.json");
         std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Self { dir, path }
     }
 
