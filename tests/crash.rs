@@ -30,7 +30,7 @@ fn crash_while(action: &str) {
     s.iam.release();
     assert_eq!(out.code, -1, "{action}: the run was meant to be killed");
 
-    let _valid: serde_json::Value = s.vault.json();
+    assert_vault_at_rest(&s.vault);
     assert_vault_key_exists(&s.iam, &s.vault, "alice");
     s.assert_no_leak(&out);
 
@@ -147,4 +147,158 @@ fn failed_store_rolls_back_the_new_key() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].id, s.old.id);
     s.assert_no_leak(&out);
+}
+
+/// The user guide's setup, where one IAM user holds both the signing key and
+/// the vault's key: `rotate` must delete the vault's key to make room. Killed
+/// while that delete is in flight, the vault names a deleted key (the one
+/// documented exception to I1, warned about in the plan), and the next run
+/// creates and stores a new key and converges.
+#[test]
+fn killed_during_rotates_delete_in_the_guide_setup() {
+    let iam = test_support::fake_iam::FakeIam::start();
+    iam.add_user("alice", &[]);
+    let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
+    let vault = vault_with(
+        &fake_config(&iam.url, &client),
+        "alice",
+        Some(("aws_access_key_id", &rotated.id)),
+    );
+    let arrived = iam.hold("DeleteAccessKey");
+    let mut child = command(&[
+        "run",
+        GUEST_WASM,
+        "--vault",
+        vault.path.to_str().unwrap(),
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the delete never arrived");
+    child.kill().unwrap();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    iam.release();
+    assert_eq!(out.code, -1, "the run was meant to be killed");
+    assert_vault_at_rest(&vault);
+    assert_eq!(
+        vault.field("user1", "aws_access_key_id"),
+        Some(rotated.id.clone())
+    );
+    assert_eq!(
+        iam.keys("alice").iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&client.id],
+        "only the signing key is left"
+    );
+
+    let again = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let keys = iam.keys("alice");
+    assert_eq!(keys.len(), 2);
+    assert!(
+        keys.iter().any(|k| k.id == client.id),
+        "the signing key must survive"
+    );
+    assert_vault_key_exists(&iam, &vault, "alice");
+    let secrets = iam.all_secrets();
+    assert_no_secrets(
+        &again.all(),
+        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+/// `rotate-host run` under strace, killed with SIGKILL when it enters the
+/// `when`-th call of one of `syscalls`: a crash at an exact point of the store.
+fn killed_at_syscall(s: &FakeSetup, syscalls: &str, when: u32) -> Outcome {
+    let path = s.vault.path.to_str().unwrap();
+    let inject = format!("inject={syscalls}:signal=KILL:when={when}");
+    let out = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            &format!("trace={syscalls}"),
+            "-e",
+            &inject,
+        ])
+        .arg(BIN)
+        .args([
+            "run",
+            GUEST_WASM,
+            "--vault",
+            path,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+            "--no-cache",
+        ])
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("strace (Debian package strace; .ci/run installs it)");
+    out.into()
+}
+
+/// Killed before the temporary file is synced, and as the rename starts: the
+/// vault is byte-identical, and the next run deletes the orphan and converges.
+#[test]
+fn killed_before_the_rename() {
+    for (syscalls, when) in [("fsync", 1), ("rename,renameat,renameat2", 1)] {
+        let s = fake_setup();
+        let before = s.vault.bytes();
+        let out = killed_at_syscall(&s, syscalls, when);
+        assert_eq!(
+            out.code,
+            -1,
+            "{syscalls}: the run was meant to be killed: {}",
+            out.all()
+        );
+        assert!(
+            s.iam.calls().contains(&"CreateAccessKey".to_string()),
+            "{syscalls}"
+        );
+        assert_eq!(before, s.vault.bytes(), "{syscalls}: the vault changed");
+        assert_vault_at_rest(&s.vault);
+        assert_vault_key_exists(&s.iam, &s.vault, "alice");
+        s.assert_no_leak(&out);
+        let again = run(&s.vault, "user1", "cfg1", &[]);
+        assert_eq!(again.code, 0, "{syscalls}: {}", again.all());
+        assert_converged(&s.iam, &s.vault);
+    }
+}
+
+/// Killed at the folder's fsync, after the rename: the vault already holds the
+/// new key, which exists; the next run retires the old key and converges.
+#[test]
+fn killed_after_the_rename() {
+    let s = fake_setup();
+    let out = killed_at_syscall(&s, "fsync", 2);
+    assert_eq!(
+        out.code,
+        -1,
+        "the run was meant to be killed: {}",
+        out.all()
+    );
+    assert!(
+        !s.iam.calls().contains(&"GetCallerIdentity".to_string()),
+        "finalize ran: the kill came too late"
+    );
+    assert_ne!(
+        s.vault.field("user1", "aws_access_key_id"),
+        Some(s.old.id.clone())
+    );
+    assert_vault_at_rest(&s.vault);
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_converged(&s.iam, &s.vault);
 }

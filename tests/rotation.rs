@@ -475,6 +475,7 @@ fn guest_component_fits_its_size_budget() {
 /// which gives it a pseudo-terminal); blank answers keep the defaults.
 #[test]
 fn config_asks_on_a_terminal() {
+    use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let vault = dir.path().join("vault.json");
     let cmd = format!(
@@ -489,27 +490,52 @@ fn config_asks_on_a_terminal() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("util-linux `script`");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"alice\nAKIAASKED\nasked-secret-value\neu-west-1\n\n\n\n\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    for prompt in ["IAM Username", "Client Secret", "Enter Value [60] : >"] {
-        assert!(text.contains(prompt), "missing prompt {prompt}: {text}");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Each answer waits for its prompt, so the terminal's echo setting at that
+    // moment is what the user would get.
+    let secret = "asked-secret-value";
+    let answers = ["alice", "AKIAASKED", secret, "eu-west-1", "", "", "", ""];
+    let mut screen = String::new();
+    for (i, answer) in answers.iter().enumerate() {
+        while screen.matches("Enter Value").count() <= i {
+            let chunk = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no prompt #{}: {screen}", i + 1));
+            screen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        // The prompt is printed just before echo is turned off.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
     }
+    drop(stdin);
+    while let Ok(chunk) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        screen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{screen}");
+    for prompt in ["IAM Username", "Client Secret", "Enter Value [60] : >"] {
+        assert!(screen.contains(prompt), "missing prompt {prompt}: {screen}");
+    }
+    assert!(
+        screen.contains("AKIAASKED"),
+        "plain answers are echoed: {screen}"
+    );
+    assert!(!screen.contains(secret), "the secret was echoed: {screen}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&vault).unwrap()).unwrap();
     let uid = doc["records"][0]["uid"].as_str().unwrap();
     let field = |l| test_support::vault::field_of(&doc, uid, l);
     assert_eq!(field("IAM Username").as_deref(), Some("alice"));
-    assert_eq!(
-        field("Client Secret").as_deref(),
-        Some("asked-secret-value")
-    );
+    assert_eq!(field("Client Secret").as_deref(), Some(secret));
     assert_eq!(field("AWS Region").as_deref(), Some("eu-west-1"));
     assert_eq!(field("Retry Deadline Seconds"), None);
 }

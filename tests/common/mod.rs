@@ -92,10 +92,11 @@ pub struct FakeSetup {
 }
 
 impl FakeSetup {
-    /// Every secret the run must never print.
+    /// Every secret the run must never print: every key the fake ever issued,
+    /// deleted ones included, and what the vault holds.
     pub fn secrets(&self) -> Vec<String> {
         let mut s = vec![self.rotator.secret.clone(), self.old.secret.clone()];
-        s.extend(self.iam.keys("alice").into_iter().map(|k| k.secret));
+        s.extend(self.iam.all_secrets());
         if let Some(v) = self.vault.field("user1", "aws_secret_access_key") {
             s.push(v);
         }
@@ -188,6 +189,26 @@ pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
             "I1 violated: the vault records {id}, which IAM does not have: {:?}",
             iam.keys(user).iter().map(|k| &k.id).collect::<Vec<_>>()
         );
+    }
+}
+
+/// I4 at rest: the vault is valid JSON, still 0600 and owned by this user,
+/// and no lock is left held on it.
+pub fn assert_vault_at_rest(vault: &VaultFile) {
+    use std::os::unix::fs::MetadataExt;
+    let _: serde_json::Value = vault.json();
+    let meta = std::fs::metadata(&vault.path).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "I4: the vault's mode changed");
+    // SAFETY: no preconditions.
+    assert_eq!(
+        meta.uid(),
+        unsafe { libc::geteuid() },
+        "I4: the vault's owner changed"
+    );
+    let lock = vault.folder().join("vault.json.lock");
+    if lock.exists() {
+        let f = std::fs::File::open(&lock).unwrap();
+        assert!(f.try_lock().is_ok(), "I4: the vault's lock is still held");
     }
 }
 
