@@ -1,5 +1,5 @@
 //! The key plan: what must go before `CreateAccessKey` (IAM allows two keys per
-//! user) and what `finalize` retires. Pure logic; see DESIGN.md, "The two-key limit".
+//! user) and what `finalize` retires. Pure logic; see docs/design.md, "The two-key rule".
 
 use crate::error::PluginError;
 

@@ -1,4 +1,4 @@
-//! The rotation flow: `rotate`, `finalize` and `rollback` (DESIGN.md, "One rotation").
+//! The rotation flow: `rotate`, `finalize` and `rollback` (docs/design.md, "One rotation").
 
 use crate::error::PluginError;
 use crate::iam::{CallError, Iam};

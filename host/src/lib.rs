@@ -2,7 +2,7 @@
 //! sandbox against a vault file.
 //!
 //! The host knows vaults, files and sandboxes, and nothing about the service a
-//! plugin rotates. See `DESIGN.md` for the steps and invariants.
+//! plugin rotates. See `docs/design.md` for the steps and invariants.
 
 pub mod allowlist;
 pub mod bindings;

@@ -1,4 +1,4 @@
-//! One rotation, step by step (DESIGN.md): read the records, `rotate`, store the
+//! One rotation, step by step (docs/design.md): read the records, `rotate`, store the
 //! new credential durably, then `finalize`, or `rollback` if storing failed.
 
 use std::path::PathBuf;

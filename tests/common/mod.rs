@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: run the real `rotate-host` binary on
-//! the real guest component, and check DESIGN.md's invariants afterwards.
+//! the real guest component, and check the invariants of docs/design.md afterwards.
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Vault files for tests, in Keeper's record shape (DESIGN.md).
+//! Vault files for tests, in Keeper's record shape (docs/design.md).
 
 use std::path::{Path, PathBuf};
 
