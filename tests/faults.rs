@@ -226,3 +226,27 @@ fn a_failed_final_delete_keeps_the_old_key_and_exits_3() {
     assert_converged(&s.iam, &s.vault);
     assert!(!s.iam.keys("alice").iter().any(|k| k.id == s.old.id));
 }
+
+/// IAM's read-after-write lag: the listing after an ambiguous create does not
+/// show the key it made yet. The plugin cannot see the stray, the second
+/// create hits the two-key limit, and the run fails with nothing stored; the
+/// stray is an unrecorded key, which the next run deletes as a leftover.
+#[test]
+fn a_stray_key_hidden_by_listing_lag_is_removed_by_the_next_run() {
+    let s = fake_setup();
+    s.iam.list_lag(1);
+    s.iam
+        .fail("CreateAccessKey", FaultKind::ResetAfterProcessing, 1);
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    out.expect(1, &["run again"]);
+    assert_eq!(before, s.vault.bytes(), "a failed run changed the vault");
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    assert_eq!(s.iam.keys("alice").len(), 2, "the old key and the stray");
+    s.assert_no_leak(&out);
+
+    s.iam.list_lag(0);
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_converged(&s.iam, &s.vault);
+}

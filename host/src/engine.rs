@@ -317,6 +317,13 @@ impl Plugin {
                     limit_mib: self.limits.memory_bytes >> 20,
                 });
             }
+            // The plugin's start code trapped: a bug in the plugin, not the wrong file.
+            Ok(Err(e)) if e.downcast_ref::<wasmtime::Trap>().is_some() => {
+                return Err(SandboxError::Trap {
+                    call: "instantiate",
+                    why: format!("{}", e.root_cause()),
+                });
+            }
             Ok(Err(e)) => {
                 return Err(SandboxError::WrongWorld {
                     path: self.path.clone(),
@@ -460,8 +467,15 @@ impl Instance {
             .map(|i| {
                 let i = ConfigItem::from(i);
                 ConfigItem {
+                    id: self.clean(&i.id),
                     label: self.clean(&i.label),
                     desc: self.clean(&i.desc),
+                    default_value: i.default_value.as_deref().map(|d| self.clean(d)),
+                    enum_values: i
+                        .enum_values
+                        .iter()
+                        .map(|(v, d)| (self.clean(v), self.clean(d)))
+                        .collect(),
                     ..i
                 }
             })

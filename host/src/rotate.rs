@@ -53,8 +53,9 @@ pub enum RunError {
         error: PluginError,
     },
     #[error(
-        "{source}. The vault was not changed; if a new key was created before the plugin \
-         stopped, the next run deletes it"
+        "{source}. The vault was not changed. A new key created before the plugin stopped \
+         is not in the vault: the next run deletes it to make room, or, if it cannot tell \
+         which key to keep, names the keys so you can delete the stray one"
     )]
     RotateStopped { source: SandboxError },
     #[error("the new key {created} could not be stored: {source}. {rollback}")]

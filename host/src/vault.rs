@@ -259,6 +259,34 @@ fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
     }
 }
 
+/// Removes temporary files that a run killed mid-write left beside the vault:
+/// they may hold a new secret. Only ours: regular files named as `save` names
+/// them. Called under the lock, so no live run is writing one.
+fn remove_stale_temporaries(real: &Path) {
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let ours = file.starts_with(&prefix) && file.ends_with(".tmp");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temporary file left by an interrupted run")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), "could not remove a temporary file left by an interrupted run: {e}")
+                }
+            }
+        }
+    }
+}
+
 /// `path` with symlinks resolved; for a file still to be created, its folder's.
 fn resolve(path: &Path, create: bool) -> Result<PathBuf, VaultError> {
     match fs::canonicalize(path) {
@@ -334,6 +362,7 @@ impl Vault {
             });
         }
         let lock = lock(&real, opts.lock_timeout)?;
+        remove_stale_temporaries(&real);
         let read_err = |source| VaultError::Read {
             path: path.to_path_buf(),
             source,
@@ -585,15 +614,20 @@ impl Vault {
         drop(out);
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&self.real).map_err(|e| err(e.error))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        // The new file is in place: from here on, failing would make the caller
+        // roll back a key the vault now records.
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(
+                "vault {} was replaced, but syncing its folder failed ({e}): a power loss \
+                 now could bring back the old file",
+                self.path.display()
+            );
+        }
         tracing::debug!(path = %self.path.display(), "vault saved");
         Ok(())
     }
 
     fn write_compact(&self, out: &mut impl Write) -> io::Result<()> {
-        let raw = |range: &Range<usize>| -> io::Result<Value> {
-            serde_json::from_str(&self.text[range.clone()]).map_err(io::Error::other)
-        };
         out.write_all(b"{")?;
         for (i, (key, member)) in self.members.iter().enumerate() {
             if i > 0 {
@@ -602,7 +636,7 @@ impl Vault {
             serde_json::to_writer(&mut *out, key)?;
             out.write_all(b":")?;
             match member {
-                Member::Raw(range) => serde_json::to_writer(&mut *out, &raw(range)?)?,
+                Member::Raw(range) => minify(&self.text[range.clone()], out)?,
                 Member::Records => {
                     out.write_all(b"[")?;
                     for (j, slot) in self.records.iter().enumerate() {
@@ -611,7 +645,7 @@ impl Vault {
                         }
                         match slot {
                             Slot::Changed(v) => serde_json::to_writer(&mut *out, v)?,
-                            Slot::Raw(range) => serde_json::to_writer(&mut *out, &raw(range)?)?,
+                            Slot::Raw(range) => minify(&self.text[range.clone()], out)?,
                         }
                     }
                     out.write_all(b"]")?;
@@ -620,6 +654,30 @@ impl Vault {
         }
         out.write_all(b"}\n")
     }
+}
+
+/// Writes already-validated JSON without the whitespace between tokens: every
+/// other byte, numbers and string escapes included, is copied as it is. This is
+/// what keeps an untouched record byte-exact, and a rewrite linear in the file.
+fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
+    let bytes = json.as_bytes();
+    let (mut in_string, mut escaped, mut start) = (false, false, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.write_all(&bytes[start..i])?;
+            start = i + 1;
+        }
+    }
+    out.write_all(&bytes[start..])
 }
 
 type Index = (Vec<(String, Member)>, Vec<Slot>, HashMap<String, usize>);
@@ -852,14 +910,15 @@ mod tests {
         );
     }
 
-    /// Values survive exactly: big and odd numbers, key order, unknown content.
+    /// Values survive exactly: big and odd numbers, key order, unknown content,
+    /// string escapes and spaces inside strings.
     #[test]
     fn a_rewrite_keeps_numbers_and_order_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let body = r#"{"z": 12345678901234567890123, "a": [-0, 1.0, 1e400, -0.0, 1.50],
             "records": [{"uid": "u", "type": "pamUser", "n": 18446744073709551616, "m": {"b": 1, "a": 2},
               "custom": [{"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}]},
-              {"uid": "other", "type": "login", "big": -98765432109876543210.000}]}"#;
+              {"uid": "other", "type": "login", "big": -98765432109876543210.000, "s": "a \" b\\ \u00e9 \n"}]}"#;
         let p = write(dir.path(), body);
         let mut v = Vault::open(&p, &t()).unwrap();
         v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
@@ -870,11 +929,10 @@ mod tests {
         assert_eq!(
             out,
             concat!(
-                // Digits are kept; an exponent gains its sign ("1e+400"), the same number.
-                r#"{"z":12345678901234567890123,"a":[-0,1.0,1e+400,-0.0,1.50],"records":["#,
+                r#"{"z":12345678901234567890123,"a":[-0,1.0,1e400,-0.0,1.50],"records":["#,
                 r#"{"uid":"u","type":"pamUser","n":18446744073709551616,"m":{"b":1,"a":2},"#,
                 r#""custom":[{"type":"text","label":"aws_access_key_id","value":["NEW"]}]},"#,
-                r#"{"uid":"other","type":"login","big":-98765432109876543210.000}]}"#,
+                r#"{"uid":"other","type":"login","big":-98765432109876543210.000,"s":"a \" b\\ \u00e9 \n"}]}"#,
                 "\n"
             )
         );

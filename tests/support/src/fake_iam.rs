@@ -1,5 +1,6 @@
 //! A fake IAM and STS Query API on 127.0.0.1 that keeps per-user keys, enforces
-//! the two-key limit, checks SigV4 signatures, and fails any call on demand.
+//! the two-key limit, checks SigV4 signatures, fails any call on demand, and
+//! models IAM's eventual consistency on request.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -7,13 +8,18 @@ use std::net::TcpListener;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::sigv4;
 use crate::tls::TestCa;
 
 /// The account of every fake user.
 pub const ACCOUNT: &str = "123456789012";
+
+/// The region every request must be signed for. IAM is signed for us-east-1,
+/// the commercial partition's IAM signing region; STS for the config's AWS
+/// Region, which is us-east-1 in every test.
+pub const SIGNING_REGION: &str = "us-east-1";
 
 /// One way to fail a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +97,31 @@ struct User {
     manages: Vec<String>,
 }
 
+/// What `ListAccessKeys` still shows of a user after a change (IAM's
+/// read-after-write lag).
+#[derive(Debug)]
+struct StaleList {
+    /// The keys as they were before the change.
+    keys: Vec<Key>,
+    /// How many more listings show them.
+    remaining: usize,
+}
+
 #[derive(Default)]
 struct State {
     users: HashMap<String, User>,
     faults: Vec<Fault>,
     calls: Vec<String>,
     next_key: u64,
-    /// STS answers InvalidClientTokenId for this many calls with a new key.
+    /// How many STS calls each key created by `CreateAccessKey` from now on fails.
     sts_lag: usize,
+    /// Key id to the STS calls it still fails as unknown.
+    sts_unknown: HashMap<String, usize>,
+    /// How many `ListAccessKeys` calls show a user's keys as they were before
+    /// a `CreateAccessKey` or `DeleteAccessKey`.
+    list_lag: usize,
+    /// User name to the stale view of its keys that listings still show.
+    stale_lists: HashMap<String, StaleList>,
     hold: Option<Hold>,
     tampers: Vec<(String, Tamper)>,
     /// Every secret this fake ever issued, deleted keys included.
@@ -229,9 +252,21 @@ impl FakeIam {
         self.state.lock().unwrap().faults.clear();
     }
 
-    /// New keys fail STS for this many calls (IAM's eventual consistency).
+    /// Each key that `CreateAccessKey` creates from now on is unknown to STS
+    /// for its first `calls` `GetCallerIdentity` calls (IAM's eventual
+    /// consistency): they fail with `InvalidClientTokenId`. Older keys, and
+    /// keys from `add_key`, are not affected.
     pub fn sts_lag(&self, calls: usize) {
         self.state.lock().unwrap().sts_lag = calls;
+    }
+
+    /// From now on, after each `CreateAccessKey` or `DeleteAccessKey`, the
+    /// next `calls` `ListAccessKeys` calls (each page counts) for that user
+    /// show its keys as they were before that change (IAM's read-after-write
+    /// lag). A later change restarts the lag from the keys just before it.
+    /// The two-key limit and every other action see the keys as they are.
+    pub fn list_lag(&self, calls: usize) {
+        self.state.lock().unwrap().list_lag = calls;
     }
 
     /// Every action received so far, in order.
@@ -275,6 +310,30 @@ impl FakeIam {
     pub fn arn(user: &str) -> String {
         format!("arn:aws:iam::{ACCOUNT}:user/{user}")
     }
+}
+
+/// Remembers `user`'s keys as they are before a change, for `list_lag`.
+fn before_change(s: &mut State, user: &str) {
+    if s.list_lag == 0 {
+        return;
+    }
+    let keys = s.users[user].keys.clone();
+    let remaining = s.list_lag;
+    s.stale_lists
+        .insert(user.into(), StaleList { keys, remaining });
+}
+
+/// The keys `ListAccessKeys` shows for `user` now: a stale view while one lasts.
+fn listed_keys(s: &mut State, user: &str) -> Vec<Key> {
+    if let Some(stale) = s.stale_lists.get_mut(user) {
+        stale.remaining -= 1;
+        let keys = stale.keys.clone();
+        if stale.remaining == 0 {
+            s.stale_lists.remove(user);
+        }
+        return keys;
+    }
+    s.users[user].keys.clone()
 }
 
 fn new_key(s: &mut State, created: &str) -> Key {
@@ -429,6 +488,53 @@ fn error(status: u16, code: &str, message: &str) -> (u16, String) {
     )
 }
 
+/// The answer to a request whose signature `sigv4` refused.
+fn refused(
+    refusal: sigv4::Refusal,
+    auth: &sigv4::Authorization,
+    expected: &sigv4::Expected,
+    req: &HttpRequest,
+) -> (u16, String) {
+    match refusal {
+        sigv4::Refusal::WrongService => error(
+            403,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Credential should be scoped to correct service: '{}'.",
+                expected.service
+            ),
+        ),
+        sigv4::Refusal::WrongRegion => error(
+            403,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Credential should be scoped to a valid region, not '{}'.",
+                auth.region
+            ),
+        ),
+        sigv4::Refusal::BadSignature => error(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        ),
+        sigv4::Refusal::Expired => {
+            let signed = req
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-amz-date")
+                .map_or("", |(_, v)| v.as_str());
+            error(
+                403,
+                "RequestExpired",
+                &format!(
+                    "Signature expired: {signed} is more than 5 min. from the server's time {}.",
+                    sigv4::format_amz_date(expected.now)
+                ),
+            )
+        }
+    }
+}
+
 fn handle(
     state: &Arc<Mutex<State>>,
     action: &str,
@@ -450,17 +556,18 @@ fn handle(
             "Request is missing Authentication Token",
         );
     };
-    let expected_service = if action == "GetCallerIdentity" {
-        "sts"
-    } else {
-        "iam"
+    let expected = sigv4::Expected {
+        region: SIGNING_REGION,
+        service: if action == "GetCallerIdentity" {
+            "sts"
+        } else {
+            "iam"
+        },
+        now: SystemTime::now(),
     };
-    if auth.service != expected_service {
-        return error(
-            403,
-            "SignatureDoesNotMatch",
-            "wrong service in credential scope",
-        );
+    // The scope is checked before the key, as the service always was.
+    if let Err(refusal) = sigv4::check_scope(&auth, &expected) {
+        return refused(refusal, &auth, &expected, req);
     }
     let signer = s.users.iter().find_map(|(name, u)| {
         u.keys
@@ -475,16 +582,15 @@ fn handle(
             "The security token included in the request is invalid.",
         );
     };
-    if !sigv4::verify(&auth, &secret, &req.headers, &req.body) {
-        return error(
-            403,
-            "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided.",
-        );
+    if let Err(refusal) = sigv4::verify(&auth, &secret, &expected, &req.headers, &req.body) {
+        return refused(refusal, &auth, &expected, req);
     }
     if action == "GetCallerIdentity" {
-        if s.sts_lag > 0 {
-            s.sts_lag -= 1;
+        if let Some(left) = s.sts_unknown.get_mut(&auth.key_id) {
+            *left -= 1;
+            if *left == 0 {
+                s.sts_unknown.remove(&auth.key_id);
+            }
             return error(
                 403,
                 "InvalidClientTokenId",
@@ -534,7 +640,7 @@ fn handle(
             ),
         ),
         "ListAccessKeys" => {
-            let keys = &s.users[&target].keys;
+            let keys = &listed_keys(&mut s, &target);
             let start: usize = params
                 .get("Marker")
                 .and_then(|m| m.strip_prefix("page-"))
@@ -593,6 +699,11 @@ fn handle(
                     key.id = id.clone();
                 }
             }
+            if s.sts_lag > 0 {
+                let lag = s.sts_lag;
+                s.sts_unknown.insert(key.id.clone(), lag);
+            }
+            before_change(&mut s, &target);
             s.users.get_mut(&target).unwrap().keys.push(key.clone());
             let (user, id) = tampers
                 .iter()
@@ -613,10 +724,10 @@ fn handle(
         }
         "DeleteAccessKey" => {
             let id = params.get("AccessKeyId").cloned().unwrap_or_default();
-            let keys = &mut s.users.get_mut(&target).unwrap().keys;
-            match keys.iter().position(|k| k.id == id) {
+            match s.users[&target].keys.iter().position(|k| k.id == id) {
                 Some(i) => {
-                    keys.remove(i);
+                    before_change(&mut s, &target);
+                    s.users.get_mut(&target).unwrap().keys.remove(i);
                     (
                         200,
                         "<DeleteAccessKeyResponse><ResponseMetadata/></DeleteAccessKeyResponse>"
@@ -631,5 +742,193 @@ fn handle(
             }
         }
         _ => error(400, "InvalidAction", "unknown action"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// Sends `action` signed by `key` for `region` at `at`; returns the status
+    /// and the body.
+    fn call_at(
+        iam: &FakeIam,
+        key: &Key,
+        region: &str,
+        at: SystemTime,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> (u16, String) {
+        let service = if action == "GetCallerIdentity" {
+            "sts"
+        } else {
+            "iam"
+        };
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("Action", action);
+        for (k, v) in params {
+            form.append_pair(k, v);
+        }
+        let body = form.finish();
+        let host = iam.url.trim_start_matches("http://");
+        let headers = vec![
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("host".to_string(), host.to_string()),
+            ("x-amz-date".to_string(), sigv4::format_amz_date(at)),
+        ];
+        let auth = sigv4::authorization(
+            &key.id,
+            &key.secret,
+            region,
+            service,
+            &headers,
+            body.as_bytes(),
+        )
+        .expect("signable");
+        let mut request = "POST / HTTP/1.1\r\n".to_string();
+        for (k, v) in &headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str(&format!(
+            "authorization: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let mut stream = TcpStream::connect(host).expect("connect to the fake");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        let status = status
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status code");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header line");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("content-length: ") {
+                len = v.parse().expect("a length");
+            }
+        }
+        let mut answer = vec![0; len];
+        reader.read_exact(&mut answer).expect("body");
+        (status, String::from_utf8(answer).expect("UTF-8"))
+    }
+
+    fn call(iam: &FakeIam, key: &Key, action: &str, params: &[(&str, &str)]) -> (u16, String) {
+        call_at(iam, key, SIGNING_REGION, SystemTime::now(), action, params)
+    }
+
+    /// The text of the first `<tag>` in `xml`.
+    fn field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+        let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+        let len = xml[start..].find(&format!("</{tag}>"))?;
+        Some(&xml[start..start + len])
+    }
+
+    /// The key ids a `ListAccessKeys` answer names.
+    fn listed(iam: &FakeIam, key: &Key) -> Vec<String> {
+        let (status, body) = call(iam, key, "ListAccessKeys", &[]);
+        assert_eq!(status, 200, "{body}");
+        body.split("<AccessKeyId>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</AccessKeyId>"))
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    fn create(iam: &FakeIam, key: &Key) -> Key {
+        let (status, body) = call(iam, key, "CreateAccessKey", &[]);
+        assert_eq!(status, 200, "{body}");
+        Key {
+            id: field(&body, "AccessKeyId").unwrap().into(),
+            secret: field(&body, "SecretAccessKey").unwrap().into(),
+            active: true,
+            created: String::new(),
+        }
+    }
+
+    fn setup() -> (FakeIam, Key) {
+        let iam = FakeIam::start();
+        iam.add_user("alice", &[]);
+        let old = iam.add_key("alice", "2023-01-01T00:00:00Z");
+        (iam, old)
+    }
+
+    #[test]
+    fn a_signed_call_succeeds() {
+        let (iam, old) = setup();
+        let (status, body) = call(&iam, &old, "GetCallerIdentity", &[]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(field(&body, "Arn"), Some(FakeIam::arn("alice").as_str()));
+    }
+
+    #[test]
+    fn another_region_is_refused() {
+        let (iam, old) = setup();
+        for action in ["GetUser", "GetCallerIdentity"] {
+            let (status, body) = call_at(&iam, &old, "us-west-2", SystemTime::now(), action, &[]);
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(field(&body, "Code"), Some("SignatureDoesNotMatch"));
+        }
+    }
+
+    #[test]
+    fn a_skewed_date_is_refused() {
+        let (iam, old) = setup();
+        let now = SystemTime::now();
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        for at in [now - minutes(10), now + minutes(10)] {
+            let (status, body) = call_at(&iam, &old, SIGNING_REGION, at, "GetUser", &[]);
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(field(&body, "Code"), Some("RequestExpired"));
+        }
+        let (status, body) = call_at(&iam, &old, SIGNING_REGION, now - minutes(2), "GetUser", &[]);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[test]
+    fn sts_lag_holds_back_only_new_keys() {
+        let (iam, old) = setup();
+        iam.sts_lag(2);
+        let new = create(&iam, &old);
+        for _ in 0..2 {
+            let (status, body) = call(&iam, &new, "GetCallerIdentity", &[]);
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(field(&body, "Code"), Some("InvalidClientTokenId"));
+            // The old key's calls neither fail nor use up the new key's lag.
+            assert_eq!(call(&iam, &old, "GetCallerIdentity", &[]).0, 200);
+        }
+        assert_eq!(call(&iam, &new, "GetCallerIdentity", &[]).0, 200);
+        // IAM knows the new key at once.
+        assert_eq!(call(&iam, &new, "GetUser", &[]).0, 200);
+    }
+
+    #[test]
+    fn list_lag_shows_the_keys_from_before_each_change() {
+        let (iam, old) = setup();
+        assert_eq!(listed(&iam, &old), [old.id.as_str()]);
+        iam.list_lag(2);
+        let new = create(&iam, &old);
+        let both = [old.id.as_str(), new.id.as_str()];
+        assert_eq!(listed(&iam, &old), [old.id.as_str()]);
+        assert_eq!(listed(&iam, &new), [old.id.as_str()]);
+        assert_eq!(listed(&iam, &old), both);
+        let (status, body) = call(&iam, &new, "DeleteAccessKey", &[("AccessKeyId", &old.id)]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(listed(&iam, &new), both);
+        assert_eq!(listed(&iam, &new), both);
+        assert_eq!(listed(&iam, &new), [new.id.as_str()]);
+        assert_eq!(iam.keys("alice").len(), 1);
     }
 }
