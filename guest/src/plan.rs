@@ -82,13 +82,12 @@ impl Plan {
 }
 
 /// Decides the plan for a user holding `keys`, whose vault records `vault`,
-/// with requests signed by `signer`. `today` is days since 1970-01-01, for ages.
+/// with requests signed by `signer`.
 pub fn plan(
     keys: &[AccessKey],
     vault: Option<&str>,
     signer: &str,
     user: &str,
-    today: i64,
 ) -> Result<Plan, PluginError> {
     if vault == Some(signer) {
         return Err(PluginError::InvalidConfig(format!(
@@ -142,14 +141,17 @@ pub fn plan(
     let list = keys
         .iter()
         .map(|k| {
-            let age = days_since_epoch(&k.created)
-                .map(|d| format!("{} days old", today - d))
-                .unwrap_or_else(|| "age unknown".into());
+            // Dates as IAM gives them: date arithmetic would not fit the component's size budget.
+            let created = if k.created.is_empty() {
+                "creation date unknown".to_string()
+            } else {
+                format!("created {}", k.created)
+            };
             let status = match k.status {
                 KeyStatus::Active => "Active",
                 KeyStatus::Inactive => "Inactive",
             };
-            format!("{} ({status}, {age})", k.id)
+            format!("{} ({status}, {created})", k.id)
         })
         .collect::<Vec<_>>()
         .join(" and ");
@@ -161,23 +163,6 @@ pub fn plan(
          to delete a key that may be in use. Nothing was changed. Delete or deactivate one of them \
          in IAM, or record the one in use in the PAM user record's aws_access_key_id, then run again"
     )))
-}
-
-/// Days since 1970-01-01 of an ISO 8601 date (`2024-05-01T...`).
-pub fn days_since_epoch(iso: &str) -> Option<i64> {
-    let date = iso.get(..10)?;
-    let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
 }
 
 #[cfg(test)]
@@ -194,14 +179,13 @@ mod tests {
     fn active(id: &str) -> AccessKey {
         key(id, KeyStatus::Active, "2024-01-01T00:00:00Z")
     }
-    const TODAY: i64 = 19_800;
 
     #[test]
     fn below_the_limit_deletes_nothing() {
-        let p = plan(&[active("V")], Some("V"), "S", "u", TODAY).unwrap();
+        let p = plan(&[active("V")], Some("V"), "S", "u").unwrap();
         assert_eq!(p.make_room, MakeRoom::Nothing);
         assert_eq!(p.retire.as_deref(), Some("V"));
-        let p = plan(&[], None, "S", "u", TODAY).unwrap();
+        let p = plan(&[], None, "S", "u").unwrap();
         assert_eq!(
             p,
             Plan {
@@ -213,7 +197,7 @@ mod tests {
 
     #[test]
     fn unknown_key_below_the_limit_is_kept() {
-        let p = plan(&[active("X")], Some("GONE"), "S", "u", TODAY).unwrap();
+        let p = plan(&[active("X")], Some("GONE"), "S", "u").unwrap();
         assert_eq!(p.make_room, MakeRoom::Nothing);
         assert_eq!(p.retire, None);
     }
@@ -221,7 +205,7 @@ mod tests {
     #[test]
     fn leftover_beside_the_vault_key_goes() {
         for keys in [[active("V"), active("X")], [active("X"), active("V")]] {
-            let p = plan(&keys, Some("V"), "S", "u", TODAY).unwrap();
+            let p = plan(&keys, Some("V"), "S", "u").unwrap();
             assert_eq!(p.make_room, MakeRoom::Leftover("X".into()));
             assert_eq!(p.retire.as_deref(), Some("V"));
         }
@@ -229,7 +213,7 @@ mod tests {
 
     #[test]
     fn signer_beside_the_vault_key_forces_the_exception() {
-        let p = plan(&[active("V"), active("S")], Some("V"), "S", "u", TODAY).unwrap();
+        let p = plan(&[active("V"), active("S")], Some("V"), "S", "u").unwrap();
         assert_eq!(p.make_room, MakeRoom::VaultKey("V".into()));
         assert_eq!(p.retire, None);
         assert!(p.describe("u")[0].contains("no spare"));
@@ -238,55 +222,46 @@ mod tests {
     #[test]
     fn two_unknown_keys_with_one_inactive() {
         let keys = [key("A", KeyStatus::Inactive, ""), active("B")];
-        let p = plan(&keys, None, "S", "u", TODAY).unwrap();
+        let p = plan(&keys, None, "S", "u").unwrap();
         assert_eq!(p.make_room, MakeRoom::Inactive("A".into()));
     }
 
     #[test]
-    fn two_unknown_active_keys_are_refused_with_ids_and_ages() {
+    fn two_unknown_active_keys_are_refused_with_ids_and_dates() {
         let keys = [
             key("AKIA1", KeyStatus::Active, "2024-03-01T10:00:00Z"),
             key("AKIA2", KeyStatus::Active, "2024-03-11T10:00:00Z"),
         ];
-        let today = days_since_epoch("2024-03-21").unwrap();
-        let err = plan(&keys, Some("OTHER"), "S", "bob", today).unwrap_err();
+        let err = plan(&keys, Some("OTHER"), "S", "bob").unwrap_err();
         let PluginError::Conflict(m) = err else {
             panic!("{err:?}")
         };
-        assert!(m.contains("AKIA1 (Active, 20 days old)"), "{m}");
-        assert!(m.contains("AKIA2 (Active, 10 days old)"), "{m}");
+        assert!(m.contains("AKIA1 (Active, created 2024-03-01T10:00:00Z)"), "{m}");
+        assert!(m.contains("AKIA2 (Active, created 2024-03-11T10:00:00Z)"), "{m}");
         assert!(m.contains("Nothing was changed"));
         let both_inactive = [
             key("A", KeyStatus::Inactive, ""),
             key("B", KeyStatus::Inactive, ""),
         ];
-        assert!(plan(&both_inactive, None, "S", "u", TODAY).is_err());
+        assert!(plan(&both_inactive, None, "S", "u").is_err());
     }
 
     #[test]
     fn the_signer_is_never_made_room_for() {
         // Two unknown keys, one of them the signer: only the inactive non-signer may go.
         let keys = [active("S"), active("B")];
-        assert!(plan(&keys, None, "S", "u", TODAY).is_err());
+        assert!(plan(&keys, None, "S", "u").is_err());
         let keys = [active("S"), key("B", KeyStatus::Inactive, "")];
         assert_eq!(
-            plan(&keys, None, "S", "u", TODAY).unwrap().make_room,
+            plan(&keys, None, "S", "u").unwrap().make_room,
             MakeRoom::Inactive("B".into())
         );
     }
 
     #[test]
     fn vault_key_that_signs_is_refused() {
-        let err = plan(&[active("K")], Some("K"), "K", "u", TODAY).unwrap_err();
+        let err = plan(&[active("K")], Some("K"), "K", "u").unwrap_err();
         assert!(matches!(err, PluginError::InvalidConfig(_)));
     }
 
-    #[test]
-    fn civil_days() {
-        assert_eq!(days_since_epoch("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(days_since_epoch("2000-03-01"), Some(11_017));
-        assert_eq!(days_since_epoch("2024-02-29T12:00:00Z"), Some(19_782));
-        assert_eq!(days_since_epoch("garbage"), None);
-        assert_eq!(days_since_epoch("2024-13-01"), None);
-    }
 }

@@ -24,16 +24,12 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         &format!("'{user}' has access keys [{}]", ids.join(", ")),
     );
 
-    let today = t
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| (d.as_secs() / 86_400) as i64);
+
     let plan = plan::plan(
         &keys,
         settings.vault_key_id.as_deref(),
         &settings.credentials.key_id,
         user,
-        today,
     )?;
     let mut notes = Vec::new();
     if let Some(v) = settings
