@@ -14,6 +14,7 @@ pub mod http;
 mod imports;
 pub mod plugin;
 pub mod rotate;
+pub mod schedule;
 pub mod secret;
 pub mod text;
 pub mod vault;

@@ -225,9 +225,9 @@ pub fn allow_list(
         .map(|p| AllowedOrigin::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
     for item in schema.iter().filter(|i| i.item_type == ItemType::Url) {
-        if let Some(url) = value_of(config, &item.label) {
+        if let Some(url) = config.value(&item.label) {
             // A malformed URL is left for the plugin to report.
-            if let Ok(origin) = AllowedOrigin::of_url(&url) {
+            if let Ok(origin) = AllowedOrigin::of_url(url) {
                 origins.push(origin);
             }
         }
@@ -235,23 +235,6 @@ pub fn allow_list(
     Ok(AllowList::new(origins, policy.clone()))
 }
 
-fn value_of(record: &Record, label: &str) -> Option<String> {
-    record
-        .fields
-        .iter()
-        .find(|f| {
-            f.label
-                .as_deref()
-                .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
-        })
-        .and_then(|f| {
-            f.values
-                .iter()
-                .map(|v| v.expose().trim())
-                .find(|v| !v.is_empty())
-        })
-        .map(str::to_string)
-}
 
 /// Values to mask in anything the guest says: the config's secret items (by
 /// schema), and elsewhere any field whose type or label says secret or password.

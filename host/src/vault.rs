@@ -133,6 +133,36 @@ pub struct Record {
     pub fields: Vec<Field>,
 }
 
+impl Record {
+    /// The first non-blank value of the first field labelled `label`, trimmed.
+    /// Labels match in any case and around spaces: the one place that decides it.
+    pub fn value(&self, label: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|f| {
+                f.label
+                    .as_deref()
+                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
+            })
+            .and_then(|f| {
+                f.values
+                    .iter()
+                    .map(|v| v.expose().trim())
+                    .find(|v| !v.is_empty())
+            })
+    }
+
+    /// The first value of the first field of type `kind`, trimmed.
+    pub fn value_of_type(&self, kind: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|f| f.kind.eq_ignore_ascii_case(kind))
+            .and_then(|f| f.values.first())
+            .map(|v| v.expose().trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
 /// A top-level member of the file, kept raw, or the records array.
 enum Member {
     Raw(Range<usize>),
@@ -573,6 +603,13 @@ impl Vault {
             self.by_uid.insert(uid.to_string(), self.records.len());
         }
         self.records.push(Slot::Changed(Value::Object(record)));
+    }
+
+    /// Every record's UID, in file order.
+    pub fn uids(&self) -> Vec<String> {
+        let mut uids: Vec<(&String, &usize)> = self.by_uid.iter().collect();
+        uids.sort_by_key(|(_, i)| **i);
+        uids.into_iter().map(|(u, _)| u.clone()).collect()
     }
 
     /// Whether a record with this UID exists.
