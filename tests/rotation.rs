@@ -220,7 +220,12 @@ fn misspelled_label_is_read_and_corrected() {
         .iter()
         .filter_map(|f| f["label"].as_str())
         .collect();
-    assert_eq!(labels, ["aws_access_key_id", "aws_secret_access_key"]);
+    // The misspelled field is relabelled in place, not duplicated; the run
+    // also records when it rotated, for the fleet's schedules.
+    assert_eq!(
+        labels,
+        ["aws_access_key_id", "aws_secret_access_key", "Last Rotated"]
+    );
     s.assert_no_leak(&out);
 }
 

@@ -236,8 +236,14 @@ mod tests {
         let PluginError::Conflict(m) = err else {
             panic!("{err:?}")
         };
-        assert!(m.contains("AKIA1 (Active, created 2024-03-01T10:00:00Z)"), "{m}");
-        assert!(m.contains("AKIA2 (Active, created 2024-03-11T10:00:00Z)"), "{m}");
+        assert!(
+            m.contains("AKIA1 (Active, created 2024-03-01T10:00:00Z)"),
+            "{m}"
+        );
+        assert!(
+            m.contains("AKIA2 (Active, created 2024-03-11T10:00:00Z)"),
+            "{m}"
+        );
         assert!(m.contains("Nothing was changed"));
         let both_inactive = [
             key("A", KeyStatus::Inactive, ""),
@@ -263,5 +269,4 @@ mod tests {
         let err = plan(&[active("K")], Some("K"), "K", "u").unwrap_err();
         assert!(matches!(err, PluginError::InvalidConfig(_)));
     }
-
 }

@@ -24,7 +24,6 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         &format!("'{user}' has access keys [{}]", ids.join(", ")),
     );
 
-
     let plan = plan::plan(
         &keys,
         settings.vault_key_id.as_deref(),

@@ -7,9 +7,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::allowlist::{AllowedOrigin, NetworkPolicy};
+use crate::audit::AuditLog;
 use crate::configure::{ConfigOptions, configure};
 use crate::engine::{Limits, Plugin};
+use crate::fleet::{Fleet, FleetOptions, audit_entry};
 use crate::http::{HttpConfig, read_ca_file};
+use crate::metrics::Metrics;
 use crate::rotate::{RunOptions, run};
 use crate::vault::VaultOptions;
 
@@ -33,6 +36,71 @@ pub enum Command {
     Config(ConfigArgs),
     /// Show what a plugin is, what it may reach and its config fields.
     Info(InfoArgs),
+    /// Rotate every due PAM user record of the vault once, then exit.
+    ///
+    /// A record is in the fleet when it has a custom field 'Rotation Config'
+    /// (a config record UID). Exit codes: 0 every due record rotated (or none
+    /// was due); 3 some are stored but not finalized and none failed; 1 any
+    /// failed; 2 bad flags or an unusable vault.
+    Due(DueArgs),
+    /// Run a `due` pass every --interval seconds until SIGTERM or SIGINT.
+    Gateway(GatewayArgs),
+}
+
+/// The fleet's flags, shared by `due` and `gateway`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The plugin component (.wasm), compiled once for the whole process.
+    #[arg(value_name = "GUEST.wasm")]
+    pub guest: PathBuf,
+    /// The vault file.
+    #[arg(long, value_name = "FILE")]
+    pub vault: PathBuf,
+    /// Rotate records whose key is this old, when neither the record nor its
+    /// config record sets a schedule [1-36500].
+    #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=36_500))]
+    pub max_age_days: i64,
+    /// Rotations at once [1-64].
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
+    /// The plugins' outbound requests per second, across all jobs [1-10000].
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rps: u32,
+    /// Plan every due record; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Append one JSON line per rotation attempt to this file (0600).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    #[command(flatten)]
+    pub vault_options: VaultArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DueArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Print the result as one JSON object on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Seconds between the start of one pass and the next [1-86400].
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub interval: u64,
+    /// Serve Prometheus metrics at /metrics and liveness at /healthz on this
+    /// address, like 127.0.0.1:9187. Loopback only, unless --metrics-public.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Let --metrics listen on an address other than loopback.
+    #[arg(long)]
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +142,9 @@ pub struct RunArgs {
     /// Print the result as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Append one JSON line for this rotation attempt to this file (0600).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
     #[command(flatten)]
     pub vault_options: VaultArgs,
     #[command(flatten)]
@@ -211,6 +282,7 @@ impl SandboxArgs {
                     .map(read_ca_file)
                     .transpose()?
                     .map(std::sync::Arc::new),
+                rate: None,
             },
             network: NetworkPolicy {
                 operator: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
@@ -234,6 +306,8 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Run(args) => run_command(args),
         Command::Config(args) => config_command(args),
         Command::Info(args) => info_command(args),
+        Command::Due(args) => due_command(args),
+        Command::Gateway(args) => gateway_command(args),
     }
 }
 
@@ -258,7 +332,20 @@ fn run_command(args: RunArgs) -> i32 {
         vault_options: args.vault_options.options(),
         cache_dir: args.sandbox.cache_dir(),
     };
+    let audit = match args.audit.as_deref().map(AuditLog::open).transpose() {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let started = std::time::Instant::now();
     let result = run(&opts);
+    if let Some(log) = &audit {
+        log.write(&audit_entry(
+            &opts.user_uid,
+            None,
+            &result,
+            started.elapsed(),
+        ));
+    }
     let mut out = std::io::stdout().lock();
     match (result, args.json) {
         (Ok(report), true) => {
@@ -383,4 +470,93 @@ fn info_command(args: InfoArgs) -> i32 {
         );
     }
     0
+}
+
+impl FleetArgs {
+    fn options(&self) -> Result<FleetOptions, String> {
+        let mut limits = self.sandbox.limits()?;
+        limits.http.rate = Some(std::sync::Arc::new(crate::http::RateLimiter::new(self.rps)));
+        Ok(FleetOptions {
+            guest: self.guest.clone(),
+            vault: self.vault.clone(),
+            vault_options: self.vault_options.options(),
+            limits,
+            cache_dir: self.sandbox.cache_dir(),
+            max_age: chrono::Duration::days(self.max_age_days),
+            jobs: self.jobs as usize,
+            dry_run: self.dry_run,
+            audit: self.audit.clone(),
+        })
+    }
+}
+
+fn due_command(args: DueArgs) -> i32 {
+    let opts = match args.fleet.options() {
+        Ok(o) => o,
+        Err(e) => return usage_error(&e),
+    };
+    let jobs = opts.jobs;
+    let fleet = match Fleet::new(opts) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit_code();
+        }
+    };
+    match crate::fleet::block_on(jobs, fleet.pass()) {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialisable")
+                );
+            } else {
+                for line in report.lines() {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn gateway_command(args: GatewayArgs) -> i32 {
+    if let Some(addr) = args.metrics
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        return usage_error(&format!(
+            "--metrics {addr} is not a loopback address: metrics would be served to the network; \
+             use 127.0.0.1:PORT, or pass --metrics-public"
+        ));
+    }
+    let opts = match args.fleet.options() {
+        Ok(o) => o,
+        Err(e) => return usage_error(&e),
+    };
+    let jobs = opts.jobs;
+    let fleet = match Fleet::new(opts) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit_code();
+        }
+    };
+    let metrics = args
+        .metrics
+        .map(|a| (a, std::sync::Arc::new(Metrics::default())));
+    let interval = Duration::from_secs(args.interval);
+    match crate::fleet::block_on(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
 }

@@ -263,6 +263,11 @@ impl Plugin {
         &self.path
     }
 
+    /// The limits every instance of this plugin runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// What the plugin says about itself and its config fields, from a
     /// throwaway instance (for `info` and `config`).
     pub fn describe(&self) -> Result<(PluginInfo, Vec<ConfigItem>), SandboxError> {

@@ -68,6 +68,40 @@ pub struct HttpConfig {
     pub max_response_bytes: u64,
     /// CA certificates (DER) to trust instead of the built-in Mozilla roots.
     pub ca_certs: Option<Arc<Vec<Certificate<'static>>>>,
+    /// Shared by every instance: caps requests per second across concurrent rotations.
+    pub rate: Option<Arc<RateLimiter>>,
+}
+
+/// Spaces requests evenly: at most `per_second` start in any second, across
+/// every plugin instance that shares it. The plugin's own backoff is the last
+/// line of defence against throttling, not the first.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    next: std::sync::Mutex<std::time::Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            interval: Duration::from_secs(1) / per_second.max(1),
+            next: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Waits for the next free slot.
+    pub async fn acquire(&self) {
+        let wait = {
+            let mut next = self.next.lock().expect("rate lock");
+            let now = std::time::Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -77,6 +111,7 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 1024 * 1024,
             ca_certs: None,
+            rate: None,
         }
     }
 }
@@ -107,6 +142,7 @@ pub struct Outbound {
     allow: AllowList,
     agent: Agent,
     max_response_bytes: u64,
+    pub(crate) rate: Option<Arc<RateLimiter>>,
 }
 
 impl Outbound {
@@ -129,6 +165,7 @@ impl Outbound {
             allow,
             agent,
             max_response_bytes: config.max_response_bytes,
+            rate: config.rate.clone(),
         }
     }
 

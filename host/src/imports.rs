@@ -17,6 +17,9 @@ impl wit_outbound::Host for HostState {
         let method = self.redactor.clean(&request.method);
         let url = self.redactor.clean(&request.url);
         let outbound = self.outbound.clone();
+        if let Some(rate) = &outbound.rate {
+            rate.acquire().await;
+        }
         let started = std::time::Instant::now();
         // ureq blocks; on its own thread, the call's timeout can still end the plugin.
         let result = tokio::task::spawn_blocking(move || outbound.send(request)).await?;

@@ -5,16 +5,20 @@
 //! plugin rotates. See `docs/design.md` for the steps and invariants.
 
 pub mod allowlist;
+pub mod audit;
 pub mod bindings;
 pub mod cache;
 pub mod cli;
 pub mod configure;
 pub mod engine;
+pub mod fleet;
 pub mod http;
 mod imports;
+pub mod metrics;
 pub mod plugin;
 pub mod rotate;
 pub mod schedule;
 pub mod secret;
 pub mod text;
 pub mod vault;
+pub mod writer;

@@ -2,14 +2,20 @@
 //! new credential durably, then `finalize`, or `rollback` if storing failed.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
-use crate::plugin::{ConfigItem, Context, ItemType, PluginError, ValueKind};
+use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, ValueKind};
+use crate::schedule::{labels, stamp};
+use crate::secret::Secret;
 use crate::vault::{Record, Vault, VaultError, VaultOptions};
+use crate::writer::VaultWriter;
 
 /// The record type of a PAM user record.
 pub const PAM_USER_TYPE: &str = "pamUser";
@@ -37,6 +43,9 @@ pub struct RunReport {
     pub created: Option<String>,
     pub retired: Vec<String>,
     pub notes: Vec<String>,
+    /// What `finalize` is to retire (for a dry run's plan and the audit log).
+    #[serde(skip)]
+    pub planned_retire: Vec<String>,
 }
 
 /// Why a run failed. Every message says what happened to the vault and to the
@@ -61,7 +70,7 @@ pub enum RunError {
     #[error("the new key {created} could not be stored: {source}. {rollback}")]
     StoreFailed {
         created: String,
-        source: Box<VaultError>,
+        source: Arc<VaultError>,
         rollback: String,
     },
     #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
@@ -85,23 +94,74 @@ impl RunError {
     }
 }
 
-/// Runs one rotation.
-pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    crate::engine::block_on(run_async(opts))
+/// One record's rotation, as `run`, `due` and `gateway` ask for it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub user_uid: String,
+    pub config_uid: String,
+    pub provider_uid: Option<String>,
+    pub dry_run: bool,
+    /// Mark the record `Rotation Pending` until `finalize` succeeds, so a fleet
+    /// pass killed in between finishes the record at the next pass.
+    pub mark_pending: bool,
 }
 
-async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
-    // The lock is held until the vault is dropped, at the end of the run.
-    let mut vault = Vault::open(&opts.vault, &opts.vault_options)?;
-    let user = vault.record(&opts.user_uid, "-u", Some(PAM_USER_TYPE))?;
-    let config = vault.record(&opts.config_uid, "-c", None)?;
-    let provider = opts
-        .provider_uid
-        .as_deref()
-        .map(|uid| vault.record(uid, "--configuration-uid", None))
-        .transpose()?;
+/// The records of one job, read under the vault lock.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub user: Record,
+    pub config: Record,
+    pub provider: Option<Record>,
+}
 
-    let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+impl Records {
+    /// Reads and type-checks the job's records.
+    pub fn read(vault: &Vault, job: &Job) -> Result<Self, VaultError> {
+        Ok(Self {
+            user: vault.record(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
+            config: vault.record(&job.config_uid, "-c", None)?,
+            provider: job
+                .provider_uid
+                .as_deref()
+                .map(|uid| vault.record(uid, "--configuration-uid", None))
+                .transpose()?,
+        })
+    }
+}
+
+/// Runs one rotation (`rotate-host run`).
+pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
+    crate::engine::block_on(async {
+        // The lock is held until the writer is dropped, at the end of the run.
+        let vault = Vault::open(&opts.vault, &opts.vault_options)?;
+        let job = Job {
+            user_uid: opts.user_uid.clone(),
+            config_uid: opts.config_uid.clone(),
+            provider_uid: opts.provider_uid.clone(),
+            dry_run: opts.dry_run,
+            mark_pending: false,
+        };
+        let records = Records::read(&vault, &job)?;
+        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+        let writer = VaultWriter::new(vault);
+        rotate_record(&plugin, &writer, &job, records).await
+    })
+}
+
+/// The rotation core: a fresh instance of `plugin` rotates one record, the new
+/// credential is stored through `writer` before anything is retired, then
+/// `finalize`, or `rollback` if storing failed.
+pub async fn rotate_record(
+    plugin: &Plugin,
+    writer: &VaultWriter,
+    job: &Job,
+    records: Records,
+) -> Result<RunReport, RunError> {
+    let Records {
+        user,
+        config,
+        provider,
+    } = records;
     let mut instance = plugin.instantiate().await?;
     let info = instance.info().await?;
     let schema = instance.config_schema().await?;
@@ -112,15 +172,15 @@ async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
         &info.allowed_hosts,
         &schema,
         &config,
-        &opts.limits.network,
+        &plugin.limits().network,
     )?);
     let ctx = Context {
         user,
         config,
         provider,
-        dry_run: opts.dry_run,
+        dry_run: job.dry_run,
     };
-    tracing::info!(plugin = %info.name, user = %opts.user_uid, dry_run = opts.dry_run, "rotating");
+    tracing::info!(plugin = %info.name, user = %job.user_uid, dry_run = job.dry_run, "rotating");
 
     let rotation = match instance.rotate(&ctx).await {
         Ok(Ok(r)) => r,
@@ -140,13 +200,14 @@ async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
         instance.add_secret(f.value.expose());
     }
     let mut report = RunReport {
-        status: if opts.dry_run { "planned" } else { "rotated" },
-        user_uid: opts.user_uid.clone(),
+        status: if job.dry_run { "planned" } else { "rotated" },
+        user_uid: job.user_uid.clone(),
         created: rotation.created.as_deref().map(|c| instance.clean(c)),
         retired: vec![],
         notes: rotation.notes.clone(),
+        planned_retire: rotation.retire.iter().map(|r| instance.clean(r)).collect(),
     };
-    if opts.dry_run {
+    if job.dry_run {
         return Ok(report);
     }
     let Some(created) = report.created.clone() else {
@@ -155,39 +216,52 @@ async fn run_async(opts: &RunOptions) -> Result<RunReport, RunError> {
             error: PluginError::Failed("the plugin returned no new credential".into()),
         });
     };
-    tracing::info!(key = %created, "new key created; storing it before anything is deleted");
+    tracing::info!(user = %job.user_uid, key = %created, "new key created; storing it before anything is deleted");
 
-    // Step 4: store durably before any old key is touched (I1, I2).
-    let stored = vault
-        .set_fields(&opts.user_uid, &rotation.fields)
-        .and_then(|()| vault.save());
-    if let Err(source) = stored {
+    // Store durably before any old key is touched (I1, I2), with the time of
+    // the rotation for the schedule, in the same atomic save.
+    let mut fields = rotation.fields.clone();
+    fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
+    let remove = if job.mark_pending {
+        fields.push(text_field(labels::PENDING, "finalize"));
+        vec![]
+    } else {
+        vec![labels::PENDING]
+    };
+    if let Err(source) = writer.store(&job.user_uid, fields, remove).await {
         let rollback = rollback(&mut instance, &ctx, &rotation, &created).await;
         return Err(RunError::StoreFailed {
             created,
-            source: Box::new(source),
+            source,
             rollback,
         });
     }
-    tracing::info!(key = %created, vault = %vault.path().display(), "new key stored");
+    tracing::info!(user = %job.user_uid, key = %created, "new key stored");
 
-    // Step 5: prove the new key works, then retire the old one.
-    match instance.finalize(&ctx, &rotation).await {
+    // Prove the new key works, then retire the old one.
+    let why = match instance.finalize(&ctx, &rotation).await {
         Ok(Ok(retired)) => {
             for id in &retired {
-                tracing::info!(key = %id, "old key retired");
+                tracing::info!(user = %job.user_uid, key = %id, "old key retired");
+            }
+            if job.mark_pending {
+                writer.remove_later(&job.user_uid, labels::PENDING);
             }
             report.retired = retired;
-            Ok(report)
+            return Ok(report);
         }
-        Ok(Err(e)) => Err(RunError::NotFinalized {
-            created,
-            why: e.to_string(),
-        }),
-        Err(e) => Err(RunError::NotFinalized {
-            created,
-            why: e.to_string(),
-        }),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(RunError::NotFinalized { created, why })
+}
+
+fn text_field(label: &str, value: &str) -> StoreField {
+    StoreField {
+        label: label.to_string(),
+        aliases: vec![],
+        kind: ValueKind::Text,
+        value: Secret::new(value),
     }
 }
 
@@ -234,7 +308,6 @@ pub fn allow_list(
     }
     Ok(AllowList::new(origins, policy.clone()))
 }
-
 
 /// Values to mask in anything the guest says: the config's secret items (by
 /// schema), and elsewhere any field whose type or label says secret or password.

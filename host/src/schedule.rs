@@ -104,7 +104,10 @@ pub fn member(
     config: Option<&Record>,
     default_age: Days,
 ) -> Result<Member, BadField> {
-    if !user.record_type.eq_ignore_ascii_case(crate::rotate::PAM_USER_TYPE) {
+    if !user
+        .record_type
+        .eq_ignore_ascii_case(crate::rotate::PAM_USER_TYPE)
+    {
         return Ok(Member::Outside);
     }
     let Some(config_uid) = user.value(labels::CONFIG) else {
@@ -272,7 +275,11 @@ mod tests {
         assert!(matches!(member(&plain, None, d), Ok(Member::Outside)));
         let login = record("u", "login", &[(labels::CONFIG, "cfg")]);
         assert!(matches!(member(&login, Some(&cfg), d), Ok(Member::Outside)));
-        let off = record("u", "pamUser", &[(labels::CONFIG, "cfg"), ("rotation", " DISABLED ")]);
+        let off = record(
+            "u",
+            "pamUser",
+            &[(labels::CONFIG, "cfg"), ("rotation", " DISABLED ")],
+        );
         assert!(matches!(member(&off, Some(&cfg), d), Ok(Member::Disabled)));
         let missing = record("u", "pamUser", &[(labels::CONFIG, "nope")]);
         let err = member(&missing, None, d).unwrap_err();
@@ -313,14 +320,20 @@ mod tests {
         let sched = (labels::SCHEDULE, "0 3 * * 1");
         let last = (labels::LAST_ROTATED, "2026-11-23T03:00:00Z"); // a Monday, at the instant
         let e = scheduled(entry(&[sched, last], &[]));
-        assert_eq!(e.due(at("2026-11-30T02:59:59Z")), Due::At(at("2026-11-30T03:00:00Z")));
+        assert_eq!(
+            e.due(at("2026-11-30T02:59:59Z")),
+            Due::At(at("2026-11-30T03:00:00Z"))
+        );
         assert_eq!(e.due(at("2026-11-30T03:00:00Z")), Due::Now);
         // In a time zone: 03:00 in Berlin is 02:00 UTC in winter.
         let e = scheduled(entry(
             &[sched, last, (labels::TIMEZONE, "Europe/Berlin")],
             &[],
         ));
-        assert_eq!(e.due(at("2026-11-29T12:00:00Z")), Due::At(at("2026-11-30T02:00:00Z")));
+        assert_eq!(
+            e.due(at("2026-11-29T12:00:00Z")),
+            Due::At(at("2026-11-30T02:00:00Z"))
+        );
         // Inherited from the config record.
         let e = scheduled(entry(&[last], &[sched]));
         assert_eq!(e.due(at("2026-12-01T00:00:00Z")), Due::Now);
@@ -341,13 +354,41 @@ mod tests {
     #[test]
     fn malformed_fields_name_the_field_and_the_reason() {
         for (fields, field, says) in [
-            (vec![(labels::SCHEDULE, "0 3 * *")], labels::SCHEDULE, "has 4 fields"),
-            (vec![(labels::SCHEDULE, "0 3 * * 1 2026")], labels::SCHEDULE, "has 6 fields"),
-            (vec![(labels::SCHEDULE, "61 3 * * *")], labels::SCHEDULE, "not a valid cron"),
-            (vec![(labels::MAX_AGE_DAYS, "ninety")], labels::MAX_AGE_DAYS, "whole number"),
-            (vec![(labels::MAX_AGE_DAYS, "0")], labels::MAX_AGE_DAYS, "from 1 to 36500"),
-            (vec![(labels::TIMEZONE, "Mars/Olympus")], labels::TIMEZONE, "IANA"),
-            (vec![(labels::LAST_ROTATED, "yesterday")], labels::LAST_ROTATED, "RFC 3339"),
+            (
+                vec![(labels::SCHEDULE, "0 3 * *")],
+                labels::SCHEDULE,
+                "has 4 fields",
+            ),
+            (
+                vec![(labels::SCHEDULE, "0 3 * * 1 2026")],
+                labels::SCHEDULE,
+                "has 6 fields",
+            ),
+            (
+                vec![(labels::SCHEDULE, "61 3 * * *")],
+                labels::SCHEDULE,
+                "not a valid cron",
+            ),
+            (
+                vec![(labels::MAX_AGE_DAYS, "ninety")],
+                labels::MAX_AGE_DAYS,
+                "whole number",
+            ),
+            (
+                vec![(labels::MAX_AGE_DAYS, "0")],
+                labels::MAX_AGE_DAYS,
+                "from 1 to 36500",
+            ),
+            (
+                vec![(labels::TIMEZONE, "Mars/Olympus")],
+                labels::TIMEZONE,
+                "IANA",
+            ),
+            (
+                vec![(labels::LAST_ROTATED, "yesterday")],
+                labels::LAST_ROTATED,
+                "RFC 3339",
+            ),
         ] {
             let err = entry(&fields, &[]).unwrap_err();
             assert_eq!(err.field, field, "{fields:?}");
@@ -357,6 +398,9 @@ mod tests {
 
     #[test]
     fn stamps_are_rfc3339_utc_seconds() {
-        assert_eq!(stamp(at("2026-11-26T03:04:05.678+01:00")), "2026-11-26T02:04:05Z");
+        assert_eq!(
+            stamp(at("2026-11-26T03:04:05.678+01:00")),
+            "2026-11-26T02:04:05Z"
+        );
     }
 }

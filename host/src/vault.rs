@@ -170,10 +170,14 @@ enum Member {
 }
 
 /// One record: its raw text in the file, or its new content once changed.
+#[derive(Clone)]
 enum Slot {
     Raw(Range<usize>),
     Changed(Value),
 }
+
+/// Records as they were before a change (see `Vault::undo_point`).
+pub struct UndoPoint(Vec<(usize, Slot)>);
 
 /// The owner, group and mode a rewrite must keep.
 #[derive(Debug, Clone, Copy)]
@@ -595,6 +599,51 @@ impl Vault {
         }
         self.records[index] = Slot::Changed(value);
         Ok(())
+    }
+
+    /// Removes every field labelled `label` (any case) from record `uid`, in memory.
+    pub fn remove_field(&mut self, uid: &str, label: &str) -> Result<(), VaultError> {
+        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
+            path: self.path.clone(),
+            uid: uid.to_string(),
+            flag: "-u",
+        })?;
+        let mut value = self.value_at(index);
+        let record = value.as_object_mut().expect("indexed records are objects");
+        let mut removed = false;
+        for section in ["fields", "custom"] {
+            if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
+                let before = list.len();
+                list.retain(|v| {
+                    !v.get("label")
+                        .and_then(Value::as_str)
+                        .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
+                });
+                removed |= list.len() != before;
+            }
+        }
+        if removed {
+            self.records[index] = Slot::Changed(value);
+        }
+        Ok(())
+    }
+
+    /// The in-memory state of records `uids`, to put back with `undo` when a
+    /// save fails: a later save must not write changes whose store failed.
+    pub fn undo_point(&self, uids: &[&str]) -> UndoPoint {
+        UndoPoint(
+            uids.iter()
+                .filter_map(|u| self.by_uid.get(*u))
+                .map(|&i| (i, self.records[i].clone()))
+                .collect(),
+        )
+    }
+
+    /// Puts back the records saved in `point`.
+    pub fn undo(&mut self, point: UndoPoint) {
+        for (i, slot) in point.0 {
+            self.records[i] = slot;
+        }
     }
 
     /// Adds a record in memory.

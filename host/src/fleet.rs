@@ -1,0 +1,529 @@
+//! The fleet: every due PAM user record of a vault, rotated on one compiled
+//! plugin, many at once (`due`), and again on an interval (`gateway`).
+//!
+//! A pass holds the vault lock from start to end, so `rotate-host run` on the
+//! same vault waits for it (and a pass waits for a run): no record is ever
+//! rotated twice at once. Stores go through one `VaultWriter`, so concurrent
+//! rotations share rewrites.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::engine::{Limits, Plugin, SandboxError};
+use crate::metrics::Metrics;
+use crate::rotate::{Job, PAM_USER_TYPE, Records, RunError, RunReport, rotate_record};
+use crate::schedule::{self, Due, Member, labels, stamp};
+use crate::vault::{Record, Vault, VaultError, VaultOptions};
+use crate::writer::VaultWriter;
+
+/// What `due` and `gateway` were asked to do.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub guest: PathBuf,
+    pub vault: PathBuf,
+    pub vault_options: VaultOptions,
+    pub limits: Limits,
+    pub cache_dir: Option<PathBuf>,
+    /// `--max-age-days`: the schedule of records that set none.
+    pub max_age: chrono::Duration,
+    /// `--jobs`: rotations at once.
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub audit: Option<PathBuf>,
+}
+
+/// One record's line in a pass report. Holds key ids, never secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub user_uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Entry {
+    fn new(uid: &str) -> Self {
+        Self {
+            user_uid: uid.to_string(),
+            created: None,
+            retired: vec![],
+            exit_code: None,
+            error: None,
+            next_due: None,
+            notes: vec![],
+        }
+    }
+}
+
+/// What one pass did, record by record.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    /// New key stored: finalized (`exit_code` 0), or not yet (3).
+    pub rotated: Vec<Entry>,
+    pub failed: Vec<Entry>,
+    /// `Rotation` is `disabled`, or the gateway was stopping.
+    pub skipped: Vec<Entry>,
+    pub not_due: Vec<Entry>,
+    /// With `--dry-run`: what each due record's plugin plans.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<Entry>,
+}
+
+impl PassReport {
+    /// 0 when every due record rotated, 3 when some are stored but not
+    /// finalized and none failed, 1 when any failed.
+    pub fn exit_code(&self) -> i32 {
+        if !self.failed.is_empty() {
+            1
+        } else if self.rotated.iter().any(|e| e.exit_code == Some(3)) {
+            3
+        } else {
+            0
+        }
+    }
+
+    /// `N rotated, N failed, N skipped, N not due`.
+    pub fn summary(&self) -> String {
+        let planned = if self.planned.is_empty() {
+            String::new()
+        } else {
+            format!("{} planned, ", self.planned.len())
+        };
+        format!(
+            "{planned}{} rotated, {} failed, {} skipped, {} not due",
+            self.rotated.len(),
+            self.failed.len(),
+            self.skipped.len(),
+            self.not_due.len()
+        )
+    }
+
+    /// One line per record, then the summary.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.planned {
+            out.push(format!("planned {}: {}", e.user_uid, e.notes.join("; ")));
+        }
+        for e in &self.rotated {
+            let retired = if e.retired.is_empty() {
+                String::new()
+            } else {
+                format!(", retired {}", e.retired.join(", "))
+            };
+            match &e.error {
+                None => out.push(format!(
+                    "rotated {}: new key {}{retired}",
+                    e.user_uid,
+                    e.created.as_deref().unwrap_or("?")
+                )),
+                Some(why) => out.push(format!(
+                    "rotated {} (not finalized, exit 3): new key {} stored; {why}",
+                    e.user_uid,
+                    e.created.as_deref().unwrap_or("?")
+                )),
+            }
+        }
+        for e in &self.failed {
+            out.push(format!(
+                "failed {} (exit {}): {}",
+                e.user_uid,
+                e.exit_code.unwrap_or(1),
+                e.error.as_deref().unwrap_or("")
+            ));
+        }
+        for e in &self.skipped {
+            out.push(format!(
+                "skipped {}: {}",
+                e.user_uid,
+                e.error.as_deref().unwrap_or("")
+            ));
+        }
+        for e in &self.not_due {
+            out.push(format!(
+                "not due {}: next due {}",
+                e.user_uid,
+                e.next_due.as_deref().unwrap_or("never")
+            ));
+        }
+        out.push(self.summary());
+        out
+    }
+
+    fn sort(&mut self) {
+        for list in [
+            &mut self.rotated,
+            &mut self.failed,
+            &mut self.skipped,
+            &mut self.not_due,
+            &mut self.planned,
+        ] {
+            list.sort_by(|a, b| a.user_uid.cmp(&b.user_uid));
+        }
+    }
+}
+
+/// Why a pass could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl FleetError {
+    /// 2 for a wrong command or an unusable vault, 1 otherwise (a held lock).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Vault(e) if !e.is_bad_input() => 1,
+            Self::Sandbox(e) if !e.is_bad_input() => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A due record, ready to rotate.
+struct Work {
+    job: Job,
+    records: Records,
+    login: Option<String>,
+}
+
+/// Sorts the vault's records into work to do now and report entries.
+fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
+    let now = Utc::now();
+    let mut configs: HashMap<String, Option<Record>> = HashMap::new();
+    let mut work = Vec::new();
+    for uid in vault.uids() {
+        let Ok(user) = vault.record(&uid, "-u", None) else {
+            continue;
+        };
+        if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
+            continue;
+        }
+        let config = user.value(labels::CONFIG).and_then(|c| {
+            configs
+                .entry(c.to_string())
+                .or_insert_with(|| vault.record(c, labels::CONFIG, None).ok())
+                .clone()
+        });
+        let entry = match schedule::member(&user, config.as_ref(), opts.max_age) {
+            Ok(Member::Outside) => continue,
+            Ok(Member::Disabled) => {
+                let mut e = Entry::new(&uid);
+                e.error = Some("field 'Rotation' is 'disabled'".into());
+                report.skipped.push(e);
+                continue;
+            }
+            Err(bad) => {
+                let mut e = Entry::new(&uid);
+                e.exit_code = Some(2);
+                e.error = Some(format!(
+                    "{bad}; this record was not rotated, the rest of the fleet was"
+                ));
+                report.failed.push(e);
+                continue;
+            }
+            Ok(Member::Scheduled(entry)) => entry,
+        };
+        if let Due::At(at) = entry.due(now) {
+            let mut e = Entry::new(&uid);
+            e.next_due = Some(stamp(at));
+            report.not_due.push(e);
+            continue;
+        }
+        let job = Job {
+            user_uid: entry.user_uid.clone(),
+            config_uid: entry.config_uid.clone(),
+            provider_uid: entry.provider_uid.clone(),
+            dry_run: opts.dry_run,
+            mark_pending: true,
+        };
+        match Records::read(vault, &job) {
+            Ok(records) => work.push(Work {
+                login: records.user.value_of_type("login").map(str::to_lowercase),
+                job,
+                records,
+            }),
+            Err(e) => {
+                let mut entry = Entry::new(&uid);
+                entry.exit_code = Some(2);
+                entry.error = Some(e.to_string());
+                report.failed.push(entry);
+            }
+        }
+    }
+    work
+}
+
+/// Everything one pass shares.
+#[derive(Clone)]
+pub struct Fleet {
+    plugin: Arc<Plugin>,
+    opts: FleetOptions,
+    audit: Option<Arc<AuditLog>>,
+    /// Set by SIGTERM or SIGINT: start no new rotation.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Fleet {
+    /// Compiles (or loads) the plugin once for every pass, and opens the audit log.
+    pub fn new(opts: FleetOptions) -> Result<Self, FleetError> {
+        let audit = opts
+            .audit
+            .as_deref()
+            .map(AuditLog::open)
+            .transpose()
+            .map_err(FleetError::Usage)?
+            .map(Arc::new);
+        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+        Ok(Self {
+            plugin: Arc::new(plugin),
+            opts,
+            audit,
+            stopping: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// One pass: every due record, `--jobs` at a time; records that name the
+    /// same user under the same config one after another.
+    pub async fn pass(&self) -> Result<PassReport, FleetError> {
+        let opts = self.opts.clone();
+        // Waiting for the lock blocks; keep it off the async workers.
+        let vault =
+            tokio::task::spawn_blocking(move || Vault::open(&opts.vault, &opts.vault_options))
+                .await
+                .expect("the vault opener does not panic")?;
+        let mut report = PassReport::default();
+        let work = select(&vault, &self.opts, &mut report);
+        let writer = Arc::new(VaultWriter::new(vault));
+
+        let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
+        for w in work {
+            let who = w.login.clone().unwrap_or_else(|| w.job.user_uid.clone());
+            groups
+                .entry((w.job.config_uid.clone(), who))
+                .or_default()
+                .push(w);
+        }
+        let permits = Arc::new(Semaphore::new(self.opts.jobs.max(1)));
+        let mut tasks = JoinSet::new();
+        for (_, group) in groups {
+            let (fleet, writer, permits) = (self.clone(), writer.clone(), permits.clone());
+            tasks.spawn(async move {
+                let mut done = Vec::new();
+                for w in group {
+                    let _permit = permits.acquire().await.expect("the semaphore stays open");
+                    if fleet.stopping.load(Ordering::SeqCst) {
+                        done.push(Err(w.job.user_uid));
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let result =
+                        rotate_record(&fleet.plugin, &writer, &w.job, w.records.clone()).await;
+                    fleet.audit(&w, &result, started.elapsed());
+                    done.push(Ok((w.job.user_uid, result)));
+                }
+                done
+            });
+        }
+        while let Some(group) = tasks.join_next().await {
+            for outcome in group.expect("a rotation task does not panic") {
+                match outcome {
+                    Ok((uid, result)) => record(&mut report, &uid, result, self.opts.dry_run),
+                    Err(uid) => {
+                        let mut e = Entry::new(&uid);
+                        e.error = Some("the gateway is stopping; it was not started".into());
+                        report.skipped.push(e);
+                    }
+                }
+            }
+        }
+        // Clears the `Rotation Pending` marks of finished rotations, in one save.
+        if let Err(e) = writer.flush().await {
+            tracing::warn!(
+                "could not clear the marks of finished rotations: {e}; the next pass finishes them again"
+            );
+        }
+        report.sort();
+        Ok(report)
+    }
+
+    fn audit(&self, w: &Work, result: &Result<RunReport, RunError>, took: Duration) {
+        let Some(log) = &self.audit else {
+            return;
+        };
+        log.write(&audit_entry(&w.job.user_uid, w.login.clone(), result, took));
+    }
+
+    /// Stops new rotations; running ones finish.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// The audit line of one attempt.
+pub fn audit_entry(
+    uid: &str,
+    user: Option<String>,
+    result: &Result<RunReport, RunError>,
+    took: Duration,
+) -> AuditEntry {
+    let mut entry = match result {
+        Ok(r) if r.status == "planned" => AuditEntry::now(uid, "planned", 0),
+        Ok(_) => AuditEntry::now(uid, "rotated", 0),
+        Err(e @ RunError::NotFinalized { .. }) => {
+            AuditEntry::now(uid, "not_finalized", e.exit_code())
+        }
+        Err(e) => AuditEntry::now(uid, "failed", e.exit_code()),
+    };
+    entry.user = user;
+    entry.duration_ms = took.as_millis() as u64;
+    match result {
+        Ok(r) => {
+            entry.new_key_id = r.created.clone();
+            entry.old_key_ids = if r.retired.is_empty() {
+                r.planned_retire.clone()
+            } else {
+                r.retired.clone()
+            };
+        }
+        Err(e) => {
+            entry.error = Some(e.to_string());
+            if let RunError::NotFinalized { created, .. } | RunError::StoreFailed { created, .. } =
+                e
+            {
+                entry.new_key_id = Some(created.clone());
+            }
+        }
+    }
+    entry
+}
+
+/// Files one rotation's result in the report.
+fn record(report: &mut PassReport, uid: &str, result: Result<RunReport, RunError>, dry_run: bool) {
+    let mut e = Entry::new(uid);
+    match result {
+        Ok(r) if dry_run => {
+            e.notes = r.notes;
+            e.retired = r.planned_retire;
+            report.planned.push(e);
+        }
+        Ok(r) => {
+            e.created = r.created;
+            e.retired = r.retired;
+            e.notes = r.notes;
+            e.exit_code = Some(0);
+            report.rotated.push(e);
+        }
+        Err(err) => {
+            let code = err.exit_code();
+            e.exit_code = Some(code);
+            if let RunError::NotFinalized { created, .. } = &err {
+                e.created = Some(created.clone());
+                e.error = Some(err.to_string());
+                report.rotated.push(e);
+            } else {
+                e.error = Some(err.to_string());
+                report.failed.push(e);
+            }
+        }
+    }
+}
+
+/// Runs `future` on a runtime with a worker per core (at most `jobs`).
+pub fn block_on<F: std::future::Future>(jobs: usize, future: F) -> F::Output {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, jobs.max(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("start the async runtime");
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    output
+}
+
+/// `rotate-host gateway`: a pass every `interval` until SIGTERM or SIGINT.
+/// A signal stops new rotations; those running finish, and it exits 0.
+pub async fn gateway(
+    fleet: Fleet,
+    interval: Duration,
+    metrics: Option<(SocketAddr, Arc<Metrics>)>,
+) -> Result<(), FleetError> {
+    let wake = Arc::new(Notify::new());
+    {
+        let (fleet, wake) = (fleet.clone(), wake.clone());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| FleetError::Usage(format!("could not watch for SIGTERM: {e}")))?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| FleetError::Usage(format!("could not watch for SIGINT: {e}")))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: starting no new rotation, finishing those running");
+            fleet.stop();
+            wake.notify_one();
+        });
+    }
+    let metrics = match metrics {
+        Some((addr, m)) => {
+            crate::metrics::serve(addr, m.clone()).map_err(FleetError::Usage)?;
+            Some(m)
+        }
+        None => None,
+    };
+    loop {
+        match fleet.pass().await {
+            Ok(report) => {
+                if let Some(m) = &metrics {
+                    m.record_pass(&report);
+                }
+                for line in report.lines() {
+                    tracing::info!(target: "rotate_host::gateway", "{line}");
+                }
+            }
+            // A bad or locked vault now may be fixed by the next pass.
+            Err(e) => tracing::error!("the pass did not run: {e}"),
+        }
+        if fleet.stopping() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
+        if fleet.stopping() {
+            return Ok(());
+        }
+    }
+}
