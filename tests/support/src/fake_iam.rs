@@ -55,6 +55,15 @@ impl FaultKind {
     }
 }
 
+/// One call as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub action: String,
+    /// The `UserName` parameter; blank for STS.
+    pub user: String,
+    pub at: std::time::Instant,
+}
+
 /// A lie or an oddity in an answer, modelling a broken or hostile endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tamper {
@@ -112,6 +121,8 @@ struct State {
     users: HashMap<String, User>,
     faults: Vec<Fault>,
     calls: Vec<String>,
+    /// Every call with the user it names (`UserName`, blank for STS) and when it arrived.
+    log: Vec<Call>,
     next_key: u64,
     /// How many STS calls each key created by `CreateAccessKey` from now on fails.
     sts_lag: usize,
@@ -274,6 +285,11 @@ impl FakeIam {
         self.state.lock().unwrap().calls.clone()
     }
 
+    /// Every call received so far, with its user and arrival time.
+    pub fn log(&self) -> Vec<Call> {
+        self.state.lock().unwrap().log.clone()
+    }
+
     /// How many times `action` was received.
     pub fn count(&self, action: &str) -> usize {
         self.state
@@ -390,6 +406,11 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
         let fault = {
             let mut s = state.lock().unwrap();
             s.calls.push(action.clone());
+            s.log.push(Call {
+                action: action.clone(),
+                user: params.get("UserName").cloned().unwrap_or_default(),
+                at: std::time::Instant::now(),
+            });
             let f = s
                 .faults
                 .iter_mut()

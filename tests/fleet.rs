@@ -1,0 +1,661 @@
+//! The fleet: `due` and `gateway` over a vault of many PAM user records,
+//! against the fake IAM: schedules, inheritance, `disabled`, malformed fields,
+//! dry runs, failures that do not block others, per-user serialisation, the
+//! rate cap, `kill -9` mid-pass, the gateway's interval, metrics and signals,
+//! `run` racing the gateway, and the audit log.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use test_support::fake_iam::{FakeIam, Key};
+use test_support::vault::{VaultFile, pam_user};
+
+/// The fake with a rotator managing `users`, each with one key; a vault with
+/// config record `cfg1` and one fleet record per user (`u-<name>`).
+struct Fleet {
+    iam: FakeIam,
+    vault: VaultFile,
+    keys: Vec<(String, Key)>,
+}
+
+fn fleet_user(name: &str, key: &Key, extra: &[(&str, &str)]) -> Value {
+    let mut r = pam_user(
+        &format!("u-{name}"),
+        name,
+        Some(("aws_access_key_id", &key.id)),
+    );
+    let custom = r["custom"].as_array_mut().unwrap();
+    custom.push(json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
+    for (label, value) in extra {
+        custom.push(json!({"type": "text", "label": label, "value": [value]}));
+    }
+    r
+}
+
+fn fleet(users: &[(&str, &[(&str, &str)])], config_extra: &[(&str, &str)]) -> Fleet {
+    let iam = FakeIam::start();
+    let names: Vec<&str> = users.iter().map(|(n, _)| *n).collect();
+    iam.add_user("rotator", &names);
+    let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");
+    let mut cfg = fake_config(&iam.url, &rotator);
+    cfg.retain(|(_, l, _)| l != "IAM Username");
+    for (l, v) in config_extra {
+        cfg.push(("text".into(), l.to_string(), v.to_string()));
+    }
+    let mut records = vec![config_from("cfg1", &cfg)];
+    let mut keys = Vec::new();
+    for (name, extra) in users {
+        iam.add_user(name, &[]);
+        let key = iam.add_key(name, "2024-01-01T00:00:00Z");
+        records.push(fleet_user(name, &key, extra));
+        keys.push((name.to_string(), key));
+    }
+    Fleet {
+        iam,
+        vault: VaultFile::new(records),
+        keys,
+    }
+}
+
+impl Fleet {
+    fn secrets(&self) -> Vec<String> {
+        let mut s = self.iam.all_secrets();
+        s.extend(self.keys.iter().map(|(_, k)| k.secret.clone()));
+        s
+    }
+
+    fn assert_no_leak(&self, text: &str) {
+        let secrets = self.secrets();
+        assert_no_secrets(
+            text,
+            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+
+    /// The user's key is the one its record holds, and the only one.
+    fn assert_converged(&self, name: &str) {
+        let keys = self.iam.keys(name);
+        assert_eq!(keys.len(), 1, "{name}: {keys:?}");
+        let uid = format!("u-{name}");
+        assert_eq!(
+            self.vault.field(&uid, "aws_access_key_id"),
+            Some(keys[0].id.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            self.vault.field(&uid, "aws_secret_access_key"),
+            Some(keys[0].secret.clone()),
+            "{name}"
+        );
+    }
+
+    /// I1 for every user: the key each record holds exists.
+    fn assert_recorded_keys_exist(&self) {
+        for (name, _) in &self.keys {
+            if let Some(id) = self.vault.field(&format!("u-{name}"), "aws_access_key_id") {
+                assert!(
+                    self.iam.keys(name).iter().any(|k| k.id == id),
+                    "I1: {name} records {id}"
+                );
+            }
+        }
+    }
+}
+
+fn due(vault: &VaultFile, extra: &[&str]) -> Outcome {
+    let mut args = vec!["due", GUEST_WASM, "--vault", vault.path.to_str().unwrap()];
+    args.extend(extra);
+    rotate_host(&args)
+}
+
+fn due_json(f: &Fleet, extra: &[&str]) -> (Outcome, Value) {
+    let mut a = vec!["--json"];
+    a.extend(extra);
+    let out = due(&f.vault, &a);
+    f.assert_no_leak(&out.all());
+    let v: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    (out, v)
+}
+
+fn uids(v: &Value, list: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {v}"))
+        .iter()
+        .map(|e| e["user_uid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ago(days: i64) -> String {
+    let t = std::time::SystemTime::now() - Duration::from_secs(days as u64 * 86_400 + 60);
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    // RFC 3339 from Unix time, without a date crate in the tests.
+    let (d, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, dd) = civil(d);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
+/// Days since 1970-01-01 to a calendar date (Hinnant's civil_from_days).
+fn civil(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[test]
+fn a_pass_rotates_what_is_due_and_reports_every_record() {
+    let recent = ago(1);
+    let f = fleet(
+        &[
+            ("ann", &[]),
+            ("ben", &[("Last Rotated", &ago(120))]),
+            ("cat", &[("Last Rotated", &recent)]),
+            ("dan", &[("Rotation", "Disabled")]),
+            ("eve", &[("Rotation Schedule", "0 3 * *")]),
+            (
+                "fay",
+                &[("Last Rotated", &ago(3)), ("Rotation Max Age Days", "2")],
+            ),
+        ],
+        &[],
+    );
+    let (out, v) = due_json(&f, &[]);
+    assert_eq!(
+        out.code,
+        1,
+        "a malformed record fails the pass: {}",
+        out.all()
+    );
+    assert_eq!(uids(&v, "rotated"), ["u-ann", "u-ben", "u-fay"]);
+    assert_eq!(uids(&v, "not_due"), ["u-cat"]);
+    assert_eq!(uids(&v, "skipped"), ["u-dan"]);
+    assert_eq!(uids(&v, "failed"), ["u-eve"]);
+    let failed = &v["failed"][0];
+    assert_eq!(failed["exit_code"], 2);
+    let why = failed["error"].as_str().unwrap();
+    assert!(
+        why.contains("'Rotation Schedule'") && why.contains("has 4 fields"),
+        "{why}"
+    );
+    assert!(
+        v["not_due"][0]["next_due"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+    for name in ["ann", "ben", "fay"] {
+        f.assert_converged(name);
+        let stamp = f.vault.field(&format!("u-{name}"), "Last Rotated").unwrap();
+        assert!(stamp.len() == 20 && stamp.ends_with('Z'), "{stamp}");
+        assert!(
+            f.vault
+                .field(&format!("u-{name}"), "Rotation Pending")
+                .is_none()
+        );
+    }
+    for name in ["cat", "dan", "eve"] {
+        assert_eq!(f.iam.keys(name).len(), 1);
+        assert_eq!(
+            f.iam.keys(name)[0].id,
+            f.keys.iter().find(|(n, _)| n == name).unwrap().1.id
+        );
+    }
+    // The text form: a line per record and the summary.
+    let out = due(&f.vault, &[]);
+    assert!(
+        out.stdout
+            .contains("skipped u-dan: field 'Rotation' is 'disabled'"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .trim_end()
+            .ends_with("0 rotated, 1 failed, 1 skipped, 4 not due"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A record without a schedule of its own takes its config record's.
+#[test]
+fn the_config_records_schedule_applies_when_the_record_has_none() {
+    let f = fleet(
+        &[
+            ("ann", &[("Last Rotated", &ago(10))]),
+            (
+                "ben",
+                &[("Last Rotated", &ago(10)), ("Rotation Max Age Days", "30")],
+            ),
+        ],
+        // Every day at 00:00 in Tokyo: an instant passed in the last ten days.
+        &[
+            ("Rotation Schedule", "0 0 * * *"),
+            ("Rotation Timezone", "Asia/Tokyo"),
+        ],
+    );
+    let (out, v) = due_json(&f, &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(uids(&v, "rotated"), ["u-ann"]);
+    assert_eq!(uids(&v, "not_due"), ["u-ben"]);
+    // --max-age-days applies when neither sets a schedule.
+    let g = fleet(&[("cat", &[("Last Rotated", &ago(10))])], &[]);
+    let (_, v) = due_json(&g, &["--max-age-days", "30"]);
+    assert_eq!(uids(&v, "not_due"), ["u-cat"]);
+    let (_, v) = due_json(&g, &["--max-age-days", "5"]);
+    assert_eq!(uids(&v, "rotated"), ["u-cat"]);
+}
+
+#[test]
+fn a_dry_run_plans_every_due_record_and_changes_nothing() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let before = f.vault.bytes();
+    let (out, v) = due_json(&f, &["--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(uids(&v, "planned"), ["u-ann", "u-ben"]);
+    assert!(v["rotated"].as_array().unwrap().is_empty());
+    assert_eq!(
+        v["planned"][0]["retired"][0],
+        f.keys[0].1.id.as_str(),
+        "{v}"
+    );
+    assert_eq!(before, f.vault.bytes(), "a dry run changed the vault");
+    assert!(
+        !f.iam
+            .calls()
+            .iter()
+            .any(|c| c == "CreateAccessKey" || c == "DeleteAccessKey")
+    );
+}
+
+/// One user IAM does not know fails; the others rotate.
+#[test]
+fn one_failing_user_does_not_block_the_others() {
+    let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
+    // ben's record names an IAM user that does not exist.
+    let mut doc = f.vault.json();
+    for r in doc["records"].as_array_mut().unwrap() {
+        if r["uid"] == "u-ben" {
+            r["fields"][0]["value"][0] = json!("nobody");
+        }
+    }
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (out, v) = due_json(&f, &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(uids(&v, "rotated"), ["u-ann", "u-cat"]);
+    assert_eq!(uids(&v, "failed"), ["u-ben"]);
+    assert!(
+        v["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("'nobody' was not found"),
+        "{v}"
+    );
+    f.assert_converged("ann");
+    f.assert_converged("cat");
+    f.assert_recorded_keys_exist();
+}
+
+/// Two records for one IAM user under one config never rotate at once: the
+/// user's calls form two blocks, one rotation after the other.
+#[test]
+fn records_of_one_user_rotate_one_after_the_other() {
+    let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
+    let mut doc = f.vault.json();
+    let mut twin = doc["records"][1].clone();
+    twin["uid"] = json!("u-ann-twin");
+    doc["records"].as_array_mut().unwrap().push(twin);
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (out, v) = due_json(&f, &["--jobs", "4"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(uids(&v, "rotated").len(), 4);
+    let ann: Vec<String> = f
+        .iam
+        .log()
+        .into_iter()
+        .filter(|c| c.user == "ann")
+        .map(|c| c.action)
+        .collect();
+    // The first rotation retires the shared old key; the second finds it gone.
+    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
+    let mut serial: Vec<&str> = one.to_vec();
+    serial.push("DeleteAccessKey");
+    serial.extend(one);
+    assert_eq!(ann, serial, "the two rotations interleaved");
+    f.assert_recorded_keys_exist();
+}
+
+/// `--rps` spaces requests across all jobs.
+#[test]
+fn the_rate_cap_spaces_requests_across_jobs() {
+    let f = fleet(
+        &[("ann", &[]), ("ben", &[]), ("cat", &[]), ("dan", &[])],
+        &[],
+    );
+    let (out, _) = due_json(&f, &["--jobs", "4", "--rps", "10"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let log = f.iam.log();
+    assert!(log.len() >= 24, "{}", log.len());
+    let span = log.last().unwrap().at - log.first().unwrap().at;
+    // n requests at 10 per second take at least (n - 1) / 10 s.
+    let least = Duration::from_millis((log.len() as u64 - 1) * 100);
+    assert!(
+        span + Duration::from_millis(50) >= least,
+        "{} requests in {span:?}",
+        log.len()
+    );
+}
+
+/// Killed mid-pass with four jobs: every key a record holds exists, and the
+/// next pass converges every record.
+#[test]
+fn killed_mid_pass_the_next_pass_converges() {
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
+    let f = fleet(&users, &[]);
+    // The first finalize is held: that record is stored, others are in flight or done.
+    let arrived = f.iam.hold("GetCallerIdentity");
+    let mut child = command(&[
+        "due",
+        GUEST_WASM,
+        "--vault",
+        f.vault.path.to_str().unwrap(),
+        "--jobs",
+        "4",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a finalize never started");
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    f.iam.release();
+    assert_eq!(out.code, -1, "the pass was meant to be killed");
+    f.assert_no_leak(&out.all());
+    assert_vault_at_rest(&f.vault);
+    f.assert_recorded_keys_exist();
+    assert!(
+        names.iter().any(|n| f
+            .vault
+            .field(&format!("u-{n}"), "Rotation Pending")
+            .is_some()),
+        "no record was stored before its finalize"
+    );
+
+    let (again, v) = due_json(&f, &["--jobs", "4"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for n in names {
+        f.assert_converged(n);
+        assert!(
+            f.vault
+                .field(&format!("u-{n}"), "Rotation Pending")
+                .is_none(),
+            "{n}: {v}"
+        );
+    }
+}
+
+/// The audit log: one line per attempt, mode 0600, no secret.
+#[test]
+fn the_audit_log_records_every_attempt_and_no_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let audit = f.vault.folder().join("audit.jsonl");
+    let (out, _) = due_json(&f, &["--audit", audit.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let s = fake_setup();
+    let run_out = run(
+        &s.vault,
+        "user1",
+        "cfg1",
+        &["--audit", audit.to_str().unwrap()],
+    );
+    assert_eq!(run_out.code, 0, "{}", run_out.all());
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines {
+        assert_eq!(l["outcome"], "rotated", "{l}");
+        assert_eq!(l["exit_code"], 0);
+        assert!(l["new_key_id"].as_str().unwrap().starts_with("AKIA"), "{l}");
+        assert_eq!(l["old_key_ids"].as_array().unwrap().len(), 1, "{l}");
+        assert!(l["time"].as_str().unwrap().ends_with('Z'));
+        assert!(l["duration_ms"].is_u64());
+    }
+    let ann = lines
+        .iter()
+        .find(|l| l["record_uid"] == "u-ann")
+        .expect("ann's line");
+    assert_eq!(ann["user"], "ann");
+    assert_eq!(ann["old_key_ids"][0], f.keys[0].1.id.as_str());
+    f.assert_no_leak(&text);
+    assert_no_secrets(
+        &text,
+        &s.secrets().iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn start_gateway(f: &Fleet, port: u16, extra: &[&str]) -> Child {
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "gateway",
+        GUEST_WASM,
+        "--vault",
+        f.vault.path.to_str().unwrap(),
+        "--interval",
+        "1",
+        "--metrics",
+        &addr,
+    ];
+    args.extend(extra);
+    command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `/metrics` satisfies `ok`, or panics after a minute.
+fn wait_for(port: u16, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(text) = get(port, "/metrics")
+            && ok(&text)
+        {
+            return text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+/// The gateway rotates on its interval (a record added while it runs is
+/// rotated by a later pass), serves metrics and liveness, and stops on SIGTERM.
+#[test]
+fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
+    let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
+    let full = f.vault.json();
+    let mut doc = full.clone();
+    doc["records"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["uid"] != "u-cat");
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+
+    let port = free_port();
+    let mut child = start_gateway(&f, port, &[]);
+    let text = wait_for(port, "two rotations", |t| {
+        metric(t, "rotate_host_rotations_total{outcome=\"rotated\"}") == Some(2)
+    });
+    assert!(metric(&text, "rotate_host_last_pass_timestamp_seconds").unwrap() > 1_700_000_000);
+    assert_eq!(metric(&text, "rotate_host_due_records"), Some(2));
+    assert!(get(port, "/healthz").unwrap().ends_with("ok\n"));
+    assert!(get(port, "/nope").unwrap().contains("404"));
+    f.assert_converged("ann");
+
+    // A record added between passes, under the vault lock as a tool should.
+    {
+        let lock = std::fs::File::create(f.vault.folder().join("vault.json.lock")).unwrap();
+        lock.lock().unwrap();
+        let mut doc = f.vault.json();
+        let cat = full["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["uid"] == "u-cat")
+            .unwrap();
+        doc["records"].as_array_mut().unwrap().push(cat.clone());
+        std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
+    wait_for(port, "the new record's rotation", |t| {
+        metric(t, "rotate_host_rotations_total{outcome=\"rotated\"}") == Some(3)
+    });
+    f.assert_converged("cat");
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    f.assert_no_leak(&stderr);
+}
+
+/// SIGTERM while a rotation is in flight: it finishes (stored and finalized),
+/// no other starts, and the gateway exits 0.
+#[test]
+fn sigterm_lets_the_running_rotation_finish_and_starts_no_more() {
+    let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
+    let arrived = f.iam.hold("CreateAccessKey");
+    let mut child = start_gateway(&f, free_port(), &["--jobs", "1"]);
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("no rotation started");
+    sigterm(&child);
+    std::thread::sleep(Duration::from_millis(300));
+    f.iam.release();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    f.assert_converged("ann");
+    for (name, key) in &f.keys[1..] {
+        let keys = f.iam.keys(name);
+        assert_eq!(keys.len(), 1, "{name}");
+        assert_eq!(keys[0].id, key.id, "{name} was rotated after the signal");
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("signal received"), "{stderr}");
+    f.assert_no_leak(&stderr);
+}
+
+/// `run` is the on-demand path: it waits for the gateway's lock and the
+/// gateway for its, so no record is rotated twice at once.
+#[test]
+fn run_races_the_gateway_without_losing_a_key() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let port = free_port();
+    let mut child = start_gateway(&f, port, &[]);
+    for _ in 0..3 {
+        let out = rotate_host(&[
+            "run",
+            GUEST_WASM,
+            "--vault",
+            f.vault.path.to_str().unwrap(),
+            "-u",
+            "u-ann",
+            "-c",
+            "cfg1",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.all());
+        f.assert_no_leak(&out.all());
+        f.assert_recorded_keys_exist();
+    }
+    wait_for(port, "a pass", |t| {
+        metric(t, "rotate_host_passes_total").unwrap_or(0) >= 2
+    });
+    sigterm(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    f.assert_converged("ann");
+    f.assert_converged("ben");
+}
+
+#[test]
+fn metrics_listen_on_loopback_unless_told_otherwise() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let out = rotate_host(&[
+        "gateway",
+        GUEST_WASM,
+        "--vault",
+        f.vault.path.to_str().unwrap(),
+        "--metrics",
+        "0.0.0.0:9187",
+    ]);
+    out.expect(2, &["not a loopback address", "--metrics-public"]);
+    assert!(f.iam.calls().is_empty());
+}
