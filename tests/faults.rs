@@ -25,8 +25,9 @@ fn expected_code(action: &str, kind: FaultKind) -> i32 {
 fn matrix(action: &str) {
     for kind in FaultKind::all(HELD) {
         let s = fake_setup();
-        // Make room for a deletion before CreateAccessKey, so DeleteAccessKey is
-        // faulted in `rotate` as well as in `finalize`.
+        // A leftover key makes `rotate` delete before CreateAccessKey: a
+        // one-time fault hits that delete; `finalize`'s delete failing is
+        // `a_failed_final_delete_keeps_the_old_key_and_exits_3`.
         if action == "DeleteAccessKey" {
             s.iam.add_key("alice", "2023-01-01T00:00:00Z");
         }

@@ -316,6 +316,30 @@ fn planted_or_loose_cache_entries_are_ignored_and_recompiled() {
     assert!(!out.stdout.contains("Hostile"), "{}", out.stdout);
 }
 
+/// An entry of this user's own cache, for another plugin, renamed to this
+/// plugin's name: the MAC covers the name, so it is refused.
+#[test]
+fn a_valid_entry_renamed_to_another_plugins_name_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    assert_eq!(info_name(cache.path()).code, 0);
+    let [entry] = entries(cache.path()).try_into().unwrap();
+    fs::remove_file(&entry).unwrap();
+    let out = common::command(&[
+        "info",
+        HOSTILE_WASM,
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let [hostile] = entries(cache.path()).try_into().unwrap();
+    fs::rename(&hostile, &entry).unwrap();
+    let out = info_name(cache.path());
+    out.expect(0, &["its MAC does not match"]);
+    assert!(out.stdout.contains("AWS Secret Key"), "{}", out.stdout);
+}
+
 /// A cache folder under a parent anyone can write is not used at all.
 #[test]
 fn a_cache_under_a_shared_parent_is_not_used() {

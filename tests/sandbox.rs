@@ -76,15 +76,15 @@ fn serve_status(status: u16, body: Vec<u8>, delay: Duration) -> (String, Arc<Ato
 }
 
 /// Runs the hostile plugin with `--timeout 2` and checks that it was stopped by
-/// that limit, and soon: this is liveness (it would otherwise never end), not a
-/// speed claim; `scripts/bench` measures the real overshoot.
+/// that limit, soon after: at most 1 s late, plus the process's own start-up
+/// on a loaded machine. `scripts/bench` measures the real overshoot (~20 ms).
 fn assert_stopped_by_the_timeout(vault: &VaultFile) {
     let before = vault.bytes();
     let started = Instant::now();
     let out = run_hostile(vault, &["--timeout", "2"]);
     let took = started.elapsed();
     out.expect(1, &["ran past its time limit of 2s (--timeout)"]);
-    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(before, vault.bytes(), "the vault changed");
 }
 
@@ -131,8 +131,14 @@ fn memory_is_capped_across_all_memories_and_instances() {
 fn an_endless_loop_is_stopped() {
     let vault = hostile_vault("spin", &[]);
     let before = vault.bytes();
+    let started = Instant::now();
     let out = run_hostile(&vault, &["--timeout", "1"]);
     out.expect(1, &["ran past its time limit of 1s (--timeout)"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(before, vault.bytes());
 }
 
@@ -329,6 +335,10 @@ fn secrets_smuggled_in_urls_headers_logs_and_errors_are_masked() {
     let url = serve(b"hello".to_vec(), Duration::ZERO);
     let vault = hostile_vault("smuggle", &[("url", "AWS Endpoint URL", &url)]);
     let out = run_hostile(&vault, &[]); // asserts every encoded form is absent
-    out.expect(1, &["refused an outbound request", "outbound request"]);
+    // Both the refused URL and the allowed one (with the encoded secret) were logged, masked.
+    out.expect(
+        1,
+        &["refused an outbound request", "outbound request method=GET"],
+    );
     assert!(out.stderr.contains("***"), "{}", out.stderr);
 }

@@ -74,6 +74,11 @@ impl AllowedOrigin {
             None => (rest, None),
         };
         let labels: Vec<&str> = host_part.split('.').collect();
+        if labels.iter().any(|l| l.is_empty()) && !host_part.starts_with('[') {
+            return Err(err(
+                "a host name may not have an empty label or a trailing dot",
+            ));
+        }
         let wildcards: Vec<bool> = labels.iter().map(|l| *l == "*").collect();
         if labels.iter().any(|l| l.contains('*') && *l != "*") {
             return Err(err(
@@ -277,6 +282,9 @@ mod tests {
             "https://a.*.com",
             "https://*.amazonaws.*",
             "https://a*.example.com",
+            "https://*.com.",
+            "https://iam.amazonaws.com.",
+            "https://a..example.com",
             "https://u@h.example.com",
             "x",
         ] {

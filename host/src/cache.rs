@@ -2,7 +2,8 @@
 //! that wasmtime loads without checking it, so an entry is used only if it is
 //! provably ours: a regular file (not a link) owned by this user with mode 0600,
 //! in a folder only this user can write, under parents no one else can
-//! replace, and carrying a MAC under a per-user key kept beside it at 0600.
+//! replace, and carrying a MAC of its name and code under a per-user key kept
+//! beside it at 0600.
 //! Anything else is ignored with a warning, and the plugin is compiled again.
 
 use std::fs::{self, File, OpenOptions};
@@ -199,9 +200,15 @@ fn mac_key(dir: &Path) -> Option<[u8; KEY_LEN]> {
     }
 }
 
-fn tag(key: &[u8], bytes: &[u8]) -> Tag {
+/// The MAC of an entry covers its name (the plugin's SHA-256 and the engine's
+/// hash) as well as its code: a valid entry renamed to another plugin's name
+/// does not verify.
+fn tag(key: &[u8], path: &Path, native: &[u8]) -> Tag {
     let mut mac = Tag::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(bytes);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    mac.update(name.as_bytes());
+    mac.update(&[0]);
+    mac.update(native);
     mac
 }
 
@@ -216,7 +223,7 @@ fn read_entry(path: &Path, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         return Err("it is too short to hold a MAC".into());
     }
     let native = bytes.split_off(TAG_LEN);
-    tag(key, &native).verify_slice(&bytes).map_err(|_| {
+    tag(key, path, &native).verify_slice(&bytes).map_err(|_| {
         "its MAC does not match: it was not written by this user's rotate-host".to_string()
     })?;
     Ok(Some(native))
@@ -227,7 +234,7 @@ fn store(path: &Path, key: &[u8], native: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
-    tmp.write_all(&tag(key, native).finalize().into_bytes())?;
+    tmp.write_all(&tag(key, path, native).finalize().into_bytes())?;
     tmp.write_all(native)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -34,6 +34,17 @@ const TICK: Duration = Duration::from_millis(10);
 const STDERR_CAP: usize = 64 * 1024;
 /// Counted against the memory budget for each table element (a pointer and its type).
 const TABLE_ELEMENT_BYTES: usize = 16;
+/// Bytes one import call may pass to the host.
+const HOSTCALL_BYTES: usize = 4 << 20;
+/// Live WASI handles (pollables, streams) per instance.
+const MAX_HANDLES: usize = 1_000;
+/// Limits on what `rotate` may return: a real plugin needs a handful of short fields.
+const MAX_FIELDS: usize = 32;
+const MAX_LABEL_BYTES: usize = 256;
+const MAX_VALUE_BYTES: usize = 64 << 10;
+const MAX_NOTES: usize = 64;
+/// Text from the plugin (notes, errors, log lines) is cut to this before it is cleaned.
+pub const MAX_TEXT_BYTES: usize = 16 << 10;
 
 /// Resource limits of one plugin run.
 #[derive(Debug, Clone)]
@@ -301,6 +312,10 @@ impl Plugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
+        // What one import call may hand the host (a request, a log line): the
+        // host's copies count against no budget, so keep them small.
+        store.set_hostcall_fuel(HOSTCALL_BYTES);
+        store.data_mut().table.set_max_capacity(MAX_HANDLES);
         // Yield to the executor at every tick, so the call's timeout can fire.
         store.epoch_deadline_async_yield_and_update(1);
         let instantiated = tokio::time::timeout(
@@ -358,6 +373,36 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawn the epoch ticker");
+}
+
+/// Why a rotation result is too large to take, if it is.
+fn oversized(r: &Rotation) -> Option<String> {
+    if r.fields.len() > MAX_FIELDS {
+        return Some(format!("{} fields, at most {MAX_FIELDS}", r.fields.len()));
+    }
+    for f in &r.fields {
+        let names = std::iter::once(&f.label).chain(&f.aliases);
+        if f.aliases.len() > 8 || names.clone().any(|n| n.len() > MAX_LABEL_BYTES) {
+            return Some(format!(
+                "a field has more than 8 aliases or a label over {MAX_LABEL_BYTES} bytes"
+            ));
+        }
+        if f.value.expose().len() > MAX_VALUE_BYTES {
+            return Some(format!("a value over {MAX_VALUE_BYTES} bytes"));
+        }
+    }
+    if r.notes.len() > MAX_NOTES || r.retire.len() > MAX_FIELDS {
+        return Some(format!(
+            "{} notes and {} keys to retire",
+            r.notes.len(),
+            r.retire.len()
+        ));
+    }
+    let ids = r.created.iter().chain(&r.retire);
+    if ids.into_iter().any(|id| id.len() > MAX_LABEL_BYTES) {
+        return Some(format!("a key id over {MAX_LABEL_BYTES} bytes"));
+    }
+    None
 }
 
 /// Runs `future` to completion on a runtime of its own: the command-line
@@ -495,8 +540,19 @@ impl Instance {
         let ctx = bindings::context(ctx, limit);
         let r = tokio::time::timeout(limit, self.bindings.call_rotate(&mut self.store, &ctx)).await;
         let r = self.finish("rotate", r)?;
-        Ok(r.map(|r| self.clean_rotation(r.into()))
-            .map_err(|e| self.plugin_error(e)))
+        Ok(match r {
+            Ok(r) => {
+                let r = Rotation::from(r);
+                match oversized(&r) {
+                    Some(why) => Err(PluginError::Failed(format!(
+                        "the plugin's rotation result is out of bounds ({why}): this is a bug in \
+                         the plugin; nothing was stored"
+                    ))),
+                    None => Ok(self.clean_rotation(r)),
+                }
+            }
+            Err(e) => Err(self.plugin_error(e)),
+        })
     }
 
     pub async fn finalize(
@@ -534,16 +590,20 @@ impl Instance {
         Ok(r.map_err(|e| self.plugin_error(e)))
     }
 
-    /// Notes are only for printing, so they are cleaned here. Key ids go back
+    /// Notes are only for printing, so they are cut and cleaned here. Key ids go back
     /// to the plugin as it gave them and are cleaned where they are printed.
     fn clean_rotation(&self, r: Rotation) -> Rotation {
         Rotation {
-            notes: r.notes.iter().map(|n| self.clean(n)).collect(),
+            notes: r
+                .notes
+                .iter()
+                .map(|n| self.clean(crate::text::truncate(n, MAX_TEXT_BYTES)))
+                .collect(),
             ..r
         }
     }
 
     fn plugin_error(&self, e: bindings::wit::PluginError) -> PluginError {
-        PluginError::from(e).map_message(|m| self.clean(m))
+        PluginError::from(e).map_message(|m| self.clean(crate::text::truncate(m, MAX_TEXT_BYTES)))
     }
 }

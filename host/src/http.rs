@@ -140,7 +140,8 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>,
 /// The guest's one way out.
 pub struct Outbound {
     allow: AllowList,
-    agent: Agent,
+    https: Agent,
+    http: Agent,
     max_response_bytes: u64,
     pub(crate) rate: Option<Arc<RateLimiter>>,
 }
@@ -151,19 +152,37 @@ impl Outbound {
             Some(certs) => RootCerts::Specific(certs.clone()),
             None => RootCerts::WebPki,
         };
-        let agent = Agent::config_builder()
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .timeout_global(Some(config.timeout))
-            .timeout_connect(Some(config.connect_timeout))
-            .http_status_as_error(false)
-            // A redirect could lead outside the allowlist.
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .build()
-            .into();
+        // Only HTTPS goes through a proxy, and only the one HTTPS_PROXY names:
+        // plain http is for loopback endpoints, which must never leave the host.
+        let proxy = ["HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| match ureq::Proxy::new(&v) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("ignoring HTTPS_PROXY: {e}");
+                    None
+                }
+            });
+        let agent = |proxy: Option<ureq::Proxy>| -> Agent {
+            Agent::config_builder()
+                .tls_config(TlsConfig::builder().root_certs(roots.clone()).build())
+                .proxy(proxy)
+                .timeout_global(Some(config.timeout))
+                .timeout_connect(Some(config.connect_timeout))
+                .http_status_as_error(false)
+                // A redirect could lead outside the allowlist.
+                .max_redirects(0)
+                .max_redirects_will_error(false)
+                .build()
+                .into()
+        };
+        let (https, http) = (agent(proxy), agent(None));
         Self {
             allow,
-            agent,
+            https,
+            http,
             max_response_bytes: config.max_response_bytes,
             rate: config.rate.clone(),
         }
@@ -193,7 +212,12 @@ impl Outbound {
         let request = builder
             .body(req.body)
             .map_err(|e| SendError::InvalidRequest(e.to_string()))?;
-        let response = self.agent.run(request).map_err(classify)?;
+        let agent = if url.scheme() == "https" {
+            &self.https
+        } else {
+            &self.http
+        };
+        let response = agent.run(request).map_err(classify)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()

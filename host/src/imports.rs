@@ -41,7 +41,10 @@ impl wit_outbound::Host for HostState {
 
 impl wit_log::Host for HostState {
     fn log(&mut self, level: wit_log::Level, message: String) -> wasmtime::Result<()> {
-        let message = self.redactor.clean(&message);
+        let message = self.redactor.clean(crate::text::truncate(
+            &message,
+            crate::engine::MAX_TEXT_BYTES,
+        ));
         match level {
             wit_log::Level::Trace => tracing::trace!(target: "guest", "{message}"),
             wit_log::Level::Debug => tracing::debug!(target: "guest", "{message}"),

@@ -336,9 +336,11 @@ fn secrets(
             } else {
                 None
             };
-            let secret = by_schema.unwrap_or_else(|| {
-                looks_secret(&f.kind) || f.label.as_deref().is_some_and(looks_secret)
-            });
+            // The schema can add secrets, never take one away: a plugin that
+            // calls the Client Secret plain text would otherwise see it printed.
+            let secret = by_schema == Some(true)
+                || looks_secret(&f.kind)
+                || f.label.as_deref().is_some_and(looks_secret);
             if secret {
                 out.extend(f.values.iter().map(|v| v.expose().to_string()));
             }

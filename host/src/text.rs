@@ -18,11 +18,32 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Controls, bidirectional formatting, and invisible characters (zero-width,
+/// soft hyphen, line and paragraph separators, tags) that could hide or forge text.
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{00ad}'
+                | '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{e0000}'..='\u{e007f}'
         )
 }
 
@@ -34,8 +55,8 @@ mod tests {
     fn escapes_controls_and_bidi_and_keeps_the_rest() {
         assert_eq!(printable("AKIA ok é ✓"), "AKIA ok é ✓");
         assert_eq!(
-            printable("a\nb\r\u{1b}[31m\u{9b}\u{7f}\u{202e}\u{2066}z"),
-            "a\\u{a}b\\u{d}\\u{1b}[31m\\u{9b}\\u{7f}\\u{202e}\\u{2066}z"
+            printable("a\nb\r\u{1b}[31m\u{9b}\u{7f}\u{202e}\u{2066}\u{200b}\u{ad}z"),
+            "a\\u{a}b\\u{d}\\u{1b}[31m\\u{9b}\\u{7f}\\u{202e}\\u{2066}\\u{200b}\\u{ad}z"
         );
     }
 }

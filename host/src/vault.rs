@@ -77,7 +77,9 @@ pub enum VaultError {
         "lock file {path} is {what}, not a regular file: someone may be interfering with the vault's folder; remove it and check who can write there"
     )]
     LockNotRegular { path: PathBuf, what: &'static str },
-    #[error("could not lock vault {path}: {source}")]
+    #[error(
+        "could not lock vault {path}: {source}; check that its folder is writable by this user"
+    )]
     Lock { path: PathBuf, source: io::Error },
     #[error("could not write vault {path}: {source}. The vault file was left as it was")]
     Write { path: PathBuf, source: io::Error },
@@ -293,6 +295,27 @@ fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
     }
 }
 
+/// Whoever can write the vault's folder can swap the vault between reads and
+/// the rename; say so when that is someone other than its owner or root.
+fn warn_if_folder_is_shared(real: &Path, given: &Path) {
+    let Some(meta) = real.parent().and_then(|d| fs::metadata(d).ok()) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    let shared = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let foreign = meta.uid() != 0 && meta.uid() != unsafe { libc::geteuid() };
+    if shared || foreign {
+        tracing::warn!(
+            "the folder of vault {} can be changed by other users (owner uid {}, mode {:04o}): \
+             they could swap the vault during a run; keep vaults in a folder only you and root can write",
+            given.display(),
+            meta.uid(),
+            mode & 0o7777
+        );
+    }
+}
+
 /// Removes temporary files that a run killed mid-write left beside the vault:
 /// they may hold a new secret. Only ours: regular files named as `save` names
 /// them. Called under the lock, so no live run is writing one.
@@ -300,6 +323,7 @@ fn remove_stale_temporaries(real: &Path) {
     let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
         return;
     };
+    // Exactly what `save` creates: ".NAME." + tempfile's 6 random characters + ".tmp".
     let prefix = format!(".{}.", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -307,7 +331,12 @@ fn remove_stale_temporaries(real: &Path) {
     for entry in entries.flatten() {
         let file = entry.file_name();
         let file = file.to_string_lossy();
-        let ours = file.starts_with(&prefix) && file.ends_with(".tmp");
+        let ours = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .is_some_and(|random| {
+                random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
         if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => {
@@ -395,6 +424,7 @@ impl Vault {
                 what: kind_of(&meta),
             });
         }
+        warn_if_folder_is_shared(&real, path);
         let lock = lock(&real, opts.lock_timeout)?;
         remove_stale_temporaries(&real);
         let read_err = |source| VaultError::Read {
