@@ -203,3 +203,68 @@ fn guide_setup_in_moto() {
     assert!(moto.whoami(&id, &secret).unwrap().ends_with(":user/alice"));
     assert_no_secrets(&out.all(), &[&client.1, &rotated.1, &secret]);
 }
+
+/// A fleet pass against moto: three users' keys rotated by `due`, each new key
+/// authenticating as its user, the old ones gone.
+#[test]
+fn a_fleet_pass_rotates_every_due_user() {
+    let s = setup();
+    let mut records = vec![config_record(
+        "cfg1",
+        &[
+            ("secret", "Client ID", &s.rotator.0),
+            ("secret", "Client Secret", &s.rotator.1),
+            ("text", "AWS Region", "us-east-1"),
+            ("url", "AWS Endpoint URL", &s.moto.url),
+        ],
+    )];
+    let mut old = Vec::new();
+    for name in ["ann", "ben", "cat"] {
+        s.moto.user(name, None);
+        let key = s.moto.create_key(name);
+        let mut r = pam_user(
+            &format!("u-{name}"),
+            name,
+            Some(("aws_access_key_id", &key.0)),
+        );
+        r["custom"].as_array_mut().unwrap().push(
+            serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}),
+        );
+        records.push(r);
+        old.push((name, key));
+    }
+    let vault = VaultFile::new(records);
+    let out = rotate_host(&[
+        "due",
+        GUEST_WASM,
+        "--vault",
+        vault.path.to_str().unwrap(),
+        "--jobs",
+        "3",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("3 rotated, 0 failed, 0 skipped, 0 not due"),
+        "{}",
+        out.stdout
+    );
+    let mut secrets: Vec<String> = vec![s.rotator.1.clone()];
+    for (name, (old_id, old_secret)) in &old {
+        let uid = format!("u-{name}");
+        let id = vault.field(&uid, "aws_access_key_id").unwrap();
+        let secret = vault.field(&uid, "aws_secret_access_key").unwrap();
+        assert_eq!(s.moto.keys(name), vec![id.clone()], "{name}");
+        let arn = s
+            .moto
+            .whoami(&id, &secret)
+            .expect("the new key authenticates");
+        assert!(arn.ends_with(&format!(":user/{name}")), "{arn}");
+        secrets.extend([secret, old_secret.clone()]);
+        assert_ne!(&id, old_id);
+    }
+    assert_no_secrets(
+        &out.all(),
+        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Builds the vaults of scripts/bench's fleet figures against moto.
+
+  users ENDPOINT N OUT.json CONFIG.json   create IAM users fleet0..fleetN-1 with one
+                                          key each; write a vault holding CONFIG.json's
+                                          config record and a fleet record per user
+  due VAULT.json                          make every fleet record due again
+                                          (drop Last Rotated and Rotation Pending)
+  pad VAULT.json TOTAL OUT.json           add non-fleet PAM users up to TOTAL records
+
+Admin credentials come from MOTO_ADMIN_KEY / MOTO_ADMIN_SECRET (scripts/lib/moto.sh).
+"""
+
+import json
+import os
+import sys
+
+import boto3
+
+
+def users(endpoint, n, out, config):
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=os.environ["MOTO_ADMIN_KEY"],
+        aws_secret_access_key=os.environ["MOTO_ADMIN_SECRET"],
+    )
+    records = [json.load(open(config))]
+    for i in range(n):
+        name = f"fleet{i}"
+        iam.create_user(UserName=name)
+        key = iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
+        records.append({
+            "uid": f"u-{name}", "type": "pamUser", "title": name,
+            "fields": [{"type": "login", "value": [name]}],
+            "custom": [{"type": "text", "label": "aws_access_key_id", "value": [key]},
+                       {"type": "text", "label": "Rotation Config", "value": [records[0]["uid"]]}],
+        })
+    json.dump({"records": records}, open(out, "w"))
+
+
+def due(path):
+    doc = json.load(open(path))
+    for r in doc["records"]:
+        r["custom"] = [f for f in r.get("custom", [])
+                       if f.get("label") not in ("Last Rotated", "Rotation Pending")]
+    json.dump(doc, open(path, "w"))
+
+
+def pad(path, total, out):
+    doc = json.load(open(path))
+    for i in range(total - len(doc["records"])):
+        doc["records"].append({
+            "uid": f"filler{i:07d}", "type": "pamUser", "title": f"user{i}",
+            "fields": [{"type": "login", "value": [f"user{i}"]}],
+            "custom": [{"type": "text", "label": "aws_access_key_id", "value": [f"AKIAFILLER{i:010d}"]}],
+        })
+    json.dump(doc, open(out, "w"))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "users":
+        users(args[0], int(args[1]), args[2], args[3])
+    elif cmd == "due":
+        due(args[0])
+    elif cmd == "pad":
+        pad(args[0], int(args[1]), args[2])
+    else:
+        sys.exit(f"unknown command {cmd}")
