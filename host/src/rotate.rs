@@ -132,6 +132,8 @@ impl Records {
 /// Runs one rotation (`rotate-host run`).
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     crate::engine::block_on(async {
+        // Compile before taking the lock: others wait on it for no reason otherwise.
+        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         // The lock is held until the writer is dropped, at the end of the run.
         let vault = Vault::open(&opts.vault, &opts.vault_options)?;
         let job = Job {
@@ -142,7 +144,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             mark_pending: false,
         };
         let records = Records::read(&vault, &job)?;
-        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         let writer = VaultWriter::new(vault);
         rotate_record(&plugin, &writer, &job, records).await
     })
