@@ -7,6 +7,7 @@
   due VAULT.json                          make every fleet record due again
                                           (drop Last Rotated and Rotation Pending)
   pad VAULT.json TOTAL OUT.json           add non-fleet PAM users up to TOTAL records
+  fake FAKE.json OUT.json                 a fleet vault for the users `fake-iam` printed
 
 Admin credentials come from MOTO_ADMIN_KEY / MOTO_ADMIN_SECRET (scripts/lib/moto.sh).
 """
@@ -59,6 +60,23 @@ def pad(path, total, out):
     json.dump(doc, open(out, "w"))
 
 
+def fake(spec, out):
+    f = json.load(open(spec))
+    records = [{"uid": "cfg1", "type": "login", "title": "fake", "fields": [], "custom": [
+        {"type": "text", "label": "Client ID", "value": [f["rotator_id"]]},
+        {"type": "secret", "label": "Client Secret", "value": [f["rotator_secret"]]},
+        {"type": "text", "label": "AWS Region", "value": ["us-east-1"]},
+        {"type": "url", "label": "AWS Endpoint URL", "value": [f["url"]]}]}]
+    for i, key in enumerate(f["keys"]):
+        records.append({
+            "uid": f"u-fleet{i}", "type": "pamUser", "title": f"fleet{i}",
+            "fields": [{"type": "login", "value": [f"fleet{i}"]}],
+            "custom": [{"type": "text", "label": "aws_access_key_id", "value": [key]},
+                       {"type": "text", "label": "Rotation Config", "value": ["cfg1"]}],
+        })
+    json.dump({"records": records}, open(out, "w"))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "users":
@@ -67,5 +85,7 @@ if __name__ == "__main__":
         due(args[0])
     elif cmd == "pad":
         pad(args[0], int(args[1]), args[2])
+    elif cmd == "fake":
+        fake(args[0], args[1])
     else:
         sys.exit(f"unknown command {cmd}")

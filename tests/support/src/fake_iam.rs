@@ -139,6 +139,8 @@ struct State {
     issued: Vec<String>,
     /// `ListAccessKeys` returns at most this many keys a page (IAM's MaxItems).
     page_size: Option<usize>,
+    /// Added to every answer: the network and service time of real IAM.
+    latency: Duration,
 }
 
 /// An answer to hold back: the fake signals `arrived`, then waits on `release`.
@@ -246,6 +248,11 @@ impl FakeIam {
             .unwrap()
             .tampers
             .push((action.into(), tamper));
+    }
+
+    /// Delays every answer by `latency`, as the network and IAM would.
+    pub fn latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
     }
 
     /// Pages `ListAccessKeys` answers, `size` keys a page.
@@ -400,6 +407,10 @@ fn read_request(reader: &mut BufReader<impl Read>) -> Option<HttpRequest> {
 fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader) {
+        let latency = state.lock().unwrap().latency;
+        if !latency.is_zero() {
+            thread::sleep(latency);
+        }
         let params: HashMap<String, String> =
             form_urlencoded::parse(&req.body).into_owned().collect();
         let action = params.get("Action").cloned().unwrap_or_default();
