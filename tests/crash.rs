@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -15,19 +14,10 @@ fn crash_while(action: &str) {
     // The fake carries the call out, then holds its answer until released.
     let arrived = s.iam.hold(action);
     let path = s.vault.path.to_str().unwrap().to_string();
-    let mut child = command(&[
+    let args = [
         "run", GUEST_WASM, "--vault", &path, "-u", "user1", "-c", "cfg1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    arrived
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{action} never arrived"));
-    child.kill().unwrap(); // SIGKILL
-    let out: Outcome = child.wait_with_output().unwrap().into();
-    s.iam.release();
+    ];
+    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &s.iam);
     assert_eq!(out.code, -1, "{action}: the run was meant to be killed");
 
     assert_vault_at_rest(&s.vault);
@@ -166,26 +156,11 @@ fn killed_during_rotates_delete_in_the_guide_setup() {
         Some(("aws_access_key_id", &rotated.id)),
     );
     let arrived = iam.hold("DeleteAccessKey");
-    let mut child = command(&[
-        "run",
-        GUEST_WASM,
-        "--vault",
-        vault.path.to_str().unwrap(),
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    arrived
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the delete never arrived");
-    child.kill().unwrap();
-    let out: Outcome = child.wait_with_output().unwrap().into();
-    iam.release();
+    let path = vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &iam);
     assert_eq!(out.code, -1, "the run was meant to be killed");
     assert_vault_at_rest(&vault);
     assert_eq!(

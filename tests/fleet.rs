@@ -371,25 +371,9 @@ fn killed_mid_pass_the_next_pass_converges() {
     let f = fleet(&users, &[]);
     // The first finalize is held: that record is stored, others are in flight or done.
     let arrived = f.iam.hold("GetCallerIdentity");
-    let mut child = command(&[
-        "due",
-        GUEST_WASM,
-        "--vault",
-        f.vault.path.to_str().unwrap(),
-        "--jobs",
-        "4",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    arrived
-        .recv_timeout(Duration::from_secs(120))
-        .expect("a finalize never started");
-    std::thread::sleep(Duration::from_millis(100));
-    child.kill().unwrap();
-    let out: Outcome = child.wait_with_output().unwrap().into();
-    f.iam.release();
+    let path = f.vault.path.to_str().unwrap();
+    let args = ["due", GUEST_WASM, "--vault", path, "--jobs", "4"];
+    let out = kill_when_arrived(&args, arrived, Duration::from_millis(100), &f.iam);
     assert_eq!(out.code, -1, "the pass was meant to be killed");
     f.assert_no_leak(&out.all());
     assert_vault_at_rest(&f.vault);

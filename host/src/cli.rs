@@ -490,20 +490,23 @@ impl FleetArgs {
     }
 }
 
-fn due_command(args: DueArgs) -> i32 {
-    let opts = match args.fleet.options() {
-        Ok(o) => o,
-        Err(e) => return usage_error(&e),
-    };
+/// The plugin compiled once and the fleet's options, or the exit code.
+fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), i32> {
+    let opts = args.options().map_err(|e| usage_error(&e))?;
     let jobs = opts.jobs;
-    let fleet = match Fleet::new(opts) {
+    let fleet = Fleet::new(opts).map_err(|e| {
+        eprintln!("error: {e}");
+        e.exit_code()
+    })?;
+    Ok((fleet, jobs))
+}
+
+fn due_command(args: DueArgs) -> i32 {
+    let (fleet, jobs) = match fleet(&args.fleet) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return e.exit_code();
-        }
+        Err(code) => return code,
     };
-    match crate::fleet::block_on(jobs, fleet.pass()) {
+    match crate::engine::block_on_workers(jobs, fleet.pass()) {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
             if args.json {
@@ -536,23 +539,15 @@ fn gateway_command(args: GatewayArgs) -> i32 {
              use 127.0.0.1:PORT, or pass --metrics-public"
         ));
     }
-    let opts = match args.fleet.options() {
-        Ok(o) => o,
-        Err(e) => return usage_error(&e),
-    };
-    let jobs = opts.jobs;
-    let fleet = match Fleet::new(opts) {
+    let (fleet, jobs) = match fleet(&args.fleet) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return e.exit_code();
-        }
+        Err(code) => return code,
     };
     let metrics = args
         .metrics
         .map(|a| (a, std::sync::Arc::new(Metrics::default())));
     let interval = Duration::from_secs(args.interval);
-    match crate::fleet::block_on(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
+    match crate::engine::block_on_workers(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -456,21 +456,6 @@ fn record(report: &mut PassReport, uid: &str, result: Result<RunReport, RunError
     }
 }
 
-/// Runs `future` on a runtime with a worker per core (at most `jobs`).
-pub fn block_on<F: std::future::Future>(jobs: usize, future: F) -> F::Output {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, jobs.max(1));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("start the async runtime");
-    let output = runtime.block_on(future);
-    runtime.shutdown_background();
-    output
-}
-
 /// `rotate-host gateway`: a pass every `interval` until SIGTERM or SIGINT.
 /// A signal stops new rotations; those running finish, and it exits 0.
 pub async fn gateway(

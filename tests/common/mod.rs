@@ -70,6 +70,30 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
+/// Starts `rotate-host ARGS`, waits until the fake signals that the held call
+/// `arrived` (plus `settle`), kills the run with SIGKILL, then lets the fake's
+/// held answers go. The outcome's code is -1 when the kill landed.
+pub fn kill_when_arrived(
+    args: &[&str],
+    arrived: std::sync::mpsc::Receiver<()>,
+    settle: std::time::Duration,
+    iam: &FakeIam,
+) -> Outcome {
+    let mut child = command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rotate-host");
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the held call never arrived");
+    std::thread::sleep(settle);
+    child.kill().expect("SIGKILL");
+    let out: Outcome = child.wait_with_output().expect("wait").into();
+    iam.release();
+    out
+}
+
 pub fn rotate_host(args: &[&str]) -> Outcome {
     command(args).output().expect("run rotate-host").into()
 }
