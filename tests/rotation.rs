@@ -302,15 +302,15 @@ fn info_describes_the_plugin() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["info"]["name"], "AWS Secret Key");
     assert_eq!(v["info"]["can_rollback"], false);
-    // Exact IAM hosts and one-label STS wildcards, never all of amazonaws.com.
+    // Exact IAM hosts and region-shaped STS hosts, never all of amazonaws.com.
     assert_eq!(
         v["info"]["allowed_hosts"],
         serde_json::json!([
             "https://iam.amazonaws.com",
             "https://iam.us-gov.amazonaws.com",
             "https://iam.cn-north-1.amazonaws.com.cn",
-            "https://sts.*.amazonaws.com",
-            "https://sts.*.amazonaws.com.cn"
+            "https://sts.{region}.amazonaws.com",
+            "https://sts.{region}.amazonaws.com.cn"
         ])
     );
     let labels: Vec<&str> = v["config_schema"]

@@ -23,14 +23,15 @@ pub struct Endpoints {
 }
 
 /// The origins the plugin declares in `info`: the IAM host of each partition it
-/// knows and their regional STS hosts (`*` is one DNS label: a region). Nothing
-/// else under `amazonaws.com`, where customers own names (S3 buckets, API Gateway).
+/// knows and their regional STS hosts (`{region}` is one region-shaped label).
+/// Nothing else under `amazonaws.com`, where customers own names (S3 buckets,
+/// API Gateway).
 pub const ALLOWED_HOSTS: &[&str] = &[
     "https://iam.amazonaws.com",
     "https://iam.us-gov.amazonaws.com",
     "https://iam.cn-north-1.amazonaws.com.cn",
-    "https://sts.*.amazonaws.com",
-    "https://sts.*.amazonaws.com.cn",
+    "https://sts.{region}.amazonaws.com",
+    "https://sts.{region}.amazonaws.com.cn",
 ];
 
 const IAM_VERSION: &str = "2010-05-08";
@@ -178,7 +179,8 @@ mod tests {
                     let pattern = p.strip_prefix("https://").unwrap();
                     let (pl, hl): (Vec<_>, Vec<_>) =
                         (pattern.split('.').collect(), host.split('.').collect());
-                    pl.len() == hl.len() && pl.iter().zip(&hl).all(|(p, h)| *p == "*" || p == h)
+                    pl.len() == hl.len()
+                        && pl.iter().zip(&hl).all(|(p, h)| *p == "{region}" || p == h)
                 });
                 assert!(declared, "{url} is not declared");
             }

@@ -10,7 +10,7 @@ use url::{Host, Url};
 /// An origin pattern could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
-    "'{pattern}' is not an allowed-host pattern like 'https://iam.amazonaws.com', 'https://sts.*.amazonaws.com' or 'http://127.0.0.1:8080': {why}"
+    "'{pattern}' is not an allowed-host pattern like 'https://iam.amazonaws.com', 'https://sts.{{region}}.amazonaws.com' or 'http://127.0.0.1:8080': {why}"
 )]
 pub struct PatternError {
     pub pattern: String,
@@ -33,12 +33,61 @@ impl Scheme {
     }
 }
 
-/// A host name or address. In a name, a `*` label matches exactly one label.
+/// A host name or address, exact or with wildcard labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
     Exact(String),
-    /// The labels, left to right; `None` is a `*`.
-    Labels(Vec<Option<String>>),
+    /// The labels, left to right.
+    Labels(Vec<Label>),
+}
+
+/// One label of a host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Label {
+    Literal(String),
+    /// `*`: any one label.
+    Any,
+    /// `{region}`: one label shaped like a cloud region (`eu-west-1`,
+    /// `us-gov-west-1`): two letters, words, a number. Names such as
+    /// `s3`, `s3-us-west-2` or `execute-api` do not match, so
+    /// `sts.{region}.amazonaws.com` excludes the S3 bucket `sts.s3.amazonaws.com`.
+    Region,
+}
+
+impl Label {
+    fn parse(label: &str) -> Option<Self> {
+        match label {
+            "*" => Some(Self::Any),
+            "{region}" => Some(Self::Region),
+            _ if label.contains(['*', '{', '}']) => None,
+            _ => Some(Self::Literal(label.to_string())),
+        }
+    }
+
+    fn is_wildcard(&self) -> bool {
+        !matches!(self, Self::Literal(_))
+    }
+
+    fn matches(&self, got: &str) -> bool {
+        match self {
+            Self::Literal(want) => want == got,
+            Self::Any => !got.is_empty(),
+            Self::Region => is_region(got),
+        }
+    }
+}
+
+/// `xx-word(-word)*-N`: the shape of a region name.
+fn is_region(label: &str) -> bool {
+    let parts: Vec<&str> = label.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1]
+            .parse::<u16>()
+            .is_ok_and(|n| n > 0 && n < 100)
 }
 
 /// One allowed origin: scheme, host and port.
@@ -79,12 +128,14 @@ impl AllowedOrigin {
                 "a host name may not have an empty label or a trailing dot",
             ));
         }
-        let wildcards: Vec<bool> = labels.iter().map(|l| *l == "*").collect();
-        if labels.iter().any(|l| l.contains('*') && *l != "*") {
-            return Err(err(
-                "a '*' must be a whole label, as in 'sts.*.amazonaws.com'",
-            ));
-        }
+        let parsed: Vec<Label> = labels
+            .iter()
+            .map(|l| Label::parse(l))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                err("a wildcard must be a whole label, '*' or '{region}', as in 'sts.{region}.amazonaws.com'")
+            })?;
+        let wildcards: Vec<bool> = parsed.iter().map(Label::is_wildcard).collect();
         let any_wildcard = wildcards.iter().any(|w| *w);
         if any_wildcard && (labels.len() < 3 || wildcards[labels.len() - 2..].iter().any(|w| *w)) {
             return Err(err(
@@ -94,7 +145,8 @@ impl AllowedOrigin {
         // Parse with the wildcards replaced, to normalise the rest (case, IDNA, IPv6).
         let literal: Vec<&str> = labels
             .iter()
-            .map(|l| if *l == "*" { "wildcard" } else { l })
+            .zip(&wildcards)
+            .map(|(l, w)| if *w { "wildcard" } else { l })
             .collect();
         let port = port_part.map(|p| format!(":{p}")).unwrap_or_default();
         let url = Url::parse(&format!(
@@ -119,8 +171,11 @@ impl AllowedOrigin {
             HostPattern::Labels(
                 normalised
                     .iter()
-                    .zip(&wildcards)
-                    .map(|(l, w)| (!w).then(|| l.to_string()))
+                    .zip(parsed)
+                    .map(|(l, p)| match p {
+                        Label::Literal(_) => Label::Literal(l.to_string()),
+                        wildcard => wildcard,
+                    })
                     .collect(),
             )
         } else {
@@ -167,11 +222,7 @@ impl AllowedOrigin {
                 HostPattern::Exact(h) => h == host,
                 HostPattern::Labels(want) => {
                     let got: Vec<&str> = host.split('.').collect();
-                    got.len() == want.len()
-                        && want.iter().zip(&got).all(|(w, g)| match w {
-                            None => !g.is_empty(),
-                            Some(w) => w == g,
-                        })
+                    got.len() == want.len() && want.iter().zip(&got).all(|(w, g)| w.matches(g))
                 }
             }
     }
@@ -261,10 +312,10 @@ mod tests {
         assert_eq!(
             o.host,
             HostPattern::Labels(vec![
-                Some("sts".into()),
-                None,
-                Some("amazonaws".into()),
-                Some("com".into())
+                Label::Literal("sts".into()),
+                Label::Any,
+                Label::Literal("amazonaws".into()),
+                Label::Literal("com".into())
             ])
         );
         assert_eq!(o.port, 443);
@@ -319,6 +370,39 @@ mod tests {
         assert!(!allows(&list, "https://iam.amazonaws.com:8443/"));
         assert!(!allows(&list, "https://user:pw@iam.amazonaws.com/"));
         assert!(!allows(&list, "file:///etc/passwd"));
+    }
+
+    #[test]
+    fn a_region_label_matches_region_names_only() {
+        let list = AllowList::new(
+            origins(&[
+                "https://sts.{region}.amazonaws.com",
+                "https://sts.{region}.amazonaws.com.cn",
+            ]),
+            NetworkPolicy::default(),
+        );
+        for ok in [
+            "https://sts.eu-west-1.amazonaws.com/",
+            "https://sts.us-gov-west-1.amazonaws.com/",
+            "https://sts.ap-southeast-5.amazonaws.com/",
+            "https://sts.cn-north-1.amazonaws.com.cn/",
+        ] {
+            assert!(allows(&list, ok), "{ok}");
+        }
+        // S3 buckets named "sts", and other customer-owned names.
+        for bad in [
+            "https://sts.s3.amazonaws.com/",
+            "https://sts.s3-us-west-2.amazonaws.com/",
+            "https://sts.s3-accelerate.amazonaws.com/",
+            "https://sts.s3-external-1.amazonaws.com/",
+            "https://sts.execute-api.amazonaws.com/",
+            "https://sts.us-east-1a.amazonaws.com/",
+            "https://sts.amazonaws.com/",
+        ] {
+            assert!(!allows(&list, bad), "{bad}");
+        }
+        assert!(AllowedOrigin::parse("https://sts.{regio}.amazonaws.com").is_err());
+        assert!(AllowedOrigin::parse("https://sts.amazonaws.{region}").is_err());
     }
 
     #[test]

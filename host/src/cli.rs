@@ -231,7 +231,7 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     /// Narrow what plugins may reach to these origins (repeat the flag), like
-    /// 'https://iam.amazonaws.com' or 'https://sts.*.amazonaws.com'. A plugin
+    /// 'https://iam.amazonaws.com' or 'https://sts.{region}.amazonaws.com'. A plugin
     /// never reaches more than it declares, whatever is listed here.
     #[arg(long = "allow-host", value_name = "ORIGIN", value_parser = origin)]
     pub allow_host: Vec<AllowedOrigin>,
