@@ -243,3 +243,21 @@ fn the_plugins_backoff_ends_within_the_time_limit() {
     );
     assert!(s.iam.count("GetUser") >= 2, "{:?}", s.iam.calls());
 }
+
+/// A request ends before the plugin's call does: with `--http-timeout` far
+/// beyond `--timeout`, a `CreateAccessKey` whose answer never comes still
+/// times out inside the call, so the plugin lists, deletes the key it made,
+/// tries again, and the rotation completes.
+#[test]
+fn a_request_never_outlives_the_plugins_call() {
+    let s = fake_setup();
+    s.iam.fail(
+        "CreateAccessKey",
+        FaultKind::Timeout(std::time::Duration::from_secs(30)),
+        1,
+    );
+    let out = run_setup(&s, &["--timeout", "6", "--http-timeout", "30"]);
+    out.expect(0, &["may or may not have run"]);
+    assert_listed_then_deleted_after_create(&s);
+    assert_converged(&s.iam, &s.vault);
+}

@@ -190,6 +190,8 @@ pub struct HostState {
     stderr: MemoryOutputPipe,
     pub(crate) outbound: Arc<Outbound>,
     pub(crate) redactor: Redactor,
+    /// When the running call will be stopped: HTTP requests end before it.
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl WasiView for HostState {
@@ -309,6 +311,7 @@ impl Plugin {
             stderr,
             outbound: Arc::new(Outbound::new(AllowList::default(), &self.limits.http)),
             redactor: Redactor::default(),
+            deadline: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
@@ -464,6 +467,7 @@ impl Instance {
         if self.stopped {
             return Err(SandboxError::Stopped { call });
         }
+        self.store.data_mut().deadline = Some(std::time::Instant::now() + self.limits.call_timeout);
         Ok(self.limits.call_timeout)
     }
 

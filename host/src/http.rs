@@ -140,6 +140,7 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>,
 /// The guest's one way out.
 pub struct Outbound {
     allow: AllowList,
+    timeout: Duration,
     https: Agent,
     http: Agent,
     max_response_bytes: u64,
@@ -181,6 +182,7 @@ impl Outbound {
         let (https, http) = (agent(proxy), agent(None));
         Self {
             allow,
+            timeout: config.timeout,
             https,
             http,
             max_response_bytes: config.max_response_bytes,
@@ -188,8 +190,9 @@ impl Outbound {
         }
     }
 
-    /// Checks the destination and the headers, then sends.
-    pub fn send(&self, req: Request) -> Result<Response, SendError> {
+    /// Checks the destination and the headers, then sends; the whole request
+    /// ends within `limit` when given (what is left of the plugin's call).
+    pub fn send(&self, req: Request, limit: Option<Duration>) -> Result<Response, SendError> {
         let url = Url::parse(&req.url)
             .map_err(|e| SendError::InvalidRequest(format!("the URL is malformed: {e}")))?;
         self.allow
@@ -216,6 +219,18 @@ impl Outbound {
             &self.https
         } else {
             &self.http
+        };
+        let request = match limit {
+            Some(limit) if limit.is_zero() => {
+                return Err(SendError::Timeout(
+                    "the plugin's call has no time left for a request".into(),
+                ));
+            }
+            Some(limit) => agent
+                .configure_request(request)
+                .timeout_global(Some(limit.min(self.timeout)))
+                .build(),
+            None => request,
         };
         let response = agent.run(request).map_err(classify)?;
         let status = response.status().as_u16();
