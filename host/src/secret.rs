@@ -103,9 +103,10 @@ impl Redactor {
         out
     }
 
-    /// `redact`, then control and bidi characters escaped: text fit to print.
+    /// Invisible characters dropped, `redact`, then control and bidi
+    /// characters escaped: text fit to print.
     pub fn clean(&self, text: &str) -> String {
-        crate::text::printable(&self.redact(text))
+        crate::text::printable(&self.redact(&crate::text::without_invisible(text)))
     }
 
     fn hides_secret(&self, token: &str) -> bool {
@@ -180,6 +181,15 @@ mod tests {
             r.redact("nothing to see, 100% sure"),
             "nothing to see, 100% sure"
         );
+    }
+
+    #[test]
+    fn invisible_characters_do_not_hide_a_secret() {
+        let mut r = Redactor::default();
+        r.add("wJalrXUtnFEMIK7MDENG");
+        let split = "key w\u{200b}Jalr\u{ad}XUtn\u{2060}FEMI\u{feff}K7MDENG end";
+        assert_eq!(r.clean(split), "key *** end");
+        assert_eq!(r.clean("a\u{202e}b"), "a\\u{202e}b");
     }
 
     #[test]

@@ -18,6 +18,31 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// `text` without invisible characters (zero-width spaces and joiners, soft
+/// hyphens, word joiners, byte-order marks, tag characters): they carry nothing
+/// a reader needs, and left in they could split a secret so masking misses it.
+pub fn without_invisible(text: &str) -> std::borrow::Cow<'_, str> {
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{00ad}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200d}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{feff}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+    };
+    if text.chars().any(invisible) {
+        text.chars()
+            .filter(|c| !invisible(*c))
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// `text` cut to at most `max` bytes, at a character boundary.
 pub fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
