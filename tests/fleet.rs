@@ -341,6 +341,34 @@ fn records_of_one_user_rotate_one_after_the_other() {
     f.assert_recorded_keys_exist();
 }
 
+/// A record without a login rotates the account its config record names, which
+/// the host cannot see: every record under that config runs one after another.
+#[test]
+fn records_without_a_login_run_one_after_another_under_their_config() {
+    let f = fleet(&[("ann", &[])], &[("IAM Username", "ann")]);
+    let mut doc = f.vault.json();
+    let mut twin = doc["records"][1].clone();
+    twin["uid"] = json!("u-ann-nologin");
+    twin["fields"] = json!([]);
+    doc["records"].as_array_mut().unwrap().push(twin);
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (out, v) = due_json(&f, &["--jobs", "4"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(uids(&v, "rotated").len(), 2);
+    let ann: Vec<String> = f
+        .iam
+        .log()
+        .into_iter()
+        .filter(|c| c.user == "ann")
+        .map(|c| c.action)
+        .collect();
+    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
+    let mut serial: Vec<&str> = one.to_vec();
+    serial.push("DeleteAccessKey");
+    serial.extend(one);
+    assert_eq!(ann, serial, "the two rotations interleaved");
+}
+
 /// `--rps` spaces requests across all jobs.
 #[test]
 fn the_rate_cap_spaces_requests_across_jobs() {

@@ -319,9 +319,21 @@ impl Fleet {
         let work = select(&vault, &self.opts, &mut report);
         let writer = Arc::new(VaultWriter::new(vault));
 
+        // The account a record rotates is its login, unless the plugin takes it
+        // from the config record (for AWS, 'IAM Username'), which the host cannot
+        // see. So a config with any login-less due record runs all its records
+        // one after another: two rotations of one account never overlap.
+        let shared: std::collections::HashSet<String> = work
+            .iter()
+            .filter(|w| w.login.is_none())
+            .map(|w| w.job.config_uid.clone())
+            .collect();
         let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
         for w in work {
-            let who = w.login.clone().unwrap_or_else(|| w.job.user_uid.clone());
+            let who = match &w.login {
+                Some(login) if !shared.contains(&w.job.config_uid) => login.clone(),
+                _ => String::new(),
+            };
             groups
                 .entry((w.job.config_uid.clone(), who))
                 .or_default()
