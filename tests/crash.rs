@@ -146,15 +146,12 @@ fn failed_store_rolls_back_the_new_key() {
 /// creates and stores a new key and converges.
 #[test]
 fn killed_during_rotates_delete_in_the_guide_setup() {
-    let iam = test_support::fake_iam::FakeIam::start();
-    iam.add_user("alice", &[]);
-    let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
-    let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
-    let vault = vault_with(
-        &fake_config(&iam.url, &client),
-        "alice",
-        Some(("aws_access_key_id", &rotated.id)),
-    );
+    let GuideSetup {
+        iam,
+        vault,
+        client,
+        rotated,
+    } = guide_setup("aws_access_key_id");
     let arrived = iam.hold("DeleteAccessKey");
     let path = vault.path.to_str().unwrap();
     let args = [

@@ -312,6 +312,23 @@ fn one_failing_user_does_not_block_the_others() {
     f.assert_recorded_keys_exist();
 }
 
+/// The IAM calls for `user` are two whole rotations, one after the other: the
+/// first retires the shared old key, the second finds it gone.
+fn assert_two_rotations_in_a_row(f: &Fleet, user: &str) {
+    let calls: Vec<String> = f
+        .iam
+        .log()
+        .into_iter()
+        .filter(|c| c.user == user)
+        .map(|c| c.action)
+        .collect();
+    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
+    let mut serial: Vec<&str> = one.to_vec();
+    serial.push("DeleteAccessKey");
+    serial.extend(one);
+    assert_eq!(calls, serial, "the two rotations interleaved");
+}
+
 /// Two records for one IAM user under one config never rotate at once: the
 /// user's calls form two blocks, one rotation after the other.
 #[test]
@@ -325,19 +342,7 @@ fn records_of_one_user_rotate_one_after_the_other() {
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(uids(&v, "rotated").len(), 4);
-    let ann: Vec<String> = f
-        .iam
-        .log()
-        .into_iter()
-        .filter(|c| c.user == "ann")
-        .map(|c| c.action)
-        .collect();
-    // The first rotation retires the shared old key; the second finds it gone.
-    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
-    let mut serial: Vec<&str> = one.to_vec();
-    serial.push("DeleteAccessKey");
-    serial.extend(one);
-    assert_eq!(ann, serial, "the two rotations interleaved");
+    assert_two_rotations_in_a_row(&f, "ann");
     f.assert_recorded_keys_exist();
 }
 
@@ -355,18 +360,7 @@ fn records_without_a_login_run_one_after_another_under_their_config() {
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(uids(&v, "rotated").len(), 2);
-    let ann: Vec<String> = f
-        .iam
-        .log()
-        .into_iter()
-        .filter(|c| c.user == "ann")
-        .map(|c| c.action)
-        .collect();
-    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
-    let mut serial: Vec<&str> = one.to_vec();
-    serial.push("DeleteAccessKey");
-    serial.extend(one);
-    assert_eq!(ann, serial, "the two rotations interleaved");
+    assert_two_rotations_in_a_row(&f, "ann");
 }
 
 /// `--rps` spaces requests across all jobs.

@@ -111,15 +111,12 @@ fn two_unknown_keys_are_refused() {
 /// rotated key. The vault's key must go first (the one I2 exception), with a warning.
 #[test]
 fn guide_setup_one_user_holds_both_keys() {
-    let iam = test_support::fake_iam::FakeIam::start();
-    iam.add_user("alice", &[]);
-    let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
-    let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
-    let vault = vault_with(
-        &fake_config(&iam.url, &client),
-        "alice",
-        Some(("aws_acess_key_id", &rotated.id)),
-    );
+    let GuideSetup {
+        iam,
+        vault,
+        client,
+        rotated,
+    } = guide_setup("aws_acess_key_id");
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(

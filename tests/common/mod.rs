@@ -205,6 +205,33 @@ pub fn setup_on(iam: FakeIam) -> FakeSetup {
     }
 }
 
+/// The user guide's own setup: one IAM user `alice` holds both the config's
+/// key (`client`) and the rotated key, which the vault records under `label`.
+pub struct GuideSetup {
+    pub iam: FakeIam,
+    pub vault: VaultFile,
+    pub client: Key,
+    pub rotated: Key,
+}
+
+pub fn guide_setup(label: &str) -> GuideSetup {
+    let iam = FakeIam::start();
+    iam.add_user("alice", &[]);
+    let client = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let rotated = iam.add_key("alice", "2024-02-01T00:00:00Z");
+    let vault = vault_with(
+        &fake_config(&iam.url, &client),
+        "alice",
+        Some((label, &rotated.id)),
+    );
+    GuideSetup {
+        iam,
+        vault,
+        client,
+        rotated,
+    }
+}
+
 /// I1 at rest: the key the vault records exists in IAM (or nothing is recorded).
 pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
     if let Some(id) = vault.field("user1", "aws_access_key_id") {
