@@ -528,6 +528,20 @@ fn wait_for(port: u16, what: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// Sends SIGTERM, then `wait_gateway`.
+fn stop_gateway(child: Child) -> String {
+    sigterm(&child);
+    wait_gateway(child)
+}
+
+/// Checks the gateway exits 0, and returns what it logged.
+fn wait_gateway(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    stderr
+}
+
 fn sigterm(child: &Child) {
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
@@ -547,7 +561,7 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
     std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
 
     let port = free_port();
-    let mut child = start_gateway(&f, port, &[]);
+    let child = start_gateway(&f, port, &[]);
     let text = wait_for(port, "two rotations", |t| {
         metric(t, "rotate_host_rotations_total{outcome=\"rotated\"}") == Some(2)
     });
@@ -575,16 +589,7 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
         metric(t, "rotate_host_rotations_total{outcome=\"rotated\"}") == Some(3)
     });
     f.assert_converged("cat");
-    sigterm(&child);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stop_gateway(child);
     f.assert_no_leak(&stderr);
 }
 
@@ -594,28 +599,20 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
 fn sigterm_lets_the_running_rotation_finish_and_starts_no_more() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     let arrived = f.iam.hold("CreateAccessKey");
-    let mut child = start_gateway(&f, free_port(), &["--jobs", "1"]);
+    let child = start_gateway(&f, free_port(), &["--jobs", "1"]);
     arrived
         .recv_timeout(Duration::from_secs(120))
         .expect("no rotation started");
     sigterm(&child);
     std::thread::sleep(Duration::from_millis(300));
     f.iam.release();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    let stderr = wait_gateway(child);
     f.assert_converged("ann");
     for (name, key) in &f.keys[1..] {
         let keys = f.iam.keys(name);
         assert_eq!(keys.len(), 1, "{name}");
         assert_eq!(keys[0].id, key.id, "{name} was rotated after the signal");
     }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     assert!(stderr.contains("signal received"), "{stderr}");
     f.assert_no_leak(&stderr);
 }
@@ -626,7 +623,7 @@ fn sigterm_lets_the_running_rotation_finish_and_starts_no_more() {
 fn run_races_the_gateway_without_losing_a_key() {
     let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
     let port = free_port();
-    let mut child = start_gateway(&f, port, &[]);
+    let child = start_gateway(&f, port, &[]);
     for _ in 0..3 {
         let out = rotate_host(&[
             "run",
@@ -645,8 +642,7 @@ fn run_races_the_gateway_without_losing_a_key() {
     wait_for(port, "a pass", |t| {
         metric(t, "rotate_host_passes_total").unwrap_or(0) >= 2
     });
-    sigterm(&child);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    f.assert_no_leak(&stop_gateway(child));
     f.assert_converged("ann");
     f.assert_converged("ben");
 }

@@ -980,6 +980,12 @@ mod tests {
         p
     }
 
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
     fn field(label: &str, kind: ValueKind, value: &str) -> StoreField {
         StoreField {
             label: label.into(),
@@ -1109,9 +1115,7 @@ mod tests {
     fn fifos_devices_and_oversized_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.json");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo(&fifo);
         let e = Vault::open(&fifo, &t()).unwrap_err();
         assert!(
             matches!(e, VaultError::NotRegular { what: "a FIFO", .. }),
@@ -1150,9 +1154,7 @@ mod tests {
         assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
         assert!(!target.exists(), "the lock followed the link");
         fs::remove_file(lock_path(&p)).unwrap();
-        let c = std::ffi::CString::new(lock_path(&p).to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo(&lock_path(&p));
         let e = Vault::open(&p, &t()).unwrap_err();
         assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
     }
