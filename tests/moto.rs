@@ -268,3 +268,43 @@ fn a_fleet_pass_rotates_every_due_user() {
         &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 }
+
+/// Temporary credentials: the rotating identity is a role assumed with
+/// `AssumeRole`, signing with its session token; the rotated key authenticates.
+#[test]
+fn a_session_token_from_assume_role_signs_the_rotation() {
+    let s = setup();
+    let (id, secret, token) = s
+        .moto
+        .assume_role("rotator-role", &s.rotator.0, &s.rotator.1);
+    let vault = VaultFile::new(vec![
+        config_record(
+            "cfg1",
+            &[
+                ("text", "IAM Username", "alice"),
+                ("text", "Client ID", &id),
+                ("secret", "Client Secret", &secret),
+                ("secret", "Session Token", &token),
+                ("text", "AWS Region", "us-east-1"),
+                ("url", "AWS Endpoint URL", &s.moto.url),
+            ],
+        ),
+        pam_user("user1", "alice", Some(("aws_access_key_id", &s.old.0))),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let new_id = vault.field("user1", "aws_access_key_id").unwrap();
+    let new_secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    assert_eq!(s.moto.keys("alice"), vec![new_id.clone()]);
+    let arn = s
+        .moto
+        .whoami(&new_id, &new_secret)
+        .expect("the new key authenticates");
+    assert!(arn.ends_with(":user/alice"), "{arn}");
+    let mut secrets = secrets(&s, &vault);
+    secrets.extend([secret, token]);
+    assert_no_secrets(
+        &out.all(),
+        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}

@@ -317,7 +317,13 @@ fn info_describes_the_plugin() {
         .map(|i| i["label"].as_str().unwrap())
         .collect();
     assert!(
-        labels.starts_with(&["IAM Username", "Client ID", "Client Secret", "AWS Region"]),
+        labels.starts_with(&[
+            "IAM Username",
+            "Client ID",
+            "Client Secret",
+            "Session Token",
+            "AWS Region"
+        ]),
         "{labels:?}"
     );
 }
@@ -506,7 +512,18 @@ fn config_asks_on_a_terminal() {
     // Each answer waits for its prompt, so the terminal's echo setting at that
     // moment is what the user would get.
     let secret = "asked-secret-value";
-    let answers = ["alice", "AKIAASKED", secret, "eu-west-1", "", "", "", ""];
+    // IAM Username, Client ID, Client Secret, Session Token (none), AWS Region, then defaults.
+    let answers = [
+        "alice",
+        "AKIAASKED",
+        secret,
+        "",
+        "eu-west-1",
+        "",
+        "",
+        "",
+        "",
+    ];
     let mut screen = String::new();
     for (i, answer) in answers.iter().enumerate() {
         while screen.matches("Enter Value").count() <= i {

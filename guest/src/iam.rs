@@ -376,13 +376,17 @@ impl<'a, T: Transport> Iam<'a, T> {
                      Check the config's Client Secret",
                     e.code
                 )),
-                "RequestExpired" | "ExpiredToken" | "InvalidSignatureException" => {
-                    PluginError::Denied(format!(
-                        "{action} failed: AWS rejected the request's timestamp ({}). Check this \
+                "ExpiredToken" => PluginError::Denied(format!(
+                    "{action} failed: the session token of the rotating identity's temporary \
+                     credentials has expired ({}). Put fresh credentials (Client ID, Client \
+                     Secret and Session Token) in the config record, then run again",
+                    aws(e)
+                )),
+                "RequestExpired" | "InvalidSignatureException" => PluginError::Denied(format!(
+                    "{action} failed: AWS rejected the request's timestamp ({}). Check this \
                          machine's clock",
-                        aws(e)
-                    ))
-                }
+                    aws(e)
+                )),
                 "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
                     PluginError::Denied(format!(
                         "{action} on '{user}' was denied for access key {key} ({}). Attach the \

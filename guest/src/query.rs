@@ -35,7 +35,10 @@ pub fn build(
     let identity: Identity = AwsCredentials::new(
         credentials.key_id.clone(),
         credentials.secret.expose().to_string(),
-        None,
+        credentials
+            .session_token
+            .as_ref()
+            .map(|t| t.expose().to_string()),
         None,
         "vault",
     )
@@ -90,7 +93,38 @@ mod tests {
         Credentials {
             key_id: "AKIDEXAMPLE".into(),
             secret: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            session_token: None,
         }
+    }
+
+    /// Temporary credentials: the token travels in `X-Amz-Security-Token`,
+    /// which is among the signed headers.
+    #[test]
+    fn signs_with_a_session_token() {
+        let e = resolve("us-east-1", None).unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        let mut c = creds();
+        c.session_token = Some(Secret::new("FwoGZXIvYXdzEXAMPLETOKEN"));
+        let r = build(&e.iam, &c, "GetUser", &[], t).unwrap();
+        let header = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header("x-amz-security-token"),
+            Some("FwoGZXIvYXdzEXAMPLETOKEN")
+        );
+        let auth = header("authorization").unwrap();
+        assert!(auth.contains("x-amz-security-token"), "{auth}");
+        let without = build(&e.iam, &creds(), "GetUser", &[], t).unwrap();
+        assert!(
+            !without
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("x-amz-security-token"))
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub fn finalize(
     let new = Credentials {
         key_id: key_id.to_string(),
         secret: secret.clone(),
+        session_token: None,
     };
     let kept = if done.retire.is_empty() {
         String::new()

@@ -29,6 +29,7 @@ pub struct ConfigItem {
 pub const IAM_USERNAME: &str = "IAM Username";
 pub const CLIENT_ID: &str = "Client ID";
 pub const CLIENT_SECRET: &str = "Client Secret";
+pub const SESSION_TOKEN: &str = "Session Token";
 pub const AWS_REGION: &str = "AWS Region";
 pub const ENDPOINT_URL: &str = "AWS Endpoint URL";
 pub const RETRY_DEADLINE: &str = "Retry Deadline Seconds";
@@ -75,6 +76,13 @@ pub const SCHEMA: &[ConfigItem] = &[
         "client_secret",
         CLIENT_SECRET,
         "Secret access key of the rotating identity. Required unless a PAM AWS Configuration gives it.",
+        ItemType::Secret,
+        None,
+    ),
+    item(
+        "session_token",
+        SESSION_TOKEN,
+        "Session token, when the Client ID and Secret are temporary credentials (an assumed role).",
         ItemType::Secret,
         None,
     ),

@@ -9,7 +9,7 @@ use crate::model::{Context, Record};
 use crate::retry::RetryPolicy;
 use crate::schema::{
     AWS_REGION, CLIENT_ID, CLIENT_SECRET, ENDPOINT_URL, IAM_USERNAME, MAX_BACKOFF, RETRY_DEADLINE,
-    VERIFY_TIMEOUT,
+    SESSION_TOKEN, VERIFY_TIMEOUT,
 };
 use crate::secret::Secret;
 
@@ -22,6 +22,8 @@ pub const PROVIDER_TYPE: &str = "pamAwsConfiguration";
 
 const PROVIDER_KEY_ID: &str = "pamAwsAccessKeyId";
 const PROVIDER_SECRET: &str = "pamAwsAccessSecretKey";
+/// A provider record's session token: by either type or label.
+const PROVIDER_TOKEN: &[&str] = &["pamAwsSessionToken", "Session Token"];
 const PROVIDER_REGION: &str = "pamAwsRegionName";
 
 /// An access key pair.
@@ -29,6 +31,8 @@ const PROVIDER_REGION: &str = "pamAwsRegionName";
 pub struct Credentials {
     pub key_id: String,
     pub secret: Secret,
+    /// Set for temporary credentials (an assumed role); signed as `X-Amz-Security-Token`.
+    pub session_token: Option<Secret>,
 }
 
 /// Everything one rotation needs to know.
@@ -88,6 +92,7 @@ impl Settings {
 struct Provider {
     key_id: Option<String>,
     secret: Option<String>,
+    token: Option<String>,
     region: Option<String>,
 }
 
@@ -118,6 +123,7 @@ impl Provider {
         Ok(Self {
             key_id: first(find(PROVIDER_KEY_ID)),
             secret: first(find(PROVIDER_SECRET)),
+            token: PROVIDER_TOKEN.iter().find_map(|name| first(find(name))),
             region: first(find(PROVIDER_REGION)),
         })
     }
@@ -132,6 +138,7 @@ fn credentials(config: &Record, provider: Option<&Provider>) -> Result<Credentia
         (Some(id), Some(secret), _) => Ok(Credentials {
             key_id: id.to_string(),
             secret: Secret::new(secret),
+            session_token: config.value(&[SESSION_TOKEN]).map(Secret::new),
         }),
         (Some(_), None, _) => Err(missing(&[CLIENT_SECRET], false)),
         (None, Some(_), _) => Err(missing(&[CLIENT_ID], false)),
@@ -141,11 +148,13 @@ fn credentials(config: &Record, provider: Option<&Provider>) -> Result<Credentia
             Some(Provider {
                 key_id: Some(id),
                 secret: Some(secret),
+                token,
                 ..
             }),
         ) => Ok(Credentials {
             key_id: id.clone(),
             secret: Secret::new(secret.clone()),
+            session_token: token.clone().map(Secret::new),
         }),
         (None, None, Some(_)) => Err(PluginError::InvalidConfig(format!(
             "the config record has no '{CLIENT_ID}'/'{CLIENT_SECRET}' and the PAM AWS \
@@ -356,6 +365,32 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.region, "ap-south-1");
+    }
+
+    /// A session token comes with the pair it belongs to: the config's, or the
+    /// provider's (by type or label).
+    #[test]
+    fn session_tokens_follow_their_key_pair() {
+        let mut cfg: Vec<(&str, &str)> = FULL.to_vec();
+        cfg.push(("Session Token", "config-token"));
+        let s = Settings::resolve(&ctx(user("alice", None), config(&cfg), None)).unwrap();
+        assert_eq!(
+            s.credentials.session_token.as_ref().map(Secret::expose),
+            Some("config-token")
+        );
+        let s = Settings::resolve(&ctx(user("alice", None), config(FULL), None)).unwrap();
+        assert!(s.credentials.session_token.is_none());
+        let mut p = provider(&["us-east-1"]);
+        p.fields.push(crate::model::Field {
+            kind: "pamAwsSessionToken".into(),
+            label: None,
+            values: vec!["provider-token".into()],
+        });
+        let s = Settings::resolve(&ctx(user("alice", None), config(&[]), Some(p))).unwrap();
+        assert_eq!(
+            s.credentials.session_token.as_ref().map(Secret::expose),
+            Some("provider-token")
+        );
     }
 
     #[test]

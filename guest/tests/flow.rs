@@ -330,3 +330,13 @@ fn backoff_stops_before_the_hosts_deadline() {
     );
     assert!(t.sent().len() >= 2, "it retried at all: {:?}", t.sent());
 }
+
+/// An expired session token is said to be one, not blamed on the clock.
+#[test]
+fn an_expired_session_token_is_named() {
+    let t = Script::default().on("GetUser", aws_error(403, "ExpiredToken"));
+    let err = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap_err();
+    let m = err.to_string();
+    assert!(m.contains("session token") && m.contains("expired"), "{m}");
+    assert!(!m.contains("clock"), "{m}");
+}

@@ -311,7 +311,7 @@ pub fn allow_list(
 }
 
 /// Values to mask in anything the guest says: the config's secret items (by
-/// schema), and elsewhere any field whose type or label says secret or password.
+/// schema), and any field whose type or label says secret, password or token.
 fn secrets(
     schema: &[ConfigItem],
     user: &Record,
@@ -320,7 +320,7 @@ fn secrets(
 ) -> Vec<String> {
     let looks_secret = |s: &str| {
         let s = s.to_ascii_lowercase();
-        s.contains("secret") || s.contains("password")
+        s.contains("secret") || s.contains("password") || s.contains("token")
     };
     let schema_says = |label: Option<&str>| {
         let label = label?;

@@ -14,6 +14,9 @@ Commands print JSON on stdout:
   deactivate NAME KEY_ID           mark a key Inactive
   keys NAME                        list the user's key ids and statuses
   whoami KEY_ID SECRET             STS GetCallerIdentity with that key
+  assume-role NAME KEY_ID SECRET   create role NAME that the key's user may assume,
+                                   with the guide's four actions; assume it with
+                                   that key; print the temporary credentials
 """
 
 import argparse
@@ -62,6 +65,10 @@ def main():
     w = sub.add_parser("whoami")
     w.add_argument("key_id")
     w.add_argument("secret")
+    r = sub.add_parser("assume-role")
+    r.add_argument("name")
+    r.add_argument("key_id")
+    r.add_argument("secret")
     a = p.parse_args()
 
     iam = client("iam", a.endpoint)
@@ -104,6 +111,38 @@ def main():
             out = {"arn": arn}
         except botocore.exceptions.ClientError as e:
             out = {"error": e.response["Error"]["Code"]}
+    elif a.cmd == "assume-role":
+        caller = client("sts", a.endpoint, a.key_id, a.secret).get_caller_identity()["Arn"]
+        role = iam.create_role(
+            RoleName=a.name,
+            AssumeRolePolicyDocument=json.dumps(
+                {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Principal": {"AWS": caller},
+                                "Action": "sts:AssumeRole"}]}
+            ),
+        )["Role"]
+        iam.put_role_policy(
+            RoleName=a.name,
+            PolicyName="rotate-access-keys",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Action": GUIDE_ACTIONS, "Resource": "*"}]}
+            ),
+        )
+        # The caller needs sts:AssumeRole on the role too, as in real IAM.
+        iam.put_user_policy(
+            UserName=caller.rsplit("/", 1)[1],
+            PolicyName="assume-" + a.name,
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}
+            ),
+        )
+        creds = client("sts", a.endpoint, a.key_id, a.secret).assume_role(
+            RoleArn=role["Arn"], RoleSessionName="rotate-host-test"
+        )["Credentials"]
+        out = {"key_id": creds["AccessKeyId"], "secret": creds["SecretAccessKey"],
+               "token": creds["SessionToken"]}
     json.dump(out, sys.stdout)
 
 

@@ -124,6 +124,19 @@ impl Moto {
             .collect()
     }
 
+    /// Creates role `name`, which the key's user may assume and which holds the
+    /// guide's four actions, and assumes it with that key: the temporary key id,
+    /// secret and session token.
+    pub fn assume_role(&self, name: &str, key_id: &str, secret: &str) -> (String, String, String) {
+        let c = self.helper(&["assume-role", name, key_id, secret]);
+        let field = |k: &str| {
+            c[k].as_str()
+                .unwrap_or_else(|| panic!("no {k} in {c}"))
+                .to_string()
+        };
+        (field("key_id"), field("secret"), field("token"))
+    }
+
     /// STS GetCallerIdentity with a key: its ARN, or the error code.
     pub fn whoami(&self, key_id: &str, secret: &str) -> Result<String, String> {
         let v = self.helper(&["whoami", key_id, secret]);
