@@ -38,11 +38,6 @@ impl VaultWriter {
         }
     }
 
-    /// The vault, for reading records.
-    pub async fn vault(&self) -> tokio::sync::MutexGuard<'_, Vault> {
-        self.vault.lock().await
-    }
-
     /// Sets `fields` and removes the fields labelled `remove` on record `uid`,
     /// and returns once they are saved, with every other store queued meanwhile.
     pub async fn store(

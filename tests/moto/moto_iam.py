@@ -36,6 +36,12 @@ GUIDE_ACTIONS = [
 ]
 
 
+def allow(actions):
+    """An identity policy document allowing `actions` on every resource."""
+    return json.dumps({"Version": "2012-10-17",
+                       "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]})
+
+
 def client(service, endpoint, key=None, secret=None):
     return boto3.client(
         service,
@@ -77,10 +83,7 @@ def main():
         iam.put_user_policy(
             UserName="moto-admin",
             PolicyName="admin",
-            PolicyDocument=json.dumps(
-                {"Version": "2012-10-17",
-                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-            ),
+            PolicyDocument=allow("*"),
         )
         key = iam.create_access_key(UserName="moto-admin")["AccessKey"]
         out = {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
@@ -90,10 +93,7 @@ def main():
             iam.put_user_policy(
                 UserName=a.name,
                 PolicyName="rotate-access-keys",
-                PolicyDocument=json.dumps(
-                    {"Version": "2012-10-17",
-                     "Statement": [{"Effect": "Allow", "Action": GUIDE_ACTIONS, "Resource": "*"}]}
-                ),
+                PolicyDocument=allow(GUIDE_ACTIONS),
             )
         out = {"arn": arn}
     elif a.cmd == "create-key":
@@ -124,19 +124,13 @@ def main():
         iam.put_role_policy(
             RoleName=a.name,
             PolicyName="rotate-access-keys",
-            PolicyDocument=json.dumps(
-                {"Version": "2012-10-17",
-                 "Statement": [{"Effect": "Allow", "Action": GUIDE_ACTIONS, "Resource": "*"}]}
-            ),
+            PolicyDocument=allow(GUIDE_ACTIONS),
         )
         # The caller needs sts:AssumeRole on the role too, as in real IAM.
         iam.put_user_policy(
             UserName=caller.rsplit("/", 1)[1],
             PolicyName="assume-" + a.name,
-            PolicyDocument=json.dumps(
-                {"Version": "2012-10-17",
-                 "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}
-            ),
+            PolicyDocument=allow("sts:AssumeRole"),
         )
         creds = client("sts", a.endpoint, a.key_id, a.secret).assume_role(
             RoleArn=role["Arn"], RoleSessionName="rotate-host-test"
