@@ -233,6 +233,26 @@ fn a_pass_rotates_what_is_due_and_reports_every_record() {
     );
 }
 
+/// UIDs and field values are the vault's: control and bidi characters in them
+/// are escaped in the report, never printed raw.
+#[test]
+fn vault_text_in_the_report_is_escaped() {
+    let f = fleet(&[("ann", &[("Rotation Schedule", "0 3 * *\u{202e}")])], &[]);
+    let mut doc = f.vault.json();
+    doc["records"][1]["uid"] = json!("u-ann\nrotated u-x: new key AKIAFORGED");
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = due(&f.vault, &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(!out.stdout.contains("\nrotated u-x"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\u{202e}'), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("failed u-ann\\u{a}rotated u-x"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\\u{202e}"), "{}", out.stdout);
+}
+
 /// A record without a schedule of its own takes its config record's.
 #[test]
 fn the_config_records_schedule_applies_when_the_record_has_none() {

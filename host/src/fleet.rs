@@ -168,7 +168,10 @@ impl PassReport {
         out
     }
 
-    fn sort(&mut self) {
+    /// Sorts each list by UID and makes every string safe to print: UIDs and
+    /// field values come from the vault, which may hold control characters.
+    fn finish(&mut self) {
+        use crate::text::printable;
         for list in [
             &mut self.rotated,
             &mut self.failed,
@@ -177,6 +180,13 @@ impl PassReport {
             &mut self.planned,
         ] {
             list.sort_by(|a, b| a.user_uid.cmp(&b.user_uid));
+            for e in list.iter_mut() {
+                e.user_uid = printable(&e.user_uid);
+                e.error = e.error.as_deref().map(printable);
+                e.created = e.created.as_deref().map(printable);
+                e.retired = e.retired.iter().map(|r| printable(r)).collect();
+                e.notes = e.notes.iter().map(|n| printable(n)).collect();
+            }
         }
     }
 }
@@ -260,18 +270,30 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
             dry_run: opts.dry_run,
             mark_pending: true,
         };
-        match Records::read(vault, &job) {
-            Ok(records) => work.push(Work {
-                login: records.user.value_of_type("login").map(str::to_lowercase),
+        // The user and config records are read already; only the provider is left.
+        let provider = job
+            .provider_uid
+            .as_deref()
+            .map(|p| vault.record(p, labels::PROVIDER, None))
+            .transpose();
+        match (provider, config) {
+            (Ok(provider), Some(config)) => work.push(Work {
+                login: user.value_of_type("login").map(str::to_lowercase),
                 job,
-                records,
+                records: Records {
+                    user,
+                    config,
+                    provider,
+                },
             }),
-            Err(e) => {
+            (Err(e), _) => {
                 let mut entry = Entry::new(&uid);
                 entry.exit_code = Some(2);
                 entry.error = Some(e.to_string());
                 report.failed.push(entry);
             }
+            // `member` schedules a record only when its config record exists.
+            (Ok(_), None) => unreachable!("a scheduled record without its config record"),
         }
     }
     work
@@ -378,7 +400,7 @@ impl Fleet {
                 "could not clear the marks of finished rotations: {e}; the next pass finishes them again"
             );
         }
-        report.sort();
+        report.finish();
         Ok(report)
     }
 

@@ -516,9 +516,10 @@ impl Vault {
                 max: opts.max_bytes,
             });
         }
+        // The reasons quote keys and UIDs from the file: escape them.
         let bad = |why: String| VaultError::Malformed {
             path: path.to_path_buf(),
-            why,
+            why: crate::text::printable(&why),
         };
         let mut text = String::from_utf8(bytes).map_err(|e| {
             bad(format!(
