@@ -133,31 +133,10 @@ fn uids(v: &Value, list: &str) -> Vec<String> {
         .collect()
 }
 
+/// `Last Rotated` as the host writes it, `days` days and a minute ago.
 fn ago(days: i64) -> String {
-    let t = std::time::SystemTime::now() - Duration::from_secs(days as u64 * 86_400 + 60);
-    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    // RFC 3339 from Unix time, without a date crate in the tests.
-    let (d, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, dd) = civil(d);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
-}
-
-/// Days since 1970-01-01 to a calendar date (Hinnant's civil_from_days).
-fn civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let t = chrono::Utc::now() - chrono::Duration::days(days) - chrono::Duration::minutes(1);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[test]
