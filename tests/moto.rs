@@ -308,3 +308,195 @@ fn a_session_token_from_assume_role_signs_the_rotation() {
         &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 }
+
+/// A config record in the deactivate mode, for a fleet too.
+fn deactivating_config(url: &str, key: &(String, String)) -> serde_json::Value {
+    let mut c = config(url, key);
+    c["custom"].as_array_mut().unwrap().push(
+        serde_json::json!({"type": "text", "label": "Old Key Action", "value": ["deactivate"]}),
+    );
+    c
+}
+
+/// alice's PAM user record, in the fleet of `cfg1`.
+fn fleet_user(key_id: &str) -> serde_json::Value {
+    let mut r = pam_user("user1", "alice", Some(("aws_access_key_id", key_id)));
+    r["custom"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
+    r
+}
+
+fn statuses(s: &MotoSetup) -> Vec<(String, String)> {
+    let mut keys = s.moto.key_statuses("alice");
+    keys.sort_by(|a, b| a.1.cmp(&b.1));
+    keys
+}
+
+fn due(vault: &VaultFile) -> Outcome {
+    rotate_host(&["due", GUEST_WASM, "--vault", vault.path.to_str().unwrap()])
+}
+
+/// Staged retire, with a rotator holding exactly the README's actions for the
+/// mode (the guide's four and iam:UpdateAccessKey): `finalize` deactivates the
+/// old key; a `due` pass inside the grace period keeps it; one after deletes it.
+#[test]
+fn deactivate_then_delete_after_the_grace_period() {
+    let moto = Moto::start();
+    moto.user("alice", None);
+    moto.user_with("rotator", Some("alice"), &["iam:UpdateAccessKey"]);
+    let rotator = moto.create_key("rotator");
+    let old = moto.create_key("alice");
+    let s = MotoSetup { moto, rotator, old };
+    let vault = VaultFile::new(vec![
+        deactivating_config(&s.moto.url, &s.rotator),
+        fleet_user(&s.old.0),
+    ]);
+
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let new = vault.field("user1", "aws_access_key_id").unwrap();
+    assert!(
+        out.stdout.contains(&format!(
+            "deactivated old key(s), kept for the grace period: {}",
+            s.old.0
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        statuses(&s),
+        [
+            (new.clone(), "Active".into()),
+            (s.old.0.clone(), "Inactive".into())
+        ]
+    );
+    let ledger = vault.field("user1", "Deactivated Keys").unwrap();
+    assert!(ledger.starts_with(&format!("{} 20", s.old.0)), "{ledger}");
+
+    // Inside the grace period: nothing is due and nothing changes in IAM.
+    let out = due(&vault);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("0 rotated, 0 failed, 0 skipped, 1 not due"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.moto.keys("alice").len(), 2);
+
+    // Eight days later, as the operator's clock would have it.
+    vault.set_field(
+        "user1",
+        "Deactivated Keys",
+        &format!("{} 2020-01-01T00:00:00Z", s.old.0),
+    );
+    let out = due(&vault);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!(
+            "purged user1: deleted {} (grace period ended)",
+            s.old.0
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("0 rotated, 1 purged, 0 failed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.moto.keys("alice"), vec![new.clone()]);
+    assert_eq!(vault.field("user1", "Deactivated Keys"), None);
+    // I1: the vault's key is the one left, and it works.
+    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    assert!(
+        s.moto
+            .whoami(&new, &secret)
+            .unwrap()
+            .ends_with(":user/alice")
+    );
+    check_no_leak(&s, &vault, &out);
+}
+
+/// With the guide's four actions only, the deactivate mode stops at
+/// `UpdateAccessKey`: the new key is stored and works, the old one stays
+/// Active, and the error names the action to grant (exit 3).
+#[test]
+fn deactivate_mode_without_update_access_key_is_denied_after_the_store() {
+    let s = setup();
+    let vault = VaultFile::new(vec![
+        deactivating_config(&s.moto.url, &s.rotator),
+        fleet_user(&s.old.0),
+    ]);
+    let out = run(&vault, "user1", "cfg1", &[]);
+    out.expect(3, &["UpdateAccessKey", "iam:UpdateAccessKey"]);
+    let new = vault.field("user1", "aws_access_key_id").unwrap();
+    assert_ne!(new, s.old.0);
+    let mut keys = s.moto.key_statuses("alice");
+    keys.sort();
+    let mut want = vec![
+        (new, "Active".to_string()),
+        (s.old.0.clone(), "Active".into()),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    assert_eq!(vault.field("user1", "Deactivated Keys"), None);
+}
+
+/// The two-key rule with an Inactive key still in its grace period: the next
+/// rotation must delete it to make room, and the plan says so first.
+#[test]
+fn an_inactive_key_in_its_grace_period_makes_room_and_the_plan_says_so() {
+    let moto = Moto::start();
+    moto.user("alice", None);
+    moto.user_with("rotator", Some("alice"), &["iam:UpdateAccessKey"]);
+    let rotator = moto.create_key("rotator");
+    let old = moto.create_key("alice");
+    let s = MotoSetup { moto, rotator, old };
+    let vault = VaultFile::new(vec![
+        deactivating_config(&s.moto.url, &s.rotator),
+        fleet_user(&s.old.0),
+    ]);
+    assert_eq!(run(&vault, "user1", "cfg1", &[]).code, 0);
+    let first = vault.field("user1", "aws_access_key_id").unwrap();
+
+    let plan = run(&vault, "user1", "cfg1", &["--dry-run"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains(&format!("delete {} before its grace period ends", s.old.0)),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains(&format!("deactivate the old key {first}")),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(s.moto.keys("alice").len(), 2);
+
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("before its grace period ends"),
+        "{}",
+        out.stdout
+    );
+    let second = vault.field("user1", "aws_access_key_id").unwrap();
+    assert_eq!(
+        statuses(&s),
+        [
+            (second, "Active".into()),
+            (first.clone(), "Inactive".into())
+        ]
+    );
+    // The deleted key is no longer tracked; the one just deactivated is.
+    let ledger = vault.field("user1", "Deactivated Keys").unwrap();
+    assert!(
+        ledger.starts_with(&format!("{first} ")) && !ledger.contains('\n'),
+        "{ledger}"
+    );
+}

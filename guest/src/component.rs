@@ -3,7 +3,10 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::model::{Context, Field, Finalized, OutputField, Record, Rotation, ValueKind};
+use crate::model::{
+    Context, Deactivated, Field, Finalized, HostCredential, OutputField, Record, Rotation,
+    ValueKind,
+};
 use crate::schema::{ConfigItem, ItemType, SCHEMA};
 use crate::secret::Secret;
 use crate::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
@@ -47,7 +50,13 @@ impl Guest for Plugin {
         done: wit::Rotation,
     ) -> Result<wit::Finalized, wit::PluginError> {
         rotation::finalize(&Host::new(), &ctx.into(), &done.into())
-            .map(|Finalized { retired }| wit::Finalized { retired })
+            .map(Into::into)
+            .map_err(Into::into)
+    }
+
+    fn purge(ctx: wit::Context) -> Result<wit::Finalized, wit::PluginError> {
+        rotation::purge(&Host::new(), &ctx.into())
+            .map(Into::into)
             .map_err(Into::into)
     }
 
@@ -157,6 +166,30 @@ impl From<wit::Context> for Context {
             provider: c.provider.map(Into::into),
             dry_run: c.dry_run,
             deadline: Some(Duration::from_millis(c.deadline_ms)),
+            host_credential: c.host_credential.map(|h| HostCredential {
+                id: h.id,
+                secret: Secret::new(h.secret),
+                session_token: h.session_token.map(Secret::new),
+            }),
+            deactivated: c
+                .deactivated
+                .into_iter()
+                .map(|d| Deactivated {
+                    id: d.id,
+                    since: d.since,
+                    expired: d.expired,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Finalized> for wit::Finalized {
+    fn from(f: Finalized) -> Self {
+        Self {
+            retired: f.retired,
+            deactivated: f.deactivated,
+            notes: f.notes,
         }
     }
 }
@@ -179,6 +212,7 @@ impl From<wit::Rotation> for Rotation {
                 .collect(),
             created: r.created,
             retire: r.retire,
+            deleted: r.deleted,
             notes: r.notes,
         }
     }
@@ -202,6 +236,7 @@ impl From<Rotation> for wit::Rotation {
                 .collect(),
             created: r.created,
             retire: r.retire,
+            deleted: r.deleted,
             notes: r.notes,
         }
     }

@@ -157,12 +157,29 @@ impl<'a, T: Transport> Iam<'a, T> {
         repeat: Repeat,
         parse: impl Fn(&[u8]) -> Result<R, Malformed>,
     ) -> Result<R, CallError> {
+        // One non-generic retry loop for every call: each copy costs the component ~1.5 KiB.
+        let mut parsed = None;
+        self.call_dyn(endpoint, credentials, action, params, repeat, &mut |body| {
+            parsed = Some(parse(body)?);
+            Ok(())
+        })?;
+        Ok(parsed.expect("parsed on success"))
+    }
+
+    fn call_dyn(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        action: &str,
+        params: &[(&str, &str)],
+        repeat: Repeat,
+        parse: &mut dyn FnMut(&[u8]) -> Result<(), Malformed>,
+    ) -> Result<(), CallError> {
         let started = self.transport.elapsed();
         let mut attempt = 0;
         loop {
-            let result = self.call_once(endpoint, credentials, action, params, &parse);
-            let err = match result {
-                Ok(r) => return Ok(r),
+            let err = match self.call_once(endpoint, credentials, action, params, parse) {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             let retry = err.transient()
@@ -186,14 +203,14 @@ impl<'a, T: Transport> Iam<'a, T> {
         }
     }
 
-    fn call_once<R>(
+    fn call_once(
         &self,
         endpoint: &Endpoint,
         credentials: &Credentials,
         action: &str,
         params: &[(&str, &str)],
-        parse: &impl Fn(&[u8]) -> Result<R, Malformed>,
-    ) -> Result<R, CallError> {
+        parse: &mut dyn FnMut(&[u8]) -> Result<(), Malformed>,
+    ) -> Result<(), CallError> {
         let request = query::build(endpoint, credentials, action, params, self.transport.now())
             .map_err(CallError::Local)?;
         let response = self.transport.send(&request).map_err(CallError::Send)?;
@@ -336,6 +353,23 @@ impl<'a, T: Transport> Iam<'a, T> {
         }
     }
 
+    /// `UpdateAccessKey` to `Inactive`: the key stops working but can be turned back on.
+    pub fn deactivate_key(&self, key_id: &str) -> Result<(), PluginError> {
+        let name = self.settings.user_name.as_str();
+        let params = [
+            ("UserName", name),
+            ("AccessKeyId", key_id),
+            ("Status", "Inactive"),
+        ];
+        self.iam_call("UpdateAccessKey", &params, Repeat::Safe, |_| Ok(()))
+            .map_err(|e| self.explain(e, "UpdateAccessKey"))?;
+        self.log(
+            Level::Info,
+            &format!("deactivated access key {key_id} of '{name}'"),
+        );
+        Ok(())
+    }
+
     /// STS `GetCallerIdentity` signed with `credentials`: the caller's ARN.
     pub fn caller_arn(&self, credentials: &Credentials) -> Result<String, CallError> {
         let sts = &self.settings.endpoints.sts;
@@ -378,8 +412,8 @@ impl<'a, T: Transport> Iam<'a, T> {
                 )),
                 "ExpiredToken" => PluginError::Denied(format!(
                     "{action} failed: the session token of the rotating identity's temporary \
-                     credentials has expired ({}). Put fresh credentials (Client ID, Client \
-                     Secret and Session Token) in the config record, then run again",
+                     credentials has expired ({}). Renew them (the config record's Client ID, \
+                     Client Secret and Session Token, or the host's own identity), then run again",
                     aws(e)
                 )),
                 "RequestExpired" | "InvalidSignatureException" => PluginError::Denied(format!(
@@ -391,7 +425,8 @@ impl<'a, T: Transport> Iam<'a, T> {
                     PluginError::Denied(format!(
                         "{action} on '{user}' was denied for access key {key} ({}). Attach the \
                          least-privilege policy from the README (iam:GetUser, iam:ListAccessKeys, \
-                         iam:CreateAccessKey, iam:DeleteAccessKey on this user) to the rotating identity",
+                         iam:CreateAccessKey, iam:DeleteAccessKey, and iam:UpdateAccessKey for 'Old Key \
+                         Action' deactivate) to the rotating identity",
                         aws(e)
                     ))
                 }

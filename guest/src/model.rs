@@ -51,7 +51,25 @@ impl Record {
     }
 }
 
-/// What the host hands to `rotate`, `finalize` and `rollback`.
+/// The host's own AWS identity, lent to the plugin (the third way to sign).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCredential {
+    pub id: String,
+    pub secret: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// A key an earlier `finalize` deactivated, as the host recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Deactivated {
+    pub id: String,
+    /// When, as the host wrote it.
+    pub since: String,
+    /// Its grace period has ended.
+    pub expired: bool,
+}
+
+/// What the host hands to `rotate`, `finalize`, `rollback` and `purge`.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub user: Record,
@@ -60,6 +78,15 @@ pub struct Context {
     pub dry_run: bool,
     /// How long this call may run before the host stops it; `None` means no limit.
     pub deadline: Option<std::time::Duration>,
+    pub host_credential: Option<HostCredential>,
+    pub deactivated: Vec<Deactivated>,
+}
+
+impl Context {
+    /// The host's record of `id`, if an earlier rotation deactivated it.
+    pub fn deactivated(&self, id: &str) -> Option<&Deactivated> {
+        self.deactivated.iter().find(|d| d.id == id)
+    }
 }
 
 /// How the vault stores a value.
@@ -84,6 +111,8 @@ pub struct Rotation {
     pub fields: Vec<OutputField>,
     pub created: Option<String>,
     pub retire: Vec<String>,
+    /// Keys `rotate` deleted to make room.
+    pub deleted: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -97,8 +126,12 @@ impl Rotation {
     }
 }
 
-/// The outcome of `finalize`.
+/// The outcome of `finalize` and `purge`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Finalized {
+    /// Keys deleted (or found gone).
     pub retired: Vec<String>,
+    /// Keys set `Inactive` and kept for the grace period.
+    pub deactivated: Vec<String>,
+    pub notes: Vec<String>,
 }

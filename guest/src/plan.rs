@@ -2,6 +2,8 @@
 //! user) and what `finalize` retires. Pure logic; see docs/design.md, "The two-key rule".
 
 use crate::error::PluginError;
+use crate::model::Deactivated;
+use crate::settings::OldKeyAction;
 
 /// IAM's limit of access keys per user.
 pub const MAX_KEYS: usize = 2;
@@ -55,29 +57,60 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plain sentences describing the plan.
-    pub fn describe(&self, user: &str) -> Vec<String> {
-        let mut notes = Vec::new();
-        match &self.make_room {
-            MakeRoom::Nothing => {}
-            MakeRoom::Leftover(id) => notes.push(format!(
-                "delete {id}: a leftover key of '{user}' that the vault does not record, to make room"
-            )),
-            MakeRoom::VaultKey(id) => notes.push(format!(
-                "delete the vault's key {id} before creating its successor: '{user}' has two keys and \
-                 the other one signs these requests, so there is no spare"
-            )),
-            MakeRoom::Inactive(id) => notes.push(format!(
-                "delete {id}: an inactive key of '{user}' that the vault does not record, to make room"
-            )),
-        }
+    /// Plain sentences describing the plan. `deactivated` is the host's record
+    /// of keys earlier rotations turned off, so the plan can say whether one it
+    /// deletes is still in its grace period.
+    pub fn describe(
+        &self,
+        user: &str,
+        deactivated: &[Deactivated],
+        action: OldKeyAction,
+    ) -> Vec<String> {
+        let mut notes: Vec<String> = self.make_room_note(user, deactivated).into_iter().collect();
         notes.push(format!(
             "create a new access key for '{user}' and store it in the vault"
         ));
         if let Some(id) = &self.retire {
-            notes.push(format!("after the new key works, delete the old key {id}"));
+            notes.push(match action {
+                OldKeyAction::Delete => format!("after the new key works, delete the old key {id}"),
+                OldKeyAction::Deactivate => format!(
+                    "after the new key works, deactivate the old key {id}; it is deleted once \
+                     'Inactive Grace Days' have passed"
+                ),
+            });
         }
         notes
+    }
+
+    /// Why the key deleted to make room goes, if one is.
+    pub fn make_room_note(&self, user: &str, deactivated: &[Deactivated]) -> Option<String> {
+        let id = self.make_room.deletes()?;
+        if let Some(d) = deactivated.iter().find(|d| d.id == id) {
+            return Some(if d.expired {
+                format!(
+                    "delete {id}: deactivated by the rotation of {}, and its grace period has ended",
+                    d.since
+                )
+            } else {
+                format!(
+                    "delete {id} before its grace period ends: a rotation deactivated it on {}, \
+                     but '{user}' can hold only two keys and the new key needs its place",
+                    d.since
+                )
+            });
+        }
+        Some(match &self.make_room {
+            MakeRoom::Leftover(_) => format!(
+                "delete {id}: a leftover key of '{user}' that the vault does not record, to make room"
+            ),
+            MakeRoom::VaultKey(_) => format!(
+                "delete the vault's key {id} before creating its successor: '{user}' has two keys and \
+                 the other one signs these requests, so there is no spare"
+            ),
+            _ => format!(
+                "delete {id}: an inactive key of '{user}' that the vault does not record, to make room"
+            ),
+        })
     }
 }
 
@@ -216,7 +249,30 @@ mod tests {
         let p = plan(&[active("V"), active("S")], Some("V"), "S", "u").unwrap();
         assert_eq!(p.make_room, MakeRoom::VaultKey("V".into()));
         assert_eq!(p.retire, None);
-        assert!(p.describe("u")[0].contains("no spare"));
+        assert!(p.describe("u", &[], OldKeyAction::Delete)[0].contains("no spare"));
+    }
+
+    #[test]
+    fn plan_says_when_a_deactivated_key_goes_before_its_grace_ends() {
+        let keys = [active("V"), key("OLD", KeyStatus::Inactive, "")];
+        let p = plan(&keys, Some("V"), "S", "u").unwrap();
+        assert_eq!(p.make_room, MakeRoom::Leftover("OLD".into()));
+        let mut d = Deactivated {
+            id: "OLD".into(),
+            since: "2026-11-20T10:00:00Z".into(),
+            expired: false,
+        };
+        let notes = p.describe("u", std::slice::from_ref(&d), OldKeyAction::Deactivate);
+        assert!(
+            notes[0].contains("before its grace period ends"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("2026-11-20T10:00:00Z"), "{notes:?}");
+        assert!(notes[2].contains("deactivate the old key V"), "{notes:?}");
+        d.expired = true;
+        let notes = p.describe("u", &[d], OldKeyAction::Delete);
+        assert!(notes[0].contains("grace period has ended"), "{notes:?}");
+        assert!(notes[2].contains("delete the old key V"), "{notes:?}");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 use crate::error::PluginError;
 use crate::iam::{CallError, Iam};
 use crate::model::{Context, Finalized, OutputField, Rotation, ValueKind};
-use crate::plan::{self, MakeRoom};
+use crate::plan::{self, KeyStatus, MakeRoom};
 use crate::secret::Secret;
-use crate::settings::{ACCESS_KEY_ID_LABELS, Credentials, SECRET_KEY_LABEL, Settings};
+use crate::settings::{
+    ACCESS_KEY_ID_LABELS, Credentials, OldKeyAction, SECRET_KEY_LABEL, Settings,
+};
 use crate::transport::{Level, Transport};
 
 /// Checks the user, plans, makes room and creates the new key. Deletes only what
@@ -41,7 +43,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         ));
     }
     if ctx.dry_run {
-        notes.extend(plan.describe(user));
+        notes.extend(plan.describe(user, &ctx.deactivated, settings.old_key_action));
         return Ok(Rotation {
             notes,
             retire: plan.retire.into_iter().collect(),
@@ -52,6 +54,14 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
     let vault_key_deleted = match &plan.make_room {
         MakeRoom::Nothing => false,
         MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
+            // A key an earlier rotation deactivated: say whether its grace period was cut short.
+            if let Some(note) = ctx
+                .deactivated(id)
+                .and_then(|_| plan.make_room_note(user, &ctx.deactivated))
+            {
+                iam.log(Level::Info, &note);
+                notes.push(note);
+            }
             iam.delete_key(id)?;
             false
         }
@@ -110,6 +120,12 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         ],
         created: Some(key_id),
         retire: plan.retire.into_iter().collect(),
+        deleted: plan
+            .make_room
+            .deletes()
+            .map(str::to_string)
+            .into_iter()
+            .collect(),
         notes,
     })
 }
@@ -247,17 +263,56 @@ pub fn finalize(
         &format!("new key {key_id} authenticates as {arn}"),
     );
 
-    let mut retired = Vec::new();
+    let mut out = Finalized::default();
     for old in &done.retire {
-        iam.delete_key(old).map_err(|e| {
+        let (result, done) = match settings.old_key_action {
+            OldKeyAction::Delete => (iam.delete_key(old).map(|_| ()), "deleted"),
+            OldKeyAction::Deactivate => (iam.deactivate_key(old), "deactivated"),
+        };
+        result.map_err(|e| {
             e.context(format!(
                 "the new key {key_id} is stored and works, but the old key {old} could not be \
-                 deleted; run again and it will be removed"
+                 {done}; run again and it will be"
             ))
         })?;
-        retired.push(old.clone());
+        match settings.old_key_action {
+            OldKeyAction::Delete => out.retired.push(old.clone()),
+            OldKeyAction::Deactivate => out.deactivated.push(old.clone()),
+        }
     }
-    Ok(Finalized { retired })
+    Ok(out)
+}
+
+/// Deletes the keys an earlier `finalize` deactivated whose grace period has
+/// ended (the host keeps the clock), while IAM still shows them `Inactive`.
+/// One turned back on, or in use again by the vault or the signer, is kept and
+/// no longer tracked.
+pub fn purge(t: &impl Transport, ctx: &Context) -> Result<Finalized, PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let iam = Iam::new(t, &settings);
+    let keys = iam.list_keys()?;
+    let mut out = Finalized::default();
+    for d in ctx.deactivated.iter().filter(|d| d.expired) {
+        let id = d.id.as_str();
+        let in_use =
+            settings.vault_key_id.as_deref() == Some(id) || settings.credentials.key_id == id;
+        let kept = |why: &str| {
+            format!(
+                "kept {id}, deactivated on {}: {why}; it is no longer tracked",
+                d.since
+            )
+        };
+        match keys.iter().find(|k| k.id == id).map(|k| k.status) {
+            None => out.retired.push(d.id.clone()),
+            Some(_) if in_use => out.notes.push(kept("the vault or the config uses it now")),
+            Some(KeyStatus::Active) => out.notes.push(kept("it is Active again in IAM")),
+            Some(KeyStatus::Inactive) => {
+                iam.delete_key(id)?;
+                out.retired.push(d.id.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `GetCallerIdentity` with the new key until it works or the verify timeout passes.

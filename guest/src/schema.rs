@@ -35,6 +35,7 @@ pub const ENDPOINT_URL: &str = "AWS Endpoint URL";
 pub const RETRY_DEADLINE: &str = "Retry Deadline Seconds";
 pub const MAX_BACKOFF: &str = "Max Backoff Milliseconds";
 pub const VERIFY_TIMEOUT: &str = "Verify Timeout Seconds";
+pub const OLD_KEY_ACTION: &str = "Old Key Action";
 
 const fn item(
     id: &'static str,
@@ -121,4 +122,20 @@ pub const SCHEMA: &[ConfigItem] = &[
         ItemType::Int,
         Some("60"),
     ),
+    ConfigItem {
+        enum_values: &[
+            ("delete", "delete the old key once the new one works"),
+            (
+                "deactivate",
+                "set it Inactive; deleted after 'Inactive Grace Days' (needs iam:UpdateAccessKey)",
+            ),
+        ],
+        ..item(
+            "old_key_action",
+            OLD_KEY_ACTION,
+            "What happens to the old key once the new one works.",
+            ItemType::Enum,
+            Some("delete"),
+        )
+    },
 ];

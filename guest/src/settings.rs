@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::endpoints::{self, Endpoints};
 use crate::error::PluginError;
-use crate::model::{Context, Record};
+use crate::model::{Context, HostCredential, Record};
 use crate::retry::RetryPolicy;
 use crate::schema::{
-    AWS_REGION, CLIENT_ID, CLIENT_SECRET, ENDPOINT_URL, IAM_USERNAME, MAX_BACKOFF, RETRY_DEADLINE,
-    SESSION_TOKEN, VERIFY_TIMEOUT,
+    AWS_REGION, CLIENT_ID, CLIENT_SECRET, ENDPOINT_URL, IAM_USERNAME, MAX_BACKOFF, OLD_KEY_ACTION,
+    RETRY_DEADLINE, SESSION_TOKEN, VERIFY_TIMEOUT,
 };
 use crate::secret::Secret;
 
@@ -35,6 +35,15 @@ pub struct Credentials {
     pub session_token: Option<Secret>,
 }
 
+/// What `finalize` does with the vault's old key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldKeyAction {
+    /// Delete it (the user guide's behaviour).
+    Delete,
+    /// Set it `Inactive`; the host has it deleted after the grace period.
+    Deactivate,
+}
+
 /// Everything one rotation needs to know.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -50,6 +59,7 @@ pub struct Settings {
     pub verify_timeout: Duration,
     /// When the host stops this call; no pause may run past it.
     pub deadline: Option<Duration>,
+    pub old_key_action: OldKeyAction,
 }
 
 impl Settings {
@@ -58,7 +68,7 @@ impl Settings {
         let config = &ctx.config;
         let provider = ctx.provider.as_ref().map(Provider::read).transpose()?;
 
-        let credentials = credentials(config, provider.as_ref())?;
+        let credentials = credentials(config, provider.as_ref(), ctx.host_credential.as_ref())?;
         let region = config
             .value(&[AWS_REGION])
             .map(str::to_string)
@@ -75,6 +85,16 @@ impl Settings {
             ..RetryPolicy::default()
         };
         let verify_timeout = Duration::from_secs(whole(config, VERIFY_TIMEOUT, 60, 0, 3600)?);
+        let old_key_action = match config.value(&[OLD_KEY_ACTION]) {
+            None => OldKeyAction::Delete,
+            Some(v) if v.eq_ignore_ascii_case("delete") => OldKeyAction::Delete,
+            Some(v) if v.eq_ignore_ascii_case("deactivate") => OldKeyAction::Deactivate,
+            Some(v) => {
+                return Err(PluginError::InvalidConfig(format!(
+                    "'{OLD_KEY_ACTION}' is '{v}': use 'delete' (the default) or 'deactivate'"
+                )));
+            }
+        };
 
         Ok(Self {
             user_name: user_name(&ctx.user, config)?,
@@ -85,6 +105,7 @@ impl Settings {
             retry,
             verify_timeout,
             deadline: ctx.deadline,
+            old_key_action,
         })
     }
 }
@@ -129,38 +150,41 @@ impl Provider {
     }
 }
 
-/// The key pair comes whole from one record: a Client ID from the config with a
-/// secret from the provider would never sign correctly.
-fn credentials(config: &Record, provider: Option<&Provider>) -> Result<Credentials, PluginError> {
+/// The key pair comes whole from one source, in this order: the config record,
+/// the provider record, the host's own identity. A Client ID from one with a
+/// secret from another would never sign correctly.
+fn credentials(
+    config: &Record,
+    provider: Option<&Provider>,
+    host: Option<&HostCredential>,
+) -> Result<Credentials, PluginError> {
     let id = config.value(&[CLIENT_ID]);
     let secret = config.value(&[CLIENT_SECRET]);
-    match (id, secret, provider) {
-        (Some(id), Some(secret), _) => Ok(Credentials {
+    let from_provider = provider.and_then(|p| Some((p.key_id.as_ref()?, p.secret.as_ref()?, p)));
+    match (id, secret, from_provider, host) {
+        (Some(id), Some(secret), _, _) => Ok(Credentials {
             key_id: id.to_string(),
             secret: Secret::new(secret),
             session_token: config.value(&[SESSION_TOKEN]).map(Secret::new),
         }),
-        (Some(_), None, _) => Err(missing(&[CLIENT_SECRET], false)),
-        (None, Some(_), _) => Err(missing(&[CLIENT_ID], false)),
-        (
-            None,
-            None,
-            Some(Provider {
-                key_id: Some(id),
-                secret: Some(secret),
-                token,
-                ..
-            }),
-        ) => Ok(Credentials {
+        (Some(_), None, _, _) => Err(missing(&[CLIENT_SECRET], false)),
+        (None, Some(_), _, _) => Err(missing(&[CLIENT_ID], false)),
+        (None, None, Some((id, secret, p)), _) => Ok(Credentials {
             key_id: id.clone(),
             secret: Secret::new(secret.clone()),
-            session_token: token.clone().map(Secret::new),
+            session_token: p.token.clone().map(Secret::new),
         }),
-        (None, None, Some(_)) => Err(PluginError::InvalidConfig(format!(
-            "the config record has no '{CLIENT_ID}'/'{CLIENT_SECRET}' and the PAM AWS \
-             Configuration record lacks {PROVIDER_KEY_ID} or {PROVIDER_SECRET}: fill in one of them"
+        (None, None, None, Some(h)) => Ok(Credentials {
+            key_id: h.id.clone(),
+            secret: h.secret.clone(),
+            session_token: h.session_token.clone(),
+        }),
+        (None, None, None, None) => Err(PluginError::InvalidConfig(format!(
+            "no AWS credentials to sign with. Give them one of three ways: '{CLIENT_ID}' and \
+             '{CLIENT_SECRET}' in the config record; a PAM AWS Configuration record with \
+             {PROVIDER_KEY_ID} and {PROVIDER_SECRET} (--configuration-uid); or the host's own \
+             identity ('Use Gateway Credentials' in the config record, or --gateway-credentials)"
         ))),
-        (None, None, None) => Err(missing(&[CLIENT_ID, CLIENT_SECRET], false)),
     }
 }
 
@@ -310,6 +334,7 @@ mod tests {
             provider,
             dry_run: false,
             deadline: None,
+            ..Context::default()
         }
     }
 
@@ -390,6 +415,61 @@ mod tests {
         assert_eq!(
             s.credentials.session_token.as_ref().map(Secret::expose),
             Some("provider-token")
+        );
+    }
+
+    /// The third way: the host's own identity signs only when no record gives a pair.
+    #[test]
+    fn host_credential_is_the_last_resort() {
+        let host = crate::model::HostCredential {
+            id: "ASIAHOST".into(),
+            secret: Secret::new("host-secret"),
+            session_token: Some(Secret::new("host-token")),
+        };
+        let with_host = |config_fields: &[(&str, &str)], p: Option<Record>| {
+            let mut c = ctx(user("alice", None), config(config_fields), p);
+            c.host_credential = Some(host.clone());
+            Settings::resolve(&c)
+        };
+        let s = with_host(&[("AWS Region", "us-east-1")], None).unwrap();
+        assert_eq!(s.credentials.key_id, "ASIAHOST");
+        assert_eq!(
+            s.credentials.session_token.as_ref().map(Secret::expose),
+            Some("host-token")
+        );
+        assert_eq!(
+            with_host(FULL, None).unwrap().credentials.key_id,
+            "AKIACONFIG"
+        );
+        let s = with_host(&[], Some(provider(&["us-east-1"]))).unwrap();
+        assert_eq!(s.credentials.key_id, "AKIAPROVIDER");
+        let err = Settings::resolve(&ctx(
+            user("alice", None),
+            config(&[("AWS Region", "us-east-1")]),
+            None,
+        ))
+        .unwrap_err();
+        let PluginError::InvalidConfig(m) = err else {
+            panic!("{err:?}")
+        };
+        for way in ["'Client ID'", "pamAwsAccessKeyId", "--gateway-credentials"] {
+            assert!(m.contains(way), "{m}");
+        }
+    }
+
+    #[test]
+    fn old_key_action_is_delete_or_deactivate() {
+        let action = |v: &str| {
+            let mut cfg: Vec<(&str, &str)> = FULL.to_vec();
+            cfg.push(("Old Key Action", v));
+            Settings::resolve(&ctx(user("alice", None), config(&cfg), None))
+                .map(|s| s.old_key_action)
+        };
+        assert_eq!(action("Deactivate"), Ok(OldKeyAction::Deactivate));
+        assert_eq!(action("delete"), Ok(OldKeyAction::Delete));
+        assert_eq!(action(" "), Ok(OldKeyAction::Delete));
+        assert!(
+            matches!(action("disable"), Err(PluginError::InvalidConfig(m)) if m.contains("'deactivate'"))
         );
     }
 

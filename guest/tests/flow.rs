@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use aws_key_rotation::error::PluginError;
-use aws_key_rotation::model::{Context, Field, Record};
-use aws_key_rotation::rotation::{finalize, rotate};
+use aws_key_rotation::model::{Context, Deactivated, Field, Record};
+use aws_key_rotation::rotation::{finalize, purge, rotate};
 use aws_key_rotation::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
 
 type Answer = Result<HttpResponse, SendError>;
@@ -86,9 +86,13 @@ fn user() -> Answer {
 }
 
 fn keys(ids: &[&str]) -> Answer {
-    let members: String = ids
+    keys_with(&ids.iter().map(|id| (*id, "Active")).collect::<Vec<_>>())
+}
+
+fn keys_with(keys: &[(&str, &str)]) -> Answer {
+    let members: String = keys
         .iter()
-        .map(|id| format!("<member><AccessKeyId>{id}</AccessKeyId><Status>Active</Status><CreateDate>2024-01-01T00:00:00Z</CreateDate></member>"))
+        .map(|(id, status)| format!("<member><AccessKeyId>{id}</AccessKeyId><Status>{status}</Status><CreateDate>2024-01-01T00:00:00Z</CreateDate></member>"))
         .collect();
     ok(&format!(
         "<R><AccessKeyMetadata>{members}</AccessKeyMetadata></R>"
@@ -141,6 +145,7 @@ fn ctx(vault_key: &str, client_id: &str) -> Context {
         provider: None,
         dry_run: false,
         deadline: None,
+        ..Context::default()
     }
 }
 
@@ -339,4 +344,75 @@ fn an_expired_session_token_is_named() {
     let m = err.to_string();
     assert!(m.contains("session token") && m.contains("expired"), "{m}");
     assert!(!m.contains("clock"), "{m}");
+}
+
+/// With `Old Key Action` = deactivate, `finalize` sets the old key Inactive
+/// (`UpdateAccessKey`) and reports it deactivated, not retired.
+#[test]
+fn deactivate_mode_turns_the_old_key_off_instead_of_deleting_it() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", created(NEW))
+        .on("GetUser", user())
+        .on(
+            "GetCallerIdentity",
+            ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
+        )
+        .on("UpdateAccessKey", ok("<R/>"));
+    let mut c = ctx("OLD", "ROTATOR");
+    c.config
+        .fields
+        .push(field("text", "Old Key Action", "deactivate"));
+    let r = rotate(&t, &c).unwrap();
+    let f = finalize(&t, &c, &r).unwrap();
+    assert_eq!(f.deactivated, ["OLD"]);
+    assert!(f.retired.is_empty());
+    assert_eq!(t.sent().last().map(String::as_str), Some("UpdateAccessKey"));
+    assert!(!t.sent().contains(&"DeleteAccessKey".to_string()));
+}
+
+/// `purge` deletes only expired entries that IAM still shows Inactive; an
+/// entry turned back on, or the vault's key, is kept and reported.
+#[test]
+fn purge_deletes_only_expired_inactive_keys() {
+    let t = Script::default()
+        .on(
+            "ListAccessKeys",
+            keys_with(&[
+                ("OLD", "Active"),
+                ("GONE1", "Inactive"),
+                ("BACK", "Active"),
+                ("FRESH", "Inactive"),
+            ]),
+        )
+        .on("DeleteAccessKey", ok("<R/>"));
+    let mut c = ctx("OLD", "ROTATOR");
+    let entry = |id: &str, expired| Deactivated {
+        id: id.into(),
+        since: "2026-11-01T00:00:00Z".into(),
+        expired,
+    };
+    c.deactivated = vec![
+        entry("GONE1", true),
+        entry("BACK", true),
+        entry("FRESH", false),
+        entry("OLD", true),
+        entry("MISSING", true),
+    ];
+    let f = purge(&t, &c).unwrap();
+    assert_eq!(f.retired, ["GONE1", "MISSING"]);
+    assert_eq!(t.sent(), ["ListAccessKeys", "DeleteAccessKey"]);
+    assert!(
+        f.notes
+            .iter()
+            .any(|n| n.starts_with("kept BACK") && n.contains("Active again")),
+        "{:?}",
+        f.notes
+    );
+    assert!(
+        f.notes.iter().any(|n| n.starts_with("kept OLD")),
+        "{:?}",
+        f.notes
+    );
 }

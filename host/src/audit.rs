@@ -21,7 +21,13 @@ pub struct AuditEntry {
     pub user: Option<String>,
     pub old_key_ids: Vec<String>,
     pub new_key_id: Option<String>,
-    /// `rotated`, `planned`, `failed` or `not_finalized`.
+    /// Old keys turned off and kept for the grace period (a subset of `old_key_ids`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deactivated_key_ids: Vec<String>,
+    /// Keys deactivated earlier, deleted because their grace period ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged_key_ids: Vec<String>,
+    /// `rotated`, `purged`, `planned`, `failed` or `not_finalized`.
     pub outcome: &'static str,
     pub exit_code: i32,
     pub duration_ms: u64,
@@ -37,6 +43,8 @@ impl AuditEntry {
             user: None,
             old_key_ids: vec![],
             new_key_id: None,
+            deactivated_key_ids: vec![],
+            purged_key_ids: vec![],
             outcome,
             exit_code,
             duration_ms: 0,

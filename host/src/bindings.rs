@@ -2,7 +2,7 @@
 
 use crate::http::{self, SendError};
 use crate::plugin::{
-    ConfigItem, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind,
+    ConfigItem, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind,
 };
 use crate::secret::Secret;
 use crate::vault::Record;
@@ -103,6 +103,7 @@ impl From<wit::Rotation> for Rotation {
                 .collect(),
             created: r.created,
             retire: r.retire,
+            deleted: r.deleted,
             notes: r.notes,
         }
     }
@@ -123,6 +124,7 @@ impl From<&Rotation> for wit::Rotation {
                 .collect(),
             created: r.created.clone(),
             retire: r.retire.clone(),
+            deleted: r.deleted.clone(),
             notes: r.notes.clone(),
         }
     }
@@ -203,5 +205,29 @@ pub fn context(c: &crate::plugin::Context, deadline: std::time::Duration) -> wit
         provider: c.provider.as_ref().map(Into::into),
         dry_run: c.dry_run,
         deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        host_credential: c.host_credential.as_ref().map(|h| wit::HostCredential {
+            id: h.id.clone(),
+            secret: h.secret.expose().to_string(),
+            session_token: h.session_token.as_ref().map(|t| t.expose().to_string()),
+        }),
+        deactivated: c
+            .deactivated
+            .iter()
+            .map(|d| wit::DeactivatedCredential {
+                id: d.id.clone(),
+                since: d.since.clone(),
+                expired: d.expired,
+            })
+            .collect(),
+    }
+}
+
+impl From<wit::Finalized> for Finalized {
+    fn from(f: wit::Finalized) -> Self {
+        Self {
+            retired: f.retired,
+            deactivated: f.deactivated,
+            notes: f.notes,
+        }
     }
 }

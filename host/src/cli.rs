@@ -72,6 +72,10 @@ pub struct FleetArgs {
     /// Append one JSON line per rotation attempt to this file (0600).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// Lend the host's own AWS identity (environment, profile, web identity,
+    /// container or instance role) to rotations whose records give no credentials.
+    #[arg(long)]
+    pub gateway_credentials: bool,
     #[command(flatten)]
     pub vault_options: VaultArgs,
     #[command(flatten)]
@@ -145,6 +149,10 @@ pub struct RunArgs {
     /// Append one JSON line for this rotation attempt to this file (0600).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// Lend the host's own AWS identity (environment, profile, web identity,
+    /// container or instance role) when the records give no credentials.
+    #[arg(long)]
+    pub gateway_credentials: bool,
     #[command(flatten)]
     pub vault_options: VaultArgs,
     #[command(flatten)]
@@ -331,6 +339,7 @@ fn run_command(args: RunArgs) -> i32 {
         limits,
         vault_options: args.vault_options.options(),
         cache_dir: args.sandbox.cache_dir(),
+        gateway_credentials: args.gateway_credentials,
     };
     let audit = match args.audit.as_deref().map(AuditLog::open).transpose() {
         Ok(a) => a,
@@ -374,8 +383,22 @@ fn run_command(args: RunArgs) -> i32 {
                     report.created.as_deref().unwrap_or("?"),
                     opts.vault.display()
                 );
+                if !report.purged.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "deleted key(s) whose grace period ended: {}",
+                        report.purged.join(", ")
+                    );
+                }
                 if !report.retired.is_empty() {
                     let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
+                }
+                if !report.deactivated.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "deactivated old key(s), kept for the grace period: {}",
+                        report.deactivated.join(", ")
+                    );
                 }
                 for n in &report.notes {
                     let _ = writeln!(out, "note: {n}");
@@ -486,6 +509,7 @@ impl FleetArgs {
             jobs: self.jobs as usize,
             dry_run: self.dry_run,
             audit: self.audit.clone(),
+            gateway_credentials: self.gateway_credentials,
         })
     }
 }

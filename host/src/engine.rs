@@ -23,11 +23,11 @@ use crate::allowlist::{AllowList, NetworkPolicy};
 use crate::bindings;
 use crate::cache;
 use crate::http::{HttpConfig, Outbound};
-use crate::plugin::{ConfigItem, Context, PluginError, PluginInfo, Rotation};
+use crate::plugin::{ConfigItem, Context, Finalized, PluginError, PluginInfo, Rotation};
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
-pub const WORLD: &str = "pam:rotation/plugin@0.2.0";
+pub const WORLD: &str = "pam:rotation/plugin@0.3.0";
 
 /// How often WebAssembly code yields to the executor, so a timeout can fire.
 const TICK: Duration = Duration::from_millis(10);
@@ -394,7 +394,7 @@ fn oversized(r: &Rotation) -> Option<String> {
             return Some(format!("a value over {MAX_VALUE_BYTES} bytes"));
         }
     }
-    if r.notes.len() > MAX_NOTES || r.retire.len() > MAX_FIELDS {
+    if r.notes.len() > MAX_NOTES || r.retire.len() + r.deleted.len() > MAX_FIELDS {
         return Some(format!(
             "{} notes and {} keys to retire",
             r.notes.len(),
@@ -579,7 +579,7 @@ impl Instance {
         &mut self,
         ctx: &Context,
         done: &Rotation,
-    ) -> Result<Result<Vec<String>, PluginError>, SandboxError> {
+    ) -> Result<Result<Finalized, PluginError>, SandboxError> {
         let limit = self.start("finalize")?;
         let (ctx, done) = (bindings::context(ctx, limit), done.into());
         let r = tokio::time::timeout(
@@ -588,10 +588,44 @@ impl Instance {
         )
         .await;
         let r = self.finish("finalize", r)?;
-        Ok(
-            r.map(|f| f.retired.iter().map(|id| self.clean(id)).collect())
-                .map_err(|e| self.plugin_error(e)),
-        )
+        Ok(self.finalized(r))
+    }
+
+    /// Deletes the deactivated credentials of `ctx` whose grace period ended.
+    pub async fn purge(
+        &mut self,
+        ctx: &Context,
+    ) -> Result<Result<Finalized, PluginError>, SandboxError> {
+        let limit = self.start("purge")?;
+        let ctx = bindings::context(ctx, limit);
+        let r = tokio::time::timeout(limit, self.bindings.call_purge(&mut self.store, &ctx)).await;
+        let r = self.finish("purge", r)?;
+        Ok(self.finalized(r))
+    }
+
+    /// Ids are cleaned and notes cut: both are printed, and ids are stored.
+    fn finalized(
+        &self,
+        r: Result<bindings::wit::Finalized, bindings::wit::PluginError>,
+    ) -> Result<Finalized, PluginError> {
+        let f = Finalized::from(r.map_err(|e| self.plugin_error(e))?);
+        if f.retired.len() + f.deactivated.len() > MAX_FIELDS || f.notes.len() > MAX_NOTES {
+            return Err(PluginError::Failed(
+                "the plugin's answer lists more credentials or notes than the host accepts: this \
+                 is a bug in the plugin"
+                    .into(),
+            ));
+        }
+        let ids = |v: &[String]| v.iter().map(|id| self.clean(id)).collect();
+        Ok(Finalized {
+            retired: ids(&f.retired),
+            deactivated: ids(&f.deactivated),
+            notes: f
+                .notes
+                .iter()
+                .map(|n| self.clean(crate::text::truncate(n, MAX_TEXT_BYTES)))
+                .collect(),
+        })
     }
 
     pub async fn rollback(

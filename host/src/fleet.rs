@@ -19,7 +19,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::aws_identity::GatewayIdentity;
 use crate::engine::{Limits, Plugin, SandboxError};
+use crate::grace::Ledger;
 use crate::metrics::Metrics;
 use crate::rotate::{Job, PAM_USER_TYPE, Records, RunError, RunReport, rotate_record};
 use crate::schedule::{self, Due, Member, labels, stamp};
@@ -40,6 +42,8 @@ pub struct FleetOptions {
     pub jobs: usize,
     pub dry_run: bool,
     pub audit: Option<PathBuf>,
+    /// `--gateway-credentials`: lend the host's own AWS identity to every rotation.
+    pub gateway_credentials: bool,
 }
 
 /// One record's line in a pass report. Holds key ids, never secrets.
@@ -50,6 +54,12 @@ pub struct Entry {
     pub created: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<String>,
+    /// Old keys turned off and kept for the grace period.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deactivated: Vec<String>,
+    /// Keys deleted because their grace period ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +76,8 @@ impl Entry {
             user_uid: uid.to_string(),
             created: None,
             retired: vec![],
+            deactivated: vec![],
+            purged: vec![],
             exit_code: None,
             error: None,
             next_due: None,
@@ -79,6 +91,8 @@ impl Entry {
 pub struct PassReport {
     /// New key stored: finalized (`exit_code` 0), or not yet (3).
     pub rotated: Vec<Entry>,
+    /// Not due, but deactivated keys whose grace period ended were deleted.
+    pub purged: Vec<Entry>,
     pub failed: Vec<Entry>,
     /// `Rotation` is `disabled`, or the gateway was stopping.
     pub skipped: Vec<Entry>,
@@ -101,15 +115,21 @@ impl PassReport {
         }
     }
 
-    /// `N rotated, N failed, N skipped, N not due`.
+    /// `N rotated, N failed, N skipped, N not due`, with `N planned` and
+    /// `N purged` when there are any.
     pub fn summary(&self) -> String {
         let planned = if self.planned.is_empty() {
             String::new()
         } else {
             format!("{} planned, ", self.planned.len())
         };
+        let purged = if self.purged.is_empty() {
+            String::new()
+        } else {
+            format!("{} purged, ", self.purged.len())
+        };
         format!(
-            "{planned}{} rotated, {} failed, {} skipped, {} not due",
+            "{planned}{} rotated, {purged}{} failed, {} skipped, {} not due",
             self.rotated.len(),
             self.failed.len(),
             self.skipped.len(),
@@ -123,12 +143,20 @@ impl PassReport {
         for e in &self.planned {
             out.push(format!("planned {}: {}", e.user_uid, e.notes.join("; ")));
         }
-        for e in &self.rotated {
-            let retired = if e.retired.is_empty() {
+        let list = |what: &str, ids: &[String]| {
+            if ids.is_empty() {
                 String::new()
             } else {
-                format!(", retired {}", e.retired.join(", "))
-            };
+                format!(", {what} {}", ids.join(", "))
+            }
+        };
+        for e in &self.rotated {
+            let retired = [
+                list("deleted after the grace period", &e.purged),
+                list("retired", &e.retired),
+                list("deactivated", &e.deactivated),
+            ]
+            .concat();
             match &e.error {
                 None => out.push(format!(
                     "rotated {}: new key {}{retired}",
@@ -141,6 +169,22 @@ impl PassReport {
                     e.created.as_deref().unwrap_or("?")
                 )),
             }
+        }
+        for e in &self.purged {
+            out.push(format!(
+                "purged {}: deleted {} (grace period ended){}",
+                e.user_uid,
+                if e.purged.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    e.purged.join(", ")
+                },
+                if e.notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", e.notes.join("; "))
+                }
+            ));
         }
         for e in &self.failed {
             out.push(format!(
@@ -174,6 +218,7 @@ impl PassReport {
         use crate::text::printable;
         for list in [
             &mut self.rotated,
+            &mut self.purged,
             &mut self.failed,
             &mut self.skipped,
             &mut self.not_due,
@@ -184,7 +229,9 @@ impl PassReport {
                 e.user_uid = printable(&e.user_uid);
                 e.error = e.error.as_deref().map(printable);
                 e.created = e.created.as_deref().map(printable);
-                e.retired = e.retired.iter().map(|r| printable(r)).collect();
+                for ids in [&mut e.retired, &mut e.deactivated, &mut e.purged] {
+                    *ids = ids.iter().map(|r| printable(r)).collect();
+                }
                 e.notes = e.notes.iter().map(|n| printable(n)).collect();
             }
         }
@@ -257,9 +304,27 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
             }
             Ok(Member::Scheduled(entry)) => entry,
         };
-        if let Due::At(at) = entry.due(now) {
+        let config_record = config.as_ref().expect("scheduled records have a config");
+        let ledger = match Ledger::read(&user, config_record) {
+            Ok(l) => l,
+            Err(bad) => {
+                let mut e = Entry::new(&uid);
+                e.exit_code = Some(2);
+                e.error = Some(format!(
+                    "{bad}; this record was not rotated, the rest of the fleet was"
+                ));
+                report.failed.push(e);
+                continue;
+            }
+        };
+        let due = entry.due(now);
+        if let Due::At(at) = due
+            && ledger.expired_ids(now).is_empty()
+        {
             let mut e = Entry::new(&uid);
-            e.next_due = Some(stamp(at));
+            // The earlier of the next rotation and the next end of a grace period.
+            let next = ledger.next_expiry(now).map_or(at, |g| g.min(at));
+            e.next_due = Some(stamp(next));
             report.not_due.push(e);
             continue;
         }
@@ -269,6 +334,7 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
             provider_uid: entry.provider_uid.clone(),
             dry_run: opts.dry_run,
             mark_pending: true,
+            rotate: due == Due::Now,
         };
         // The user and config records are read already; only the provider is left.
         let provider = job
@@ -303,6 +369,7 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
 #[derive(Clone)]
 pub struct Fleet {
     plugin: Arc<Plugin>,
+    identity: Arc<GatewayIdentity>,
     opts: FleetOptions,
     audit: Option<Arc<AuditLog>>,
     /// Set by SIGTERM or SIGINT: start no new rotation.
@@ -322,6 +389,7 @@ impl Fleet {
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         Ok(Self {
             plugin: Arc::new(plugin),
+            identity: Arc::new(GatewayIdentity::new(opts.gateway_credentials)),
             opts,
             audit,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -374,8 +442,14 @@ impl Fleet {
                         continue;
                     }
                     let started = Instant::now();
-                    let result =
-                        rotate_record(&fleet.plugin, &writer, &w.job, w.records.clone()).await;
+                    let result = rotate_record(
+                        &fleet.plugin,
+                        &writer,
+                        &fleet.identity,
+                        &w.job,
+                        w.records.clone(),
+                    )
+                    .await;
                     fleet.audit(&w, &result, started.elapsed());
                     done.push(Ok((w.job.user_uid, result)));
                 }
@@ -429,8 +503,7 @@ pub fn audit_entry(
     took: Duration,
 ) -> AuditEntry {
     let mut entry = match result {
-        Ok(r) if r.status == "planned" => AuditEntry::now(uid, "planned", 0),
-        Ok(_) => AuditEntry::now(uid, "rotated", 0),
+        Ok(r) => AuditEntry::now(uid, r.status, 0),
         Err(e @ RunError::NotFinalized { .. }) => {
             AuditEntry::now(uid, "not_finalized", e.exit_code())
         }
@@ -441,11 +514,13 @@ pub fn audit_entry(
     match result {
         Ok(r) => {
             entry.new_key_id = r.created.clone();
-            entry.old_key_ids = if r.retired.is_empty() {
+            entry.old_key_ids = if r.retired.is_empty() && r.deactivated.is_empty() {
                 r.planned_retire.clone()
             } else {
-                r.retired.clone()
+                [r.retired.clone(), r.deactivated.clone()].concat()
             };
+            entry.deactivated_key_ids = r.deactivated.clone();
+            entry.purged_key_ids = r.purged.clone();
         }
         Err(e) => {
             entry.error = Some(e.to_string());
@@ -471,9 +546,15 @@ fn record(report: &mut PassReport, uid: &str, result: Result<RunReport, RunError
         Ok(r) => {
             e.created = r.created;
             e.retired = r.retired;
+            e.deactivated = r.deactivated;
+            e.purged = r.purged;
             e.notes = r.notes;
             e.exit_code = Some(0);
-            report.rotated.push(e);
+            if r.status == "purged" {
+                report.purged.push(e);
+            } else {
+                report.rotated.push(e);
+            }
         }
         Err(err) => {
             let code = err.exit_code();

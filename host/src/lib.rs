@@ -6,12 +6,14 @@
 
 pub mod allowlist;
 pub mod audit;
+pub mod aws_identity;
 pub mod bindings;
 pub mod cache;
 pub mod cli;
 pub mod configure;
 pub mod engine;
 pub mod fleet;
+pub mod grace;
 pub mod http;
 mod imports;
 pub mod metrics;

@@ -74,6 +74,8 @@ pub struct Rotation {
     pub fields: Vec<StoreField>,
     pub created: Option<String>,
     pub retire: Vec<String>,
+    /// Credentials `rotate` deleted to make room.
+    pub deleted: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -109,6 +111,34 @@ impl PluginError {
     }
 }
 
+/// The host's own credential, lent to the plugin. `Debug` redacts the secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCredential {
+    pub id: String,
+    pub secret: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// A credential an earlier `finalize` deactivated, as the plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deactivated {
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub since: String,
+    /// Its grace period has ended.
+    pub expired: bool,
+}
+
+/// The outcome of `finalize` and `purge`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Finalized {
+    /// Deleted, or found gone.
+    pub retired: Vec<String>,
+    /// Turned off and kept for the grace period.
+    pub deactivated: Vec<String>,
+    pub notes: Vec<String>,
+}
+
 /// What the host hands the plugin: the records of one rotation.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -116,4 +146,6 @@ pub struct Context {
     pub config: crate::vault::Record,
     pub provider: Option<crate::vault::Record>,
     pub dry_run: bool,
+    pub host_credential: Option<HostCredential>,
+    pub deactivated: Vec<Deactivated>,
 }

@@ -10,9 +10,11 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
+use crate::aws_identity::{GatewayIdentity, IdentityError};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
+use crate::grace::{self, Ledger};
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, ValueKind};
-use crate::schedule::{labels, stamp};
+use crate::schedule::{BadField, labels, stamp};
 use crate::secret::Secret;
 use crate::vault::{Record, Vault, VaultError, VaultOptions};
 use crate::writer::VaultWriter;
@@ -32,16 +34,24 @@ pub struct RunOptions {
     pub limits: Limits,
     pub vault_options: VaultOptions,
     pub cache_dir: Option<PathBuf>,
+    /// `--gateway-credentials`: lend the host's own AWS identity to every rotation.
+    pub gateway_credentials: bool,
 }
 
 /// What a run did. Holds key ids, never secrets.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    /// `rotated`, or `planned` for a dry run.
+    /// `rotated`, `purged` (only deactivated keys deleted), or `planned` for a dry run.
     pub status: &'static str,
     pub user_uid: String,
     pub created: Option<String>,
     pub retired: Vec<String>,
+    /// Old keys turned off and kept for the grace period (`Old Key Action` deactivate).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deactivated: Vec<String>,
+    /// Keys deactivated by earlier rotations, deleted now that their grace period ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged: Vec<String>,
     pub notes: Vec<String>,
     /// What `finalize` is to retire (for a dry run's plan and the audit log).
     #[serde(skip)]
@@ -56,6 +66,12 @@ pub enum RunError {
     Vault(#[from] VaultError),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
+    #[error("{0}; nothing was changed")]
+    BadField(BadField),
+    #[error("{0}")]
+    Saving(Arc<VaultError>),
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
     #[error("{stage} failed; the vault was not changed: {error}")]
     Plugin {
         stage: &'static str,
@@ -84,6 +100,7 @@ impl RunError {
         match self {
             Self::Vault(e) if e.is_bad_input() => 2,
             Self::Sandbox(e) if e.is_bad_input() => 2,
+            Self::BadField(_) => 2,
             Self::Plugin {
                 error: PluginError::InvalidConfig(_),
                 ..
@@ -104,6 +121,8 @@ pub struct Job {
     /// Mark the record `Rotation Pending` until `finalize` succeeds, so a fleet
     /// pass killed in between finishes the record at the next pass.
     pub mark_pending: bool,
+    /// Rotate; when false, only delete deactivated keys whose grace period ended.
+    pub rotate: bool,
 }
 
 /// The records of one job, read under the vault lock.
@@ -134,6 +153,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     crate::engine::block_on(async {
         // Compile before taking the lock: others wait on it for no reason otherwise.
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+        let identity = GatewayIdentity::new(opts.gateway_credentials);
         // The lock is held until the writer is dropped, at the end of the run.
         let vault = Vault::open(&opts.vault, &opts.vault_options)?;
         let job = Job {
@@ -142,19 +162,22 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             provider_uid: opts.provider_uid.clone(),
             dry_run: opts.dry_run,
             mark_pending: false,
+            rotate: true,
         };
         let records = Records::read(&vault, &job)?;
         let writer = VaultWriter::new(vault);
-        rotate_record(&plugin, &writer, &job, records).await
+        rotate_record(&plugin, &writer, &identity, &job, records).await
     })
 }
 
 /// The rotation core: a fresh instance of `plugin` rotates one record, the new
 /// credential is stored through `writer` before anything is retired, then
-/// `finalize`, or `rollback` if storing failed.
+/// `finalize`, or `rollback` if storing failed. Keys deactivated by earlier
+/// rotations whose grace period ended are deleted first (`purge`).
 pub async fn rotate_record(
     plugin: &Plugin,
     writer: &VaultWriter,
+    identity: &GatewayIdentity,
     job: &Job,
     records: Records,
 ) -> Result<RunReport, RunError> {
@@ -163,11 +186,23 @@ pub async fn rotate_record(
         config,
         provider,
     } = records;
+    let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
+    let host_credential = if identity.wanted(&config).map_err(RunError::BadField)? {
+        Some(identity.credential().await?)
+    } else {
+        None
+    };
     let mut instance = plugin.instantiate().await?;
     let info = instance.info().await?;
     let schema = instance.config_schema().await?;
     for secret in secrets(&schema, &user, &config, provider.as_ref()) {
         instance.add_secret(&secret);
+    }
+    if let Some(h) = &host_credential {
+        instance.add_secret(h.secret.expose());
+        if let Some(t) = &h.session_token {
+            instance.add_secret(t.expose());
+        }
     }
     instance.allow(allow_list(
         &info.allowed_hosts,
@@ -175,12 +210,52 @@ pub async fn rotate_record(
         &config,
         &plugin.limits().network,
     )?);
-    let ctx = Context {
+    let now = Utc::now();
+    let mut ctx = Context {
         user,
         config,
         provider,
         dry_run: job.dry_run,
+        host_credential,
+        deactivated: ledger.for_plugin(now),
     };
+    let mut report = RunReport {
+        status: if job.dry_run { "planned" } else { "rotated" },
+        user_uid: job.user_uid.clone(),
+        created: None,
+        retired: vec![],
+        deactivated: vec![],
+        purged: vec![],
+        notes: vec![],
+        planned_retire: vec![],
+    };
+
+    let expired = ledger.expired_ids(now);
+    if !expired.is_empty() && job.dry_run {
+        report.notes.push(format!(
+            "delete {}: deactivated by an earlier rotation, and the grace period has ended (if \
+             IAM still shows it inactive)",
+            expired.join(", ")
+        ));
+    } else if !expired.is_empty() {
+        match purge(&mut instance, writer, job, &ctx, &mut ledger, now).await {
+            Ok((purged, notes)) => {
+                report.purged = purged;
+                report.notes.extend(notes);
+            }
+            // A rotation still runs: its plan makes room by itself if it must.
+            Err(e) if job.rotate => report.notes.push(format!(
+                "the deactivated keys whose grace period ended were not deleted ({e}); the next \
+                 run tries again"
+            )),
+            Err(e) => return Err(e),
+        }
+        ctx.deactivated = ledger.for_plugin(now);
+    }
+    if !job.rotate {
+        report.status = if job.dry_run { "planned" } else { "purged" };
+        return Ok(report);
+    }
     tracing::info!(plugin = %info.name, user = %job.user_uid, dry_run = job.dry_run, "rotating");
 
     let rotation = match instance.rotate(&ctx).await {
@@ -200,14 +275,10 @@ pub async fn rotate_record(
     {
         instance.add_secret(f.value.expose());
     }
-    let mut report = RunReport {
-        status: if job.dry_run { "planned" } else { "rotated" },
-        user_uid: job.user_uid.clone(),
-        created: rotation.created.as_deref().map(|c| instance.clean(c)),
-        retired: vec![],
-        notes: rotation.notes.clone(),
-        planned_retire: rotation.retire.iter().map(|r| instance.clean(r)).collect(),
-    };
+    report.created = rotation.created.as_deref().map(|c| instance.clean(c));
+    let deleted: Vec<String> = rotation.deleted.iter().map(|d| instance.clean(d)).collect();
+    report.notes.extend(rotation.notes.iter().cloned());
+    report.planned_retire = rotation.retire.iter().map(|r| instance.clean(r)).collect();
     if job.dry_run {
         return Ok(report);
     }
@@ -221,14 +292,21 @@ pub async fn rotate_record(
 
     // Store durably before any old key is touched (I1, I2), with the time of
     // the rotation for the schedule, in the same atomic save.
+    // Keys deleted to make room are no longer tracked for their grace period.
     let mut fields = rotation.fields.clone();
     fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
-    let remove = if job.mark_pending {
+    let mut remove = if job.mark_pending {
         fields.push(text_field(labels::PENDING, "finalize"));
         vec![]
     } else {
         vec![labels::PENDING]
     };
+    let tracked = ledger.entries.len();
+    ledger.entries.retain(|e| !rotation.deleted.contains(&e.id));
+    if ledger.entries.len() != tracked {
+        fields.extend(ledger_fields(&ledger));
+        remove.extend(ledger_removal(&ledger));
+    }
     if let Err(source) = writer.store(&job.user_uid, fields, remove).await {
         let rollback = rollback(&mut instance, &ctx, &rotation, &created).await;
         return Err(RunError::StoreFailed {
@@ -241,20 +319,109 @@ pub async fn rotate_record(
 
     // Prove the new key works, then retire the old one.
     let why = match instance.finalize(&ctx, &rotation).await {
-        Ok(Ok(retired)) => {
-            for id in &retired {
+        Ok(Ok(done)) => {
+            for id in &done.retired {
                 tracing::info!(user = %job.user_uid, key = %id, "old key retired");
             }
-            if job.mark_pending {
+            report.notes.extend(done.notes);
+            report.retired = [deleted, done.retired].concat();
+            if !done.deactivated.is_empty() {
+                record_deactivated(writer, job, &mut ledger, &done.deactivated, &mut report).await;
+            } else if job.mark_pending {
                 writer.remove_later(&job.user_uid, labels::PENDING);
             }
-            report.retired = retired;
             return Ok(report);
         }
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
     Err(RunError::NotFinalized { created, why })
+}
+
+/// `purge`, then the ledger without the entries the plugin is done with.
+/// Returns the keys deleted and the plugin's notes.
+async fn purge(
+    instance: &mut Instance,
+    writer: &VaultWriter,
+    job: &Job,
+    ctx: &Context,
+    ledger: &mut Ledger,
+    now: chrono::DateTime<Utc>,
+) -> Result<(Vec<String>, Vec<String>), RunError> {
+    let done = match instance.purge(ctx).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => {
+            return Err(RunError::Plugin {
+                stage: "purge",
+                error,
+            });
+        }
+        Err(e) => return Err(RunError::Sandbox(e)),
+    };
+    for id in &done.retired {
+        tracing::info!(user = %job.user_uid, key = %id, "deactivated key deleted after its grace period");
+    }
+    ledger.forget_expired(now, &done.deactivated);
+    writer
+        .store(&job.user_uid, ledger_fields(ledger), ledger_removal(ledger))
+        .await
+        .map_err(RunError::Saving)?;
+    Ok((done.retired, done.notes))
+}
+
+/// Records what `finalize` deactivated, with the time, so a later pass deletes
+/// it after the grace period. Failing to record it loses no key: the next
+/// rotation deletes it to make room instead.
+async fn record_deactivated(
+    writer: &VaultWriter,
+    job: &Job,
+    ledger: &mut Ledger,
+    ids: &[String],
+    report: &mut RunReport,
+) {
+    let (good, bad): (Vec<String>, Vec<String>) =
+        ids.iter().cloned().partition(|id| grace::recordable(id));
+    if !bad.is_empty() {
+        report.notes.push(format!(
+            "the plugin deactivated {} credential(s) whose id the host cannot record; they are \
+             not deleted after the grace period",
+            bad.len()
+        ));
+    }
+    ledger.add(&good, Utc::now());
+    let mut remove = ledger_removal(ledger);
+    remove.extend(job.mark_pending.then_some(labels::PENDING));
+    match writer
+        .store(&job.user_uid, ledger_fields(ledger), remove)
+        .await
+    {
+        Ok(()) => report.deactivated = good,
+        Err(e) => {
+            report.notes.push(format!(
+                "the old key(s) {} were deactivated, but recording them in '{}' failed ({e}); \
+                 the next rotation deletes them to make room",
+                good.join(", "),
+                labels::DEACTIVATED
+            ));
+            report.deactivated = good;
+        }
+    }
+}
+
+fn ledger_fields(ledger: &Ledger) -> Vec<StoreField> {
+    ledger
+        .render()
+        .map(|v| text_field(labels::DEACTIVATED, &v))
+        .into_iter()
+        .collect()
+}
+
+fn ledger_removal(ledger: &Ledger) -> Vec<&'static str> {
+    if ledger.entries.is_empty() {
+        vec![labels::DEACTIVATED]
+    } else {
+        vec![]
+    }
 }
 
 fn text_field(label: &str, value: &str) -> StoreField {

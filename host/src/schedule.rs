@@ -16,7 +16,7 @@ use croner::parser::{CronParser, Seconds, Year};
 
 use crate::vault::Record;
 
-/// Field labels the fleet reads and writes.
+/// Field labels the host reads and writes (the plugin's own fields are its business).
 pub mod labels {
     pub const CONFIG: &str = "Rotation Config";
     pub const PROVIDER: &str = "Rotation Provider";
@@ -26,6 +26,12 @@ pub mod labels {
     pub const TIMEZONE: &str = "Rotation Timezone";
     pub const LAST_ROTATED: &str = "Last Rotated";
     pub const PENDING: &str = "Rotation Pending";
+    /// On the PAM user record: `ID SINCE` per credential deactivated by a rotation.
+    pub const DEACTIVATED: &str = "Deactivated Keys";
+    /// On the config record: days a deactivated credential is kept.
+    pub const GRACE_DAYS: &str = "Inactive Grace Days";
+    /// On the config record: lend the host's own AWS identity to the plugin.
+    pub const GATEWAY_CREDENTIALS: &str = "Use Gateway Credentials";
 }
 
 /// When a record is rotated.

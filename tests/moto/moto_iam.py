@@ -7,9 +7,11 @@ is signed with that administrator's key, so moto checks signatures and policies.
 
 Commands print JSON on stdout:
   bootstrap                        create the administrator; print its key
-  user NAME [--policy-on TARGET]   create a user; with --policy-on, give it the
+  user NAME [--policy-on TARGET] [--also ACTION]...
+                                   create a user; with --policy-on, give it the
                                    user guide's four actions (Resource "*": moto
-                                   matches resources against "*", see README)
+                                   matches resources against "*", see README),
+                                   plus each --also action
   create-key NAME                  create an access key; print id and secret
   deactivate NAME KEY_ID           mark a key Inactive
   keys NAME                        list the user's key ids and statuses
@@ -61,6 +63,7 @@ def main():
     u = sub.add_parser("user")
     u.add_argument("name")
     u.add_argument("--policy-on")
+    u.add_argument("--also", action="append", default=[])
     k = sub.add_parser("create-key")
     k.add_argument("name")
     d = sub.add_parser("deactivate")
@@ -93,7 +96,7 @@ def main():
             iam.put_user_policy(
                 UserName=a.name,
                 PolicyName="rotate-access-keys",
-                PolicyDocument=allow(GUIDE_ACTIONS),
+                PolicyDocument=allow(GUIDE_ACTIONS + a.also),
             )
         out = {"arn": arn}
     elif a.cmd == "create-key":

@@ -94,11 +94,34 @@ impl Moto {
 
     /// Creates a user; with `policy_on`, it gets the user guide's four actions.
     pub fn user(&self, name: &str, policy_on: Option<&str>) -> String {
+        self.user_with(name, policy_on, &[])
+    }
+
+    /// Like `user`, with `also` allowed beside the guide's four actions.
+    pub fn user_with(&self, name: &str, policy_on: Option<&str>, also: &[&str]) -> String {
         let mut args = vec!["user", name];
         if let Some(target) = policy_on {
             args.extend(["--policy-on", target]);
         }
+        for action in also {
+            args.extend(["--also", action]);
+        }
         self.helper(&args)["arn"].as_str().unwrap().into()
+    }
+
+    /// The user's keys with their status (`Active` or `Inactive`).
+    pub fn key_statuses(&self, user: &str) -> Vec<(String, String)> {
+        self.helper(&["keys", user])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["id"].as_str().unwrap().to_string(),
+                    k["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
     }
 
     /// Creates a key; returns its id and secret.

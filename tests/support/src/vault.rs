@@ -42,6 +42,40 @@ impl VaultFile {
     pub fn folder(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Rewrites the first value of field `label` of record `uid`, as an
+    /// operator editing the file would (the file keeps its mode).
+    pub fn set_field(&self, uid: &str, label: &str, value: &str) {
+        let mut doc = self.json();
+        let record = doc["records"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|r| r["uid"] == uid)
+            .expect("the record exists");
+        let field = ["fields", "custom"]
+            .iter()
+            .filter_map(|s| record[*s].as_array())
+            .flatten()
+            .position(|f| {
+                f["label"]
+                    .as_str()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(label))
+            });
+        let (section, index) = match field {
+            Some(i) => {
+                let in_fields = record["fields"].as_array().map_or(0, Vec::len);
+                if i < in_fields {
+                    ("fields", i)
+                } else {
+                    ("custom", i - in_fields)
+                }
+            }
+            None => panic!("record {uid} has no field {label}"),
+        };
+        record[section][index]["value"] = json!([value]);
+        std::fs::write(&self.path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    }
 }
 
 /// The first value of the field labelled `label` in record `uid` of a vault document.

@@ -165,6 +165,10 @@ impl bindings::Guest for Hostile {
     fn rollback(_: wit::Context, _: wit::Rotation) -> Result<(), wit::PluginError> {
         Ok(())
     }
+
+    fn purge(_: wit::Context) -> Result<wit::Finalized, wit::PluginError> {
+        Err(wit::PluginError::Failed("not used".into()))
+    }
 }
 
 bindings::export!(Hostile with_types_in bindings);

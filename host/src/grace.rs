@@ -1,0 +1,252 @@
+//! The grace period of deactivated credentials (docs/design.md, "Staged retire").
+//!
+//! A plugin may retire an old credential by deactivating it instead of
+//! deleting it. The host records each one on the PAM user record, one line
+//! `ID SINCE` in the field `Deactivated Keys`, and keeps the clock: the plugin
+//! learns which have passed the config's `Inactive Grace Days` and may be deleted.
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::plugin::Deactivated;
+use crate::schedule::{BadField, labels, stamp};
+use crate::vault::Record;
+
+/// The grace period when the config record sets none.
+pub const DEFAULT_DAYS: i64 = 7;
+/// The longest grace period accepted, in days (ten years).
+const MAX_DAYS: i64 = 3650;
+
+/// One credential the host saw a plugin deactivate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub since: DateTime<Utc>,
+}
+
+/// The deactivated credentials of one PAM user record, and its grace period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    pub entries: Vec<Entry>,
+    pub grace: Duration,
+}
+
+impl Ledger {
+    /// Reads `Deactivated Keys` from `user` and `Inactive Grace Days` from `config`.
+    pub fn read(user: &Record, config: &Record) -> Result<Self, BadField> {
+        let grace = match config.value(labels::GRACE_DAYS) {
+            None => DEFAULT_DAYS,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|d| (0..=MAX_DAYS).contains(d))
+                .ok_or_else(|| BadField {
+                    field: labels::GRACE_DAYS,
+                    why: format!(
+                        "in record '{}' is '{text}', not a whole number of days from 0 to {MAX_DAYS}; \
+                         fix it or clear it for the default of {DEFAULT_DAYS}",
+                        config.uid
+                    ),
+                })?,
+        };
+        let mut entries = Vec::new();
+        for line in user
+            .value(labels::DEACTIVATED)
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            entries.push(parse_line(line).ok_or_else(|| BadField {
+                field: labels::DEACTIVATED,
+                why: format!(
+                    "has the line '{line}', not 'KEY-ID TIME' with an RFC 3339 time like \
+                     AKIAEXAMPLE 2026-11-26T03:00:00Z; fix or remove that line"
+                ),
+            })?);
+        }
+        Ok(Self {
+            entries,
+            grace: Duration::days(grace),
+        })
+    }
+
+    /// The entries as the plugin sees them at `now`.
+    pub fn for_plugin(&self, now: DateTime<Utc>) -> Vec<Deactivated> {
+        self.entries
+            .iter()
+            .map(|e| Deactivated {
+                id: e.id.clone(),
+                since: stamp(e.since),
+                expired: self.expired(e, now),
+            })
+            .collect()
+    }
+
+    fn expired(&self, e: &Entry, now: DateTime<Utc>) -> bool {
+        now >= e.since + self.grace
+    }
+
+    /// The ids whose grace period has ended at `now`.
+    pub fn expired_ids(&self, now: DateTime<Utc>) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| self.expired(e, now))
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// When the next grace period ends, if any entry is still in one.
+    pub fn next_expiry(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.entries
+            .iter()
+            .map(|e| e.since + self.grace)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// After a `purge`: every expired entry the plugin did not keep is forgotten.
+    pub fn forget_expired(&mut self, now: DateTime<Utc>, kept: &[String]) {
+        let grace = self.grace;
+        self.entries
+            .retain(|e| now < e.since + grace || kept.contains(&e.id));
+    }
+
+    /// After a `finalize` that deactivated `ids` at `now`.
+    pub fn add(&mut self, ids: &[String], now: DateTime<Utc>) {
+        self.entries.retain(|e| !ids.contains(&e.id));
+        self.entries.extend(ids.iter().map(|id| Entry {
+            id: id.clone(),
+            since: now,
+        }));
+    }
+
+    /// The field's new value; `None` when nothing is left to track.
+    pub fn render(&self) -> Option<String> {
+        (!self.entries.is_empty()).then(|| {
+            self.entries
+                .iter()
+                .map(|e| format!("{} {}", e.id, stamp(e.since)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+}
+
+/// Whether the host can record `id`: a plugin's id goes into a vault field,
+/// so one that could break the line format (or hide text) is refused.
+pub fn recordable(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn parse_line(line: &str) -> Option<Entry> {
+    let mut parts = line.split_whitespace();
+    let (id, since, rest) = (parts.next()?, parts.next()?, parts.next());
+    if rest.is_some() || !recordable(id) {
+        return None;
+    }
+    let since = DateTime::parse_from_rfc3339(since)
+        .ok()?
+        .with_timezone(&Utc);
+    Some(Entry {
+        id: id.to_string(),
+        since,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::vault::Field;
+
+    fn record(uid: &str, fields: &[(&str, &str)]) -> Record {
+        Record {
+            uid: uid.into(),
+            record_type: "pamUser".into(),
+            title: String::new(),
+            fields: fields
+                .iter()
+                .map(|(label, value)| Field {
+                    kind: "text".into(),
+                    label: Some(label.to_string()),
+                    values: vec![Secret::new(*value)],
+                })
+                .collect(),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn entries_expire_after_the_configs_grace_days() {
+        let user = record(
+            "u",
+            &[(
+                "Deactivated Keys",
+                "AKIAOLD1 2026-11-01T00:00:00Z\n\n  AKIAOLD2 2026-11-20T12:00:00Z ",
+            )],
+        );
+        let config = record("c", &[("Inactive Grace Days", "10")]);
+        let ledger = Ledger::read(&user, &config).unwrap();
+        let now = at("2026-11-26T00:00:00Z");
+        assert_eq!(ledger.expired_ids(now), ["AKIAOLD1"]);
+        let seen = ledger.for_plugin(now);
+        assert_eq!(seen[1].since, "2026-11-20T12:00:00Z");
+        assert!(seen[0].expired && !seen[1].expired);
+        assert_eq!(ledger.next_expiry(now), Some(at("2026-11-30T12:00:00Z")));
+        let default = Ledger::read(&user, &record("c", &[])).unwrap();
+        assert_eq!(default.grace, Duration::days(DEFAULT_DAYS));
+    }
+
+    #[test]
+    fn purge_forgets_expired_entries_unless_kept_and_add_restamps() {
+        let user = record(
+            "u",
+            &[(
+                "Deactivated Keys",
+                "A1 2026-11-01T00:00:00Z\nA2 2026-11-02T00:00:00Z\nA3 2026-11-25T00:00:00Z",
+            )],
+        );
+        let mut ledger = Ledger::read(&user, &record("c", &[])).unwrap();
+        let now = at("2026-11-26T00:00:00Z");
+        ledger.forget_expired(now, &["A2".to_string()]);
+        let ids: Vec<_> = ledger.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["A2", "A3"]);
+        ledger.add(&["A3".to_string(), "B".to_string()], now);
+        assert_eq!(
+            ledger.render().unwrap(),
+            "A2 2026-11-02T00:00:00Z\nA3 2026-11-26T00:00:00Z\nB 2026-11-26T00:00:00Z"
+        );
+        ledger.entries.clear();
+        assert_eq!(ledger.render(), None);
+    }
+
+    #[test]
+    fn malformed_fields_are_named() {
+        let config = record("c", &[]);
+        for bad in [
+            "AKIA",
+            "AKIA yesterday",
+            "AKIA 2026-11-01T00:00:00Z extra",
+            "AK;IA 2026-11-01T00:00:00Z",
+        ] {
+            let err =
+                Ledger::read(&record("u", &[("Deactivated Keys", bad)]), &config).unwrap_err();
+            assert_eq!(err.field, "Deactivated Keys", "{bad}");
+        }
+        for bad in ["-1", "3651", "seven", "1.5"] {
+            let err = Ledger::read(
+                &record("u", &[]),
+                &record("c", &[("Inactive Grace Days", bad)]),
+            )
+            .unwrap_err();
+            assert_eq!(err.field, "Inactive Grace Days", "{bad}");
+            assert!(err.why.contains("from 0 to 3650"), "{}", err.why);
+        }
+    }
+}
