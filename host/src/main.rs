@@ -3,15 +3,29 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::prelude::*;
+
+/// Crates of the AWS credential chain print request bodies (a web identity
+/// token) and headers (the IMDS session token) at TRACE: they stop at DEBUG,
+/// whatever `RUST_LOG` says.
+const CAPPED_AT_DEBUG: &[&str] = &["aws_", "hyper", "h2", "tower"];
 
 fn main() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(true)
+    let capped = filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE
+            || !CAPPED_AT_DEBUG.iter().any(|p| meta.target().starts_with(p))
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(true)
+                .with_filter(filter)
+                .with_filter(capped),
+        )
         .init();
     let cli = rotate_host::cli::Cli::parse();
     std::process::exit(rotate_host::cli::execute(cli));

@@ -16,9 +16,13 @@ Commands print JSON on stdout:
   deactivate NAME KEY_ID           mark a key Inactive
   keys NAME                        list the user's key ids and statuses
   whoami KEY_ID SECRET             STS GetCallerIdentity with that key
-  assume-role NAME KEY_ID SECRET   create role NAME that the key's user may assume,
-                                   with the guide's four actions; assume it with
-                                   that key; print the temporary credentials
+  unsigned-next N                  let the next N requests through unsigned (for
+                                   AssumeRoleWithWebIdentity, which is unsigned);
+                                   moto checks every later one again
+  role NAME KEY_ID SECRET          create role NAME that the key's user may assume,
+                                   with the guide's four actions; print its ARN
+  assume-role NAME KEY_ID SECRET   the same, then assume it with that key; print
+                                   the temporary credentials
 """
 
 import argparse
@@ -71,13 +75,16 @@ def main():
     d.add_argument("key_id")
     ls = sub.add_parser("keys")
     ls.add_argument("name")
+    n = sub.add_parser("unsigned-next")
+    n.add_argument("count")
     w = sub.add_parser("whoami")
     w.add_argument("key_id")
     w.add_argument("secret")
-    r = sub.add_parser("assume-role")
-    r.add_argument("name")
-    r.add_argument("key_id")
-    r.add_argument("secret")
+    for cmd in ("role", "assume-role"):
+        r = sub.add_parser(cmd)
+        r.add_argument("name")
+        r.add_argument("key_id")
+        r.add_argument("secret")
     a = p.parse_args()
 
     iam = client("iam", a.endpoint)
@@ -108,13 +115,20 @@ def main():
     elif a.cmd == "keys":
         meta = iam.list_access_keys(UserName=a.name)["AccessKeyMetadata"]
         out = [{"id": m["AccessKeyId"], "status": m["Status"]} for m in meta]
+    elif a.cmd == "unsigned-next":
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            a.endpoint + "/moto-api/reset-auth", data=a.count.encode(), method="POST",
+            # Not a form: werkzeug would consume a form body before moto reads it.
+            headers={"Content-Type": "text/plain"}))
+        out = {}
     elif a.cmd == "whoami":
         try:
             arn = client("sts", a.endpoint, a.key_id, a.secret).get_caller_identity()["Arn"]
             out = {"arn": arn}
         except botocore.exceptions.ClientError as e:
             out = {"error": e.response["Error"]["Code"]}
-    elif a.cmd == "assume-role":
+    elif a.cmd in ("role", "assume-role"):
         caller = client("sts", a.endpoint, a.key_id, a.secret).get_caller_identity()["Arn"]
         role = iam.create_role(
             RoleName=a.name,
@@ -135,11 +149,14 @@ def main():
             PolicyName="assume-" + a.name,
             PolicyDocument=allow("sts:AssumeRole"),
         )
-        creds = client("sts", a.endpoint, a.key_id, a.secret).assume_role(
-            RoleArn=role["Arn"], RoleSessionName="rotate-host-test"
-        )["Credentials"]
-        out = {"key_id": creds["AccessKeyId"], "secret": creds["SecretAccessKey"],
-               "token": creds["SessionToken"]}
+        if a.cmd == "role":
+            out = {"arn": role["Arn"]}
+        else:
+            creds = client("sts", a.endpoint, a.key_id, a.secret).assume_role(
+                RoleArn=role["Arn"], RoleSessionName="rotate-host-test"
+            )["Credentials"]
+            out = {"key_id": creds["AccessKeyId"], "secret": creds["SecretAccessKey"],
+                   "token": creds["SessionToken"]}
     json.dump(out, sys.stdout)
 
 

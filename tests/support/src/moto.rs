@@ -161,6 +161,21 @@ impl Moto {
     }
 
     /// STS GetCallerIdentity with a key: its ARN, or the error code.
+    /// Creates role `name` with the guide's four actions, which the key's user
+    /// may assume; returns its ARN.
+    pub fn role(&self, name: &str, key_id: &str, secret: &str) -> String {
+        self.helper(&["role", name, key_id, secret])["arn"]
+            .as_str()
+            .unwrap()
+            .into()
+    }
+
+    /// Lets the next `count` requests through without a signature; moto
+    /// checks every later one again.
+    pub fn unsigned_next(&self, count: u32) {
+        self.helper(&["unsigned-next", &count.to_string()]);
+    }
+
     pub fn whoami(&self, key_id: &str, secret: &str) -> Result<String, String> {
         let v = self.helper(&["whoami", key_id, secret]);
         match v["arn"].as_str() {
