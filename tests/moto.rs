@@ -328,6 +328,22 @@ fn fleet_user(key_id: &str) -> serde_json::Value {
     r
 }
 
+/// alice with one key, and a rotator allowed the guide's four actions plus
+/// `also`, in the deactivate mode.
+fn deactivating_setup(also: &[&str]) -> (MotoSetup, VaultFile) {
+    let moto = Moto::start();
+    moto.user("alice", None);
+    moto.user_with("rotator", Some("alice"), also);
+    let rotator = moto.create_key("rotator");
+    let old = moto.create_key("alice");
+    let s = MotoSetup { moto, rotator, old };
+    let vault = VaultFile::new(vec![
+        deactivating_config(&s.moto.url, &s.rotator),
+        fleet_user(&s.old.0),
+    ]);
+    (s, vault)
+}
+
 fn statuses(s: &MotoSetup) -> Vec<(String, String)> {
     let mut keys = s.moto.key_statuses("alice");
     keys.sort_by(|a, b| a.1.cmp(&b.1));
@@ -343,16 +359,7 @@ fn due(vault: &VaultFile) -> Outcome {
 /// old key; a `due` pass inside the grace period keeps it; one after deletes it.
 #[test]
 fn deactivate_then_delete_after_the_grace_period() {
-    let moto = Moto::start();
-    moto.user("alice", None);
-    moto.user_with("rotator", Some("alice"), &["iam:UpdateAccessKey"]);
-    let rotator = moto.create_key("rotator");
-    let old = moto.create_key("alice");
-    let s = MotoSetup { moto, rotator, old };
-    let vault = VaultFile::new(vec![
-        deactivating_config(&s.moto.url, &s.rotator),
-        fleet_user(&s.old.0),
-    ]);
+    let (s, vault) = deactivating_setup(&["iam:UpdateAccessKey"]);
 
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
@@ -425,11 +432,7 @@ fn deactivate_then_delete_after_the_grace_period() {
 /// Active, and the error names the action to grant (exit 3).
 #[test]
 fn deactivate_mode_without_update_access_key_is_denied_after_the_store() {
-    let s = setup();
-    let vault = VaultFile::new(vec![
-        deactivating_config(&s.moto.url, &s.rotator),
-        fleet_user(&s.old.0),
-    ]);
+    let (s, vault) = deactivating_setup(&[]);
     let out = run(&vault, "user1", "cfg1", &[]);
     out.expect(3, &["UpdateAccessKey", "iam:UpdateAccessKey"]);
     let new = vault.field("user1", "aws_access_key_id").unwrap();
@@ -449,16 +452,7 @@ fn deactivate_mode_without_update_access_key_is_denied_after_the_store() {
 /// rotation must delete it to make room, and the plan says so first.
 #[test]
 fn an_inactive_key_in_its_grace_period_makes_room_and_the_plan_says_so() {
-    let moto = Moto::start();
-    moto.user("alice", None);
-    moto.user_with("rotator", Some("alice"), &["iam:UpdateAccessKey"]);
-    let rotator = moto.create_key("rotator");
-    let old = moto.create_key("alice");
-    let s = MotoSetup { moto, rotator, old };
-    let vault = VaultFile::new(vec![
-        deactivating_config(&s.moto.url, &s.rotator),
-        fleet_user(&s.old.0),
-    ]);
+    let (s, vault) = deactivating_setup(&["iam:UpdateAccessKey"]);
     assert_eq!(run(&vault, "user1", "cfg1", &[]).code, 0);
     let first = vault.field("user1", "aws_access_key_id").unwrap();
 

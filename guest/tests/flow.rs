@@ -149,9 +149,9 @@ fn ctx(vault_key: &str, client_id: &str) -> Context {
     }
 }
 
-#[test]
-fn a_plain_rotation_sends_six_calls() {
-    let t = Script::default()
+/// The answers of a rotation of the vault's key OLD, up to retiring it.
+fn rotation_of_old() -> Script {
+    Script::default()
         .on("GetUser", user())
         .on("ListAccessKeys", keys(&["OLD"]))
         .on("CreateAccessKey", created(NEW))
@@ -160,7 +160,11 @@ fn a_plain_rotation_sends_six_calls() {
             "GetCallerIdentity",
             ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
         )
-        .on("DeleteAccessKey", ok("<R/>"));
+}
+
+#[test]
+fn a_plain_rotation_sends_six_calls() {
+    let t = rotation_of_old().on("DeleteAccessKey", ok("<R/>"));
     let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
     assert_eq!(r.created.as_deref(), Some(NEW));
     assert_eq!(r.retire, ["OLD"]);
@@ -350,16 +354,7 @@ fn an_expired_session_token_is_named() {
 /// (`UpdateAccessKey`) and reports it deactivated, not retired.
 #[test]
 fn deactivate_mode_turns_the_old_key_off_instead_of_deleting_it() {
-    let t = Script::default()
-        .on("GetUser", user())
-        .on("ListAccessKeys", keys(&["OLD"]))
-        .on("CreateAccessKey", created(NEW))
-        .on("GetUser", user())
-        .on(
-            "GetCallerIdentity",
-            ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
-        )
-        .on("UpdateAccessKey", ok("<R/>"));
+    let t = rotation_of_old().on("UpdateAccessKey", ok("<R/>"));
     let mut c = ctx("OLD", "ROTATOR");
     c.config
         .fields

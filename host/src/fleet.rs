@@ -267,6 +267,16 @@ struct Work {
     login: Option<String>,
 }
 
+/// The report entry of a record with a field the fleet cannot use.
+fn bad_field(uid: &str, bad: &schedule::BadField) -> Entry {
+    let mut e = Entry::new(uid);
+    e.exit_code = Some(2);
+    e.error = Some(format!(
+        "{bad}; this record was not rotated, the rest of the fleet was"
+    ));
+    e
+}
+
 /// Sorts the vault's records into work to do now and report entries.
 fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
     let now = Utc::now();
@@ -294,12 +304,7 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
                 continue;
             }
             Err(bad) => {
-                let mut e = Entry::new(&uid);
-                e.exit_code = Some(2);
-                e.error = Some(format!(
-                    "{bad}; this record was not rotated, the rest of the fleet was"
-                ));
-                report.failed.push(e);
+                report.failed.push(bad_field(&uid, &bad));
                 continue;
             }
             Ok(Member::Scheduled(entry)) => entry,
@@ -308,12 +313,7 @@ fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Wo
         let ledger = match Ledger::read(&user, config_record) {
             Ok(l) => l,
             Err(bad) => {
-                let mut e = Entry::new(&uid);
-                e.exit_code = Some(2);
-                e.error = Some(format!(
-                    "{bad}; this record was not rotated, the rest of the fleet was"
-                ));
-                report.failed.push(e);
+                report.failed.push(bad_field(&uid, &bad));
                 continue;
             }
         };
