@@ -14,7 +14,7 @@ use crate::fleet::{Fleet, FleetOptions, audit_entry};
 use crate::http::{HttpConfig, read_ca_file};
 use crate::metrics::Metrics;
 use crate::rotate::{RunOptions, run};
-use crate::vault::VaultOptions;
+use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
 #[derive(Debug, Parser)]
@@ -53,9 +53,8 @@ pub struct FleetArgs {
     /// The plugin component (.wasm), compiled once for the whole process.
     #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
-    /// The vault file.
-    #[arg(long, value_name = "FILE")]
-    pub vault: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Rotate records whose key is this old, when neither the record nor its
     /// config record sets a schedule [1-36500].
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=36_500))]
@@ -112,9 +111,8 @@ pub struct RunArgs {
     /// The plugin component (.wasm).
     #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
-    /// The vault file.
-    #[arg(long, value_name = "FILE")]
-    pub vault: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// UID of the PAM user record whose credential is rotated.
     // Keeper UIDs are URL-safe base64 and may start with '-'.
     #[arg(
@@ -164,12 +162,15 @@ pub struct ConfigArgs {
     /// The plugin component (.wasm).
     #[arg(value_name = "GUEST.wasm")]
     pub guest: PathBuf,
-    /// The vault file; created (0600) if it does not exist.
-    #[arg(long, value_name = "FILE")]
-    pub vault: PathBuf,
+    /// The vault: a file (created 0600 if it does not exist), or Keeper.
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Title of the new record.
     #[arg(short = 't', long, value_name = "TITLE")]
     pub title: String,
+    /// With --ksm-config: the UID of the shared folder to create the record in.
+    #[arg(long, value_name = "UID")]
+    pub ksm_folder: Option<String>,
     /// A field value, as LABEL=VALUE; repeat for each field. Labels match any case.
     #[arg(long = "field", value_name = "LABEL=VALUE")]
     pub fields: Vec<String>,
@@ -194,7 +195,55 @@ pub struct InfoArgs {
     pub sandbox: SandboxArgs,
 }
 
-/// How the vault file is opened.
+/// Which vault: a JSON file or Keeper (exactly one).
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The vault file.
+    #[arg(long, value_name = "FILE", conflicts_with = "ksm_config")]
+    pub vault: Option<PathBuf>,
+    /// A Keeper Secrets Manager client config (JSON, or its base64 form), instead
+    /// of --vault; KSM_CONFIG may hold it when neither flag is given.
+    #[arg(long, value_name = "FILE")]
+    pub ksm_config: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The vault to use, or a message for exit 2.
+    pub fn source(&self, opts: &VaultOptions) -> Result<VaultSource, String> {
+        match (&self.vault, &self.ksm_config) {
+            (Some(path), None) => Ok(VaultSource::File(path.clone())),
+            (None, Some(path)) => ksm_source(Some(path), opts),
+            (None, None) if std::env::var_os("KSM_CONFIG").is_some() => ksm_source(None, opts),
+            (None, None) => Err(
+                "no vault given: pass --vault FILE (a JSON vault) or --ksm-config FILE (a Keeper \
+                 Secrets Manager config; KSM_CONFIG may hold it instead)"
+                    .into(),
+            ),
+            (Some(_), Some(_)) => Err("pass --vault or --ksm-config, not both".into()),
+        }
+    }
+}
+
+#[cfg(feature = "ksm")]
+fn ksm_source(path: Option<&PathBuf>, opts: &VaultOptions) -> Result<VaultSource, String> {
+    use crate::vault::ksm::KsmConfig;
+    let config = match path {
+        Some(path) => KsmConfig::from_file(path, opts),
+        None => KsmConfig::from_env(&std::env::var("KSM_CONFIG").unwrap_or_default()),
+    };
+    config.map(VaultSource::Ksm).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "ksm"))]
+fn ksm_source(_: Option<&PathBuf>, _: &VaultOptions) -> Result<VaultSource, String> {
+    Err(
+        "this rotate-host was built without Keeper Secrets Manager (the `ksm` feature): \
+         use --vault, or a build with the feature"
+            .into(),
+    )
+}
+
+/// How the vault is opened.
 #[derive(Debug, Args)]
 pub struct VaultArgs {
     /// How long to wait for another run's lock on the vault, in seconds [0.001-86400].
@@ -329,15 +378,20 @@ fn run_command(args: RunArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
+    let vault_options = args.vault_options.options();
+    let vault = match args.source.source(&vault_options) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
     let opts = RunOptions {
         guest: args.guest,
-        vault: args.vault,
+        vault,
         user_uid: args.user,
         config_uid: args.config,
         provider_uid: args.configuration_uid,
         dry_run: args.dry_run,
         limits,
-        vault_options: args.vault_options.options(),
+        vault_options,
         cache_dir: args.sandbox.cache_dir(),
         gateway_credentials: args.gateway_credentials,
     };
@@ -381,7 +435,7 @@ fn run_command(args: RunArgs) -> i32 {
                     "rotated PAM user record {}: new key {} stored in {}",
                     report.user_uid,
                     report.created.as_deref().unwrap_or("?"),
-                    opts.vault.display()
+                    opts.vault.describe()
                 );
                 if !report.purged.is_empty() {
                     let _ = writeln!(
@@ -427,19 +481,25 @@ fn config_command(args: ConfigArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
+    let vault_options = args.vault_options.options();
+    let vault = match args.source.source(&vault_options) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
     let opts = ConfigOptions {
         guest: args.guest,
-        vault: args.vault,
+        vault,
         title: args.title,
+        ksm_folder: args.ksm_folder,
         fields: args.fields,
         interactive: !args.no_input,
         limits,
-        vault_options: args.vault_options.options(),
+        vault_options,
         cache_dir: args.sandbox.cache_dir(),
     };
     match configure(&opts) {
         Ok(uid) => {
-            println!("created config record {uid} in {}", opts.vault.display());
+            println!("created config record {uid} in {}", opts.vault.describe());
             0
         }
         Err(e) => {
@@ -499,10 +559,11 @@ impl FleetArgs {
     fn options(&self) -> Result<FleetOptions, String> {
         let mut limits = self.sandbox.limits()?;
         limits.http.rate = Some(std::sync::Arc::new(crate::http::RateLimiter::new(self.rps)));
+        let vault_options = self.vault_options.options();
         Ok(FleetOptions {
             guest: self.guest.clone(),
-            vault: self.vault.clone(),
-            vault_options: self.vault_options.options(),
+            vault: self.source.source(&vault_options)?,
+            vault_options,
             limits,
             cache_dir: self.sandbox.cache_dir(),
             max_age: chrono::Duration::days(self.max_age_days),

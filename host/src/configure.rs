@@ -10,14 +10,16 @@ use thiserror::Error;
 
 use crate::engine::{Limits, Plugin, SandboxError};
 use crate::plugin::{ConfigItem, ItemType};
-use crate::vault::{Vault, VaultError, VaultOptions};
+use crate::vault::{FileVault, VaultError, VaultOptions, VaultSource};
 
 /// What `rotate-host config` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ConfigOptions {
     pub guest: PathBuf,
-    pub vault: PathBuf,
+    pub vault: VaultSource,
     pub title: String,
+    /// With KSM: the shared folder the record is created in.
+    pub ksm_folder: Option<String>,
     /// `LABEL=VALUE` pairs from the command line.
     pub fields: Vec<String>,
     /// Ask for missing values when standard input is a terminal.
@@ -47,6 +49,11 @@ pub enum ConfigError {
     Missing(String),
     #[error("could not read the answer: {0}")]
     Prompt(std::io::Error),
+    #[error(
+        "with --ksm-config, pass --ksm-folder UID: the shared folder of the KSM application to \
+         create the config record in"
+    )]
+    NoFolder,
 }
 
 impl ConfigError {
@@ -105,19 +112,33 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
         return Err(ConfigError::Missing(missing.join(", ")));
     }
 
-    let mut vault = Vault::open_or_create(&opts.vault, &opts.vault_options)?;
+    values.sort_by_key(|(i, _)| *i);
+    let custom = custom_fields(&info.name, &schema, &values);
+    let path = match &opts.vault {
+        VaultSource::File(path) => path,
+        #[cfg(feature = "ksm")]
+        VaultSource::Ksm(config) => {
+            let Some(folder) = &opts.ksm_folder else {
+                return Err(ConfigError::NoFolder);
+            };
+            let uid = crate::vault::ksm::create_record(
+                config,
+                &opts.vault_options,
+                folder,
+                &opts.title,
+                custom,
+            )?;
+            tracing::info!(uid = %uid, "config record created in Keeper");
+            return Ok(uid);
+        }
+    };
+    let mut vault = FileVault::open_or_create(path, &opts.vault_options)?;
     let uid = loop {
         let uid = new_uid();
         if !vault.has_uid(&uid) {
             break uid;
         }
     };
-    values.sort_by_key(|(i, _)| *i);
-    let mut custom = vec![json!({"type": "text", "label": "SaaS Type", "value": [info.name]})];
-    custom.extend(values.iter().filter(|(_, v)| !v.is_empty()).map(|(i, v)| {
-        let item = &schema[*i];
-        json!({"type": field_type(item), "label": item.label, "value": [v]})
-    }));
     let mut record = Map::new();
     record.insert("uid".into(), json!(uid));
     record.insert("type".into(), json!("login"));
@@ -125,9 +146,19 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     record.insert("fields".into(), json!([]));
     record.insert("custom".into(), Value::Array(custom));
     vault.add_record(record);
-    vault.save()?;
-    tracing::info!(uid = %uid, vault = %opts.vault.display(), "config record created");
+    vault.persist()?;
+    tracing::info!(uid = %uid, vault = %path.display(), "config record created");
     Ok(uid)
+}
+
+/// The config record's custom fields: the plugin's name, then each item given.
+fn custom_fields(plugin: &str, schema: &[ConfigItem], values: &[(usize, String)]) -> Vec<Value> {
+    let mut custom = vec![json!({"type": "text", "label": "SaaS Type", "value": [plugin]})];
+    custom.extend(values.iter().filter(|(_, v)| !v.is_empty()).map(|(i, v)| {
+        let item = &schema[*i];
+        json!({"type": field_type(item), "label": item.label, "value": [v]})
+    }));
+    custom
 }
 
 /// The quoted labels of required items without a non-empty value.

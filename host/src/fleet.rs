@@ -25,14 +25,14 @@ use crate::grace::Ledger;
 use crate::metrics::Metrics;
 use crate::rotate::{Job, PAM_USER_TYPE, Records, RunError, RunReport, rotate_record};
 use crate::schedule::{self, Due, Member, labels, stamp};
-use crate::vault::{Record, Vault, VaultError, VaultOptions};
+use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
 use crate::writer::VaultWriter;
 
 /// What `due` and `gateway` were asked to do.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
     pub guest: PathBuf,
-    pub vault: PathBuf,
+    pub vault: VaultSource,
     pub vault_options: VaultOptions,
     pub limits: Limits,
     pub cache_dir: Option<PathBuf>,
@@ -278,7 +278,7 @@ fn bad_field(uid: &str, bad: &schedule::BadField) -> Entry {
 }
 
 /// Sorts the vault's records into work to do now and report entries.
-fn select(vault: &Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
+fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
     let now = Utc::now();
     let mut configs: HashMap<String, Option<Record>> = HashMap::new();
     let mut work = Vec::new();
@@ -401,12 +401,11 @@ impl Fleet {
     pub async fn pass(&self) -> Result<PassReport, FleetError> {
         let opts = self.opts.clone();
         // Waiting for the lock blocks; keep it off the async workers.
-        let vault =
-            tokio::task::spawn_blocking(move || Vault::open(&opts.vault, &opts.vault_options))
-                .await
-                .expect("the vault opener does not panic")?;
+        let vault = tokio::task::spawn_blocking(move || opts.vault.open(None, &opts.vault_options))
+            .await
+            .expect("the vault opener does not panic")?;
         let mut report = PassReport::default();
-        let work = select(&vault, &self.opts, &mut report);
+        let work = select(vault.as_ref(), &self.opts, &mut report);
         let writer = Arc::new(VaultWriter::new(vault));
 
         // The account a record rotates is its login, unless the plugin takes it

@@ -16,7 +16,7 @@ use crate::grace::{self, Ledger};
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, ValueKind};
 use crate::schedule::{BadField, labels, stamp};
 use crate::secret::Secret;
-use crate::vault::{Record, Vault, VaultError, VaultOptions};
+use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
 use crate::writer::VaultWriter;
 
 /// The record type of a PAM user record.
@@ -26,7 +26,7 @@ pub const PAM_USER_TYPE: &str = "pamUser";
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub guest: PathBuf,
-    pub vault: PathBuf,
+    pub vault: VaultSource,
     pub user_uid: String,
     pub config_uid: String,
     pub provider_uid: Option<String>,
@@ -89,6 +89,14 @@ pub enum RunError {
         source: Arc<VaultError>,
         rollback: String,
     },
+    #[error(
+        "the new key {created} may or may not be stored: {source}. Nothing was deleted: run \
+         again, and the next run keeps the key the vault names and removes the other"
+    )]
+    StoreUncertain {
+        created: String,
+        source: Arc<VaultError>,
+    },
     #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
     NotFinalized { created: String, why: String },
 }
@@ -105,7 +113,7 @@ impl RunError {
                 error: PluginError::InvalidConfig(_),
                 ..
             } => 2,
-            Self::NotFinalized { .. } => 3,
+            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => 3,
             _ => 1,
         }
     }
@@ -135,7 +143,7 @@ pub struct Records {
 
 impl Records {
     /// Reads and type-checks the job's records.
-    pub fn read(vault: &Vault, job: &Job) -> Result<Self, VaultError> {
+    pub fn read(vault: &dyn Vault, job: &Job) -> Result<Self, VaultError> {
         Ok(Self {
             user: vault.record(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
             config: vault.record(&job.config_uid, "-c", None)?,
@@ -154,8 +162,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         // Compile before taking the lock: others wait on it for no reason otherwise.
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         let identity = GatewayIdentity::new(opts.gateway_credentials);
-        // The lock is held until the writer is dropped, at the end of the run.
-        let vault = Vault::open(&opts.vault, &opts.vault_options)?;
         let job = Job {
             user_uid: opts.user_uid.clone(),
             config_uid: opts.config_uid.clone(),
@@ -164,7 +170,16 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             mark_pending: false,
             rotate: true,
         };
-        let records = Records::read(&vault, &job)?;
+        // The file vault's lock is held until the writer is dropped, at the end of the run.
+        let mut wanted = vec![
+            (job.user_uid.as_str(), "-u"),
+            (job.config_uid.as_str(), "-c"),
+        ];
+        if let Some(p) = &job.provider_uid {
+            wanted.push((p.as_str(), "--configuration-uid"));
+        }
+        let vault = opts.vault.open(Some(&wanted), &opts.vault_options)?;
+        let records = Records::read(vault.as_ref(), &job)?;
         let writer = VaultWriter::new(vault);
         rotate_record(&plugin, &writer, &identity, &job, records).await
     })
@@ -307,7 +322,11 @@ pub async fn rotate_record(
         fields.extend(ledger_fields(&ledger));
         remove.extend(ledger_removal(&ledger));
     }
-    if let Err(source) = writer.store(&job.user_uid, fields, remove).await {
+    if let Err(source) = writer.store_rotation(&job.user_uid, fields, remove).await {
+        if source.is_uncertain() {
+            // The key may be in the vault now: deleting it could lock the user out.
+            return Err(RunError::StoreUncertain { created, source });
+        }
         let rollback = rollback(&mut instance, &ctx, &rotation, &created).await;
         return Err(RunError::StoreFailed {
             created,

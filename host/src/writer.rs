@@ -1,57 +1,75 @@
-//! Stores new credentials in a locked vault, many rotations sharing one
-//! rewrite (group commit): a store waits until the vault is free, then writes
-//! every store queued meanwhile in one atomic save. Each store returns only
-//! once its fields are durable, so `finalize` never runs before its key is
-//! saved (I1, I2), and a pass over K due records costs far fewer than K
-//! rewrites.
+//! Stores new credentials in a vault, many rotations sharing one save (group
+//! commit): a store waits until the vault is free, then hands it every store
+//! queued meanwhile. The file vault writes them in one atomic rewrite, so a
+//! pass over K due records costs far fewer than K rewrites; KSM sends one
+//! update per record. Each store returns only once its fields are durable, so
+//! `finalize` never runs before its key is saved (I1, I2).
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use crate::plugin::StoreField;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Change, Vault, VaultError};
 
-/// A change to write with the next save.
-enum Change {
-    Set {
-        uid: String,
-        fields: Vec<StoreField>,
-        remove: Vec<&'static str>,
-        done: oneshot::Sender<Result<(), Arc<VaultError>>>,
-    },
-    /// Written with the next save, whoever triggers it; nobody waits on it.
-    Remove { uid: String, label: &'static str },
+/// A change waiting for the next save.
+struct Queued {
+    change: Change,
+    /// Answered once saved; `None` for a marker nobody waits on.
+    done: Option<oneshot::Sender<Result<(), Arc<VaultError>>>>,
 }
 
 /// A locked vault shared by concurrent rotations.
 pub struct VaultWriter {
-    vault: tokio::sync::Mutex<Vault>,
-    queue: Mutex<Vec<Change>>,
+    vault: tokio::sync::Mutex<Box<dyn Vault>>,
+    queue: Mutex<Vec<Queued>>,
 }
 
 impl VaultWriter {
-    pub fn new(vault: Vault) -> Self {
+    pub fn new(vault: Box<dyn Vault>) -> Self {
         Self {
             vault: tokio::sync::Mutex::new(vault),
             queue: Mutex::new(Vec::new()),
         }
     }
 
-    /// Sets `fields` and removes the fields labelled `remove` on record `uid`,
-    /// and returns once they are saved, with every other store queued meanwhile.
+    /// Stores a rotation's new credential: sets `fields` and removes the fields
+    /// labelled `remove` on record `uid`, and returns once they are saved.
+    pub async fn store_rotation(
+        &self,
+        uid: &str,
+        fields: Vec<StoreField>,
+        remove: Vec<&'static str>,
+    ) -> Result<(), Arc<VaultError>> {
+        self.submit(uid, fields, remove, true).await
+    }
+
+    /// Like `store_rotation`, for fields that carry no credential (markers, ledgers).
     pub async fn store(
         &self,
         uid: &str,
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
     ) -> Result<(), Arc<VaultError>> {
+        self.submit(uid, fields, remove, false).await
+    }
+
+    async fn submit(
+        &self,
+        uid: &str,
+        fields: Vec<StoreField>,
+        remove: Vec<&'static str>,
+        rotation: bool,
+    ) -> Result<(), Arc<VaultError>> {
         let (done, result) = oneshot::channel();
-        self.queue.lock().expect("queue lock").push(Change::Set {
-            uid: uid.to_string(),
-            fields,
-            remove,
-            done,
+        self.queue.lock().expect("queue lock").push(Queued {
+            change: Change {
+                uid: uid.to_string(),
+                fields,
+                remove,
+                rotation,
+            },
+            done: Some(done),
         });
         self.commit().await;
         result.await.expect("every queued store is answered")
@@ -59,9 +77,14 @@ impl VaultWriter {
 
     /// Removes a field with the next save (for a marker whose work is done).
     pub fn remove_later(&self, uid: &str, label: &'static str) {
-        self.queue.lock().expect("queue lock").push(Change::Remove {
-            uid: uid.to_string(),
-            label,
+        self.queue.lock().expect("queue lock").push(Queued {
+            change: Change {
+                uid: uid.to_string(),
+                fields: vec![],
+                remove: vec![label],
+                rotation: false,
+            },
+            done: None,
         });
     }
 
@@ -78,46 +101,20 @@ impl VaultWriter {
         if batch.is_empty() {
             return None;
         }
-        let uids: Vec<&str> = batch
-            .iter()
-            .map(|c| match c {
-                Change::Set { uid, .. } | Change::Remove { uid, .. } => uid.as_str(),
-            })
-            .collect();
-        let undo = vault.undo_point(&uids);
-        let mut applied = Vec::with_capacity(batch.len());
-        for change in batch {
-            match change {
-                Change::Set {
-                    uid,
-                    fields,
-                    remove,
-                    done,
-                } => {
-                    let r = vault.set_fields(&uid, &fields).and_then(|()| {
-                        remove
-                            .iter()
-                            .try_for_each(|label| vault.remove_field(&uid, label))
-                    });
-                    applied.push((done, r.map_err(Arc::new)));
-                }
-                Change::Remove { uid, label } => {
-                    let _ = vault.remove_field(&uid, label);
-                }
-            }
-        }
-        let saved = vault.save().map_err(Arc::new);
-        if saved.is_err() {
-            vault.undo(undo);
-        }
+        let (changes, waiters): (Vec<Change>, Vec<_>) =
+            batch.into_iter().map(|q| (q.change, q.done)).unzip();
+        let results = vault.save(&changes);
+        let failed = results.iter().find_map(|r| r.as_ref().err().cloned());
         tracing::debug!(
-            stores = applied.len(),
-            ok = saved.is_ok(),
+            stores = changes.len(),
+            ok = failed.is_none(),
             "vault group commit"
         );
-        for (done, r) in applied {
-            let _ = done.send(r.and(saved.clone()));
+        for (done, r) in waiters.into_iter().zip(results) {
+            if let Some(done) = done {
+                let _ = done.send(r);
+            }
         }
-        Some(saved)
+        Some(failed.map_or(Ok(()), Err))
     }
 }

@@ -66,7 +66,13 @@ pub fn command(args: &[&str]) -> Command {
         .env("ROTATE_HOST_CACHE_DIR", cache_dir())
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
-        .env_remove("ALL_PROXY");
+        .env_remove("ALL_PROXY")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    // The KSM SDK reads these whatever it is told (a config, TLS checks, a host).
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("KSM_")) {
+        cmd.env_remove(k);
+    }
     cmd
 }
 
@@ -79,7 +85,17 @@ pub fn kill_when_arrived(
     settle: std::time::Duration,
     iam: &FakeIam,
 ) -> Outcome {
-    let mut child = command(args)
+    kill_when(command(args), arrived, settle, || iam.release())
+}
+
+/// `kill_when_arrived` for any command and any fake: `release` lets it go.
+pub fn kill_when(
+    mut cmd: Command,
+    arrived: std::sync::mpsc::Receiver<()>,
+    settle: std::time::Duration,
+    release: impl FnOnce(),
+) -> Outcome {
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -90,7 +106,7 @@ pub fn kill_when_arrived(
     std::thread::sleep(settle);
     child.kill().expect("SIGKILL");
     let out: Outcome = child.wait_with_output().expect("wait").into();
-    iam.release();
+    release();
     out
 }
 

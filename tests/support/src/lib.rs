@@ -1,6 +1,7 @@
 //! Fakes and fixtures for rotate-host's integration tests.
 
 pub mod fake_iam;
+pub mod fake_ksm;
 pub mod metadata;
 pub mod moto;
 pub mod sigv4;

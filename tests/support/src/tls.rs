@@ -14,12 +14,18 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    /// A CA and a server certificate for 127.0.0.1.
     pub fn new() -> Self {
+        Self::for_name("127.0.0.1")
+    }
+
+    /// A CA and a server certificate for `name` (an IP address or a DNS name).
+    pub fn for_name(name: &str) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        let leaf = CertificateParams::new(vec![name.to_string()])
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();

@@ -1,4 +1,4 @@
-//! The vault: a JSON file of Keeper-shaped records, locked for the whole run and
+//! The file vault: a JSON file of Keeper-shaped records, locked for the whole run and
 //! replaced atomically (docs/design.md, I4).
 //!
 //! Hostile files are refused before anything is sent: a FIFO, device or socket
@@ -16,154 +16,17 @@ use std::io::{self, BufWriter, Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
-use thiserror::Error;
+use serde_json::{Map, Value};
 
+use super::{
+    Change, Record, Vault, VaultError, VaultOptions, apply_fields, remove_label, to_record,
+};
 use crate::plugin::StoreField;
-use crate::secret::Secret;
-
-/// Why the vault could not be used. The file is unchanged in every case.
-#[derive(Debug, Error)]
-pub enum VaultError {
-    #[error("vault {path} does not exist: check --vault, or create it with `rotate-host config`")]
-    NotFound { path: PathBuf },
-    #[error("vault {path} is a folder: pass the path of the vault file to --vault")]
-    IsFolder { path: PathBuf },
-    #[error(
-        "vault {path} is {what}, not a regular file: refusing to read or replace it; pass the path of the vault file itself"
-    )]
-    NotRegular { path: PathBuf, what: &'static str },
-    #[error(
-        "vault {path} is {size} bytes, over the {max}-byte cap: if it really is this large, raise --max-vault-mib"
-    )]
-    TooLarge { path: PathBuf, size: u64, max: u64 },
-    #[error(
-        "vault {path} is readable or writable by group or others (mode {mode:04o}) and holds secrets; run `chmod 600 {path}`, or drop --strict-permissions to only be warned"
-    )]
-    Insecure { path: PathBuf, mode: u32 },
-    #[error(
-        "vault {path} is owned by uid {uid} and gid {gid}, which this user cannot give a rewritten file; run as its owner (or root) so the owner, group and mode survive the rewrite"
-    )]
-    Ownership { path: PathBuf, uid: u32, gid: u32 },
-    #[error("could not read vault {path}: {source}; check the path and its permissions")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("vault {path} is malformed: {why}. It was left untouched; fix it or restore a backup")]
-    Malformed { path: PathBuf, why: String },
-    #[error("vault {path} has no record with UID '{uid}' (given to {flag}): check the UID")]
-    NoRecord {
-        path: PathBuf,
-        uid: String,
-        flag: &'static str,
-    },
-    #[error(
-        "record '{uid}' (given to {flag}) has type '{found}', not '{expected}': pass the UID of a {expected} record"
-    )]
-    WrongType {
-        uid: String,
-        flag: &'static str,
-        found: String,
-        expected: &'static str,
-    },
-    #[error(
-        "vault {path} is locked by another rotate-host run; waited {waited:?}. Try again when it \
-         finishes, or raise --lock-timeout"
-    )]
-    Locked { path: PathBuf, waited: Duration },
-    #[error(
-        "lock file {path} is {what}, not a regular file: someone may be interfering with the vault's folder; remove it and check who can write there"
-    )]
-    LockNotRegular { path: PathBuf, what: &'static str },
-    #[error(
-        "could not lock vault {path}: {source}; check that its folder is writable by this user"
-    )]
-    Lock { path: PathBuf, source: io::Error },
-    #[error("could not write vault {path}: {source}. The vault file was left as it was")]
-    Write { path: PathBuf, source: io::Error },
-}
-
-impl VaultError {
-    /// True when the file or the command line is wrong (exit 2), rather than a
-    /// passing condition such as a held lock or a full disk.
-    pub fn is_bad_input(&self) -> bool {
-        !matches!(
-            self,
-            Self::Read { .. } | Self::Locked { .. } | Self::Lock { .. } | Self::Write { .. }
-        )
-    }
-}
-
-/// How to open a vault.
-#[derive(Debug, Clone)]
-pub struct VaultOptions {
-    /// How long to wait for another run's lock.
-    pub lock_timeout: Duration,
-    /// The largest vault file read, in bytes.
-    pub max_bytes: u64,
-    /// Refuse a vault that group or others may read, instead of warning.
-    pub strict_permissions: bool,
-}
-
-impl Default for VaultOptions {
-    fn default() -> Self {
-        Self {
-            lock_timeout: Duration::from_secs(30),
-            max_bytes: 64 << 20,
-            strict_permissions: false,
-        }
-    }
-}
-
-/// One field of a record, from `fields` or `custom`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Field {
-    pub kind: String,
-    pub label: Option<String>,
-    /// Every value is treated as secret: the host never prints record values.
-    pub values: Vec<Secret>,
-}
-
-/// A record as the host hands it to a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub uid: String,
-    pub record_type: String,
-    pub title: String,
-    pub fields: Vec<Field>,
-}
-
-impl Record {
-    /// The first non-blank value of the first field labelled `label`, trimmed.
-    /// Labels match in any case and around spaces: the one place that decides it.
-    pub fn value(&self, label: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|f| {
-                f.label
-                    .as_deref()
-                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
-            })
-            .and_then(|f| {
-                f.values
-                    .iter()
-                    .map(|v| v.expose().trim())
-                    .find(|v| !v.is_empty())
-            })
-    }
-
-    /// The first value of the first field of type `kind`, trimmed.
-    pub fn value_of_type(&self, kind: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|f| f.kind.eq_ignore_ascii_case(kind))
-            .and_then(|f| f.values.first())
-            .map(|v| v.expose().trim())
-            .filter(|v| !v.is_empty())
-    }
-}
 
 /// A top-level member of the file, kept raw, or the records array.
 enum Member {
@@ -178,7 +41,7 @@ enum Slot {
     Changed(Value),
 }
 
-/// Records as they were before a change (see `Vault::undo_point`).
+/// Records as they were before a change (see `FileVault::undo_point`).
 pub struct UndoPoint(Vec<(usize, Slot)>);
 
 /// The owner, group and mode a rewrite must keep.
@@ -190,7 +53,7 @@ struct Owner {
 }
 
 /// An open, locked vault file.
-pub struct Vault {
+pub struct FileVault {
     /// As given, for messages.
     path: PathBuf,
     /// With symlinks resolved: what is locked and replaced.
@@ -206,9 +69,9 @@ pub struct Vault {
     _lock: File,
 }
 
-impl std::fmt::Debug for Vault {
+impl std::fmt::Debug for FileVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault")
+        f.debug_struct("FileVault")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -398,7 +261,7 @@ fn can_give(uid: u32, gid: u32) -> bool {
     n > 0 && groups[..n as usize].contains(&gid)
 }
 
-impl Vault {
+impl FileVault {
     /// Locks and reads an existing vault.
     pub fn open(path: &Path, opts: &VaultOptions) -> Result<Self, VaultError> {
         Self::open_inner(path, opts, false)
@@ -594,40 +457,10 @@ impl Vault {
             flag: "-u",
         })?;
         let mut value = self.value_at(index);
-        let record = value.as_object_mut().expect("indexed records are objects");
-        for f in fields {
-            let names = std::iter::once(&f.label).chain(&f.aliases);
-            let matches = |v: &Value| {
-                v.get("label")
-                    .and_then(Value::as_str)
-                    .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)))
-            };
-            let new_field = |old: Option<&Value>| {
-                let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
-                obj.insert("type".into(), json!(f.kind.field_type()));
-                obj.insert("label".into(), json!(f.label));
-                obj.insert("value".into(), json!([f.value.expose()]));
-                Value::Object(obj)
-            };
-            let mut found = false;
-            for section in ["fields", "custom"] {
-                if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
-                    for item in list.iter_mut().filter(|v| matches(v)) {
-                        *item = new_field(Some(item));
-                        found = true;
-                    }
-                }
-            }
-            if !found {
-                let custom = record
-                    .entry("custom")
-                    .or_insert_with(|| Value::Array(vec![]));
-                if !custom.is_array() {
-                    *custom = Value::Array(vec![]);
-                }
-                custom.as_array_mut().expect("array").push(new_field(None));
-            }
-        }
+        apply_fields(
+            value.as_object_mut().expect("indexed records are objects"),
+            fields,
+        );
         self.records[index] = Slot::Changed(value);
         Ok(())
     }
@@ -640,19 +473,10 @@ impl Vault {
             flag: "-u",
         })?;
         let mut value = self.value_at(index);
-        let record = value.as_object_mut().expect("indexed records are objects");
-        let mut removed = false;
-        for section in ["fields", "custom"] {
-            if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
-                let before = list.len();
-                list.retain(|v| {
-                    !v.get("label")
-                        .and_then(Value::as_str)
-                        .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
-                });
-                removed |= list.len() != before;
-            }
-        }
+        let removed = remove_label(
+            value.as_object_mut().expect("indexed records are objects"),
+            label,
+        );
         if removed {
             self.records[index] = Slot::Changed(value);
         }
@@ -700,7 +524,7 @@ impl Vault {
     /// Writes the vault, compact: a temporary file beside the real file, with
     /// its owner, group and mode (0600 for a new vault), fsync, rename, fsync of
     /// the folder. A failure leaves the old file as it was.
-    pub fn save(&self) -> Result<(), VaultError> {
+    pub fn persist(&self) -> Result<(), VaultError> {
         let err = |source| VaultError::Write {
             path: self.path.clone(),
             source,
@@ -935,31 +759,42 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys {
     }
 }
 
-fn to_record(raw: &Value) -> Record {
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let fields = ["fields", "custom"]
-        .iter()
-        .filter_map(|s| raw.get(*s).and_then(Value::as_array))
-        .flatten()
-        .map(|f| Field {
-            kind: f.get("type").map(text).unwrap_or_default(),
-            label: f.get("label").and_then(Value::as_str).map(str::to_string),
-            values: match f.get("value") {
-                Some(Value::Array(vs)) => vs.iter().map(|v| Secret::new(text(v))).collect(),
-                Some(v) => vec![Secret::new(text(v))],
-                None => vec![],
-            },
-        })
-        .collect();
-    Record {
-        uid: raw.get("uid").map(text).unwrap_or_default(),
-        record_type: raw.get("type").map(text).unwrap_or_default(),
-        title: raw.get("title").map(text).unwrap_or_default(),
-        fields,
+impl Vault for FileVault {
+    fn uids(&self) -> Vec<String> {
+        FileVault::uids(self)
+    }
+
+    fn record(
+        &self,
+        uid: &str,
+        flag: &'static str,
+        expected: Option<&'static str>,
+    ) -> Result<Record, VaultError> {
+        FileVault::record(self, uid, flag, expected)
+    }
+
+    /// Every change in one atomic rewrite. If the rewrite fails, the records go
+    /// back to how they were, so a later save never writes a failed change.
+    fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>> {
+        let uids: Vec<&str> = batch.iter().map(|c| c.uid.as_str()).collect();
+        let undo = self.undo_point(&uids);
+        let applied: Vec<Result<(), Arc<VaultError>>> = batch
+            .iter()
+            .map(|c| {
+                self.set_fields(&c.uid, &c.fields)
+                    .and_then(|()| {
+                        c.remove
+                            .iter()
+                            .try_for_each(|label| self.remove_field(&c.uid, label))
+                    })
+                    .map_err(Arc::new)
+            })
+            .collect();
+        let saved = self.persist().map_err(Arc::new);
+        if saved.is_err() {
+            self.undo(undo);
+        }
+        applied.into_iter().map(|r| r.and(saved.clone())).collect()
     }
 }
 
@@ -967,6 +802,7 @@ fn to_record(raw: &Value) -> Record {
 mod tests {
     use super::*;
     use crate::plugin::ValueKind;
+    use crate::secret::Secret;
 
     fn t() -> VaultOptions {
         VaultOptions {
@@ -1006,7 +842,7 @@ mod tests {
               "custom": [{"type": "text", "label": "AWS_ACESS_KEY_ID", "value": ["OLD"], "note": "keep"}]}]}"#,
         );
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        let mut v = Vault::open(&p, &t()).unwrap();
+        let mut v = FileVault::open(&p, &t()).unwrap();
         v.set_fields(
             "u",
             &[
@@ -1015,7 +851,7 @@ mod tests {
             ],
         )
         .unwrap();
-        v.save().unwrap();
+        v.persist().unwrap();
         drop(v);
         let doc: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         let r = &doc["records"][0];
@@ -1043,10 +879,10 @@ mod tests {
               "custom": [{"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}]},
               {"uid": "other", "type": "login", "big": -98765432109876543210.000, "s": "a \" b\\ \u00e9 \n"}]}"#;
         let p = write(dir.path(), body);
-        let mut v = Vault::open(&p, &t()).unwrap();
+        let mut v = FileVault::open(&p, &t()).unwrap();
         v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
             .unwrap();
-        v.save().unwrap();
+        v.persist().unwrap();
         drop(v);
         let out = fs::read_to_string(&p).unwrap();
         assert_eq!(
@@ -1068,7 +904,7 @@ mod tests {
             dir.path(),
             "\u{feff}{\"records\": [{\"uid\": \"u\", \"type\": \"pamUser\"}]}",
         );
-        let v = Vault::open(&p, &t()).unwrap();
+        let v = FileVault::open(&p, &t()).unwrap();
         assert_eq!(v.record("u", "-u", Some("pamUser")).unwrap().uid, "u");
     }
 
@@ -1085,7 +921,7 @@ mod tests {
             (r#"{"x": {"k": 1, "k": 2}, "records": []}"#, "k"),
         ] {
             let p = write(dir.path(), body);
-            let e = Vault::open(&p, &t()).unwrap_err();
+            let e = FileVault::open(&p, &t()).unwrap_err();
             assert!(
                 matches!(&e, VaultError::Malformed { why, .. } if why.contains(&format!("\"{key}\" appears twice"))),
                 "{body}: {e}"
@@ -1104,7 +940,7 @@ mod tests {
               "custom": [{"type": "text", "label": "AWS_ACESS_KEY_ID", "value": ["OLD"]},
                          {"type": "text", "label": "aws_access_key_id", "value": ["OLD"]}]}]}"#,
         );
-        let mut v = Vault::open(&p, &t()).unwrap();
+        let mut v = FileVault::open(&p, &t()).unwrap();
         v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
             .unwrap();
         let r = v.record("u", "-u", None).unwrap();
@@ -1117,12 +953,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.json");
         mkfifo(&fifo);
-        let e = Vault::open(&fifo, &t()).unwrap_err();
+        let e = FileVault::open(&fifo, &t()).unwrap_err();
         assert!(
             matches!(e, VaultError::NotRegular { what: "a FIFO", .. }),
             "{e}"
         );
-        let e = Vault::open(Path::new("/dev/zero"), &t()).unwrap_err();
+        let e = FileVault::open(Path::new("/dev/zero"), &t()).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -1141,7 +977,7 @@ mod tests {
             max_bytes: 1024,
             ..t()
         };
-        let e = Vault::open(&p, &small).unwrap_err();
+        let e = FileVault::open(&p, &small).unwrap_err();
         assert!(matches!(e, VaultError::TooLarge { max: 1024, .. }), "{e}");
     }
 
@@ -1151,12 +987,12 @@ mod tests {
         let p = write(dir.path(), r#"{"records": []}"#);
         let target = dir.path().join("elsewhere");
         std::os::unix::fs::symlink(&target, lock_path(&p)).unwrap();
-        let e = Vault::open(&p, &t()).unwrap_err();
+        let e = FileVault::open(&p, &t()).unwrap_err();
         assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
         assert!(!target.exists(), "the lock followed the link");
         fs::remove_file(lock_path(&p)).unwrap();
         mkfifo(&lock_path(&p));
-        let e = Vault::open(&p, &t()).unwrap_err();
+        let e = FileVault::open(&p, &t()).unwrap_err();
         assert!(matches!(e, VaultError::LockNotRegular { .. }), "{e}");
     }
 
@@ -1168,7 +1004,7 @@ mod tests {
             r#"{"records": [{"uid": "u", "type": "pamUser", "title": "a",
                "fields": [{"type": "login", "value": ["alice"]}, {"type": "host", "value": [{"hostName": "h"}]}]}]}"#,
         );
-        let v = Vault::open(&p, &t()).unwrap();
+        let v = FileVault::open(&p, &t()).unwrap();
         let r = v.record("u", "-u", Some("pamUser")).unwrap();
         assert_eq!(r.fields[0].values[0].expose(), "alice");
         assert_eq!(r.fields[1].values[0].expose(), r#"{"hostName":"h"}"#);
@@ -1194,15 +1030,15 @@ mod tests {
             r#"{"records": [{"uid": "a", "custom": {}}]}"#,
         ] {
             let p = write(dir.path(), body);
-            let e = Vault::open(&p, &t()).unwrap_err();
+            let e = FileVault::open(&p, &t()).unwrap_err();
             assert!(matches!(e, VaultError::Malformed { .. }), "{body}: {e}");
         }
         assert!(matches!(
-            Vault::open(dir.path(), &t()),
+            FileVault::open(dir.path(), &t()),
             Err(VaultError::IsFolder { .. })
         ));
         assert!(matches!(
-            Vault::open(&dir.path().join("missing.json"), &t()),
+            FileVault::open(&dir.path().join("missing.json"), &t()),
             Err(VaultError::NotFound { .. })
         ));
     }
@@ -1211,8 +1047,8 @@ mod tests {
     fn a_second_opener_waits_then_fails() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), r#"{"records": []}"#);
-        let first = Vault::open(&p, &t()).unwrap();
-        let e = Vault::open(
+        let first = FileVault::open(&p, &t()).unwrap();
+        let e = FileVault::open(
             &p,
             &VaultOptions {
                 lock_timeout: Duration::from_millis(120),
@@ -1222,6 +1058,6 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, VaultError::Locked { .. }), "{e}");
         drop(first);
-        assert!(Vault::open(&p, &t()).is_ok());
+        assert!(FileVault::open(&p, &t()).is_ok());
     }
 }

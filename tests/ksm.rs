@@ -1,0 +1,512 @@
+//! The Keeper backend (`--ksm-config`): the real SDK inside `rotate-host`, over
+//! real HTTPS, against the fake KSM (`tests/support/src/fake_ksm.rs`), with the
+//! fake IAM on the other side. Each fault is checked in both places afterwards:
+//! what IAM holds, and what Keeper's readers see (docs/design.md, §13).
+
+mod common;
+
+use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use serde_json::Value;
+use test_support::fake_iam::{FakeIam, FaultKind, Key};
+use test_support::fake_ksm::{FakeKsm, Fault};
+use test_support::tls::TestCa;
+use test_support::vault::pam_user;
+
+struct Setup {
+    iam: FakeIam,
+    ksm: FakeKsm,
+    rotator: Key,
+    old: Key,
+    dir: tempfile::TempDir,
+}
+
+/// Keeper's record data: a test record without its `uid`, which Keeper keeps apart.
+fn data(mut record: Value) -> Value {
+    record.as_object_mut().unwrap().remove("uid");
+    record
+}
+
+fn setup() -> Setup {
+    let ca = TestCa::for_name(test_support::fake_ksm::HOST);
+    let ksm = FakeKsm::start(&ca);
+    let iam = FakeIam::start();
+    iam.add_user("rotator", &["alice"]);
+    iam.add_user("alice", &[]);
+    let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");
+    let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    ksm.add_record(
+        "cfg1",
+        data(config_from("cfg1", &fake_config(&iam.url, &rotator))),
+    );
+    ksm.add_record(
+        "user1",
+        data(pam_user(
+            "user1",
+            "alice",
+            Some(("aws_access_key_id", &old.id)),
+        )),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
+    write_config(&dir, &ksm.config());
+    Setup {
+        iam,
+        ksm,
+        rotator,
+        old,
+        dir,
+    }
+}
+
+fn write_config(dir: &tempfile::TempDir, config: &Value) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("ksm.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Setup {
+    fn config_path(&self) -> String {
+        self.dir
+            .path()
+            .join("ksm.json")
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `rotate-host ARGS` reaching Keeper through the fake as its HTTPS proxy
+    /// and trusting the fake's CA, as an operator behind a TLS-inspecting proxy
+    /// would (`HTTPS_PROXY`, `SSL_CERT_FILE`).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = command(args);
+        cmd.env("SSL_CERT_FILE", self.dir.path().join("ca.pem"))
+            .env("HTTPS_PROXY", &self.ksm.proxy);
+        cmd
+    }
+
+    fn run(&self, extra: &[&str]) -> Outcome {
+        let config = self.config_path();
+        let mut args = vec![
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ];
+        args.extend(extra);
+        self.command(&args).output().unwrap().into()
+    }
+
+    /// The key id Keeper's readers see on the PAM user record.
+    fn vault_key(&self) -> String {
+        self.ksm.field("user1", "aws_access_key_id").unwrap()
+    }
+
+    fn iam_keys(&self) -> Vec<String> {
+        self.iam.keys("alice").into_iter().map(|k| k.id).collect()
+    }
+
+    /// I1 at rest: the key Keeper shows exists in IAM; no transaction is open.
+    fn assert_at_rest(&self) {
+        let key = self.vault_key();
+        assert!(
+            self.iam_keys().contains(&key),
+            "I1: Keeper shows {key}, IAM has {:?}",
+            self.iam_keys()
+        );
+        assert!(!self.ksm.open_transaction("user1"));
+    }
+
+    /// No secret of IAM's, of the records' or of the KSM config in `out`.
+    fn assert_no_leak(&self, out: &Outcome) {
+        let mut secrets = vec![self.rotator.secret.clone(), self.old.secret.clone()];
+        secrets.extend(self.iam.all_secrets());
+        secrets.extend(self.ksm.config_secrets());
+        secrets.extend(self.ksm.field("user1", "aws_secret_access_key"));
+        assert_no_secrets(
+            &out.all(),
+            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+}
+
+#[test]
+fn a_rotation_against_keeper_stores_the_new_key_in_a_rotation_transaction() {
+    let s = setup();
+    let before = s.ksm.revision("user1");
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let new = s.vault_key();
+    assert_ne!(new, s.old.id);
+    assert_eq!(s.iam_keys(), vec![new.clone()]);
+    let secret = s.ksm.field("user1", "aws_secret_access_key").unwrap();
+    assert!(s.iam.all_secrets().contains(&secret));
+    assert!(s.ksm.field("user1", "Last Rotated").is_some());
+    assert!(s.ksm.revision("user1") > before);
+    // The rest of the record is as it was.
+    assert_eq!(s.ksm.record("user1").unwrap()["notes"], "kept as is");
+    let calls = s.ksm.calls();
+    assert_eq!(calls[0], "get_secret", "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "get_secret").count(),
+        2,
+        "one read, one read-back: {calls:?}"
+    );
+    let staged = calls.iter().position(|c| c == "update_secret").unwrap();
+    assert_eq!(calls[staged + 1], "finalize_secret_update", "{calls:?}");
+    assert!(out.stdout.contains("stored in Keeper"), "{}", out.stdout);
+    s.assert_at_rest();
+    s.assert_no_leak(&out);
+}
+
+#[test]
+fn the_config_may_come_from_ksm_config_as_base64() {
+    let s = setup();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(s.ksm.config().to_string());
+    let out: Outcome = s
+        .command(&["run", GUEST_WASM, "-u", "user1", "-c", "cfg1"])
+        .env("KSM_CONFIG", &b64)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_at_rest();
+    assert_ne!(s.vault_key(), s.old.id);
+}
+
+#[test]
+fn a_uid_keeper_does_not_return_is_named() {
+    let s = setup();
+    let config = s.config_path();
+    let out: Outcome = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "nosuchcfg",
+        ])
+        .output()
+        .unwrap()
+        .into();
+    out.expect(
+        2,
+        &[
+            "no record with UID 'nosuchcfg' (given to -c)",
+            "shared folder",
+        ],
+    );
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
+    assert_eq!(s.vault_key(), s.old.id);
+}
+
+#[test]
+fn exactly_one_vault_and_no_weakening_environment() {
+    let s = setup();
+    let config = s.config_path();
+    let both: Outcome = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--vault",
+            "v.json",
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(both.code, 2, "{}", both.all());
+    let neither: Outcome = s
+        .command(&["run", GUEST_WASM, "-u", "user1", "-c", "cfg1"])
+        .output()
+        .unwrap()
+        .into();
+    neither.expect(2, &["--vault FILE", "--ksm-config FILE"]);
+    let unsafe_tls: Outcome = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .env("KSM_SKIP_VERIFY", "true")
+        .output()
+        .unwrap()
+        .into();
+    unsafe_tls.expect(2, &["KSM_SKIP_VERIFY is set", "TLS"]);
+    let unredeemed = serde_json::json!({"hostname": s.ksm.host, "clientKey": "one-time-token"});
+    write_config(&s.dir, &unredeemed);
+    let out = s.run(&[]);
+    out.expect(2, &["one-time access token", "redeem"]);
+    assert!(!out.all().contains("one-time-token"), "{}", out.all());
+    assert!(s.ksm.calls().is_empty());
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
+}
+
+/// Storing fails: the new key is deleted again; Keeper and IAM are as before.
+#[test]
+fn a_failed_store_rolls_the_new_key_back() {
+    let s = setup();
+    let before = s.ksm.revision("user1");
+    // The first stage fails; so does the one more try after the rollback.
+    s.ksm.fail("update_secret", Fault::Before);
+    s.ksm.fail("update_secret", Fault::Before);
+    let out = s.run(&[]);
+    out.expect(1, &["could not be stored", "deleted again"]);
+    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
+    assert_eq!(s.vault_key(), s.old.id);
+    assert_eq!(s.ksm.revision("user1"), before);
+    s.assert_at_rest();
+    s.assert_no_leak(&out);
+}
+
+/// Someone edits the record between the read and the store: it is not
+/// overwritten; the new key is deleted again (what keeps two gateways on one
+/// Keeper vault from losing a key).
+#[test]
+fn a_revision_conflict_is_not_overwritten() {
+    let s = setup();
+    let arrived = s.iam.hold("CreateAccessKey");
+    let config = s.config_path();
+    let child = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived.recv_timeout(Duration::from_secs(120)).unwrap();
+    s.ksm.touch("user1");
+    s.iam.release();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    out.expect(1, &["changed in Keeper since it was read", "deleted again"]);
+    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
+    let record = s.ksm.record("user1").unwrap();
+    assert_eq!(record["notes"], "edited by someone else");
+    assert_eq!(s.vault_key(), s.old.id);
+    s.assert_at_rest();
+}
+
+/// Completing the transaction fails cleanly: it is rolled back, and so is the key.
+#[test]
+fn a_failed_completion_is_rolled_back() {
+    let s = setup();
+    s.ksm.fail("finalize_secret_update", Fault::Before);
+    let out = s.run(&[]);
+    out.expect(
+        1,
+        &[
+            "completing the rotation transaction failed",
+            "deleted again",
+        ],
+    );
+    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
+    assert_eq!(s.vault_key(), s.old.id);
+    assert!(
+        s.ksm
+            .calls()
+            .contains(&"rollback_secret_update".to_string())
+    );
+    s.assert_at_rest();
+}
+
+/// Completing took effect but the answer was lost, and there is nothing to
+/// roll back: the key may be stored, so nothing is deleted (exit 3), and the
+/// next run converges.
+#[test]
+fn an_ambiguous_completion_deletes_nothing_and_the_next_run_converges() {
+    let s = setup();
+    s.ksm.fail("finalize_secret_update", Fault::After);
+    let out = s.run(&[]);
+    out.expect(3, &["may or may not be stored", "Nothing was deleted"]);
+    let new = s.vault_key();
+    assert_ne!(new, s.old.id);
+    let mut keys = s.iam_keys();
+    keys.sort();
+    let mut want = vec![new.clone(), s.old.id.clone()];
+    want.sort();
+    assert_eq!(keys, want);
+    s.assert_at_rest();
+    let again = s.run(&[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    s.assert_at_rest();
+}
+
+/// `finalize` fails after the store: the transaction is already complete, so
+/// Keeper shows the new, working key; the old one stays until the next run.
+#[test]
+fn a_failed_finalize_leaves_the_new_key_in_keeper_and_the_next_run_finishes() {
+    let s = setup();
+    s.iam
+        .fail("DeleteAccessKey", FaultKind::AccessDenied, usize::MAX);
+    let out = s.run(&[]);
+    out.expect(3, &["stored in the vault"]);
+    let new = s.vault_key();
+    assert_ne!(new, s.old.id);
+    assert_eq!(s.iam_keys().len(), 2);
+    s.assert_at_rest();
+    s.iam.clear_faults();
+    let again = s.run(&[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    assert!(!s.iam_keys().contains(&s.old.id));
+    s.assert_at_rest();
+}
+
+/// kill -9 while the transaction is open (staged, not completed): readers see
+/// the old key, which still exists; the next run rolls the open transaction
+/// back, deletes the orphan and rotates.
+#[test]
+fn killed_with_the_transaction_open_the_next_run_rolls_it_back_and_rotates() {
+    let s = setup();
+    let arrived: Receiver<()> = s.ksm.hold("finalize_secret_update");
+    // When let go after the kill, the held completion never takes effect.
+    s.ksm.fail("finalize_secret_update", Fault::Before);
+    let config = s.config_path();
+    let cmd = s.command(&[
+        "run",
+        GUEST_WASM,
+        "--ksm-config",
+        &config,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ]);
+    let out = kill_when(cmd, arrived, Duration::from_millis(50), || s.ksm.release());
+    assert_eq!(out.code, -1, "{}", out.all());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.ksm.open_transaction("user1"));
+    assert_eq!(s.vault_key(), s.old.id);
+    assert!(s.iam_keys().contains(&s.old.id), "I1 after the kill");
+    assert_eq!(s.iam_keys().len(), 2, "the staged key is an orphan in IAM");
+
+    let again = s.run(&[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(
+        s.ksm
+            .calls()
+            .contains(&"rollback_secret_update".to_string())
+    );
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    assert_ne!(s.vault_key(), s.old.id);
+    s.assert_at_rest();
+    s.assert_no_leak(&again);
+}
+
+/// `due` against Keeper: the fleet's records come from one `get_secrets`.
+#[test]
+fn a_due_pass_rotates_keeper_records() {
+    let s = setup();
+    let mut user = data(pam_user(
+        "user2",
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+    ));
+    user["custom"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
+    s.ksm.add_record("user2", user);
+    let config = s.config_path();
+    let out: Outcome = s
+        .command(&["due", GUEST_WASM, "--ksm-config", &config])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("1 rotated, 0 failed"), "{}", out.stdout);
+    let key = s.ksm.field("user2", "aws_access_key_id").unwrap();
+    assert_eq!(s.iam_keys(), vec![key]);
+    assert!(s.ksm.field("user2", "Rotation Pending").is_none());
+    assert!(!s.ksm.open_transaction("user2"));
+}
+
+/// `config` creates the config record in a shared folder of the application.
+#[test]
+fn config_creates_the_record_in_a_shared_folder() {
+    let s = setup();
+    s.ksm.add_folder("folder1");
+    let config = s.config_path();
+    let out: Outcome = s
+        .command(&[
+            "config",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "--ksm-folder",
+            "folder1",
+            "-t",
+            "AWS rotation",
+            "--no-input",
+            "--field",
+            "Client ID=AKIAEXAMPLE000000001",
+            "--field",
+            "Client Secret=created-secret-value",
+            "--field",
+            "AWS Region=eu-west-1",
+        ])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    let uid = out
+        .stdout
+        .split_whitespace()
+        .nth(3)
+        .expect("created config record UID in ...")
+        .to_string();
+    assert_eq!(
+        s.ksm.field(&uid, "AWS Region").as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(
+        s.ksm.field(&uid, "Client Secret").as_deref(),
+        Some("created-secret-value")
+    );
+    assert!(!out.all().contains("created-secret-value"));
+    let without: Outcome = s
+        .command(&[
+            "config",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-t",
+            "x",
+            "--no-input",
+        ])
+        .output()
+        .unwrap()
+        .into();
+    without.expect(2, &["--ksm-folder"]);
+}
