@@ -90,6 +90,10 @@ impl Setup {
         cmd
     }
 
+    fn output(&self, args: &[&str]) -> Outcome {
+        self.command(args).output().unwrap().into()
+    }
+
     fn run(&self, extra: &[&str]) -> Outcome {
         let config = self.config_path();
         let mut args = vec![
@@ -187,20 +191,16 @@ fn the_config_may_come_from_ksm_config_as_base64() {
 fn a_uid_keeper_does_not_return_is_named() {
     let s = setup();
     let config = s.config_path();
-    let out: Outcome = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "nosuchcfg",
-        ])
-        .output()
-        .unwrap()
-        .into();
+    let out = s.output(&[
+        "run",
+        GUEST_WASM,
+        "--ksm-config",
+        &config,
+        "-u",
+        "user1",
+        "-c",
+        "nosuchcfg",
+    ]);
     out.expect(
         2,
         &[
@@ -216,28 +216,20 @@ fn a_uid_keeper_does_not_return_is_named() {
 fn exactly_one_vault_and_no_weakening_environment() {
     let s = setup();
     let config = s.config_path();
-    let both: Outcome = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--vault",
-            "v.json",
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
-        .output()
-        .unwrap()
-        .into();
+    let both = s.output(&[
+        "run",
+        GUEST_WASM,
+        "--vault",
+        "v.json",
+        "--ksm-config",
+        &config,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ]);
     assert_eq!(both.code, 2, "{}", both.all());
-    let neither: Outcome = s
-        .command(&["run", GUEST_WASM, "-u", "user1", "-c", "cfg1"])
-        .output()
-        .unwrap()
-        .into();
+    let neither = s.output(&["run", GUEST_WASM, "-u", "user1", "-c", "cfg1"]);
     neither.expect(2, &["--vault FILE", "--ksm-config FILE"]);
     let unsafe_tls: Outcome = s
         .command(&[
@@ -439,11 +431,7 @@ fn a_due_pass_rotates_keeper_records() {
         .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
     s.ksm.add_record("user2", user);
     let config = s.config_path();
-    let out: Outcome = s
-        .command(&["due", GUEST_WASM, "--ksm-config", &config])
-        .output()
-        .unwrap()
-        .into();
+    let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("1 rotated, 0 failed"), "{}", out.stdout);
     let key = s.ksm.field("user2", "aws_access_key_id").unwrap();
@@ -458,27 +446,23 @@ fn config_creates_the_record_in_a_shared_folder() {
     let s = setup();
     s.ksm.add_folder("folder1");
     let config = s.config_path();
-    let out: Outcome = s
-        .command(&[
-            "config",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "--ksm-folder",
-            "folder1",
-            "-t",
-            "AWS rotation",
-            "--no-input",
-            "--field",
-            "Client ID=AKIAEXAMPLE000000001",
-            "--field",
-            "Client Secret=created-secret-value",
-            "--field",
-            "AWS Region=eu-west-1",
-        ])
-        .output()
-        .unwrap()
-        .into();
+    let out = s.output(&[
+        "config",
+        GUEST_WASM,
+        "--ksm-config",
+        &config,
+        "--ksm-folder",
+        "folder1",
+        "-t",
+        "AWS rotation",
+        "--no-input",
+        "--field",
+        "Client ID=AKIAEXAMPLE000000001",
+        "--field",
+        "Client Secret=created-secret-value",
+        "--field",
+        "AWS Region=eu-west-1",
+    ]);
     assert_eq!(out.code, 0, "{}", out.all());
     let uid = out
         .stdout
@@ -495,18 +479,14 @@ fn config_creates_the_record_in_a_shared_folder() {
         Some("created-secret-value")
     );
     assert!(!out.all().contains("created-secret-value"));
-    let without: Outcome = s
-        .command(&[
-            "config",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-t",
-            "x",
-            "--no-input",
-        ])
-        .output()
-        .unwrap()
-        .into();
+    let without = s.output(&[
+        "config",
+        GUEST_WASM,
+        "--ksm-config",
+        &config,
+        "-t",
+        "x",
+        "--no-input",
+    ]);
     without.expect(2, &["--ksm-folder"]);
 }

@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    Change, Record, Vault, VaultError, VaultOptions, apply_fields, remove_label, to_record,
+    Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
 };
 use crate::plugin::StoreField;
 
@@ -434,17 +434,7 @@ impl FileVault {
             flag,
         })?;
         let record = to_record(&self.value_at(index));
-        if let Some(expected) = expected
-            && !record.record_type.eq_ignore_ascii_case(expected)
-        {
-            return Err(VaultError::WrongType {
-                uid: uid.to_string(),
-                flag,
-                found: record.record_type,
-                expected,
-            });
-        }
-        Ok(record)
+        of_type(record, uid, flag, expected)
     }
 
     /// Sets `fields` on record `uid` in memory: every field labelled with the

@@ -1,7 +1,7 @@
 //! The Keeper vault, through Keeper Secrets Manager (`--ksm-config`).
 //! keeper-secrets-manager-core does the transport, the crypto and the record
 //! decoding; this file maps its records to the host's and decides the order of
-//! the writes (docs/design.md, §13).
+//! the writes (docs/design.md, §11).
 //!
 //! A rotation's store is Keeper's rotation transaction: the update is staged
 //! (`update_secret_with_transaction(record, Rotation)`) and completed at once
@@ -30,7 +30,7 @@ use keeper_secrets_manager_core::{
 use serde_json::{Map, Value};
 
 use super::{
-    Change, Record, Vault, VaultError, VaultOptions, apply_fields, remove_label, to_record,
+    Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
 };
 
 /// The largest KSM config file read.
@@ -419,17 +419,7 @@ impl Vault for KsmVault {
             .collect();
         raw.insert("uid".into(), Value::String(found.uid.clone()));
         let record = to_record(&Value::Object(raw));
-        if let Some(expected) = expected
-            && !record.record_type.eq_ignore_ascii_case(expected)
-        {
-            return Err(VaultError::WrongType {
-                uid: uid.to_string(),
-                flag,
-                found: record.record_type,
-                expected,
-            });
-        }
-        Ok(record)
+        of_type(record, uid, flag, expected)
     }
 
     /// One update per change: Keeper has no multi-record transaction.

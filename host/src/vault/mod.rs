@@ -326,6 +326,26 @@ pub fn remove_label(record: &mut Map<String, Value>, label: &str) -> bool {
     removed
 }
 
+/// `record` (read for `uid`, given to `flag`), if it is of type `expected` when given.
+pub fn of_type(
+    record: Record,
+    uid: &str,
+    flag: &'static str,
+    expected: Option<&'static str>,
+) -> Result<Record, VaultError> {
+    match expected {
+        Some(expected) if !record.record_type.eq_ignore_ascii_case(expected) => {
+            Err(VaultError::WrongType {
+                uid: uid.to_string(),
+                flag,
+                found: record.record_type,
+                expected,
+            })
+        }
+        _ => Ok(record),
+    }
+}
+
 /// A record in Keeper's shape (`uid`, `type`, `title`, `fields`, `custom`) as the
 /// host sees it: every value as text, non-string values as their JSON.
 pub fn to_record(raw: &Value) -> Record {

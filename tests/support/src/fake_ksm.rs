@@ -225,18 +225,7 @@ impl FakeKsm {
 
     /// The first value of the field labelled `label` in record `uid`.
     pub fn field(&self, uid: &str, label: &str) -> Option<String> {
-        let data = self.record(uid)?;
-        ["fields", "custom"]
-            .iter()
-            .filter_map(|s| data[*s].as_array())
-            .flatten()
-            .find(|f| {
-                f["label"]
-                    .as_str()
-                    .is_some_and(|l| l.eq_ignore_ascii_case(label))
-            })
-            .and_then(|f| f["value"][0].as_str())
-            .map(str::to_string)
+        crate::vault::first_value(&self.record(uid)?, label)
     }
 
     pub fn revision(&self, uid: &str) -> i64 {

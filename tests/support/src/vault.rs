@@ -84,6 +84,11 @@ pub fn field_of(doc: &Value, uid: &str, label: &str) -> Option<String> {
         .as_array()?
         .iter()
         .find(|r| r["uid"] == uid)?;
+    first_value(record, label)
+}
+
+/// The first value of the field labelled `label` (any case) of a Keeper record.
+pub fn first_value(record: &Value, label: &str) -> Option<String> {
     ["fields", "custom"]
         .iter()
         .filter_map(|s| record[*s].as_array())
