@@ -490,3 +490,21 @@ fn config_creates_the_record_in_a_shared_folder() {
     ]);
     without.expect(2, &["--ksm-folder"]);
 }
+
+/// Keeper throttles every call, asking for a minute's pause each time: the
+/// SDK retries a bounded number of times, the run fails cleanly and changes
+/// nothing. (The host caps the SDK's pauses at `--lock-timeout` in total,
+/// which is why this test takes a second rather than five minutes.)
+#[test]
+fn a_throttled_keeper_exhausts_the_sdk_retries_and_nothing_changes() {
+    let s = setup();
+    for _ in 0..10 {
+        s.ksm.fail("get_secret", Fault::Throttle);
+    }
+    let out = s.run(&["--lock-timeout", "1"]);
+    out.expect(1, &["Keeper Secrets Manager: reading records failed"]);
+    let tries = s.ksm.calls().len();
+    assert!((2..=10).contains(&tries), "{tries} calls");
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
+    assert_eq!(s.vault_key(), s.old.id);
+}

@@ -114,23 +114,24 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
 
     values.sort_by_key(|(i, _)| *i);
     let custom = custom_fields(&info.name, &schema, &values);
-    let path = match &opts.vault {
-        VaultSource::File(path) => path,
-        #[cfg(feature = "ksm")]
-        VaultSource::Ksm(config) => {
-            let Some(folder) = &opts.ksm_folder else {
-                return Err(ConfigError::NoFolder);
-            };
-            let uid = crate::vault::ksm::create_record(
-                config,
-                &opts.vault_options,
-                folder,
-                &opts.title,
-                custom,
-            )?;
-            tracing::info!(uid = %uid, "config record created in Keeper");
-            return Ok(uid);
-        }
+    #[cfg(feature = "ksm")]
+    if let VaultSource::Ksm(config) = &opts.vault {
+        let Some(folder) = &opts.ksm_folder else {
+            return Err(ConfigError::NoFolder);
+        };
+        let uid = crate::vault::ksm::create_record(
+            config,
+            &opts.vault_options,
+            folder,
+            &opts.title,
+            custom,
+        )?;
+        tracing::info!(uid = %uid, "config record created in Keeper");
+        return Ok(uid);
+    }
+    #[allow(irrefutable_let_patterns)] // refutable when the `ksm` feature is on
+    let VaultSource::File(path) = &opts.vault else {
+        unreachable!("the Keeper source returned above")
     };
     let mut vault = FileVault::open_or_create(path, &opts.vault_options)?;
     let uid = loop {

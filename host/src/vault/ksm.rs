@@ -252,18 +252,20 @@ impl KsmVault {
         uids: Option<&[(&str, &'static str)]>,
         opts: &VaultOptions,
     ) -> Result<Self, VaultError> {
-        let mut sm = connect(config, opts)?;
+        // Held by the vault at once, so that its `Drop` releases the client off
+        // the runtime's threads on every path.
+        let mut vault = Self {
+            sm: Some(connect(config, opts)?),
+            records: vec![],
+        };
         let wanted: Vec<String> = uids
             .unwrap_or_default()
             .iter()
             .map(|(u, _)| u.to_string())
             .collect();
-        let records = off_runtime(|| sm.get_secrets(wanted.clone()))
+        let sm = vault.sm();
+        vault.records = off_runtime(|| sm.get_secrets(wanted.clone()))
             .map_err(|e| ksm_error("reading records", &e))?;
-        let vault = Self {
-            sm: Some(sm),
-            records,
-        };
         for (uid, flag) in uids.unwrap_or_default() {
             if vault.find(uid).is_none() {
                 return Err(VaultError::KsmNoRecord {

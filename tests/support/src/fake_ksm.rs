@@ -87,6 +87,8 @@ pub enum Fault {
     Before,
     /// Do it, then answer 500 (the client cannot tell it happened).
     After,
+    /// Answer 403 `throttled`, asking for a minute's pause (Keeper's throttling).
+    Throttle,
 }
 
 struct Held {
@@ -427,6 +429,9 @@ fn answer(
             500,
             b"{\"result_code\":\"error\",\"message\":\"injected\"}".to_vec(),
         );
+    }
+    if fault == Some(Fault::Throttle) {
+        return (403, br#"{"error":"throttled","retry_after":60}"#.to_vec());
     }
     let (status, plain) = handle(&endpoint, &payload, &mut s, app_key);
     if fault == Some(Fault::After) {
