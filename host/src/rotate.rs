@@ -197,10 +197,15 @@ pub async fn rotate_record(
     records: Records,
 ) -> Result<RunReport, RunError> {
     let Records {
-        user,
+        mut user,
         config,
         provider,
     } = records;
+    if !job.dry_run
+        && let Some(fresh) = writer.prepare(&job.user_uid).await?
+    {
+        user = fresh;
+    }
     let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
     let host_credential = if identity.wanted(&config).map_err(RunError::BadField)? {
         Some(identity.credential().await?)

@@ -75,6 +75,17 @@ impl VaultWriter {
         result.await.expect("every queued store is answered")
     }
 
+    /// `Vault::prepare` for record `uid`; returns it read again if it changed.
+    pub async fn prepare(&self, uid: &str) -> Result<Option<crate::vault::Record>, VaultError> {
+        let mut vault = self.vault.lock().await;
+        if vault.prepare(uid)? {
+            return vault
+                .record(uid, "-u", Some(crate::rotate::PAM_USER_TYPE))
+                .map(Some);
+        }
+        Ok(None)
+    }
+
     /// Removes a field with the next save (for a marker whose work is done).
     pub fn remove_later(&self, uid: &str, label: &'static str) {
         self.queue.lock().expect("queue lock").push(Queued {

@@ -7,14 +7,16 @@
 //! (`update_secret_with_transaction(record, Rotation)`) and completed at once
 //! (`complete_transaction(uid, false)`), before `finalize` touches the old key.
 //! So whatever readers see while a transaction is open (Keeper does not say),
-//! the record always names a key that exists (I1). A stage that fails is rolled
-//! back (`complete_transaction(uid, true)`) and tried once more, which also
-//! clears a transaction left open by a run that was killed.
+//! the record always names a key that exists (I1). A stage or completion that
+//! fails is rolled back (`complete_transaction(uid, true)`) and the record read
+//! again to tell stored from not stored (`settle`); a transaction a killed run
+//! left open is rolled back before the next rotation of its record is planned.
 //!
 //! The SDK is blocking (reqwest) and must not run or be dropped on the async
 //! runtime's threads, so every call runs on a scoped thread of its own.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -54,8 +56,6 @@ pub struct KsmConfig {
     /// `--ksm-config FILE` or `KSM_CONFIG`, for messages.
     pub origin: String,
     json: String,
-    /// The config's keys, for the redactor.
-    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for KsmConfig {
@@ -75,15 +75,14 @@ impl KsmConfig {
             origin: origin.clone(),
             why,
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(format!("it cannot be read ({e})")))?;
+        // One open file: what is checked is what is read.
+        let file =
+            std::fs::File::open(path).map_err(|e| bad(format!("it cannot be read ({e})")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| bad(format!("it cannot be read ({e})")))?;
         if !meta.is_file() {
             return Err(bad("it is not a regular file".into()));
-        }
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(bad(format!(
-                "it is {} bytes; a KSM config is under {MAX_CONFIG_BYTES}",
-                meta.len()
-            )));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -99,8 +98,15 @@ impl KsmConfig {
                 meta.uid()
             );
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| bad(format!("it cannot be read ({e})")))?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| bad(format!("it cannot be read as text ({e})")))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(bad(format!(
+                "it is over {MAX_CONFIG_BYTES} bytes, and a KSM config is far smaller"
+            )));
+        }
         Self::parse(origin.clone(), &text).map_err(bad)
     }
 
@@ -142,20 +148,7 @@ impl KsmConfig {
                 missing.join(", ")
             ));
         }
-        let secrets = ["privateKey", "appKey", "clientKey", "clientId"]
-            .iter()
-            .filter_map(|k| get(k).map(str::to_string))
-            .collect();
-        Ok(Self {
-            origin,
-            json,
-            secrets,
-        })
-    }
-
-    /// The config's private values, to mask wherever they might be printed.
-    pub fn secrets(&self) -> &[String] {
-        &self.secrets
+        Ok(Self { origin, json })
     }
 }
 
@@ -264,8 +257,10 @@ impl KsmVault {
             .map(|(u, _)| u.to_string())
             .collect();
         let sm = vault.sm();
-        vault.records = off_runtime(|| sm.get_secrets(wanted.clone()))
-            .map_err(|e| ksm_error("reading records", &e))?;
+        vault.records = unique(
+            off_runtime(|| sm.get_secrets(wanted.clone()))
+                .map_err(|e| ksm_error("reading records", &e))?,
+        );
         for (uid, flag) in uids.unwrap_or_default() {
             if vault.find(uid).is_none() {
                 return Err(VaultError::KsmNoRecord {
@@ -333,42 +328,23 @@ impl KsmVault {
     /// The rotation transaction: stage, then complete; see the module's notes.
     fn store_rotation(&mut self, change: &Change) -> Result<(), VaultError> {
         let uid = change.uid.as_str();
-        let mut staged = Err(KSMRError::CustomError(String::new()));
-        for attempt in 0..2 {
-            let record = self.changed(change)?;
-            let sm = self.sm();
-            staged = off_runtime(|| {
-                sm.update_secret_with_transaction(record.clone(), UpdateTransactionType::Rotation)
-            });
-            match &staged {
-                Ok(()) => break,
-                Err(e) if is_conflict(e) => {
-                    let _ = self.complete(uid, true);
-                    return Err(VaultError::KsmConflict {
-                        uid: uid.to_string(),
-                    });
-                }
-                Err(e) => {
-                    // Possibly staged before the failure, or a transaction a
-                    // killed run left open: roll it back, then try once more.
-                    tracing::warn!(record = %uid, attempt, "staging the rotation in Keeper failed ({}); rolling back any open transaction", ksm_text(e));
-                    let _ = self.complete(uid, true);
-                }
-            }
-        }
+        let record = self.changed(change)?;
+        let sm = self.sm();
+        let staged = off_runtime(|| {
+            sm.update_secret_with_transaction(record.clone(), UpdateTransactionType::Rotation)
+        });
         if let Err(e) = staged {
-            return Err(ksm_error("storing the new credential", &e));
+            if is_conflict(&e) {
+                // Refused: nothing of ours is staged, and a transaction that
+                // may be someone else's is left alone.
+                return Err(VaultError::KsmConflict {
+                    uid: uid.to_string(),
+                });
+            }
+            return self.settle(change, "storing the new credential", &e);
         }
         if let Err(e) = self.complete(uid, false) {
-            // Completing may have worked on the server: only a rollback that
-            // succeeds proves the record still names the old key.
-            return Err(match self.complete(uid, true) {
-                Ok(()) => ksm_error("completing the rotation transaction", &e),
-                Err(_) => VaultError::KsmUncertain {
-                    uid: uid.to_string(),
-                    why: ksm_text(&e),
-                },
-            });
+            return self.settle(change, "completing the rotation transaction", &e);
         }
         // The stored data is ours; the revision Keeper gave it is read back.
         if let Err(e) = self.refresh(uid) {
@@ -377,25 +353,85 @@ impl KsmVault {
         Ok(())
     }
 
-    /// A marker or ledger change: the record is read again and updated plainly.
+    /// After a stage or completion that failed: roll back what may be open,
+    /// then read the record back and decide from what readers see.
+    /// - Our data is not there: not stored, whatever else is staged and unseen.
+    /// - It is there after a rollback that worked: it was committed, so stored.
+    /// - It is there and the rollback failed, or nothing can be read: unknown,
+    ///   so the caller must delete nothing.
+    fn settle(
+        &mut self,
+        change: &Change,
+        action: &'static str,
+        e: &KSMRError,
+    ) -> Result<(), VaultError> {
+        let uid = change.uid.as_str();
+        tracing::warn!(record = %uid, "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
+        let rolled_back = self.complete(uid, true).is_ok();
+        let uncertain = || VaultError::KsmUncertain {
+            uid: uid.to_string(),
+            why: ksm_text(e),
+        };
+        if self.refresh(uid).is_err() {
+            return Err(uncertain());
+        }
+        match (self.holds(change), rolled_back) {
+            (false, _) => Err(ksm_error(action, e)),
+            (true, true) => Ok(()),
+            (true, false) => Err(uncertain()),
+        }
+    }
+
+    /// Whether Keeper's copy of the record carries every field of `change`.
+    fn holds(&self, change: &Change) -> bool {
+        let Ok(record) = Vault::record(self, &change.uid, "-u", None) else {
+            return false;
+        };
+        change
+            .fields
+            .iter()
+            .all(|f| record.value(&f.label) == Some(f.value.expose().trim()))
+    }
+
+    /// A marker or ledger change, as a plain update of the revision last read:
+    /// an edit someone made meanwhile is refused, not overwritten.
     fn store_plain(&mut self, change: &Change) -> Result<(), VaultError> {
-        self.refresh(&change.uid)?;
         let record = self.changed(change)?;
         let sm = self.sm();
-        off_runtime(|| sm.update_secret(record.clone()))
-            .map_err(|e| ksm_error("updating the record", &e))?;
+        off_runtime(|| sm.update_secret(record.clone())).map_err(|e| {
+            if is_conflict(&e) {
+                VaultError::KsmConflict {
+                    uid: change.uid.clone(),
+                }
+            } else {
+                ksm_error("updating the record", &e)
+            }
+        })?;
         self.refresh(&change.uid)
+    }
+
+    /// Rolls back a rotation transaction a killed run left open on `uid`, so
+    /// the plan is made from what readers will see; true if one was (the
+    /// record is then read again).
+    fn settle_open(&mut self, uid: &str) -> Result<bool, VaultError> {
+        if self.complete(uid, true).is_err() {
+            // Usually: none was open.
+            return Ok(false);
+        }
+        tracing::warn!(record = %uid, "rolled back a rotation transaction left open in Keeper");
+        self.refresh(uid)?;
+        Ok(true)
     }
 }
 
 impl Drop for KsmVault {
     fn drop(&mut self) {
-        // The SDK's blocking client may not be dropped on a runtime thread.
-        if let Some(sm) = self.sm.take() {
-            std::thread::scope(|s| {
-                s.spawn(move || drop(sm));
-            });
-        }
+        // The SDK's blocking client may not be dropped on a runtime thread;
+        // its records hold clones of it too.
+        let (sm, records) = (self.sm.take(), std::mem::take(&mut self.records));
+        std::thread::scope(|s| {
+            s.spawn(move || drop((sm, records)));
+        });
     }
 }
 
@@ -424,6 +460,10 @@ impl Vault for KsmVault {
         of_type(record, uid, flag, expected)
     }
 
+    fn prepare(&mut self, uid: &str) -> Result<bool, VaultError> {
+        self.settle_open(uid)
+    }
+
     /// One update per change: Keeper has no multi-record transaction.
     fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>> {
         batch
@@ -438,6 +478,14 @@ impl Vault for KsmVault {
             })
             .collect()
     }
+}
+
+/// Each UID once: Keeper returns a record once per way it is shared (a folder,
+/// a shortcut), and two copies would be rotated twice.
+fn unique(mut records: Vec<KeeperRecord>) -> Vec<KeeperRecord> {
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|r| seen.insert(r.uid.clone()));
+    records
 }
 
 /// A revision conflict: the record changed since it was read.

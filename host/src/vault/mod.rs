@@ -83,6 +83,14 @@ pub trait Vault: Send {
         expected: Option<&'static str>,
     ) -> Result<Record, VaultError>;
 
+    /// Before a rotation of `uid` is planned, settles what a killed run may
+    /// have left half-done (Keeper: an open rotation transaction). True when
+    /// the record changed, so it must be read again.
+    fn prepare(&mut self, uid: &str) -> Result<bool, VaultError> {
+        let _ = uid;
+        Ok(false)
+    }
+
     /// Writes `batch` and returns each change's outcome; `Ok` means durable.
     /// A change that failed is not visible in later reads or writes.
     fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>>;

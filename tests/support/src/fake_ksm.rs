@@ -11,8 +11,9 @@
 //! - records keep revisions: an update naming an old revision is refused;
 //! - the rotation transaction stages an update; `finalize_secret_update`
 //!   commits it, `rollback_secret_update` drops it, and a second update while
-//!   one is open is refused. Readers see the committed data only: Keeper does
-//!   not document this, and it is the reading under which I1 is hardest to keep;
+//!   one is open is refused. Keeper does not document what readers see
+//!   meanwhile: by default the committed data, and with `show_staged` the
+//!   staged data, so tests can hold I1 under both readings;
 //! - any endpoint can fail, before or after it takes effect, or be held.
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +105,15 @@ struct Stored {
     staged: Option<Value>,
 }
 
+impl Stored {
+    fn visible(&self, show_staged: bool) -> &Value {
+        match &self.staged {
+            Some(staged) if show_staged => staged,
+            _ => &self.data,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     records: BTreeMap<String, Stored>,
@@ -111,6 +121,7 @@ struct State {
     held: Vec<Held>,
     calls: Vec<String>,
     folders: Vec<(String, [u8; 32])>,
+    show_staged: bool,
 }
 
 /// The host name the fake answers for. The SDK always connects to port 443
@@ -219,10 +230,15 @@ impl FakeKsm {
             .push((uid.into(), random::<32>()));
     }
 
-    /// The committed data of record `uid`, as readers see it.
+    /// Readers see a staged rotation before it is committed.
+    pub fn show_staged(&self) {
+        self.state.lock().unwrap().show_staged = true;
+    }
+
+    /// Record `uid` as readers see it.
     pub fn record(&self, uid: &str) -> Option<Value> {
         let s = self.state.lock().unwrap();
-        s.records.get(uid).map(|r| r.data.clone())
+        s.records.get(uid).map(|r| r.visible(s.show_staged).clone())
     }
 
     /// The first value of the field labelled `label` in record `uid`.
@@ -465,6 +481,7 @@ fn handle(
             let wanted: Option<Vec<&str>> = payload["requestedRecords"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect());
+            let show_staged = s.show_staged;
             let records: Vec<Value> = s
                 .records
                 .iter()
@@ -473,7 +490,7 @@ fn handle(
                     json!({
                         "recordUid": uid,
                         "recordKey": STANDARD.encode(seal(app_key, &r.key)),
-                        "data": STANDARD.encode(seal(&r.key, r.data.to_string().as_bytes())),
+                        "data": STANDARD.encode(seal(&r.key, r.visible(show_staged).to_string().as_bytes())),
                         "revision": r.revision,
                         "isEditable": true,
                         "files": null,
