@@ -521,3 +521,62 @@ fn a_throttled_keeper_exhausts_the_sdk_retries_and_nothing_changes() {
     assert_eq!(s.iam.calls(), Vec::<String>::new());
     assert_eq!(s.vault_key(), s.old.id);
 }
+
+/// A config given in `KSM_CONFIG` is taken out of the environment at start:
+/// a child process (here the AWS chain's `credential_process`) never sees the
+/// Keeper application's keys.
+#[test]
+fn a_child_process_does_not_inherit_ksm_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    let dump = s.dir.path().join("child-env.txt");
+    let script = s.dir.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > '{}'\necho '{{\"Version\": 1, \"AccessKeyId\": \"AKIAPROCESS000000000\", \"SecretAccessKey\": \"process-secret\"}}'\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let aws_config = s.dir.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!("[default]\ncredential_process = {}\n", script.display()),
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(s.ksm.config().to_string());
+    let mut cmd = s.command(&[
+        "run",
+        GUEST_WASM,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--gateway-credentials",
+    ]);
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
+        cmd.env_remove(k);
+    }
+    let out: Outcome = cmd
+        .env("KSM_CONFIG", &b64)
+        .env("HOME", s.dir.path())
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", s.dir.path().join("absent"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+        .into();
+    // The config record's own key signs; the host's identity was resolved all the same.
+    assert_eq!(out.code, 0, "{}", out.all());
+    let child_env = std::fs::read_to_string(&dump).expect("the credential process ran");
+    assert!(child_env.contains("AWS_REGION=us-east-1"), "{child_env}");
+    assert!(
+        !child_env.contains("KSM_CONFIG"),
+        "the child saw KSM_CONFIG"
+    );
+    assert!(!child_env.contains(&b64));
+    s.assert_at_rest();
+}

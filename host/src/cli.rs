@@ -195,6 +195,30 @@ pub struct InfoArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// `KSM_CONFIG` as it was when the process started (see `take_ksm_config_env`).
+static KSM_CONFIG_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Takes `KSM_CONFIG` out of the process environment, so that no child process
+/// (an AWS `credential_process`, say) inherits the Keeper application's keys.
+///
+/// # Safety
+/// Call it before any other thread exists: it changes the environment.
+pub unsafe fn take_ksm_config_env() {
+    let value = std::env::var("KSM_CONFIG").ok();
+    if value.is_some() {
+        // SAFETY: the caller guarantees no other thread reads the environment.
+        unsafe { std::env::remove_var("KSM_CONFIG") };
+    }
+    let _ = KSM_CONFIG_ENV.set(value);
+}
+
+fn ksm_config_env() -> Option<String> {
+    match KSM_CONFIG_ENV.get() {
+        Some(taken) => taken.clone(),
+        None => std::env::var("KSM_CONFIG").ok(),
+    }
+}
+
 /// Which vault: a JSON file or Keeper (exactly one).
 #[derive(Debug, Args)]
 pub struct SourceArgs {
@@ -213,7 +237,7 @@ impl SourceArgs {
         match (&self.vault, &self.ksm_config) {
             (Some(path), None) => Ok(VaultSource::File(path.clone())),
             (None, Some(path)) => ksm_source(Some(path), opts),
-            (None, None) if std::env::var_os("KSM_CONFIG").is_some() => ksm_source(None, opts),
+            (None, None) if ksm_config_env().is_some() => ksm_source(None, opts),
             (None, None) => Err(
                 "no vault given: pass --vault FILE (a JSON vault) or --ksm-config FILE (a Keeper \
                  Secrets Manager config; KSM_CONFIG may hold it instead)"
@@ -229,7 +253,7 @@ fn ksm_source(path: Option<&PathBuf>, opts: &VaultOptions) -> Result<VaultSource
     use crate::vault::ksm::KsmConfig;
     let config = match path {
         Some(path) => KsmConfig::from_file(path, opts),
-        None => KsmConfig::from_env(&std::env::var("KSM_CONFIG").unwrap_or_default()),
+        None => KsmConfig::from_env(&ksm_config_env().unwrap_or_default()),
     };
     config.map(VaultSource::Ksm).map_err(|e| e.to_string())
 }

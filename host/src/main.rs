@@ -12,6 +12,8 @@ use tracing_subscriber::prelude::*;
 const CAPPED_AT_DEBUG: &[&str] = &["aws_", "hyper", "h2", "tower"];
 
 fn main() {
+    // SAFETY: first thing in `main`, before any thread is started.
+    unsafe { rotate_host::cli::take_ksm_config_env() };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let capped = filter_fn(|meta| {
         *meta.level() != tracing::Level::TRACE
