@@ -232,18 +232,24 @@ fn check(item: &ConfigItem, value: &str) -> Result<(), ConfigError> {
         label: item.label.clone(),
         why,
     };
+    // A value is echoed only if it is not a secret, and then escaped.
+    let given = if item.is_secret {
+        "the value given".to_string()
+    } else {
+        format!("'{}'", crate::text::printable(value))
+    };
     match item.item_type {
         ItemType::Int if value.parse::<i64>().is_err() => {
-            Err(bad(format!("must be a whole number, not '{value}'")))
+            Err(bad(format!("must be a whole number, not {given}")))
         }
         ItemType::Number if !value.parse::<f64>().is_ok_and(f64::is_finite) => {
-            Err(bad(format!("must be a number, not '{value}'")))
+            Err(bad(format!("must be a number, not {given}")))
         }
         ItemType::Bool if !matches!(value.to_ascii_lowercase().as_str(), "true" | "false") => {
-            Err(bad(format!("must be true or false, not '{value}'")))
+            Err(bad(format!("must be true or false, not {given}")))
         }
         ItemType::Url if crate::allowlist::AllowedOrigin::of_url(value).is_err() => Err(bad(
-            format!("must be an http:// or https:// URL, not '{value}'"),
+            format!("must be an http:// or https:// URL, not {given}"),
         )),
         ItemType::Enum if !item.enum_values.iter().any(|(v, _)| v == value) => Err(bad(format!(
             "must be one of {}",
@@ -300,6 +306,18 @@ mod tests {
         assert!(check(&item("U", ItemType::Url, false), "h:1").is_err());
         assert!(check(&item("E", ItemType::Enum, false), "a").is_ok());
         assert!(check(&item("E", ItemType::Enum, false), "b").is_err());
+    }
+
+    #[test]
+    fn a_rejected_value_is_echoed_escaped_and_never_when_secret() {
+        let secret_int = ConfigItem {
+            is_secret: true,
+            ..item("N", ItemType::Int, false)
+        };
+        let err = check(&secret_int, "s3cr3t-value").unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t-value"), "{err}");
+        let err = check(&item("N", ItemType::Int, false), "1\u{1b}[2J").unwrap_err();
+        assert!(!err.to_string().contains('\u{1b}'), "{err}");
     }
 
     #[test]
