@@ -111,9 +111,16 @@ impl Ledger {
             .retain(|e| now < e.since + grace || kept.contains(&e.id));
     }
 
+    /// Stops tracking `ids` (deleted to make room); true if any was tracked.
+    pub fn forget(&mut self, ids: &[String]) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| !ids.contains(&e.id));
+        self.entries.len() != before
+    }
+
     /// After a `finalize` that deactivated `ids` at `now`.
     pub fn add(&mut self, ids: &[String], now: DateTime<Utc>) {
-        self.entries.retain(|e| !ids.contains(&e.id));
+        self.forget(ids);
         self.entries.extend(ids.iter().map(|id| Entry {
             id: id.clone(),
             since: now,

@@ -321,9 +321,7 @@ pub async fn rotate_record(
     } else {
         vec![labels::PENDING]
     };
-    let tracked = ledger.entries.len();
-    ledger.entries.retain(|e| !rotation.deleted.contains(&e.id));
-    if ledger.entries.len() != tracked {
+    if ledger.forget(&rotation.deleted) {
         fields.extend(ledger_fields(&ledger));
         remove.extend(ledger_removal(&ledger));
     }
@@ -415,21 +413,18 @@ async fn record_deactivated(
     ledger.add(&good, Utc::now());
     let mut remove = ledger_removal(ledger);
     remove.extend(job.mark_pending.then_some(labels::PENDING));
-    match writer
+    if let Err(e) = writer
         .store(&job.user_uid, ledger_fields(ledger), remove)
         .await
     {
-        Ok(()) => report.deactivated = good,
-        Err(e) => {
-            report.notes.push(format!(
-                "the old key(s) {} were deactivated, but recording them in '{}' failed ({e}); \
-                 the next rotation deletes them to make room",
-                good.join(", "),
-                labels::DEACTIVATED
-            ));
-            report.deactivated = good;
-        }
+        report.notes.push(format!(
+            "the old key(s) {} were deactivated, but recording them in '{}' failed ({e}); \
+             the next rotation deletes them to make room",
+            good.join(", "),
+            labels::DEACTIVATED
+        ));
     }
+    report.deactivated = good;
 }
 
 fn ledger_fields(ledger: &Ledger) -> Vec<StoreField> {
