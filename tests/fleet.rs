@@ -311,27 +311,11 @@ fn one_failing_user_does_not_block_the_others() {
     f.assert_recorded_keys_exist();
 }
 
-/// The IAM calls for `user` are two whole rotations, one after the other: the
-/// first retires the shared old key, the second finds it gone.
-fn assert_two_rotations_in_a_row(f: &Fleet, user: &str) {
-    let calls: Vec<String> = f
-        .iam
-        .log()
-        .into_iter()
-        .filter(|c| c.user == user)
-        .map(|c| c.action)
-        .collect();
-    let one = ["GetUser", "ListAccessKeys", "CreateAccessKey", "GetUser"];
-    let mut serial: Vec<&str> = one.to_vec();
-    serial.push("DeleteAccessKey");
-    serial.extend(one);
-    assert_eq!(calls, serial, "the two rotations interleaved");
-}
-
-/// Two records for one IAM user under one config never rotate at once: the
-/// user's calls form two blocks, one rotation after the other.
+/// Two records that would rotate one IAM user under one config fail
+/// together (issue 14: each would delete the other's key); the user's keys
+/// are untouched and the rest of the fleet rotates.
 #[test]
-fn records_of_one_user_rotate_one_after_the_other() {
+fn twin_records_of_one_user_fail_together() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     let mut doc = f.vault.json();
     let mut twin = doc["records"][1].clone();
@@ -339,27 +323,47 @@ fn records_of_one_user_rotate_one_after_the_other() {
     doc["records"].as_array_mut().unwrap().push(twin);
     std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
     let (out, v) = due_json(&f, &["--jobs", "4"]);
-    assert_eq!(out.code, 0, "{}", out.all());
-    assert_eq!(uids(&v, "rotated").len(), 4);
-    assert_two_rotations_in_a_row(&f, "ann");
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(uids(&v, "failed"), ["u-ann", "u-ann-twin"]);
+    assert_eq!(uids(&v, "rotated"), ["u-ben", "u-cat"]);
+    let ann = &f.keys[0].1;
+    assert_eq!(
+        f.iam.keys("ann").iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&ann.id]
+    );
+    assert!(
+        !f.iam.log().iter().any(|c| c.user == "ann"),
+        "nothing was sent for ann"
+    );
     f.assert_recorded_keys_exist();
 }
 
-/// A record without a login rotates the account its config record names, which
-/// the host cannot see: every record under that config runs one after another.
+/// A record without a login rotates the user its config names: with a record
+/// of that user under the same config, both fail together.
 #[test]
-fn records_without_a_login_run_one_after_another_under_their_config() {
+fn a_login_less_record_and_its_configs_user_fail_together() {
     let f = fleet(&[("ann", &[])], &[("IAM Username", "ann")]);
     let mut doc = f.vault.json();
     let mut twin = doc["records"][1].clone();
     twin["uid"] = json!("u-ann-nologin");
     twin["fields"] = json!([]);
+    twin["custom"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["label"] != "aws_access_key_id");
     doc["records"].as_array_mut().unwrap().push(twin);
     std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
     let (out, v) = due_json(&f, &["--jobs", "4"]);
-    assert_eq!(out.code, 0, "{}", out.all());
-    assert_eq!(uids(&v, "rotated").len(), 2);
-    assert_two_rotations_in_a_row(&f, "ann");
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(uids(&v, "failed"), ["u-ann", "u-ann-nologin"]);
+    assert!(
+        v["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("login 'ann'"),
+        "{v}"
+    );
+    assert!(f.iam.log().is_empty(), "nothing was sent");
 }
 
 /// `--rps` spaces requests across all jobs.

@@ -433,8 +433,9 @@ fn killed_with_the_transaction_open_readers_seeing_the_staged_key() {
 #[test]
 fn a_due_pass_rotates_keeper_records() {
     let s = setup();
+    // user1 joins the fleet (one record per key: a second holder would be refused).
     let mut user = data(pam_user(
-        "user2",
+        "user1",
         "alice",
         Some(("aws_access_key_id", &s.old.id)),
     ));
@@ -442,15 +443,15 @@ fn a_due_pass_rotates_keeper_records() {
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
-    s.ksm.add_record("user2", user);
+    s.ksm.add_record("user1", user);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("1 rotated, 0 failed"), "{}", out.stdout);
-    let key = s.ksm.field("user2", "aws_access_key_id").unwrap();
+    let key = s.ksm.field("user1", "aws_access_key_id").unwrap();
     assert_eq!(s.iam_keys(), vec![key]);
-    assert!(s.ksm.field("user2", "Rotation Pending").is_none());
-    assert!(!s.ksm.open_transaction("user2"));
+    assert!(s.ksm.field("user1", "Rotation Pending").is_none());
+    assert!(!s.ksm.open_transaction("user1"));
 }
 
 /// `config` creates the config record in a shared folder of the application.
@@ -555,6 +556,8 @@ fn a_child_process_does_not_inherit_ksm_config() {
         "-c",
         "cfg1",
         "--gateway-credentials",
+        "--allow-host",
+        &s.iam.url,
     ]);
     for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
         cmd.env_remove(k);
@@ -579,4 +582,31 @@ fn a_child_process_does_not_inherit_ksm_config() {
     );
     assert!(!child_env.contains(&b64));
     s.assert_at_rest();
+}
+
+/// I6 with Keeper, which has no vault lock: `run` reads every shared record,
+/// so a second record holding alice's other key is seen, and its key is not
+/// deleted to make room.
+#[test]
+fn run_against_keeper_keeps_a_key_another_record_holds() {
+    let s = setup();
+    let theirs = s.iam.add_key("alice", "2024-02-01T00:00:00Z");
+    s.ksm.add_record(
+        "user2",
+        data(pam_user(
+            "user2",
+            "alice",
+            Some(("aws_access_key_id", &theirs.id)),
+        )),
+    );
+    let out = s.run(&[]);
+    out.expect(
+        1,
+        &[&theirs.id, "another record of the vault holds or tracks"],
+    );
+    assert_eq!(s.iam_keys(), [s.old.id.clone(), theirs.id.clone()]);
+    assert_eq!(s.vault_key(), s.old.id);
+    assert_eq!(s.ksm.field("user2", "aws_access_key_id"), Some(theirs.id));
+    s.assert_at_rest();
+    s.assert_no_leak(&out);
 }

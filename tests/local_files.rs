@@ -125,6 +125,52 @@ fn fifos_as_vault_or_lock_are_refused_without_waiting() {
     assert!(s.iam.calls().is_empty());
 }
 
+/// `rotate-host ARGS`, killed if it is still running after a minute: a run
+/// blocked on a FIFO would otherwise hang the suite.
+fn run_unblocked(args: &[&str]) -> Outcome {
+    let mut child = command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("rotate-host {args:?} blocked on a FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+/// A FIFO given as the plugin, `--ca-file` or `--ksm-config` is refused at
+/// once, naming what it is, with nothing sent.
+#[test]
+fn fifos_as_plugin_ca_file_or_ksm_config_are_refused_without_blocking() {
+    let s = fake_setup();
+    let fifo = s.vault.folder().join("fifo");
+    mkfifo(&fifo);
+    let (fifo, vault) = (fifo.to_str().unwrap(), s.vault.path.to_str().unwrap());
+    let base = ["-u", "user1", "-c", "cfg1"];
+    let out = run_unblocked(&[&["run", fifo, "--vault", vault][..], &base].concat());
+    out.expect(
+        2,
+        &["could not read plugin", "it is a FIFO, not a regular file"],
+    );
+    let out = run_unblocked(
+        &[
+            &["run", GUEST_WASM, "--vault", vault, "--ca-file", fifo][..],
+            &base,
+        ]
+        .concat(),
+    );
+    out.expect(2, &["--ca-file", "it is a FIFO, not a regular file"]);
+    let out = run_unblocked(&[&["run", GUEST_WASM, "--ksm-config", fifo][..], &base].concat());
+    out.expect(2, &["it is a FIFO, not a regular file"]);
+    assert!(s.iam.calls().is_empty());
+}
+
 /// A lock file planted as a link must not make the run create a file elsewhere.
 #[test]
 fn a_lock_file_that_is_a_link_is_refused() {

@@ -4,20 +4,20 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::{
-    Context, Deactivated, Field, Finalized, HostCredential, OutputField, Record, Rotation,
+    Context, Deactivated, Field, Finalized, HostCredential, OutputField, Record, Rotation, Subject,
     ValueKind,
 };
 use crate::schema::{ConfigItem, ItemType, SCHEMA};
 use crate::secret::Secret;
 use crate::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
-use crate::{endpoints, error::PluginError, rotation};
+use crate::{endpoints, error::PluginError, rotation, settings};
 
 mod bindings {
     wit_bindgen::generate!({ world: "plugin", path: "../wit" });
 }
 
 use bindings::Guest;
-use bindings::pam::rotation::{log, outbound, types as wit};
+use bindings::pam::rotation::{holdings, log, outbound, types as wit};
 
 struct Plugin;
 
@@ -32,7 +32,21 @@ impl Guest for Plugin {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            credential_id_fields: settings::CREDENTIAL_ID_FIELDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
+    }
+
+    fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
+        settings::subject(&ctx.into())
+            .map(|s: Subject| wit::Subject {
+                service: s.service,
+                login: s.login,
+                fixed_by_config: s.fixed_by_config,
+            })
+            .map_err(Into::into)
     }
 
     fn config_schema() -> Vec<wit::ConfigItem> {
@@ -115,6 +129,10 @@ impl Transport for Host {
             Level::Error => log::Level::Error,
         };
         log::log(level, message);
+    }
+
+    fn held_elsewhere(&self, id: &str) -> bool {
+        holdings::held_elsewhere(id)
     }
 
     fn sleep(&self, duration: Duration) {

@@ -104,6 +104,11 @@ impl<'a, T: Transport> Iam<'a, T> {
         }
     }
 
+    /// Whether another record of the vault holds or tracks `id` (I6).
+    pub fn held_elsewhere(&self, id: &str) -> bool {
+        self.transport.held_elsewhere(id)
+    }
+
     pub fn log(&self, level: Level, message: &str) {
         self.transport.log(level, message);
     }

@@ -126,6 +126,14 @@ impl Rotation {
     }
 }
 
+/// What a record's rotation would change, from the records alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub service: String,
+    pub login: String,
+    pub fixed_by_config: bool,
+}
+
 /// The outcome of `finalize` and `purge`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Finalized {

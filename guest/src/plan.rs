@@ -115,13 +115,22 @@ impl Plan {
 }
 
 /// Decides the plan for a user holding `keys`, whose vault records `vault`,
-/// with requests signed by `signer`.
+/// with requests signed by `signer`. `is_protected` says whether another record
+/// of the vault holds or tracks an id (I6): such a key is never deleted or retired.
 pub fn plan(
     keys: &[AccessKey],
     vault: Option<&str>,
     signer: &str,
     user: &str,
+    is_protected: &dyn Fn(&str) -> bool,
 ) -> Result<Plan, PluginError> {
+    if let Some(v) = vault.filter(|v| *v != signer && is_protected(v)) {
+        return Err(PluginError::Conflict(format!(
+            "the PAM user record's key {v} is also held or tracked by another record of the \
+             vault: retiring it would break that record. Nothing was changed. Keep each key in \
+             one record only, then run again"
+        )));
+    }
     if vault == Some(signer) {
         return Err(PluginError::InvalidConfig(format!(
             "the PAM user record's key {signer} is also the config's Client ID: rotating it would \
@@ -154,6 +163,14 @@ pub fn plan(
                 make_room: MakeRoom::VaultKey(vault.to_string()),
                 retire: None,
             }
+        } else if is_protected(&other.id) {
+            return Err(PluginError::Conflict(format!(
+                "'{user}' has two access keys: the vault's {vault} and {}, which another record \
+                 of the vault holds or tracks. Deleting it to make room would break that record. \
+                 Nothing was changed. Give each record its own IAM user, or remove the key from \
+                 the other record, then run again",
+                other.id
+            )));
         } else {
             Plan {
                 make_room: MakeRoom::Leftover(other.id.clone()),
@@ -163,7 +180,7 @@ pub fn plan(
     }
     let inactive: Vec<&AccessKey> = keys
         .iter()
-        .filter(|k| k.status == KeyStatus::Inactive && k.id != signer)
+        .filter(|k| k.status == KeyStatus::Inactive && k.id != signer && !is_protected(&k.id))
         .collect();
     if let [only] = inactive.as_slice() {
         return Ok(Plan {
@@ -215,10 +232,10 @@ mod tests {
 
     #[test]
     fn below_the_limit_deletes_nothing() {
-        let p = plan(&[active("V")], Some("V"), "S", "u").unwrap();
+        let p = plan(&[active("V")], Some("V"), "S", "u", &|_| false).unwrap();
         assert_eq!(p.make_room, MakeRoom::Nothing);
         assert_eq!(p.retire.as_deref(), Some("V"));
-        let p = plan(&[], None, "S", "u").unwrap();
+        let p = plan(&[], None, "S", "u", &|_| false).unwrap();
         assert_eq!(
             p,
             Plan {
@@ -230,7 +247,7 @@ mod tests {
 
     #[test]
     fn unknown_key_below_the_limit_is_kept() {
-        let p = plan(&[active("X")], Some("GONE"), "S", "u").unwrap();
+        let p = plan(&[active("X")], Some("GONE"), "S", "u", &|_| false).unwrap();
         assert_eq!(p.make_room, MakeRoom::Nothing);
         assert_eq!(p.retire, None);
     }
@@ -238,7 +255,7 @@ mod tests {
     #[test]
     fn leftover_beside_the_vault_key_goes() {
         for keys in [[active("V"), active("X")], [active("X"), active("V")]] {
-            let p = plan(&keys, Some("V"), "S", "u").unwrap();
+            let p = plan(&keys, Some("V"), "S", "u", &|_| false).unwrap();
             assert_eq!(p.make_room, MakeRoom::Leftover("X".into()));
             assert_eq!(p.retire.as_deref(), Some("V"));
         }
@@ -246,7 +263,7 @@ mod tests {
 
     #[test]
     fn signer_beside_the_vault_key_forces_the_exception() {
-        let p = plan(&[active("V"), active("S")], Some("V"), "S", "u").unwrap();
+        let p = plan(&[active("V"), active("S")], Some("V"), "S", "u", &|_| false).unwrap();
         assert_eq!(p.make_room, MakeRoom::VaultKey("V".into()));
         assert_eq!(p.retire, None);
         assert!(p.describe("u", &[], OldKeyAction::Delete)[0].contains("no spare"));
@@ -255,7 +272,7 @@ mod tests {
     #[test]
     fn plan_says_when_a_deactivated_key_goes_before_its_grace_ends() {
         let keys = [active("V"), key("OLD", KeyStatus::Inactive, "")];
-        let p = plan(&keys, Some("V"), "S", "u").unwrap();
+        let p = plan(&keys, Some("V"), "S", "u", &|_| false).unwrap();
         assert_eq!(p.make_room, MakeRoom::Leftover("OLD".into()));
         let mut d = Deactivated {
             id: "OLD".into(),
@@ -278,7 +295,7 @@ mod tests {
     #[test]
     fn two_unknown_keys_with_one_inactive() {
         let keys = [key("A", KeyStatus::Inactive, ""), active("B")];
-        let p = plan(&keys, None, "S", "u").unwrap();
+        let p = plan(&keys, None, "S", "u", &|_| false).unwrap();
         assert_eq!(p.make_room, MakeRoom::Inactive("A".into()));
     }
 
@@ -288,7 +305,7 @@ mod tests {
             key("AKIA1", KeyStatus::Active, "2024-03-01T10:00:00Z"),
             key("AKIA2", KeyStatus::Active, "2024-03-11T10:00:00Z"),
         ];
-        let err = plan(&keys, Some("OTHER"), "S", "bob").unwrap_err();
+        let err = plan(&keys, Some("OTHER"), "S", "bob", &|_| false).unwrap_err();
         let PluginError::Conflict(m) = err else {
             panic!("{err:?}")
         };
@@ -305,24 +322,45 @@ mod tests {
             key("A", KeyStatus::Inactive, ""),
             key("B", KeyStatus::Inactive, ""),
         ];
-        assert!(plan(&both_inactive, None, "S", "u").is_err());
+        assert!(plan(&both_inactive, None, "S", "u", &|_| false).is_err());
     }
 
     #[test]
     fn the_signer_is_never_made_room_for() {
         // Two unknown keys, one of them the signer: only the inactive non-signer may go.
         let keys = [active("S"), active("B")];
-        assert!(plan(&keys, None, "S", "u").is_err());
+        assert!(plan(&keys, None, "S", "u", &|_| false).is_err());
         let keys = [active("S"), key("B", KeyStatus::Inactive, "")];
         assert_eq!(
-            plan(&keys, None, "S", "u").unwrap().make_room,
+            plan(&keys, None, "S", "u", &|_| false).unwrap().make_room,
             MakeRoom::Inactive("B".into())
         );
     }
 
     #[test]
     fn vault_key_that_signs_is_refused() {
-        let err = plan(&[active("K")], Some("K"), "K", "u").unwrap_err();
+        let err = plan(&[active("K")], Some("K"), "K", "u", &|_| false).unwrap_err();
         assert!(matches!(err, PluginError::InvalidConfig(_)));
+    }
+
+    /// I6: a key another record holds is never made room with nor retired.
+    #[test]
+    fn another_records_key_is_never_deleted() {
+        let other = |id: &str| id == "B";
+        let err = plan(&[active("V"), active("B")], Some("V"), "S", "u", &other).unwrap_err();
+        assert!(
+            matches!(&err, PluginError::Conflict(m) if m.contains("B")),
+            "{err:?}"
+        );
+        let err = plan(&[active("V")], Some("V"), "S", "u", &|id| id == "V").unwrap_err();
+        assert!(matches!(err, PluginError::Conflict(_)));
+        let keys = [active("A"), key("B", KeyStatus::Inactive, "")];
+        assert!(plan(&keys, None, "S", "u", &other).is_err());
+        assert_eq!(
+            plan(&[active("V"), active("B")], Some("V"), "S", "u", &|_| false)
+                .unwrap()
+                .make_room,
+            MakeRoom::Leftover("B".into())
+        );
     }
 }

@@ -31,6 +31,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         settings.vault_key_id.as_deref(),
         &settings.credentials.key_id,
         user,
+        &|id| t.held_elsewhere(id),
     )?;
     let mut notes = Vec::new();
     if let Some(v) = settings
@@ -189,7 +190,8 @@ fn delete_unknown_new_keys<T: Transport>(
 ) -> Result<Vec<String>, PluginError> {
     let mut deleted = Vec::new();
     for key in iam.list_keys()? {
-        if !before.contains(&key.id) {
+        // A key another record holds is spared (I6), even one that appears only now.
+        if !before.contains(&key.id) && !iam.held_elsewhere(&key.id) {
             iam.log(
                 Level::Warn,
                 &format!("deleting access key {} created by the ambiguous attempt: its secret never arrived", key.id),
@@ -265,6 +267,12 @@ pub fn finalize(
 
     let mut out = Finalized::default();
     for old in &done.retire {
+        if t.held_elsewhere(old) {
+            out.notes.push(format!(
+                "kept the old key {old}: another record of the vault holds or tracks it"
+            ));
+            continue;
+        }
         let (result, done) = match settings.old_key_action {
             OldKeyAction::Delete => (iam.delete_key(old).map(|_| ()), "deleted"),
             OldKeyAction::Deactivate => (iam.deactivate_key(old), "deactivated"),
@@ -294,8 +302,9 @@ pub fn purge(t: &impl Transport, ctx: &Context) -> Result<Finalized, PluginError
     let mut out = Finalized::default();
     for d in ctx.deactivated.iter().filter(|d| d.expired) {
         let id = d.id.as_str();
-        let in_use =
-            settings.vault_key_id.as_deref() == Some(id) || settings.credentials.key_id == id;
+        let in_use = settings.vault_key_id.as_deref() == Some(id)
+            || settings.credentials.key_id == id
+            || t.held_elsewhere(id);
         let kept = |why: &str| {
             format!(
                 "kept {id}, deactivated on {}: {why}; it is no longer tracked",
@@ -304,7 +313,7 @@ pub fn purge(t: &impl Transport, ctx: &Context) -> Result<Finalized, PluginError
         };
         match keys.iter().find(|k| k.id == id).map(|k| k.status) {
             None => out.retired.push(d.id.clone()),
-            Some(_) if in_use => out.notes.push(kept("the vault or the config uses it now")),
+            Some(_) if in_use => out.notes.push(kept("a record of the vault holds it now")),
             Some(KeyStatus::Active) => out.notes.push(kept("it is Active again in IAM")),
             Some(KeyStatus::Inactive) => {
                 iam.delete_key(id)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::endpoints::{self, Endpoints};
 use crate::error::PluginError;
-use crate::model::{Context, HostCredential, Record};
+use crate::model::{Context, HostCredential, Record, Subject};
 use crate::retry::RetryPolicy;
 use crate::schema::{
     AWS_REGION, CLIENT_ID, CLIENT_SECRET, ENDPOINT_URL, IAM_USERNAME, MAX_BACKOFF, OLD_KEY_ACTION,
@@ -15,6 +15,14 @@ use crate::secret::Secret;
 
 /// Label of the stored access key id, and the vendor guide's misspelling of it.
 pub const ACCESS_KEY_ID_LABELS: &[&str] = &["aws_access_key_id", "aws_acess_key_id"];
+/// Where records hold an access key id, by label or field type (I6): the PAM
+/// user's key, the config's Client ID and the provider's key.
+pub const CREDENTIAL_ID_FIELDS: &[&str] = &[
+    "aws_access_key_id",
+    "aws_acess_key_id",
+    CLIENT_ID,
+    PROVIDER_KEY_ID,
+];
 /// Label of the stored secret access key.
 pub const SECRET_KEY_LABEL: &str = "aws_secret_access_key";
 /// Record type of a provider record.
@@ -108,6 +116,26 @@ impl Settings {
             old_key_action,
         })
     }
+}
+
+/// What a rotation of these records would rotate, from the records alone: the
+/// IAM endpoint and the signing key name the account as far as records can
+/// (two keys of one account are told apart only by IAM, where I6 still holds).
+/// The records are checked exactly as `rotate` checks them, so a record that
+/// fails here would fail there with the same message. A lent host credential
+/// may be a placeholder: only whether it is lent matters here.
+pub fn subject(ctx: &Context) -> Result<Subject, PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let lent = ctx.host_credential.as_ref().map(|h| h.id.as_str());
+    let signer = match settings.credentials.key_id.as_str() {
+        id if Some(id) == lent => "the host's identity",
+        id => id,
+    };
+    Ok(Subject {
+        service: format!("{} signed by {signer}", settings.endpoints.iam.url),
+        login: settings.user_name.to_lowercase(),
+        fixed_by_config: ctx.config.value(&[IAM_USERNAME]).is_some(),
+    })
 }
 
 struct Provider {

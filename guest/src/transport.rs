@@ -82,6 +82,8 @@ pub enum Level {
 pub trait Transport {
     fn send(&self, request: &HttpRequest) -> Result<HttpResponse, SendError>;
     fn log(&self, level: Level, message: &str);
+    /// Whether another record of the vault holds or tracks the key `id` (I6).
+    fn held_elsewhere(&self, id: &str) -> bool;
     fn sleep(&self, duration: Duration);
     /// Wall-clock time, for signing.
     fn now(&self) -> SystemTime;

@@ -17,6 +17,8 @@ struct Script {
     answers: RefCell<HashMap<String, VecDeque<Answer>>>,
     sent: RefCell<Vec<String>>,
     clock: RefCell<Duration>,
+    /// Key ids other records of the vault hold (I6).
+    held: Vec<String>,
 }
 
 impl Script {
@@ -26,6 +28,11 @@ impl Script {
             .entry(action.into())
             .or_default()
             .push_back(answer);
+        self
+    }
+
+    fn holding(mut self, ids: &[&str]) -> Self {
+        self.held = ids.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -50,6 +57,9 @@ impl Transport for Script {
             .unwrap_or_else(|| panic!("no answer scripted for {action}; sent {:?}", self.sent()))
     }
     fn log(&self, _: Level, _: &str) {}
+    fn held_elsewhere(&self, id: &str) -> bool {
+        self.held.iter().any(|h| h == id)
+    }
     fn sleep(&self, d: Duration) {
         *self.clock.borrow_mut() += d;
     }
@@ -409,5 +419,85 @@ fn purge_deletes_only_expired_inactive_keys() {
         f.notes.iter().any(|n| n.starts_with("kept OLD")),
         "{:?}",
         f.notes
+    );
+}
+
+/// I6: with the other key held by another record, `rotate` refuses after listing
+/// and deletes nothing.
+#[test]
+fn a_key_another_record_holds_is_not_deleted_to_make_room() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD", "THEIRS"]))
+        .holding(&["THEIRS"]);
+    let err = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Conflict(m) if m.contains("THEIRS") && m.contains("another record")),
+        "{err:?}"
+    );
+    assert_eq!(t.sent(), ["GetUser", "ListAccessKeys"]);
+}
+
+/// I6: a key that appears beside an ambiguous create but is held by another
+/// record (stored by a concurrent writer) is not taken for the create's orphan.
+#[test]
+fn the_ambiguous_create_cleanup_spares_a_key_another_record_holds() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&["OLD"]))
+        .on("CreateAccessKey", Err(SendError::Timeout("slow".into())))
+        .on("ListAccessKeys", keys(&["OLD", "AKIATHEIRS0000000001"]))
+        .on("CreateAccessKey", created(NEW))
+        .holding(&["AKIATHEIRS0000000001"]);
+    let r = rotate(&t, &ctx("OLD", "ROTATOR")).unwrap();
+    assert_eq!(r.created.as_deref(), Some(NEW));
+    assert!(
+        !t.sent().iter().any(|a| a == "DeleteAccessKey"),
+        "{:?}",
+        t.sent()
+    );
+}
+
+/// I6 in `finalize` and `purge`: a retire or ledger id another record holds is
+/// kept, and said so.
+#[test]
+fn finalize_and_purge_keep_keys_another_record_holds() {
+    let t = Script::default()
+        .on("GetUser", user())
+        .on(
+            "GetCallerIdentity",
+            ok("<R><Arn>arn:aws:iam::1:user/alice</Arn></R>"),
+        )
+        .on("ListAccessKeys", keys_with(&[("SHARED", "Inactive")]))
+        .holding(&["OLD", "SHARED"]);
+    let done = aws_key_rotation::model::Rotation {
+        fields: vec![aws_key_rotation::model::OutputField {
+            label: "aws_secret_access_key".into(),
+            aliases: vec![],
+            kind: aws_key_rotation::model::ValueKind::Secret,
+            value: aws_key_rotation::secret::Secret::new("s3cr3t-new"),
+        }],
+        created: Some(NEW.into()),
+        retire: vec!["OLD".into()],
+        ..Default::default()
+    };
+    let f = finalize(&t, &ctx("NONE", "ROTATOR"), &done).unwrap();
+    assert!(f.retired.is_empty(), "{f:?}");
+    assert!(
+        f.notes.iter().any(|n| n.contains("kept the old key OLD")),
+        "{f:?}"
+    );
+    let mut c = ctx("NONE", "ROTATOR");
+    c.deactivated = vec![Deactivated {
+        id: "SHARED".into(),
+        since: "2026-11-01T00:00:00Z".into(),
+        expired: true,
+    }];
+    let f = purge(&t, &c).unwrap();
+    assert!(f.retired.is_empty(), "{f:?}");
+    assert!(
+        !t.sent().iter().any(|a| a == "DeleteAccessKey"),
+        "{:?}",
+        t.sent()
     );
 }

@@ -237,6 +237,20 @@ pub struct NetworkPolicy {
     pub allow_http: bool,
 }
 
+impl NetworkPolicy {
+    /// Whether the operator's `--allow-host` list names `origin` (an exact
+    /// origin, as `AllowedOrigin::of_url` makes). False without a list.
+    pub fn operator_allows(&self, origin: &AllowedOrigin) -> bool {
+        let HostPattern::Exact(host) = &origin.host else {
+            return false;
+        };
+        self.operator.as_ref().is_some_and(|list| {
+            list.iter()
+                .any(|o| o.matches(origin.scheme, host, origin.port))
+        })
+    }
+}
+
 /// The set of origins one guest may reach.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {

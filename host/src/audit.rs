@@ -94,7 +94,7 @@ impl AuditLog {
         line.push(b'\n');
         let mut file = self.file.lock().expect("audit lock");
         if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            tracing::error!(record = %entry.record_uid, "could not write the audit log: {e}");
+            tracing::error!(record = %crate::text::printable(&entry.record_uid), "could not write the audit log: {e}");
         }
     }
 }

@@ -52,33 +52,59 @@ pub enum IdentityError {
 
 /// The host's identity, resolved when first needed and renewed before it expires.
 pub struct GatewayIdentity {
-    always: bool,
+    lend: Lending,
     cache: tokio::sync::Mutex<Option<(HostCredential, Option<SystemTime>)>>,
 }
 
+/// The operator's choice of whom the host's identity is lent to: it is the
+/// operator's to lend, never a record's to take (issue 14).
+#[derive(Debug, Clone, Default)]
+pub struct Lending {
+    /// `--gateway-credentials`.
+    pub enabled: bool,
+    /// `--gateway-credentials-for UID`: only these config records; empty is all.
+    pub only: Vec<String>,
+}
+
 impl GatewayIdentity {
-    /// `always` is `--gateway-credentials`: every rotation gets the identity.
-    pub fn new(always: bool) -> Self {
+    pub fn new(lend: Lending) -> Self {
         Self {
-            always,
+            lend,
             cache: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Whether a rotation under `config` is lent the identity.
+    /// Whether a rotation under `config` is lent the identity. The operator
+    /// lends it (`--gateway-credentials`, perhaps limited to named configs); a
+    /// config's `Use Gateway Credentials` can decline it, and asking for it
+    /// where it is not lent is an error rather than a silent fallback.
     pub fn wanted(&self, config: &Record) -> Result<bool, BadField> {
-        if self.always {
-            return Ok(true);
-        }
-        match config.value(labels::GATEWAY_CREDENTIALS) {
-            None => Ok(false),
-            Some(v) => parse_bool(v).ok_or_else(|| BadField {
+        let lent = self.lend.enabled
+            && (self.lend.only.is_empty() || self.lend.only.contains(&config.uid));
+        let asked = match config.value(labels::GATEWAY_CREDENTIALS) {
+            None => None,
+            Some(v) => Some(parse_bool(v).ok_or_else(|| BadField {
                 field: labels::GATEWAY_CREDENTIALS,
                 why: format!(
-                    "in record '{}' is '{v}', not true or false",
+                    "in record '{}' is '{}', not true or false",
+                    crate::text::printable(&config.uid),
+                    crate::text::printable(v)
+                ),
+            })?),
+        };
+        match asked {
+            Some(false) => Ok(false),
+            Some(true) if !lent => Err(BadField {
+                field: labels::GATEWAY_CREDENTIALS,
+                why: format!(
+                    "in record '{}' asks for the host's own AWS identity, which the operator does \
+                     not lend to this config: the operator can pass --gateway-credentials (and \
+                     --gateway-credentials-for {}), or give the config its own key",
+                    crate::text::printable(&config.uid),
                     crate::text::printable(&config.uid)
                 ),
             }),
+            _ => Ok(lent),
         }
     }
 

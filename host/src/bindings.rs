@@ -2,7 +2,8 @@
 
 use crate::http::{self, SendError};
 use crate::plugin::{
-    ConfigItem, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField, ValueKind,
+    ConfigItem, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField, Subject,
+    ValueKind,
 };
 use crate::secret::Secret;
 use crate::vault::Record;
@@ -21,7 +22,9 @@ mod generated {
     });
 }
 
-pub use generated::pam::rotation::{log as wit_log, outbound as wit_outbound, types as wit};
+pub use generated::pam::rotation::{
+    holdings as wit_holdings, log as wit_log, outbound as wit_outbound, types as wit,
+};
 pub use generated::{Plugin, PluginPre};
 
 impl From<wit::PluginInfo> for PluginInfo {
@@ -32,6 +35,17 @@ impl From<wit::PluginInfo> for PluginInfo {
             version: i.version,
             can_rollback: i.can_rollback,
             allowed_hosts: i.allowed_hosts,
+            credential_id_fields: i.credential_id_fields,
+        }
+    }
+}
+
+impl From<wit::Subject> for Subject {
+    fn from(s: wit::Subject) -> Self {
+        Self {
+            service: s.service,
+            login: s.login,
+            fixed_by_config: s.fixed_by_config,
         }
     }
 }

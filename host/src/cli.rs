@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::allowlist::{AllowedOrigin, NetworkPolicy};
 use crate::audit::AuditLog;
+use crate::aws_identity::Lending;
 use crate::configure::{ConfigOptions, configure};
 use crate::engine::{Limits, Plugin};
 use crate::fleet::{Fleet, FleetOptions, audit_entry};
@@ -71,14 +72,34 @@ pub struct FleetArgs {
     /// Append one JSON line per rotation attempt to this file (0600).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
-    /// Lend the host's own AWS identity (environment, profile, web identity,
-    /// container or instance role) to rotations whose records give no credentials.
-    #[arg(long)]
-    pub gateway_credentials: bool,
+    #[command(flatten)]
+    pub lend: LendArgs,
     #[command(flatten)]
     pub vault_options: VaultArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// Whether the host's own AWS identity is lent, and to which configs.
+#[derive(Debug, Args)]
+pub struct LendArgs {
+    /// Lend the host's own AWS identity (environment, profile, web identity,
+    /// container or instance role) to rotations whose records give no
+    /// credentials. A config record can decline it, never take it unlent.
+    #[arg(long)]
+    pub gateway_credentials: bool,
+    /// Lend it only to rotations under this config record (repeatable).
+    #[arg(long, value_name = "UID", requires = "gateway_credentials")]
+    pub gateway_credentials_for: Vec<String>,
+}
+
+impl LendArgs {
+    fn lending(&self) -> Lending {
+        Lending {
+            enabled: self.gateway_credentials,
+            only: self.gateway_credentials_for.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -147,10 +168,8 @@ pub struct RunArgs {
     /// Append one JSON line for this rotation attempt to this file (0600).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
-    /// Lend the host's own AWS identity (environment, profile, web identity,
-    /// container or instance role) when the records give no credentials.
-    #[arg(long)]
-    pub gateway_credentials: bool,
+    #[command(flatten)]
+    pub lend: LendArgs,
     #[command(flatten)]
     pub vault_options: VaultArgs,
     #[command(flatten)]
@@ -393,7 +412,7 @@ pub fn execute(cli: Cli) -> i32 {
 }
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("error: {msg}");
+    eprintln!("error: {}", crate::text::printable(msg));
     2
 }
 
@@ -417,7 +436,7 @@ fn run_command(args: RunArgs) -> i32 {
         limits,
         vault_options,
         cache_dir: args.sandbox.cache_dir(),
-        gateway_credentials: args.gateway_credentials,
+        lending: args.lend.lending(),
     };
     let audit = match args.audit.as_deref().map(AuditLog::open).transpose() {
         Ok(a) => a,
@@ -494,7 +513,7 @@ fn run_command(args: RunArgs) -> i32 {
                     serde_json::to_string_pretty(&body).expect("serialisable")
                 );
             }
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             code
         }
     }
@@ -527,7 +546,7 @@ fn config_command(args: ConfigArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             e.exit_code()
         }
     }
@@ -543,7 +562,7 @@ fn info_command(args: InfoArgs) -> i32 {
     let (info, schema) = match described {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             return if e.is_bad_input() { 2 } else { 1 };
         }
     };
@@ -594,7 +613,7 @@ impl FleetArgs {
             jobs: self.jobs as usize,
             dry_run: self.dry_run,
             audit: self.audit.clone(),
-            gateway_credentials: self.gateway_credentials,
+            lending: self.lend.lending(),
         })
     }
 }
@@ -604,7 +623,7 @@ fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), i32> {
     let opts = args.options().map_err(|e| usage_error(&e))?;
     let jobs = opts.jobs;
     let fleet = Fleet::new(opts).map_err(|e| {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", crate::text::printable(&e.to_string()));
         e.exit_code()
     })?;
     Ok((fleet, jobs))
@@ -632,7 +651,7 @@ fn due_command(args: DueArgs) -> i32 {
             report.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             e.exit_code()
         }
     }
@@ -659,7 +678,7 @@ fn gateway_command(args: GatewayArgs) -> i32 {
     match crate::engine::block_on_workers(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             e.exit_code()
         }
     }

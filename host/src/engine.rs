@@ -22,13 +22,16 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::allowlist::{AllowList, NetworkPolicy};
 use crate::bindings;
 use crate::cache;
+use crate::holdings::Holdings;
 use crate::http::{HttpConfig, Outbound};
-use crate::plugin::{ConfigItem, Context, Finalized, PluginError, PluginInfo, Rotation};
+use crate::plugin::{ConfigItem, Context, Finalized, PluginError, PluginInfo, Rotation, Subject};
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
-pub const WORLD: &str = "pam:rotation/plugin@0.3.0";
+pub const WORLD: &str = "pam:rotation/plugin@0.4.0";
 
+/// The largest plugin file read: the AWS plugin is under 400 KiB.
+const MAX_PLUGIN_BYTES: u64 = 256 << 20;
 /// How often WebAssembly code yields to the executor, so a timeout can fire.
 const TICK: Duration = Duration::from_millis(10);
 const STDERR_CAP: usize = 64 * 1024;
@@ -192,6 +195,9 @@ pub struct HostState {
     pub(crate) redactor: Redactor,
     /// When the running call will be stopped: HTTP requests end before it.
     pub(crate) deadline: Option<std::time::Instant>,
+    /// Who holds which credential in the vault, and the record this instance rotates (I6).
+    pub(crate) holdings: Arc<Holdings>,
+    pub(crate) holder: String,
 }
 
 impl WasiView for HostState {
@@ -209,6 +215,8 @@ pub struct Plugin {
     engine: Engine,
     pre: bindings::PluginPre<HostState>,
     limits: Limits,
+    /// `info`, asked once per process.
+    info: tokio::sync::OnceCell<PluginInfo>,
 }
 
 impl Plugin {
@@ -218,9 +226,11 @@ impl Plugin {
         limits: Limits,
         cache_dir: Option<&Path>,
     ) -> Result<Self, SandboxError> {
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
-            path: path.to_path_buf(),
-            source,
+        let bytes = crate::fsguard::read_regular(path, MAX_PLUGIN_BYTES).map_err(|source| {
+            SandboxError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         // A core module starts with version 1; a component with its layer byte set.
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
@@ -269,6 +279,7 @@ impl Plugin {
             engine,
             pre,
             limits,
+            info: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -279,6 +290,13 @@ impl Plugin {
     /// The limits every instance of this plugin runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What the plugin says about itself, from a throwaway instance, once.
+    pub async fn info(&self) -> Result<&PluginInfo, SandboxError> {
+        self.info
+            .get_or_try_init(|| async { self.instantiate().await?.info().await })
+            .await
     }
 
     /// What the plugin says about itself and its config fields, from a
@@ -312,6 +330,8 @@ impl Plugin {
             outbound: Arc::new(Outbound::new(AllowList::default(), &self.limits.http)),
             redactor: Redactor::default(),
             deadline: None,
+            holdings: Arc::default(),
+            holder: String::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
@@ -452,6 +472,14 @@ impl Instance {
         self.store.data_mut().outbound = Arc::new(Outbound::new(allow, &self.limits.http));
     }
 
+    /// Tells the guest, through `held-elsewhere`, which credentials records
+    /// other than `uid` hold (I6). Until called, it is told none are.
+    pub fn hold(&mut self, holdings: Arc<Holdings>, uid: &str) {
+        let state = self.store.data_mut();
+        state.holdings = holdings;
+        state.holder = uid.to_string();
+    }
+
     /// Masks `secret` (and its encoded forms) in everything the guest says.
     pub fn add_secret(&mut self, secret: &str) {
         self.store.data_mut().redactor.add(secret);
@@ -523,6 +551,12 @@ impl Instance {
             summary: self.clean(&info.summary),
             version: self.clean(&info.version),
             allowed_hosts: info.allowed_hosts.iter().map(|h| self.clean(h)).collect(),
+            credential_id_fields: info
+                .credential_id_fields
+                .iter()
+                .take(MAX_FIELDS)
+                .map(|f| crate::text::truncate(f, MAX_LABEL_BYTES).to_string())
+                .collect(),
             ..info
         })
     }
@@ -550,6 +584,26 @@ impl Instance {
                 }
             })
             .collect())
+    }
+
+    /// What a rotation of `ctx`'s records would rotate. Call it before
+    /// `allow`: the plugin can then reach nothing.
+    pub async fn subject(
+        &mut self,
+        ctx: &Context,
+    ) -> Result<Result<Subject, PluginError>, SandboxError> {
+        let limit = self.start("subject")?;
+        let ctx = bindings::context(ctx, limit);
+        let r =
+            tokio::time::timeout(limit, self.bindings.call_subject(&mut self.store, &ctx)).await;
+        Ok(match self.finish("subject", r)? {
+            Ok(s) if s.service.len() + s.login.len() > MAX_TEXT_BYTES => Err(PluginError::Failed(
+                "the plugin's subject is longer than the host accepts: this is a bug in the plugin"
+                    .into(),
+            )),
+            Ok(s) => Ok(Subject::from(s)),
+            Err(e) => Err(self.plugin_error(e)),
+        })
     }
 
     pub async fn rotate(

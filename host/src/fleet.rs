@@ -19,13 +19,18 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::audit::{AuditEntry, AuditLog};
-use crate::aws_identity::GatewayIdentity;
+use crate::aws_identity::{GatewayIdentity, Lending};
 use crate::engine::{Limits, Plugin, SandboxError};
 use crate::grace::Ledger;
+use crate::holdings::Holdings;
 use crate::metrics::Metrics;
-use crate::rotate::{Job, PAM_USER_TYPE, Records, RunError, RunReport, rotate_record};
+use crate::plugin::Subject;
+use crate::rotate::{
+    Job, PAM_USER_TYPE, Records, RunError, RunReport, fleet_records, rotate_record,
+};
 use crate::schedule::{self, Due, Member, labels, stamp};
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
+use crate::vetting::{self, VetError};
 use crate::writer::VaultWriter;
 
 /// What `due` and `gateway` were asked to do.
@@ -42,8 +47,8 @@ pub struct FleetOptions {
     pub jobs: usize,
     pub dry_run: bool,
     pub audit: Option<PathBuf>,
-    /// `--gateway-credentials`: lend the host's own AWS identity to every rotation.
-    pub gateway_credentials: bool,
+    /// `--gateway-credentials[-for]`: whom the host's own AWS identity is lent to.
+    pub lending: Lending,
 }
 
 /// One record's line in a pass report. Holds key ids, never secrets.
@@ -265,6 +270,8 @@ struct Work {
     job: Job,
     records: Records,
     login: Option<String>,
+    /// What it rotates, once vetted.
+    subject: Option<Subject>,
 }
 
 /// The report entry of a record with a field the fleet cannot use.
@@ -345,6 +352,7 @@ fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Ve
         match (provider, config) {
             (Ok(provider), Some(config)) => work.push(Work {
                 login: user.value_of_type("login").map(str::to_lowercase),
+                subject: None,
                 job,
                 records: Records {
                     user,
@@ -389,7 +397,7 @@ impl Fleet {
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         Ok(Self {
             plugin: Arc::new(plugin),
-            identity: Arc::new(GatewayIdentity::new(opts.gateway_credentials)),
+            identity: Arc::new(GatewayIdentity::new(opts.lending.clone())),
             opts,
             audit,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -406,32 +414,25 @@ impl Fleet {
             .expect("the vault opener does not panic")?;
         let mut report = PassReport::default();
         let work = select(vault.as_ref(), &self.opts, &mut report);
+        let (work, holdings) = self.vet(vault.as_ref(), work, &mut report).await?;
         let writer = Arc::new(VaultWriter::new(vault));
 
-        // The account a record rotates is its login, unless the plugin takes it
-        // from the config record (for AWS, 'IAM Username'), which the host cannot
-        // see. So a config with any login-less due record runs all its records
-        // one after another: two rotations of one account never overlap.
-        let shared: std::collections::HashSet<String> = work
-            .iter()
-            .filter(|w| w.login.is_none())
-            .map(|w| w.job.config_uid.clone())
-            .collect();
+        // Rotations of one subject (service and login, as the plugin reads the
+        // records) never overlap. Vetting refuses two members with one subject,
+        // so this holds even if that check were wrong.
         let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
         for w in work {
-            let who = match &w.login {
-                Some(login) if !shared.contains(&w.job.config_uid) => login.clone(),
-                _ => String::new(),
+            let key = match &w.subject {
+                Some(s) => (s.service.clone(), s.login.clone()),
+                None => (w.job.config_uid.clone(), w.job.user_uid.clone()),
             };
-            groups
-                .entry((w.job.config_uid.clone(), who))
-                .or_default()
-                .push(w);
+            groups.entry(key).or_default().push(w);
         }
         let permits = Arc::new(Semaphore::new(self.opts.jobs.max(1)));
         let mut tasks = JoinSet::new();
         for (_, group) in groups {
             let (fleet, writer, permits) = (self.clone(), writer.clone(), permits.clone());
+            let holdings = holdings.clone();
             tasks.spawn(async move {
                 let mut done = Vec::new();
                 for w in group {
@@ -447,6 +448,7 @@ impl Fleet {
                         &fleet.identity,
                         &w.job,
                         w.records.clone(),
+                        holdings.clone(),
                     )
                     .await;
                     fleet.audit(&w, &result, started.elapsed());
@@ -470,11 +472,80 @@ impl Fleet {
         // Clears the `Rotation Pending` marks of finished rotations, in one save.
         if let Err(e) = writer.flush().await {
             tracing::warn!(
-                "could not clear the marks of finished rotations: {e}; the next pass finishes them again"
+                "could not clear the marks of finished rotations: {}; the next pass finishes them again",
+                crate::text::printable(&e.to_string())
             );
         }
         report.finish();
         Ok(report)
+    }
+
+    /// Who holds which credential (I6), and which members may rotate what they
+    /// name: a config record that is one, in scope, and no two members with one
+    /// subject. A member that fails here fails alone, due or not.
+    async fn vet(
+        &self,
+        vault: &dyn Vault,
+        work: Vec<Work>,
+        report: &mut PassReport,
+    ) -> Result<(Vec<Work>, Arc<Holdings>), FleetError> {
+        let info = self.plugin.info().await?;
+        let all: Vec<Record> = vault
+            .uids()
+            .iter()
+            .filter_map(|uid| vault.record(uid, "-u", None).ok())
+            .collect();
+        let holdings = Arc::new(Holdings::scan(&all, &info.credential_id_fields));
+        let mut failed: BTreeMap<String, VetError> = BTreeMap::new();
+        let mut members = Vec::new();
+        for (uid, records) in all.into_iter().filter_map(|r| fleet_records(vault, r)) {
+            match vetting::check_config(&records.user, &records.config, true) {
+                Ok(()) => members.push((uid, records)),
+                Err(e) => {
+                    failed.insert(uid, e);
+                }
+            }
+        }
+        let subjects = vetting::subjects(&self.plugin, &self.identity, &members).await;
+        let mut good = BTreeMap::new();
+        for ((uid, records), subject) in members.iter().zip(subjects) {
+            let checked = subject
+                .and_then(|s| vetting::check_scope(uid, &s, &records.config, true).map(|()| s));
+            match checked {
+                Ok(s) => {
+                    good.insert(uid.clone(), s);
+                }
+                Err(e) => {
+                    failed.insert(uid.clone(), e);
+                }
+            }
+        }
+        failed.extend(vetting::duplicates(
+            good.iter().map(|(u, s)| (u.as_str(), s)),
+        ));
+        let entry = |uid: &str, e: &VetError| {
+            let mut entry = Entry::new(uid);
+            entry.exit_code = Some(e.exit_code());
+            entry.error = Some(format!("{e}; the rest of the fleet was rotated"));
+            entry
+        };
+        // A record already reported (a bad field, or disabled) is reported once.
+        for e in report.failed.iter().chain(&report.skipped) {
+            failed.remove(&e.user_uid);
+        }
+        report.not_due.retain(|e| !failed.contains_key(&e.user_uid));
+        let kept = work
+            .into_iter()
+            .filter(|w| !failed.contains_key(&w.job.user_uid))
+            .map(|mut w| {
+                w.subject = good.remove(&w.job.user_uid);
+                w
+            })
+            .collect();
+        report
+            .failed
+            .extend(failed.iter().map(|(uid, e)| entry(uid, e)));
+        Ok((kept, holdings))
     }
 
     fn audit(&self, w: &Work, result: &Result<RunReport, RunError>, took: Duration) {
@@ -612,7 +683,10 @@ pub async fn gateway(
                 }
             }
             // A bad or locked vault now may be fixed by the next pass.
-            Err(e) => tracing::error!("the pass did not run: {e}"),
+            Err(e) => tracing::error!(
+                "the pass did not run: {}",
+                crate::text::printable(&e.to_string())
+            ),
         }
         if fleet.stopping() {
             return Ok(());

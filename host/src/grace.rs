@@ -28,6 +28,9 @@ pub struct Entry {
 pub struct Ledger {
     pub entries: Vec<Entry>,
     pub grace: Duration,
+    /// Entries for keys another record holds or tracks: kept in the field, but
+    /// never believed (I6), so never handed to the plugin.
+    pub aside: Vec<Entry>,
 }
 
 impl Ledger {
@@ -67,7 +70,35 @@ impl Ledger {
         Ok(Self {
             entries,
             grace: Duration::days(grace),
+            aside: vec![],
         })
+    }
+
+    /// Sets aside every entry for which `others` names other records that hold
+    /// or track the key, and says so, once per entry.
+    pub fn set_aside(&mut self, others: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+        let mut notes = Vec::new();
+        let (aside, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| !others(&e.id).is_empty());
+        for e in &aside {
+            let who: Vec<String> = others(&e.id)
+                .iter()
+                .map(|u| format!("'{}'", crate::text::printable(u)))
+                .collect();
+            tracing::warn!(key = %crate::text::printable(&e.id), "a '{}' entry names a key that record(s) {} hold or track: it is ignored", labels::DEACTIVATED, who.join(", "));
+            notes.push(format!(
+                "ignored the '{}' entry for {}: record(s) {} hold or track that key too, so this \
+                 record's word on it is not believed; remove the line from the record that does \
+                 not own the key",
+                labels::DEACTIVATED,
+                crate::text::printable(&e.id),
+                who.join(", ")
+            ));
+        }
+        self.entries = keep;
+        self.aside = aside;
+        notes
     }
 
     /// The entries as the plugin sees them at `now`.
@@ -129,9 +160,10 @@ impl Ledger {
 
     /// The field's new value; `None` when nothing is left to track.
     pub fn render(&self) -> Option<String> {
-        (!self.entries.is_empty()).then(|| {
+        (!self.entries.is_empty() || !self.aside.is_empty()).then(|| {
             self.entries
                 .iter()
+                .chain(&self.aside)
                 .map(|e| format!("{} {}", e.id, stamp(e.since)))
                 .collect::<Vec<_>>()
                 .join("\n")

@@ -116,9 +116,12 @@ impl Default for HttpConfig {
     }
 }
 
+/// A bundle of every public root CA is about 250 KiB.
+const MAX_CA_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads the PEM certificates of a `--ca-file`.
 pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> {
-    let pem = std::fs::read(path)
+    let pem = crate::fsguard::read_regular(path, MAX_CA_FILE_BYTES)
         .map_err(|e| format!("could not read --ca-file {}: {e}", path.display()))?;
     let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {

@@ -1,10 +1,10 @@
-//! The host side of the guest's imports: `outbound` and `log`.
+//! The host side of the guest's imports: `outbound`, `log` and `holdings`.
 //!
 //! Each returns `wasmtime::Result<..>`: a refusal is a typed error handed to the
 //! guest; an `Err` of the outer result would be a host bug and traps. Whatever
 //! the guest wrote (URLs, messages) is cleaned before it is logged.
 
-use crate::bindings::{wit, wit_log, wit_outbound};
+use crate::bindings::{wit, wit_holdings, wit_log, wit_outbound};
 use crate::engine::HostState;
 use crate::http::{Request, SendError};
 
@@ -58,6 +58,12 @@ impl wit_log::Host for HostState {
             wit_log::Level::Error => tracing::error!(target: "guest", "{message}"),
         }
         Ok(())
+    }
+}
+
+impl wit_holdings::Host for HostState {
+    fn held_elsewhere(&mut self, id: String) -> wasmtime::Result<bool> {
+        Ok(self.holdings.held_elsewhere(&id, &self.holder))
     }
 }
 

@@ -12,6 +12,19 @@ pub struct PluginInfo {
     pub version: String,
     pub can_rollback: bool,
     pub allowed_hosts: Vec<String>,
+    /// Labels or field types of the fields that hold a credential id (I6).
+    pub credential_id_fields: Vec<String>,
+}
+
+/// What a record's rotation would rotate, as the plugin reads the records.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject {
+    /// The service account, as far as the records tell.
+    pub service: String,
+    /// The login whose credential rotates, normalised by the plugin.
+    pub login: String,
+    /// The config record names the login itself: it serves that one only.
+    pub fixed_by_config: bool,
 }
 
 /// The type of a config value.

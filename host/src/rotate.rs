@@ -10,13 +10,16 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
-use crate::aws_identity::{GatewayIdentity, IdentityError};
+use crate::aws_identity::{GatewayIdentity, IdentityError, Lending};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
 use crate::grace::{self, Ledger};
+use crate::holdings::Holdings;
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, ValueKind};
 use crate::schedule::{BadField, labels, stamp};
 use crate::secret::Secret;
+use crate::text::printable;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
+use crate::vetting::{self, VetError};
 use crate::writer::VaultWriter;
 
 /// The record type of a PAM user record.
@@ -34,8 +37,8 @@ pub struct RunOptions {
     pub limits: Limits,
     pub vault_options: VaultOptions,
     pub cache_dir: Option<PathBuf>,
-    /// `--gateway-credentials`: lend the host's own AWS identity to every rotation.
-    pub gateway_credentials: bool,
+    /// `--gateway-credentials[-for]`: whom the host's own AWS identity is lent to.
+    pub lending: Lending,
 }
 
 /// What a run did. Holds key ids, never secrets.
@@ -99,6 +102,24 @@ pub enum RunError {
     },
     #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
     NotFinalized { created: String, why: String },
+    #[error("{0}")]
+    Vetting(#[from] VetError),
+    #[error(
+        "record '{uid}' holds the credential {id}, which record(s) {others} hold or track too: one \
+         credential belongs to one record, or rotating one would break the other. Nothing was \
+         changed; keep the credential in one record only"
+    )]
+    SharedCredential {
+        uid: String,
+        id: String,
+        others: String,
+    },
+    #[error(
+        "config record '{config}' names the origin {origin}, and this rotation is lent the host's \
+         own AWS identity: it is never sent where only a record points. Nothing was changed; the \
+         operator can allow the origin with --allow-host, or the config can use its own key"
+    )]
+    LentToRecordOrigin { config: String, origin: String },
 }
 
 impl RunError {
@@ -108,7 +129,10 @@ impl RunError {
         match self {
             Self::Vault(e) if e.is_bad_input() => 2,
             Self::Sandbox(e) if e.is_bad_input() => 2,
-            Self::BadField(_) => 2,
+            Self::BadField(_) | Self::SharedCredential { .. } | Self::LentToRecordOrigin { .. } => {
+                2
+            }
+            Self::Vetting(e) => e.exit_code(),
             Self::Plugin {
                 error: PluginError::InvalidConfig(_),
                 ..
@@ -161,7 +185,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     crate::engine::block_on(async {
         // Compile before taking the lock: others wait on it for no reason otherwise.
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
-        let identity = GatewayIdentity::new(opts.gateway_credentials);
+        let identity = GatewayIdentity::new(opts.lending.clone());
         let job = Job {
             user_uid: opts.user_uid.clone(),
             config_uid: opts.config_uid.clone(),
@@ -180,9 +204,72 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         }
         let vault = opts.vault.open(Some(&wanted), &opts.vault_options)?;
         let records = Records::read(vault.as_ref(), &job)?;
+        vetting::check_config(&records.user, &records.config, false)?;
+        let holdings = vet_run(&plugin, &identity, vault.as_ref(), &job, &records).await?;
         let writer = VaultWriter::new(vault);
-        rotate_record(&plugin, &writer, &identity, &job, records).await
+        rotate_record(&plugin, &writer, &identity, &job, records, holdings).await
     })
+}
+
+/// What `run` checks against the whole vault before anything is sent: who
+/// holds which credential (I6), the config's scope, and that no fleet record
+/// rotates the same credential as this one.
+async fn vet_run(
+    plugin: &Plugin,
+    identity: &GatewayIdentity,
+    vault: &dyn Vault,
+    job: &Job,
+    records: &Records,
+) -> Result<Arc<Holdings>, RunError> {
+    let info = plugin.info().await?;
+    let all: Vec<Record> = vault
+        .uids()
+        .iter()
+        .filter_map(|uid| vault.record(uid, "-u", None).ok())
+        .collect();
+    let holdings = Holdings::scan(&all, &info.credential_id_fields);
+    let mut candidates = vec![(job.user_uid.clone(), records.clone())];
+    candidates.extend(
+        all.into_iter()
+            .filter(|r| r.uid != job.user_uid)
+            .filter_map(|r| fleet_records(vault, r)),
+    );
+    let subjects = vetting::subjects(plugin, identity, &candidates).await;
+    let mine = subjects[0].clone()?;
+    vetting::check_scope(&job.user_uid, &mine, &records.config, false)?;
+    let others = candidates
+        .iter()
+        .zip(&subjects)
+        .skip(1)
+        .filter_map(|((uid, _), s)| Some((uid.as_str(), s.as_ref().ok()?)));
+    let duplicates =
+        vetting::duplicates(std::iter::once((job.user_uid.as_str(), &mine)).chain(others));
+    match duplicates.get(&job.user_uid) {
+        Some(e) => Err(e.clone().into()),
+        None => Ok(Arc::new(holdings)),
+    }
+}
+
+/// The records a fleet pass would rotate `user` with, if it is a fleet member.
+pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records)> {
+    if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
+        return None;
+    }
+    let config = vault
+        .record(user.value(labels::CONFIG)?, labels::CONFIG, None)
+        .ok()?;
+    let provider = match user.value(labels::PROVIDER) {
+        Some(p) => Some(vault.record(p, labels::PROVIDER, None).ok()?),
+        None => None,
+    };
+    Some((
+        user.uid.clone(),
+        Records {
+            user,
+            config,
+            provider,
+        },
+    ))
 }
 
 /// The rotation core: a fresh instance of `plugin` rotates one record, the new
@@ -195,6 +282,7 @@ pub async fn rotate_record(
     identity: &GatewayIdentity,
     job: &Job,
     records: Records,
+    holdings: Arc<Holdings>,
 ) -> Result<RunReport, RunError> {
     let Records {
         mut user,
@@ -207,13 +295,26 @@ pub async fn rotate_record(
         user = fresh;
     }
     let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
+    let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
     let host_credential = if identity.wanted(&config).map_err(RunError::BadField)? {
         Some(identity.credential().await?)
     } else {
         None
     };
     let mut instance = plugin.instantiate().await?;
+    instance.hold(holdings.clone(), &job.user_uid);
     let info = instance.info().await?;
+    if let Some((id, others)) = holdings
+        .shared(&user, &info.credential_id_fields)
+        .into_iter()
+        .next()
+    {
+        return Err(RunError::SharedCredential {
+            uid: printable(&job.user_uid),
+            id: printable(&id),
+            others: quoted(&others),
+        });
+    }
     let schema = instance.config_schema().await?;
     for secret in secrets(&schema, &user, &config, provider.as_ref()) {
         instance.add_secret(&secret);
@@ -224,12 +325,11 @@ pub async fn rotate_record(
             instance.add_secret(t.expose());
         }
     }
-    instance.allow(allow_list(
-        &info.allowed_hosts,
-        &schema,
-        &config,
-        &plugin.limits().network,
-    )?);
+    let policy = &plugin.limits().network;
+    if host_credential.is_some() {
+        lent_origins_allowed(&schema, &config, policy)?;
+    }
+    instance.allow(allow_list(&info.allowed_hosts, &schema, &config, policy)?);
     let now = Utc::now();
     let mut ctx = Context {
         user,
@@ -241,12 +341,12 @@ pub async fn rotate_record(
     };
     let mut report = RunReport {
         status: if job.dry_run { "planned" } else { "rotated" },
-        user_uid: job.user_uid.clone(),
+        user_uid: printable(&job.user_uid),
         created: None,
         retired: vec![],
         deactivated: vec![],
         purged: vec![],
-        notes: vec![],
+        notes: ignored,
         planned_retire: vec![],
     };
 
@@ -276,7 +376,7 @@ pub async fn rotate_record(
         report.status = if job.dry_run { "planned" } else { "purged" };
         return Ok(report);
     }
-    tracing::info!(plugin = %info.name, user = %job.user_uid, dry_run = job.dry_run, "rotating");
+    tracing::info!(plugin = %info.name, user = %printable(&job.user_uid), dry_run = job.dry_run, "rotating");
 
     let rotation = match instance.rotate(&ctx).await {
         Ok(Ok(r)) => r,
@@ -295,6 +395,10 @@ pub async fn rotate_record(
     {
         instance.add_secret(f.value.expose());
     }
+    if let Some(created) = &rotation.created {
+        holdings.add(created, &job.user_uid);
+    }
+    let rotation = keep_held_elsewhere(rotation, &holdings, &job.user_uid, &mut report.notes);
     report.created = rotation.created.as_deref().map(|c| instance.clean(c));
     let deleted: Vec<String> = rotation.deleted.iter().map(|d| instance.clean(d)).collect();
     report.notes.extend(rotation.notes.iter().cloned());
@@ -308,7 +412,7 @@ pub async fn rotate_record(
             error: PluginError::Failed("the plugin returned no new credential".into()),
         });
     };
-    tracing::info!(user = %job.user_uid, key = %created, "new key created; storing it before anything is deleted");
+    tracing::info!(user = %printable(&job.user_uid), key = %created, "new key created; storing it before anything is deleted");
 
     // Store durably before any old key is touched (I1, I2), with the time of
     // the rotation for the schedule, in the same atomic save.
@@ -337,18 +441,24 @@ pub async fn rotate_record(
             rollback,
         });
     }
-    tracing::info!(user = %job.user_uid, key = %created, "new key stored");
+    tracing::info!(user = %printable(&job.user_uid), key = %created, "new key stored");
 
     // Prove the new key works, then retire the old one.
     let why = match instance.finalize(&ctx, &rotation).await {
         Ok(Ok(done)) => {
             for id in &done.retired {
-                tracing::info!(user = %job.user_uid, key = %id, "old key retired");
+                tracing::info!(user = %printable(&job.user_uid), key = %id, "old key retired");
             }
             report.notes.extend(done.notes);
             report.retired = [deleted, done.retired].concat();
-            if !done.deactivated.is_empty() {
-                record_deactivated(writer, job, &mut ledger, &done.deactivated, &mut report).await;
+            let deactivated: Vec<String> = done
+                .deactivated
+                .iter()
+                .filter(|id| !holdings.held_elsewhere(id, &job.user_uid))
+                .cloned()
+                .collect();
+            if !deactivated.is_empty() {
+                record_deactivated(writer, job, &mut ledger, &deactivated, &mut report).await;
             } else if job.mark_pending {
                 writer.remove_later(&job.user_uid, labels::PENDING);
             }
@@ -358,6 +468,73 @@ pub async fn rotate_record(
         Err(e) => e.to_string(),
     };
     Err(RunError::NotFinalized { created, why })
+}
+
+/// The host's own check of I6 on what `rotate` returned: an id another record
+/// holds is never handed to `finalize` to retire. One the plugin says it
+/// deleted is past saving, and reported.
+fn keep_held_elsewhere(
+    mut rotation: crate::plugin::Rotation,
+    holdings: &Holdings,
+    uid: &str,
+    notes: &mut Vec<String>,
+) -> crate::plugin::Rotation {
+    let (kept, retire): (Vec<String>, Vec<String>) = rotation
+        .retire
+        .into_iter()
+        .partition(|id| holdings.held_elsewhere(id, uid));
+    rotation.retire = retire;
+    for id in kept {
+        let others = quoted(&holdings.others(&id, uid));
+        tracing::warn!(user = %printable(uid), key = %printable(&id), "the plugin asked to retire a credential record(s) {others} hold; it is kept");
+        notes.push(format!(
+            "kept {}: the plugin asked to retire it, but record(s) {others} hold or track it",
+            printable(&id)
+        ));
+    }
+    for id in rotation
+        .deleted
+        .iter()
+        .filter(|id| holdings.held_elsewhere(id, uid))
+    {
+        let others = quoted(&holdings.others(id, uid));
+        tracing::error!(user = %printable(uid), key = %printable(id), "the plugin deleted a credential record(s) {others} hold: this plugin breaks I6");
+        notes.push(format!(
+            "the plugin reports deleting {}, which record(s) {others} hold: check those records",
+            printable(id)
+        ));
+    }
+    rotation
+}
+
+/// `'a', 'b'`: record UIDs for a message, escaped.
+fn quoted(uids: &[String]) -> String {
+    uids.iter()
+        .map(|u| format!("'{}'", printable(u)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A rotation lent the host's identity may reach only the origins the plugin
+/// declares and those the operator allowed: never one that only a record names.
+fn lent_origins_allowed(
+    schema: &[ConfigItem],
+    config: &Record,
+    policy: &NetworkPolicy,
+) -> Result<(), RunError> {
+    for item in schema.iter().filter(|i| i.item_type == ItemType::Url) {
+        let Some(url) = config.value(&item.label) else {
+            continue;
+        };
+        let allowed = AllowedOrigin::of_url(url).is_ok_and(|o| policy.operator_allows(&o));
+        if !allowed {
+            return Err(RunError::LentToRecordOrigin {
+                config: printable(&config.uid),
+                origin: printable(url),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `purge`, then the ledger without the entries the plugin is done with.
@@ -381,7 +558,7 @@ async fn purge(
         Err(e) => return Err(RunError::Sandbox(e)),
     };
     for id in &done.retired {
-        tracing::info!(user = %job.user_uid, key = %id, "deactivated key deleted after its grace period");
+        tracing::info!(user = %printable(&job.user_uid), key = %id, "deactivated key deleted after its grace period");
     }
     ledger.forget_expired(now, &done.deactivated);
     writer
@@ -436,7 +613,7 @@ fn ledger_fields(ledger: &Ledger) -> Vec<StoreField> {
 }
 
 fn ledger_removal(ledger: &Ledger) -> Vec<&'static str> {
-    if ledger.entries.is_empty() {
+    if ledger.render().is_none() {
         vec![labels::DEACTIVATED]
     } else {
         vec![]

@@ -30,6 +30,8 @@ pub mod labels {
     pub const DEACTIVATED: &str = "Deactivated Keys";
     /// On the config record: days a deactivated credential is kept.
     pub const GRACE_DAYS: &str = "Inactive Grace Days";
+    /// On the config record: the logins it serves, one pattern per line.
+    pub const SCOPE: &str = "Rotation Scope";
     /// On the config record: lend the host's own AWS identity to the plugin.
     pub const GATEWAY_CREDENTIALS: &str = "Use Gateway Credentials";
 }

@@ -28,6 +28,9 @@ def users(endpoint, n, out, config):
         aws_secret_access_key=os.environ["MOTO_ADMIN_SECRET"],
     )
     records = [json.load(open(config))]
+    # A pass serves only the logins the config's owner declares.
+    records[0].setdefault("custom", []).append(
+        {"type": "multiline", "label": "Rotation Scope", "value": ["fleet*"]})
     for i in range(n):
         name = f"fleet{i}"
         iam.create_user(UserName=name)
@@ -63,6 +66,8 @@ def pad(path, total, out):
 def fake(spec, out):
     f = json.load(open(spec))
     records = [{"uid": "cfg1", "type": "login", "title": "fake", "fields": [], "custom": [
+        {"type": "text", "label": "SaaS Type", "value": ["AWS Secret Key"]},
+        {"type": "multiline", "label": "Rotation Scope", "value": ["fleet*"]},
         {"type": "text", "label": "Client ID", "value": [f["rotator_id"]]},
         {"type": "secret", "label": "Client Secret", "value": [f["rotator_secret"]]},
         {"type": "text", "label": "AWS Region", "value": ["us-east-1"]},

@@ -83,27 +83,10 @@ fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// What a file that is not a regular file is, for messages.
-fn kind_of(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
-}
+use crate::fsguard::kind_of;
 
 // Never follow a link, never block on a FIFO, never leak into a child.
-const SAFE_OPEN: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+const SAFE_OPEN: i32 = libc::O_NOFOLLOW | crate::fsguard::NONBLOCKING;
 
 /// Takes the exclusive lock on `path`'s lock file, waiting at most `timeout`.
 fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {

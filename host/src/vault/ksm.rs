@@ -76,14 +76,10 @@ impl KsmConfig {
             why,
         };
         // One open file: what is checked is what is read.
-        let file =
-            std::fs::File::open(path).map_err(|e| bad(format!("it cannot be read ({e})")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| bad(format!("it cannot be read ({e})")))?;
-        if !meta.is_file() {
-            return Err(bad("it is not a regular file".into()));
-        }
+        let (file, meta) = crate::fsguard::open_regular(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => bad(e.to_string()),
+            _ => bad(format!("it cannot be read ({e})")),
+        })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             if opts.strict_permissions {
@@ -237,9 +233,9 @@ pub struct KsmVault {
 }
 
 impl KsmVault {
-    /// Connects and reads `uids` in one `get_secrets` call (every record shared
-    /// with the application when `None`). A UID that does not come back is an
-    /// error naming it: the SDK drops what it cannot decrypt without a word.
+    /// Connects and reads every record shared with the application in one
+    /// `get_secrets` call. A UID of `uids` that does not come back is an error
+    /// naming it: the SDK drops what it cannot decrypt without a word.
     pub fn open(
         config: &KsmConfig,
         uids: Option<&[(&str, &'static str)]>,
@@ -251,14 +247,11 @@ impl KsmVault {
             sm: Some(connect(config, opts)?),
             records: vec![],
         };
-        let wanted: Vec<String> = uids
-            .unwrap_or_default()
-            .iter()
-            .map(|(u, _)| u.to_string())
-            .collect();
+        // Every shared record, even for `run`: I6 needs to know which keys the
+        // other records hold. One call either way; the answer is larger.
         let sm = vault.sm();
         vault.records = unique(
-            off_runtime(|| sm.get_secrets(wanted.clone()))
+            off_runtime(|| sm.get_secrets(Vec::new()))
                 .map_err(|e| ksm_error("reading records", &e))?,
         );
         for (uid, flag) in uids.unwrap_or_default() {
@@ -348,7 +341,7 @@ impl KsmVault {
         }
         // The stored data is ours; the revision Keeper gave it is read back.
         if let Err(e) = self.refresh(uid) {
-            tracing::warn!(record = %uid, "could not read the record back after storing: {e}");
+            tracing::warn!(record = %crate::text::printable(uid), "could not read the record back after storing: {e}");
         }
         Ok(())
     }
@@ -366,7 +359,7 @@ impl KsmVault {
         e: &KSMRError,
     ) -> Result<(), VaultError> {
         let uid = change.uid.as_str();
-        tracing::warn!(record = %uid, "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
+        tracing::warn!(record = %crate::text::printable(uid), "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
         let rolled_back = self.complete(uid, true).is_ok();
         let uncertain = || VaultError::KsmUncertain {
             uid: uid.to_string(),
@@ -418,7 +411,7 @@ impl KsmVault {
             // Usually: none was open.
             return Ok(false);
         }
-        tracing::warn!(record = %uid, "rolled back a rotation transaction left open in Keeper");
+        tracing::warn!(record = %crate::text::printable(uid), "rolled back a rotation transaction left open in Keeper");
         self.refresh(uid)?;
         Ok(true)
     }

@@ -33,9 +33,9 @@ pub enum VaultSource {
 }
 
 impl VaultSource {
-    /// Opens it for `records` (UID and the flag that named it), or for every
-    /// record when `None`. The file vault is read whole either way; Keeper is
-    /// asked for just these records, in one call.
+    /// Opens it, checking that `records` (UID and the flag that named it)
+    /// exist. Both backends read every record, so that a rotation knows which
+    /// credentials the other records hold (I6).
     pub fn open(
         &self,
         records: Option<&[(&str, &'static str)]>,

@@ -102,10 +102,17 @@ pub fn first_value(record: &Value, label: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A plugin config record with custom fields `(type, label, value)`.
+/// A plugin config record with custom fields `(type, label, value)`. Its owner
+/// serves every login (`Rotation Scope` `*`), unless `fields` sets a scope.
 pub fn config_record(uid: &str, fields: &[(&str, &str, &str)]) -> Value {
+    let scoped = fields
+        .iter()
+        .any(|(_, l, _)| l.eq_ignore_ascii_case("Rotation Scope"));
+    let scope =
+        (!scoped).then(|| json!({"type": "multiline", "label": "Rotation Scope", "value": ["*"]}));
     let custom: Vec<Value> =
         std::iter::once(json!({"type": "text", "label": "SaaS Type", "value": ["AWS Secret Key"]}))
+            .chain(scope)
             .chain(
                 fields
                     .iter()

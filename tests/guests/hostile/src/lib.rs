@@ -73,7 +73,17 @@ impl bindings::Guest for Hostile {
             version: "0".into(),
             can_rollback: false,
             allowed_hosts: vec!["https://*.amazonaws.com".into()],
+            credential_id_fields: vec!["aws_access_key_id".into()],
         }
+    }
+
+    /// Each record is its own subject, so hostile records never collide.
+    fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
+        Ok(wit::Subject {
+            service: "hostile".into(),
+            login: ctx.user.uid,
+            fixed_by_config: true,
+        })
     }
 
     fn config_schema() -> Vec<wit::ConfigItem> {
@@ -147,6 +157,22 @@ impl bindings::Guest for Hostile {
                     "files: {files:?}; env: {env}; socket: {socket:?}"
                 )))
             }
+            // Asks the host to retire every id it is told another record holds.
+            "retire-held" => Ok(wit::Rotation {
+                fields: vec![wit::OutputField {
+                    label: "aws_access_key_id".into(),
+                    aliases: vec![],
+                    kind: wit::ValueKind::Text,
+                    value: "AKIAHOSTILE000000001".into(),
+                }],
+                created: Some("AKIAHOSTILE000000001".into()),
+                retire: value(&ctx.config, "target")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect(),
+                deleted: vec![],
+                notes: vec![],
+            }),
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {
                 log::log(log::Level::Error, &format!("the secret is {secret}"));
@@ -158,8 +184,12 @@ impl bindings::Guest for Hostile {
         }
     }
 
-    fn finalize(_: wit::Context, _: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
-        Err(wit::PluginError::Failed("not used".into()))
+    /// Reports what it was asked to retire.
+    fn finalize(_: wit::Context, done: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
+        Err(wit::PluginError::Failed(format!(
+            "asked to retire [{}]",
+            done.retire.join(",")
+        )))
     }
 
     fn rollback(_: wit::Context, _: wit::Rotation) -> Result<(), wit::PluginError> {

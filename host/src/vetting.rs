@@ -1,0 +1,326 @@
+//! What a record may rotate, decided before any plugin call can reach the
+//! network (docs/design.md §8.1). In a shared vault every field is someone
+//! else's input, so a record must not choose whose credential it gets:
+//!
+//! - a `Rotation Config` names a config record (one with `SaaS Type`), never
+//!   the record itself;
+//! - a config serves only the logins its `Rotation Scope` names, or the one
+//!   login it fixes itself (AWS: `IAM Username`);
+//! - two records whose rotations would change one credential (the plugin's
+//!   `subject`) are refused together.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::aws_identity::GatewayIdentity;
+use crate::engine::{Instance, Plugin, SandboxError};
+use crate::plugin::{Context, HostCredential, PluginError, Subject};
+use crate::rotate::{PAM_USER_TYPE, Records};
+use crate::schedule::labels;
+use crate::secret::Secret;
+use crate::text::printable;
+use crate::vault::Record;
+
+/// The label of a config record's kind, as Keeper writes it.
+pub const SAAS_TYPE: &str = "SaaS Type";
+/// How often a stopped instance is replaced while working out subjects.
+const FRESH_INSTANCES: usize = 3;
+
+/// Why a record may not rotate what it names. Nothing was changed.
+#[derive(Debug, Clone, Error)]
+pub enum VetError {
+    #[error(
+        "record '{uid}' names itself as its 'Rotation Config': a record cannot be its own config; \
+         set 'Rotation Config' to the UID of a config record"
+    )]
+    OwnConfig { uid: String },
+    #[error(
+        "record '{uid}' names '{config}' as its 'Rotation Config', but that is {why}, not a config \
+         record (a record with a '{SAAS_TYPE}' field, as `rotate-host config` writes it); fix \
+         'Rotation Config'"
+    )]
+    NotAConfig {
+        uid: String,
+        config: String,
+        why: String,
+    },
+    #[error(
+        "record '{uid}' would rotate login '{login}', which config record '{config}' does not \
+         serve: its 'Rotation Scope' names other logins. Nothing was changed; the config's owner \
+         can add the login to 'Rotation Scope', or the record can use another config"
+    )]
+    OutOfScope {
+        uid: String,
+        login: String,
+        config: String,
+    },
+    #[error(
+        "config record '{config}' declares no 'Rotation Scope', so a pass does not know which \
+         logins it may rotate (record '{uid}' asks for '{login}'). Nothing was changed; set \
+         'Rotation Scope' in '{config}' to one login pattern per line ('*' matches any run of \
+         characters; '*' alone serves every record), or name the one user in the config itself"
+    )]
+    NoScope {
+        uid: String,
+        login: String,
+        config: String,
+    },
+    #[error(
+        "records {} would rotate the same credential (login '{login}', {service}): two records \
+         never rotate one credential, since each would delete the other's key. Nothing was \
+         changed; keep one record and remove 'Rotation Config' from the others", uids.join(" and ")
+    )]
+    Duplicate {
+        uids: Vec<String>,
+        login: String,
+        service: String,
+    },
+    #[error("{0}; nothing was changed")]
+    Field(crate::schedule::BadField),
+    #[error("{0}")]
+    Plugin(PluginError),
+    #[error("{0}")]
+    Sandbox(String, bool),
+}
+
+impl VetError {
+    /// 2 for records to fix; 1 when the plugin failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Plugin(PluginError::InvalidConfig(_)) => 2,
+            Self::Plugin(_) => 1,
+            Self::Sandbox(_, bad_input) => {
+                if *bad_input {
+                    2
+                } else {
+                    1
+                }
+            }
+            _ => 2,
+        }
+    }
+}
+
+/// Checks that `config` may serve as the config record of `user`. `chosen_by_record`
+/// is true for a `Rotation Config` (the operator's `-c` is trusted to be one).
+pub fn check_config(
+    user: &Record,
+    config: &Record,
+    chosen_by_record: bool,
+) -> Result<(), VetError> {
+    let uid = printable(&user.uid);
+    if user.uid == config.uid {
+        return Err(VetError::OwnConfig { uid });
+    }
+    if !chosen_by_record {
+        return Ok(());
+    }
+    let why = if config.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
+        Some("a PAM user record".to_string())
+    } else if config.value(SAAS_TYPE).is_none() {
+        Some(format!(
+            "a '{}' record without '{SAAS_TYPE}'",
+            printable(&config.record_type)
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(VetError::NotAConfig {
+            uid,
+            config: printable(&config.uid),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks `subject` against the config's `Rotation Scope`. Without one, a
+/// config that fixes its login passes; any other passes only when the
+/// operator named the records (`run`), not in a pass (`require`).
+pub fn check_scope(
+    uid: &str,
+    subject: &Subject,
+    config: &Record,
+    require: bool,
+) -> Result<(), VetError> {
+    let patterns: Vec<String> = config
+        .fields
+        .iter()
+        .filter(|f| {
+            f.label
+                .as_deref()
+                .is_some_and(|l| l.trim().eq_ignore_ascii_case(labels::SCOPE))
+        })
+        .flat_map(|f| f.values.iter())
+        .flat_map(|v| {
+            v.expose()
+                .lines()
+                .map(|l| l.trim().to_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    let err = |kind: fn(String, String, String) -> VetError| {
+        Err(kind(
+            printable(uid),
+            printable(&subject.login),
+            printable(&config.uid),
+        ))
+    };
+    if patterns.is_empty() {
+        if require && !subject.fixed_by_config {
+            return err(|uid, login, config| VetError::NoScope { uid, login, config });
+        }
+        return Ok(());
+    }
+    let login = subject.login.to_lowercase();
+    if patterns.iter().any(|p| glob(p, &login)) {
+        Ok(())
+    } else {
+        err(|uid, login, config| VetError::OutOfScope { uid, login, config })
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Each record's subject, from one instance that can reach nothing (a
+/// stopped instance is replaced a few times, then the rest fail with it).
+pub async fn subjects(
+    plugin: &Plugin,
+    identity: &GatewayIdentity,
+    candidates: &[(String, Records)],
+) -> Vec<Result<Subject, VetError>> {
+    let mut out = Vec::with_capacity(candidates.len());
+    let mut instance: Option<Instance> = None;
+    let mut fresh = 0;
+    for (_, records) in candidates {
+        if instance.is_none() && fresh < FRESH_INSTANCES {
+            fresh += 1;
+            instance = match plugin.instantiate().await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    out.push(Err(sandbox(&e)));
+                    continue;
+                }
+            };
+        }
+        let Some(i) = instance.as_mut() else {
+            out.push(Err(VetError::Sandbox(
+                "the plugin's `subject` was stopped too often; these records were not rotated"
+                    .into(),
+                false,
+            )));
+            continue;
+        };
+        let lent = match identity.wanted(&records.config) {
+            Ok(lent) => lent,
+            Err(bad) => {
+                out.push(Err(VetError::Field(bad)));
+                continue;
+            }
+        };
+        let ctx = Context {
+            user: records.user.clone(),
+            config: records.config.clone(),
+            provider: records.provider.clone(),
+            dry_run: true,
+            // Whether the identity is lent decides the subject, not its value:
+            // the chain is not resolved for this.
+            host_credential: lent.then(|| HostCredential {
+                id: "the host's identity".into(),
+                secret: Secret::new(""),
+                session_token: None,
+            }),
+            deactivated: vec![],
+        };
+        out.push(match i.subject(&ctx).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(VetError::Plugin(e)),
+            Err(e) => {
+                instance = None;
+                Err(sandbox(&e))
+            }
+        });
+    }
+    out
+}
+
+fn sandbox(e: &SandboxError) -> VetError {
+    VetError::Sandbox(e.to_string(), e.is_bad_input())
+}
+
+/// Groups of records with one subject: for each such record, every record of its group.
+pub fn duplicates<'a>(
+    subjects: impl IntoIterator<Item = (&'a str, &'a Subject)>,
+) -> BTreeMap<String, VetError> {
+    let mut by_subject: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for (uid, s) in subjects {
+        by_subject
+            .entry((s.service.as_str(), s.login.as_str()))
+            .or_default()
+            .push(uid);
+    }
+    let mut out = BTreeMap::new();
+    for ((service, login), uids) in by_subject.into_iter().filter(|(_, u)| u.len() > 1) {
+        let error = VetError::Duplicate {
+            uids: uids.iter().map(|u| format!("'{}'", printable(u))).collect(),
+            login: printable(login),
+            service: printable(service),
+        };
+        for uid in uids {
+            out.insert(uid.to_string(), error.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_runs_of_characters() {
+        assert!(glob("*", "anything"));
+        assert!(glob("svc-*", "svc-billing"));
+        assert!(!glob("svc-*", "admin"));
+        assert!(glob("*-ci", "deploy-ci"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+        assert!(glob("alice", "alice"));
+        assert!(!glob("alice", "alice2"));
+        assert!(!glob("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn equal_subjects_fail_together() {
+        let s = |login: &str| Subject {
+            service: "iam".into(),
+            login: login.into(),
+            fixed_by_config: false,
+        };
+        let (a, b, c) = (s("alice"), s("alice"), s("bob"));
+        let d = duplicates([("u1", &a), ("u2", &b), ("u3", &c)]);
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["u1", "u2"]);
+        assert!(d["u1"].to_string().contains("'u1' and 'u2'"));
+    }
+}
