@@ -596,28 +596,144 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
     f.assert_no_leak(&stderr);
 }
 
+/// A running gateway's standard error, read line by line as it comes, so a
+/// test can wait for what the gateway says instead of sleeping.
+struct Watched {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn new(mut child: Child) -> Self {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Blocks until a line containing `needle` arrives (or panics after two minutes).
+    fn wait_line(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with '{needle}' in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits for the exit; returns its code and everything it wrote to stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        (status.code(), self.seen.join("\n"))
+    }
+}
+
 /// SIGTERM while a rotation is in flight: it finishes (stored and finalized),
 /// no other starts, and the gateway exits 0.
 #[test]
 fn sigterm_lets_the_running_rotation_finish_and_starts_no_more() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     let arrived = f.iam.hold("CreateAccessKey");
-    let child = start_gateway(&f, free_port(), &["--jobs", "1"]);
+    let mut gw = Watched::new(start_gateway(&f, free_port(), &["--jobs", "1"]));
     arrived
         .recv_timeout(Duration::from_secs(120))
         .expect("no rotation started");
-    sigterm(&child);
-    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&gw.child);
+    gw.wait_line("signal received");
     f.iam.release();
-    let stderr = wait_gateway(child);
+    let (code, stderr) = gw.finish();
+    assert_eq!(code, Some(0), "{stderr}");
     f.assert_converged("ann");
     for (name, key) in &f.keys[1..] {
         let keys = f.iam.keys(name);
         assert_eq!(keys.len(), 1, "{name}");
         assert_eq!(keys[0].id, key.id, "{name} was rotated after the signal");
     }
-    assert!(stderr.contains("signal received"), "{stderr}");
     f.assert_no_leak(&stderr);
+}
+
+/// SIGTERM during a record's `purge`: the purge finishes, but the record's
+/// rotation, the next plugin call, never starts.
+#[test]
+fn sigterm_between_purge_and_rotate_starts_no_rotation() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let old = f.iam.add_key("ann", "2020-01-01T00:00:00Z");
+    f.iam.deactivate("ann", &old.id);
+    let mut doc = f.vault.json();
+    doc["records"][1]["custom"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "text", "label": "Deactivated Keys", "value": [format!("{} 2020-01-02T00:00:00Z", old.id)]}));
+    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let arrived = f.iam.hold("DeleteAccessKey");
+    let mut gw = Watched::new(start_gateway(&f, free_port(), &[]));
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("no purge started");
+    sigterm(&gw.child);
+    gw.wait_line("signal received");
+    f.iam.release();
+    let (code, stderr) = gw.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        f.iam.count("CreateAccessKey"),
+        0,
+        "a rotation started: {stderr}"
+    );
+    let keys = f.iam.keys("ann");
+    assert_eq!(
+        keys.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&f.keys[0].1.id]
+    );
+    assert_eq!(
+        f.vault.field("u-ann", "aws_access_key_id"),
+        Some(f.keys[0].1.id.clone())
+    );
+    assert_eq!(
+        f.vault.field("u-ann", "Deactivated Keys"),
+        None,
+        "the purge was recorded"
+    );
+    assert!(stderr.contains("the gateway is stopping"), "{stderr}");
+}
+
+/// A second signal ends the gateway at once, a request still in flight; crash
+/// safety holds (I1), and the next pass converges.
+#[test]
+fn a_second_signal_exits_at_once_and_the_next_pass_converges() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let arrived = f.iam.hold("CreateAccessKey");
+    let mut gw = Watched::new(start_gateway(&f, free_port(), &[]));
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("no rotation started");
+    sigterm(&gw.child);
+    gw.wait_line("signal received");
+    sigterm(&gw.child);
+    let (code, stderr) = gw.finish();
+    f.iam.release();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+    f.assert_recorded_keys_exist();
+    let out = due(&f.vault, &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    f.assert_converged("ann");
 }
 
 /// `run` is the on-demand path: it waits for the gateway's lock and the
@@ -663,4 +779,178 @@ fn metrics_listen_on_loopback_unless_told_otherwise() {
     ]);
     out.expect(2, &["not a loopback address", "--metrics-public"]);
     assert!(f.iam.calls().is_empty());
+}
+
+/// `command(args)` with files limited to `limit` bytes (`ulimit -f`) and
+/// SIGXFSZ at its default, which kills a process that writes past the limit.
+fn limited(args: &[&str], limit: u64) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = command(args);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            let rl = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
+/// An audit log that `ulimit -f` stops mid-line: the pass survives, the
+/// partial line is cut off (the log holds whole lines only), and the missing
+/// line is reported and counted in the exit code and the metrics.
+#[test]
+fn an_audit_append_past_the_file_size_limit_is_cut_back_and_counted() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let audit = f.vault.folder().join("audit.jsonl");
+    let limit = 8 * f.vault.bytes().len() as u64;
+    let filler = "{\"earlier\":true}\n".repeat((limit as usize - 40) / 17);
+    std::fs::write(&audit, &filler).unwrap();
+    let path = f.vault.path.to_str().unwrap();
+    let audit_arg = audit.to_str().unwrap();
+    let out: Outcome = limited(
+        &["due", GUEST_WASM, "--vault", path, "--audit", audit_arg],
+        limit,
+    )
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("audit: the audit line for record 'u-ann' could not be written"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&audit).unwrap(),
+        filler,
+        "the partial line was not cut off"
+    );
+    f.assert_converged("ann");
+
+    // The gateway counts it in its metrics.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    f.vault
+        .set_field("u-ann", "Last Rotated", "2020-01-01T00:00:00Z");
+    let child = limited(
+        &[
+            "gateway",
+            GUEST_WASM,
+            "--vault",
+            path,
+            "--audit",
+            audit_arg,
+            "--interval",
+            "1",
+            "--metrics",
+            &addr,
+        ],
+        limit,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(port, "an audit failure", |m| {
+        metric(m, "rotate_host_audit_failures_total").is_some_and(|n| n >= 1)
+    });
+    stop_gateway(child);
+    assert_eq!(std::fs::read_to_string(&audit).unwrap(), filler);
+}
+
+/// An existing audit log owned by another user is refused; one others can read
+/// is warned about, and refused under `--strict-permissions`.
+#[test]
+fn an_audit_log_of_another_user_or_readable_by_others_is_treated_like_such_a_vault() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fleet(&[("ann", &[])], &[]);
+    let audit = f.vault.folder().join("audit.jsonl");
+    std::fs::write(&audit, "").unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = audit.to_str().unwrap();
+    let out = due(&f.vault, &["--audit", a, "--strict-permissions"]);
+    out.expect(
+        2,
+        &[
+            "audit log",
+            "readable or writable by group or others",
+            "chmod 600",
+        ],
+    );
+    assert!(f.iam.log().is_empty());
+    let out = due(&f.vault, &["--audit", a, "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("readable or writable by group or others"),
+        "{}",
+        out.stderr
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the other-owner half: changing a file's owner needs root");
+        return;
+    }
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&audit, Some(65534), None).unwrap();
+    let sent = f.iam.log().len();
+    let out = due(&f.vault, &["--audit", a]);
+    out.expect(2, &["is owned by uid 65534, not this user"]);
+    assert_eq!(f.iam.log().len(), sent, "nothing was sent");
+}
+
+/// One local client cannot stall `/healthz`: idle connections past the cap and
+/// a client that pipelines requests and never reads leave a new probe answered,
+/// and connections are tasks, not threads.
+#[test]
+fn idle_and_unread_clients_do_not_stall_healthz() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let port = free_port();
+    let child = start_gateway(&f, port, &[]);
+    wait_for(port, "the first pass", |m| {
+        metric(m, "rotate_host_passes_total").is_some_and(|n| n >= 1)
+    });
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut greedy = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    greedy.set_nonblocking(true).unwrap();
+    let pipeline = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let _ = greedy.write(pipeline.as_bytes());
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(probe, "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    probe
+        .read_to_string(&mut answer)
+        .expect("/healthz answered");
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(
+        threads < 64,
+        "{threads} threads for {} connections",
+        idle.len() + 1
+    );
+    drop((idle, greedy));
+    stop_gateway(child);
 }

@@ -160,13 +160,25 @@ fn a_rotation_against_keeper_stores_the_new_key_in_a_rotation_transaction() {
     assert_eq!(s.ksm.record("user1").unwrap()["notes"], "kept as is");
     let calls = s.ksm.calls();
     assert_eq!(calls[0], "get_secret", "{calls:?}");
+    // A read; the lease (no transaction left open to roll back; written, read
+    // back); the rotation transaction (stage, complete, read back); the lease
+    // given back (read, written, read back).
     assert_eq!(
-        calls.iter().filter(|c| *c == "get_secret").count(),
-        2,
-        "one read, one read-back: {calls:?}"
+        calls,
+        [
+            "get_secret",
+            "rollback_secret_update",
+            "update_secret",
+            "get_secret",
+            "update_secret",
+            "finalize_secret_update",
+            "get_secret",
+            "get_secret",
+            "update_secret",
+            "get_secret"
+        ],
+        "{calls:?}"
     );
-    let staged = calls.iter().position(|c| c == "update_secret").unwrap();
-    assert_eq!(calls[staged + 1], "finalize_secret_update", "{calls:?}");
     assert!(out.stdout.contains("stored in Keeper"), "{}", out.stdout);
     s.assert_at_rest();
     s.assert_no_leak(&out);
@@ -260,15 +272,16 @@ fn exactly_one_vault_and_no_weakening_environment() {
 #[test]
 fn a_failed_store_rolls_the_new_key_back() {
     let s = setup();
-    let before = s.ksm.revision("user1");
-    // The first stage fails; so does the one more try after the rollback.
-    s.ksm.fail("update_secret", Fault::Before);
+    let before = s.ksm.record("user1");
+    // The lease is written; the stage fails (the host makes no second try).
+    s.ksm.fail("update_secret", Fault::Pass);
     s.ksm.fail("update_secret", Fault::Before);
     let out = s.run(&[]);
     out.expect(1, &["could not be stored", "deleted again"]);
     assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
     assert_eq!(s.vault_key(), s.old.id);
-    assert_eq!(s.ksm.revision("user1"), before);
+    // Only the lease came and went (its revisions moved).
+    assert_eq!(s.ksm.record("user1"), before);
     s.assert_at_rest();
     s.assert_no_leak(&out);
 }
@@ -609,4 +622,118 @@ fn run_against_keeper_keeps_a_key_another_record_holds() {
     assert_eq!(s.ksm.field("user2", "aws_access_key_id"), Some(theirs.id));
     s.assert_at_rest();
     s.assert_no_leak(&out);
+}
+
+/// Keeper has no vault lock: two writers on one record. The first holds its
+/// `CreateAccessKey`; the second sees the first's lease, sends nothing to IAM
+/// and exits 1; a `due` pass skips the record; then the first finishes, I1
+/// holds, and the lease is gone.
+#[test]
+fn a_second_writer_sees_the_lease_and_changes_nothing() {
+    let s = setup();
+    let arrived = s.iam.hold("CreateAccessKey");
+    let config = s.config_path();
+    let first = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the first writer never created a key");
+    assert!(s.ksm.field("user1", "Rotation Lease").is_some());
+    let sent = s.iam.log().len();
+    let second = s.run(&[]);
+    second.expect(1, &["is being rotated by", "nothing was changed"]);
+    assert_eq!(
+        s.iam.log().len(),
+        sent,
+        "the second writer sent nothing to IAM"
+    );
+    assert_eq!(s.vault_key(), s.old.id);
+    s.iam.release();
+    let first: Outcome = first.wait_with_output().unwrap().into();
+    assert_eq!(first.code, 0, "{}", first.all());
+    s.assert_at_rest();
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    assert_ne!(s.vault_key(), s.old.id);
+    assert!(
+        s.ksm.field("user1", "Rotation Lease").is_none(),
+        "the lease was released"
+    );
+    s.assert_no_leak(&second);
+}
+
+/// A pass skips a record another writer holds the lease of.
+#[test]
+fn a_pass_skips_a_record_leased_by_another_writer() {
+    let s = setup();
+    let mut member = data(pam_user(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+    ));
+    let until = "2999-01-01T00:00:00Z";
+    for (label, value) in [
+        ("Rotation Config", "cfg1"),
+        ("Rotation Lease", &format!("elsewhere:1:00 {until}")),
+    ] {
+        member["custom"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "text", "label": label, "value": [value]}));
+    }
+    s.ksm.add_record("user1", member);
+    let config = s.config_path();
+    let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("skipped user1: record 'user1' is being rotated by elsewhere:1:00"),
+        "{}",
+        out.stdout
+    );
+    assert!(s.iam.log().is_empty(), "nothing was sent to IAM");
+    assert_eq!(s.vault_key(), s.old.id);
+}
+
+/// A writer killed while it holds the lease: its process is gone from this
+/// host, so the next run takes the lease over at once and converges.
+#[test]
+fn a_killed_writers_lease_is_taken_over_on_the_same_host() {
+    let s = setup();
+    let arrived = s.iam.hold("CreateAccessKey");
+    let config = s.config_path();
+    let cmd = s.command(&[
+        "run",
+        GUEST_WASM,
+        "--ksm-config",
+        &config,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+    ]);
+    let killed = kill_when(cmd, arrived, std::time::Duration::ZERO, || s.iam.release());
+    assert_eq!(killed.code, -1, "{}", killed.all());
+    assert!(
+        s.ksm.field("user1", "Rotation Lease").is_some(),
+        "the lease outlived its writer"
+    );
+    s.assert_at_rest();
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_at_rest();
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    assert!(s.ksm.field("user1", "Rotation Lease").is_none());
 }

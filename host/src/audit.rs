@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -27,7 +27,8 @@ pub struct AuditEntry {
     /// Keys deactivated earlier, deleted because their grace period ended.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purged_key_ids: Vec<String>,
-    /// `rotated`, `purged`, `planned`, `failed` or `not_finalized`.
+    /// `rotated`, `purged`, `planned`, `failed`, `not_finalized`, or `skipped`
+    /// (the gateway was stopping).
     pub outcome: &'static str,
     pub exit_code: i32,
     pub duration_ms: u64,
@@ -59,42 +60,80 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates, 0600) `path` for appending.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    /// Opens (or creates, 0600) `path` for appending. An existing file owned by
+    /// another user is refused (they could read it, or plant lines in it); one
+    /// readable by group or others is warned about, or refused when `strict`.
+    pub fn open(path: &Path, strict: bool) -> Result<Self, String> {
+        let shown = crate::text::printable(&path.display().to_string());
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | crate::fsguard::NONBLOCKING)
             .open(path)
             .map_err(|e| {
                 format!(
-                    "could not open the audit log {}: {e}; pass a regular file you can write to --audit",
-                    path.display()
+                    "could not open the audit log {shown}: {e}; pass a regular file you can write to --audit"
                 )
             })?;
         let meta = file
             .metadata()
-            .map_err(|e| format!("could not inspect the audit log {}: {e}", path.display()))?;
+            .map_err(|e| format!("could not inspect the audit log {shown}: {e}"))?;
         if !meta.is_file() {
             return Err(format!(
-                "the audit log {} is not a regular file; pass a regular file to --audit",
-                path.display()
+                "the audit log {shown} is {}, not a regular file; pass a regular file to --audit",
+                crate::fsguard::kind_of(&meta)
             ));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(format!(
+                "the audit log {shown} is owned by uid {}, not this user ({me}): its owner could \
+                 rewrite the record of rotations; pass a file of this user's to --audit",
+                meta.uid()
+            ));
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            if strict {
+                return Err(format!(
+                    "the audit log {shown} is readable or writable by group or others (mode \
+                     {mode:04o}); run `chmod 600 {shown}`, or drop --strict-permissions to only be warned"
+                ));
+            }
+            tracing::warn!(
+                "the audit log {shown} is readable or writable by group or others (mode {mode:04o}); run `chmod 600 {shown}`"
+            );
         }
         Ok(Self {
             file: Mutex::new(file),
         })
     }
 
-    /// Appends `entry` as one line and syncs it. A failure is logged, not fatal:
-    /// the rotation it records has already happened.
-    pub fn write(&self, entry: &AuditEntry) {
+    /// Appends `entry` as one line and syncs it. A failed append (a full disk,
+    /// `ulimit -f`) is cut back to the last whole line and reported: the
+    /// rotation it records has already happened, so the caller counts it.
+    pub fn write(&self, entry: &AuditEntry) -> Result<(), String> {
         let mut line = serde_json::to_vec(entry).expect("audit entries serialise");
         line.push(b'\n');
         let mut file = self.file.lock().expect("audit lock");
-        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            tracing::error!(record = %crate::text::printable(&entry.record_uid), "could not write the audit log: {e}");
-        }
+        let whole = file.metadata().map(|m| m.len());
+        let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) else {
+            return Ok(());
+        };
+        let cut = whole.and_then(|len| file.set_len(len));
+        let record = crate::text::printable(&entry.record_uid);
+        tracing::error!(record = %record, "could not write the audit log: {e}");
+        Err(match cut {
+            Ok(()) => format!(
+                "the audit line for record '{record}' could not be written ({e}); the log ends at \
+                 the last whole line: free space or raise the file size limit"
+            ),
+            Err(cut) => format!(
+                "the audit line for record '{record}' could not be written ({e}), and cutting the \
+                 partial line off failed too ({cut}): the log's last line is partial"
+            ),
+        })
     }
 }

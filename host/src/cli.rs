@@ -14,7 +14,7 @@ use crate::engine::{Limits, Plugin};
 use crate::fleet::{Fleet, FleetOptions, audit_entry};
 use crate::http::{HttpConfig, read_ca_file};
 use crate::metrics::Metrics;
-use crate::rotate::{RunOptions, run};
+use crate::rotate::{RunError, RunOptions, RunReport, run};
 use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
@@ -438,22 +438,41 @@ fn run_command(args: RunArgs) -> i32 {
         cache_dir: args.sandbox.cache_dir(),
         lending: args.lend.lending(),
     };
-    let audit = match args.audit.as_deref().map(AuditLog::open).transpose() {
+    let strict = opts.vault_options.strict_permissions;
+    let audit = match args
+        .audit
+        .as_deref()
+        .map(|p| AuditLog::open(p, strict))
+        .transpose()
+    {
         Ok(a) => a,
         Err(e) => return usage_error(&e),
     };
     let started = std::time::Instant::now();
     let result = run(&opts);
-    if let Some(log) = &audit {
+    let audit_failed = audit.as_ref().and_then(|log| {
         log.write(&audit_entry(
             &opts.user_uid,
             None,
             &result,
             started.elapsed(),
-        ));
+        ))
+        .err()
+    });
+    let code = print_run(&opts, result, args.json);
+    match audit_failed {
+        Some(why) => {
+            eprintln!("error: {}", crate::text::printable(&why));
+            code.max(1)
+        }
+        None => code,
     }
+}
+
+/// Prints a run's report or error; returns the exit code.
+fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, json: bool) -> i32 {
     let mut out = std::io::stdout().lock();
-    match (result, args.json) {
+    match (result, json) {
         (Ok(report), true) => {
             let _ = writeln!(
                 out,

@@ -26,7 +26,7 @@ use crate::holdings::Holdings;
 use crate::metrics::Metrics;
 use crate::plugin::Subject;
 use crate::rotate::{
-    Job, PAM_USER_TYPE, Records, RunError, RunReport, fleet_records, rotate_record,
+    Job, PAM_USER_TYPE, Records, Rotator, RunError, RunReport, fleet_records, rotate_record,
 };
 use crate::schedule::{self, Due, Member, labels, stamp};
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
@@ -105,13 +105,16 @@ pub struct PassReport {
     /// With `--dry-run`: what each due record's plugin plans.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<Entry>,
+    /// Audit lines that could not be written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_failures: Vec<String>,
 }
 
 impl PassReport {
     /// 0 when every due record rotated, 3 when some are stored but not
-    /// finalized and none failed, 1 when any failed.
+    /// finalized and none failed, 1 when any failed or an audit line is missing.
     pub fn exit_code(&self) -> i32 {
-        if !self.failed.is_empty() {
+        if !self.failed.is_empty() || !self.audit_failures.is_empty() {
             1
         } else if self.rotated.iter().any(|e| e.exit_code == Some(3)) {
             3
@@ -212,6 +215,9 @@ impl PassReport {
                 e.user_uid,
                 e.next_due.as_deref().unwrap_or("never")
             ));
+        }
+        for why in &self.audit_failures {
+            out.push(format!("audit: {why}"));
         }
         out.push(self.summary());
         out
@@ -390,7 +396,7 @@ impl Fleet {
         let audit = opts
             .audit
             .as_deref()
-            .map(AuditLog::open)
+            .map(|p| AuditLog::open(p, opts.vault_options.strict_permissions))
             .transpose()
             .map_err(FleetError::Usage)?
             .map(Arc::new);
@@ -442,17 +448,16 @@ impl Fleet {
                         continue;
                     }
                     let started = Instant::now();
-                    let result = rotate_record(
-                        &fleet.plugin,
-                        &writer,
-                        &fleet.identity,
-                        &w.job,
-                        w.records.clone(),
-                        holdings.clone(),
-                    )
-                    .await;
-                    fleet.audit(&w, &result, started.elapsed());
-                    done.push(Ok((w.job.user_uid, result)));
+                    let core = Rotator {
+                        plugin: &fleet.plugin,
+                        writer: &writer,
+                        identity: &fleet.identity,
+                        holdings: holdings.clone(),
+                        stopping: &fleet.stopping,
+                    };
+                    let result = rotate_record(&core, &w.job, w.records.clone()).await;
+                    let audit = fleet.audit(&w, &result, started.elapsed());
+                    done.push(Ok((w.job.user_uid, result, audit)));
                 }
                 done
             });
@@ -460,7 +465,10 @@ impl Fleet {
         while let Some(group) = tasks.join_next().await {
             for outcome in group.expect("a rotation task does not panic") {
                 match outcome {
-                    Ok((uid, result)) => record(&mut report, &uid, result, self.opts.dry_run),
+                    Ok((uid, result, audit)) => {
+                        record(&mut report, &uid, result, self.opts.dry_run);
+                        report.audit_failures.extend(audit);
+                    }
                     Err(uid) => {
                         let mut e = Entry::new(&uid);
                         e.error = Some("the gateway is stopping; it was not started".into());
@@ -548,11 +556,16 @@ impl Fleet {
         Ok((kept, holdings))
     }
 
-    fn audit(&self, w: &Work, result: &Result<RunReport, RunError>, took: Duration) {
-        let Some(log) = &self.audit else {
-            return;
-        };
-        log.write(&audit_entry(&w.job.user_uid, w.login.clone(), result, took));
+    /// Writes the attempt's audit line; an error says the line is missing.
+    fn audit(
+        &self,
+        w: &Work,
+        result: &Result<RunReport, RunError>,
+        took: Duration,
+    ) -> Option<String> {
+        let log = self.audit.as_ref()?;
+        log.write(&audit_entry(&w.job.user_uid, w.login.clone(), result, took))
+            .err()
     }
 
     /// Stops new rotations; running ones finish.
@@ -576,6 +589,9 @@ pub fn audit_entry(
         Ok(r) => AuditEntry::now(uid, r.status, 0),
         Err(e @ RunError::NotFinalized { .. }) => {
             AuditEntry::now(uid, "not_finalized", e.exit_code())
+        }
+        Err(RunError::Stopping | RunError::Vault(VaultError::Leased { .. })) => {
+            AuditEntry::now(uid, "skipped", 0)
         }
         Err(e) => AuditEntry::now(uid, "failed", e.exit_code()),
     };
@@ -626,6 +642,10 @@ fn record(report: &mut PassReport, uid: &str, result: Result<RunReport, RunError
                 report.rotated.push(e);
             }
         }
+        Err(err @ (RunError::Stopping | RunError::Vault(VaultError::Leased { .. }))) => {
+            e.error = Some(err.to_string());
+            report.skipped.push(e);
+        }
         Err(err) => {
             let code = err.exit_code();
             e.exit_code = Some(code);
@@ -663,11 +683,20 @@ pub async fn gateway(
             tracing::info!("signal received: starting no new rotation, finishing those running");
             fleet.stop();
             wake.notify_one();
+            // A second signal means now: crash safety covers a rotation cut short.
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal received: exiting at once");
+            std::process::exit(130);
         });
     }
     let metrics = match metrics {
         Some((addr, m)) => {
-            crate::metrics::serve(addr, m.clone()).map_err(FleetError::Usage)?;
+            crate::metrics::serve(addr, m.clone())
+                .await
+                .map_err(FleetError::Usage)?;
             Some(m)
         }
         None => None,

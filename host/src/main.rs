@@ -14,6 +14,11 @@ const CAPPED_AT_DEBUG: &[&str] = &["aws_", "hyper", "h2", "tower"];
 fn main() {
     // SAFETY: first thing in `main`, before any thread is started.
     unsafe { rotate_host::cli::take_ksm_config_env() };
+    // A write past `ulimit -f` then fails with EFBIG instead of killing the
+    // process mid-line: the vault's save rolls back, the audit log cuts the
+    // partial line off, and the run says so.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let capped = filter_fn(|meta| {
         *meta.level() != tracing::Level::TRACE

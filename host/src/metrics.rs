@@ -1,11 +1,31 @@
 //! The gateway's Prometheus metrics (`/metrics`) and liveness (`/healthz`),
-//! served by tiny_http on a thread of their own.
+//! served by hyper on the gateway's runtime.
+//!
+//! Any local user can connect, so no client may stall the endpoint: every
+//! connection is a task (not a thread), answers one request and closes, must
+//! send its request head within `HEAD_TIMEOUT` and finish within
+//! `CONNECTION_DEADLINE`, and past `MAX_CONNECTIONS` the oldest connection
+//! makes way for the new one, so idle connections cannot keep a probe out.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::fleet::PassReport;
+
+const MAX_CONNECTIONS: usize = 64;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Counters and gauges of a gateway's life.
 #[derive(Debug, Default)]
@@ -16,6 +36,7 @@ pub struct Metrics {
     due_records: AtomicU64,
     last_pass: AtomicU64,
     passes: AtomicU64,
+    audit_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -28,6 +49,8 @@ impl Metrics {
             .fetch_add(not_finalized, Ordering::Relaxed);
         self.failed
             .fetch_add(r.failed.len() as u64, Ordering::Relaxed);
+        self.audit_failures
+            .fetch_add(r.audit_failures.len() as u64, Ordering::Relaxed);
         self.due_records.store(
             (r.rotated.len() + r.failed.len() + r.planned.len()) as u64,
             Ordering::Relaxed,
@@ -56,45 +79,95 @@ impl Metrics {
              rotate_host_last_pass_timestamp_seconds {}\n\
              # HELP rotate_host_passes_total Passes completed.\n\
              # TYPE rotate_host_passes_total counter\n\
-             rotate_host_passes_total {}\n",
+             rotate_host_passes_total {}\n\
+             # HELP rotate_host_audit_failures_total Audit lines that could not be written.\n\
+             # TYPE rotate_host_audit_failures_total counter\n\
+             rotate_host_audit_failures_total {}\n",
             g(&self.rotated),
             g(&self.failed),
             g(&self.not_finalized),
             g(&self.due_records),
             g(&self.last_pass),
             g(&self.passes),
+            g(&self.audit_failures),
         )
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr)
+/// Listens on `addr` and serves `/metrics` and `/healthz` on the current
+/// runtime until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), String> {
+    let listener = TcpListener::bind(addr)
+        .await
         .map_err(|e| format!("could not listen on --metrics {addr}: {e}; pick a free port"))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, body, kind) = match (request.method(), request.url()) {
-                    (tiny_http::Method::Get, "/metrics") => {
-                        (200, metrics.render(), "text/plain; version=0.0.4")
-                    }
-                    (tiny_http::Method::Get, "/healthz") => (200, "ok\n".into(), "text/plain"),
-                    _ => (
-                        404,
-                        "not found: try /metrics or /healthz\n".into(),
-                        "text/plain",
-                    ),
-                };
-                let header =
-                    tiny_http::Header::from_bytes("content-type", kind).expect("a valid header");
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(header);
-                let _ = request.respond(response);
-            }
-        })
-        .map_err(|e| format!("could not start the metrics thread: {e}"))?;
+    tokio::spawn(accept(listener, metrics));
     Ok(())
+}
+
+/// The open connections, oldest first, each with the signal that ends it.
+type Open = Arc<Mutex<VecDeque<(u64, Arc<Notify>)>>>;
+
+async fn accept(listener: TcpListener, metrics: Arc<Metrics>) {
+    let open: Open = Arc::default();
+    for id in 0u64.. {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: let connections end.
+                tracing::debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let stop = Arc::new(Notify::new());
+        let evicted = {
+            let mut open = open.lock().expect("never poisoned");
+            open.push_back((id, stop.clone()));
+            (open.len() > MAX_CONNECTIONS).then(|| open.pop_front())
+        };
+        if let Some(Some((_, oldest))) = evicted {
+            oldest.notify_one();
+        }
+        let (metrics, open) = (metrics.clone(), open.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_DEADLINE, connection) => {}
+                _ = stop.notified() => {}
+            }
+            open.lock()
+                .expect("never poisoned")
+                .retain(|(other, _)| *other != id);
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body, kind) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".into(), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics or /healthz\n".into(),
+            "text/plain",
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", kind)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
 }

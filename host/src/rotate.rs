@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 
@@ -18,6 +19,7 @@ use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, Valu
 use crate::schedule::{BadField, labels, stamp};
 use crate::secret::Secret;
 use crate::text::printable;
+use crate::vault::lease::Lease;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
 use crate::vetting::{self, VetError};
 use crate::writer::VaultWriter;
@@ -105,6 +107,10 @@ pub enum RunError {
     #[error("{0}")]
     Vetting(#[from] VetError),
     #[error(
+        "the gateway is stopping: this record's rotation was not started; the next pass rotates it"
+    )]
+    Stopping,
+    #[error(
         "record '{uid}' holds the credential {id}, which record(s) {others} hold or track too: one \
          credential belongs to one record, or rotating one would break the other. Nothing was \
          changed; keep the credential in one record only"
@@ -141,6 +147,18 @@ impl RunError {
             _ => 1,
         }
     }
+}
+
+/// What every rotation of one run or pass shares.
+pub struct Rotator<'a> {
+    pub plugin: &'a Plugin,
+    pub writer: &'a VaultWriter,
+    pub identity: &'a GatewayIdentity,
+    /// Who holds which credential in the vault (I6).
+    pub holdings: Arc<Holdings>,
+    /// Set by SIGTERM or SIGINT: no plugin call that could change something
+    /// starts; a key already created is still stored and finalized.
+    pub stopping: &'a AtomicBool,
 }
 
 /// One record's rotation, as `run`, `due` and `gateway` ask for it.
@@ -207,7 +225,14 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         vetting::check_config(&records.user, &records.config, false)?;
         let holdings = vet_run(&plugin, &identity, vault.as_ref(), &job, &records).await?;
         let writer = VaultWriter::new(vault);
-        rotate_record(&plugin, &writer, &identity, &job, records, holdings).await
+        let core = Rotator {
+            plugin: &plugin,
+            writer: &writer,
+            identity: &identity,
+            holdings,
+            stopping: &AtomicBool::new(false),
+        };
+        rotate_record(&core, &job, records).await
     })
 }
 
@@ -277,23 +302,54 @@ pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records
 /// `finalize`, or `rollback` if storing failed. Keys deactivated by earlier
 /// rotations whose grace period ended are deleted first (`purge`).
 pub async fn rotate_record(
-    plugin: &Plugin,
-    writer: &VaultWriter,
-    identity: &GatewayIdentity,
+    core: &Rotator<'_>,
+    job: &Job,
+    mut records: Records,
+) -> Result<RunReport, RunError> {
+    if job.dry_run {
+        return rotate_once(core, job, records).await;
+    }
+    // Every plugin call may take the whole call timeout; a few are made.
+    let length = core.plugin.limits().call_timeout * 4 + std::time::Duration::from_secs(60);
+    let lease = Lease::mine(Utc::now() + chrono::Duration::from_std(length).unwrap_or_default());
+    let leased = match core.writer.lease(&job.user_uid, &lease).await? {
+        Some(fresh) => {
+            records.user = fresh;
+            true
+        }
+        None => false,
+    };
+    let result = rotate_once(core, job, records).await;
+    if leased && let Err(e) = core.writer.release(&job.user_uid, &lease).await {
+        tracing::warn!(
+            user = %printable(&job.user_uid),
+            "could not release the rotation lease ({}); it expires at {}",
+            printable(&e.to_string()),
+            stamp(lease.until)
+        );
+    }
+    result
+}
+
+/// `rotate_record` once the record is the run's own (leased where the vault needs it).
+async fn rotate_once(
+    core: &Rotator<'_>,
     job: &Job,
     records: Records,
-    holdings: Arc<Holdings>,
 ) -> Result<RunReport, RunError> {
+    let Rotator {
+        plugin,
+        writer,
+        identity,
+        holdings,
+        stopping,
+    } = core;
+    let stopped = || stopping.load(Ordering::SeqCst);
     let Records {
-        mut user,
+        user,
         config,
         provider,
     } = records;
-    if !job.dry_run
-        && let Some(fresh) = writer.prepare(&job.user_uid).await?
-    {
-        user = fresh;
-    }
     let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
     let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
     let host_credential = if identity.wanted(&config).map_err(RunError::BadField)? {
@@ -350,6 +406,9 @@ pub async fn rotate_record(
         planned_retire: vec![],
     };
 
+    if stopped() {
+        return Err(RunError::Stopping);
+    }
     let expired = ledger.expired_ids(now);
     if !expired.is_empty() && job.dry_run {
         report.notes.push(format!(
@@ -376,6 +435,11 @@ pub async fn rotate_record(
         report.status = if job.dry_run { "planned" } else { "purged" };
         return Ok(report);
     }
+    // Between plugin calls: after a purge, no rotation starts once stopping.
+    // A key `rotate` created is always stored and finalized.
+    if stopped() {
+        return Err(RunError::Stopping);
+    }
     tracing::info!(plugin = %info.name, user = %printable(&job.user_uid), dry_run = job.dry_run, "rotating");
 
     let rotation = match instance.rotate(&ctx).await {
@@ -398,7 +462,7 @@ pub async fn rotate_record(
     if let Some(created) = &rotation.created {
         holdings.add(created, &job.user_uid);
     }
-    let rotation = keep_held_elsewhere(rotation, &holdings, &job.user_uid, &mut report.notes);
+    let rotation = keep_held_elsewhere(rotation, holdings, &job.user_uid, &mut report.notes);
     report.created = rotation.created.as_deref().map(|c| instance.clean(c));
     let deleted: Vec<String> = rotation.deleted.iter().map(|d| instance.clean(d)).collect();
     report.notes.extend(rotation.notes.iter().cloned());

@@ -26,6 +26,8 @@ pub mod labels {
     pub const TIMEZONE: &str = "Rotation Timezone";
     pub const LAST_ROTATED: &str = "Last Rotated";
     pub const PENDING: &str = "Rotation Pending";
+    /// On the PAM user record, while a rotation runs (vaults without a lock).
+    pub const LEASE: &str = "Rotation Lease";
     /// On the PAM user record: `ID SINCE` per credential deactivated by a rotation.
     pub const DEACTIVATED: &str = "Deactivated Keys";
     /// On the config record: days a deactivated credential is kept.

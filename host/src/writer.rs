@@ -75,15 +75,28 @@ impl VaultWriter {
         result.await.expect("every queued store is answered")
     }
 
-    /// `Vault::prepare` for record `uid`; returns it read again if it changed.
-    pub async fn prepare(&self, uid: &str) -> Result<Option<crate::vault::Record>, VaultError> {
+    /// `Vault::lease` for record `uid`; returns it read again if one was written.
+    pub async fn lease(
+        &self,
+        uid: &str,
+        lease: &crate::vault::lease::Lease,
+    ) -> Result<Option<crate::vault::Record>, VaultError> {
         let mut vault = self.vault.lock().await;
-        if vault.prepare(uid)? {
+        if vault.lease(uid, lease)? {
             return vault
                 .record(uid, "-u", Some(crate::rotate::PAM_USER_TYPE))
                 .map(Some);
         }
         Ok(None)
+    }
+
+    /// `Vault::release`: gives the lease on `uid` back.
+    pub async fn release(
+        &self,
+        uid: &str,
+        lease: &crate::vault::lease::Lease,
+    ) -> Result<(), VaultError> {
+        self.vault.lock().await.release(uid, lease)
     }
 
     /// Removes a field with the next save (for a marker whose work is done).

@@ -31,9 +31,15 @@ use keeper_secrets_manager_core::{
 };
 use serde_json::{Map, Value};
 
+use chrono::Utc;
+
+use super::lease::Lease;
 use super::{
     Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
 };
+use crate::plugin::{StoreField, ValueKind};
+use crate::schedule::{labels, stamp};
+use crate::secret::Secret;
 
 /// The largest KSM config file read.
 const MAX_CONFIG_BYTES: u64 = 64 << 10;
@@ -453,8 +459,57 @@ impl Vault for KsmVault {
         of_type(record, uid, flag, expected)
     }
 
-    fn prepare(&mut self, uid: &str) -> Result<bool, VaultError> {
-        self.settle_open(uid)
+    /// Refuses a live lease of another writer; rolls back a transaction a
+    /// dead writer left open; then writes ours with the revision last read,
+    /// so of two writers racing for it, Keeper refuses the second.
+    fn lease(&mut self, uid: &str, lease: &Lease) -> Result<bool, VaultError> {
+        let held = Vault::record(self, uid, "-u", None)?
+            .value(labels::LEASE)
+            .and_then(Lease::parse);
+        let leased = |owner: &str, until: &str| VaultError::Leased {
+            uid: crate::text::printable(uid),
+            owner: crate::text::printable(owner),
+            until: until.to_string(),
+        };
+        if let Some(other) = held.filter(|h| h.owner != lease.owner && h.live(Utc::now())) {
+            return Err(leased(&other.owner, &stamp(other.until)));
+        }
+        // No live writer holds the record: a transaction open on it is a dead one's.
+        self.settle_open(uid)?;
+        let change = Change {
+            uid: uid.to_string(),
+            fields: vec![StoreField {
+                label: labels::LEASE.into(),
+                aliases: vec![],
+                kind: ValueKind::Text,
+                value: Secret::new(lease.render()),
+            }],
+            remove: vec![],
+            rotation: false,
+        };
+        self.store_plain(&change).map_err(|e| match e {
+            VaultError::KsmConflict { .. } => leased("another writer", "it ends"),
+            other => other,
+        })?;
+        Ok(true)
+    }
+
+    /// Removes our lease from the record as it is now, unless it is no longer
+    /// ours (it expired and another writer took it).
+    fn release(&mut self, uid: &str, lease: &Lease) -> Result<(), VaultError> {
+        self.refresh(uid)?;
+        let held = Vault::record(self, uid, "-u", None)?
+            .value(labels::LEASE)
+            .and_then(Lease::parse);
+        if held.is_none_or(|h| h.owner != lease.owner) {
+            return Ok(());
+        }
+        self.store_plain(&Change {
+            uid: uid.to_string(),
+            fields: vec![],
+            remove: vec![labels::LEASE],
+            rotation: false,
+        })
     }
 
     /// One update per change: Keeper has no multi-record transaction.

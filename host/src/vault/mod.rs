@@ -10,6 +10,7 @@
 pub mod file;
 #[cfg(feature = "ksm")]
 pub mod ksm;
+pub mod lease;
 
 use std::io;
 use std::path::PathBuf;
@@ -83,12 +84,21 @@ pub trait Vault: Send {
         expected: Option<&'static str>,
     ) -> Result<Record, VaultError>;
 
-    /// Before a rotation of `uid` is planned, settles what a killed run may
-    /// have left half-done (Keeper: an open rotation transaction). True when
-    /// the record changed, so it must be read again.
-    fn prepare(&mut self, uid: &str) -> Result<bool, VaultError> {
-        let _ = uid;
+    /// Takes the rotation lease on `uid` before anything is created, and
+    /// settles what a dead writer left half-done (Keeper: an open rotation
+    /// transaction); true when it was written (the record changed: read it
+    /// again, and release it when the rotation ends). A vault with a lock of its own needs none: the
+    /// file vault's lock excludes every other writer on this host, and the
+    /// file vault is single-host.
+    fn lease(&mut self, uid: &str, lease: &lease::Lease) -> Result<bool, VaultError> {
+        let _ = (uid, lease);
         Ok(false)
+    }
+
+    /// Removes the lease `lease` from `uid` if it still holds it.
+    fn release(&mut self, uid: &str, lease: &lease::Lease) -> Result<(), VaultError> {
+        let _ = (uid, lease);
+        Ok(())
     }
 
     /// Writes `batch` and returns each change's outcome; `Ok` means durable.
@@ -184,6 +194,16 @@ pub enum VaultError {
          it back failed too"
     )]
     KsmUncertain { uid: String, why: String },
+    #[error(
+        "record '{uid}' is being rotated by {owner} (its lease runs until {until}): nothing was \
+         changed. Run again after that; a writer that died leaves its lease to expire then, or at \
+         once if it ran on this host"
+    )]
+    Leased {
+        uid: String,
+        owner: String,
+        until: String,
+    },
 }
 
 impl VaultError {
@@ -199,6 +219,7 @@ impl VaultError {
                 | Self::Ksm { .. }
                 | Self::KsmConflict { .. }
                 | Self::KsmUncertain { .. }
+                | Self::Leased { .. }
         )
     }
 

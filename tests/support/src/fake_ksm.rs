@@ -90,6 +90,8 @@ pub enum Fault {
     After,
     /// Answer 403 `throttled`, asking for a minute's pause (Keeper's throttling).
     Throttle,
+    /// Answer this call normally: aims the faults queued after it at later calls.
+    Pass,
 }
 
 struct Held {
