@@ -494,3 +494,53 @@ fn an_inactive_key_in_its_grace_period_makes_room_and_the_plan_says_so() {
         "{ledger}"
     );
 }
+
+/// `retire-when-unused` against moto, which records a key's last use on every
+/// signed request, with the rotator holding exactly the README's actions for
+/// the mode: the old key stays active after the rotation; a consumer signing
+/// with it keeps it alive pass after pass, and the pass names its last use.
+#[test]
+fn retire_when_unused_keeps_the_key_a_consumer_signs_with_in_moto() {
+    let (s, vault) = deactivating_setup(&["iam:UpdateAccessKey", "iam:GetAccessKeyLastUsed"]);
+    vault.set_field("cfg1", "Old Key Action", "retire-when-unused");
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let new = vault.field("user1", "aws_access_key_id").unwrap();
+    assert!(
+        out.stdout.contains(&format!(
+            "kept old key(s) active until IAM shows them unused: {}",
+            s.old.0
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_both_active(&s, &new);
+    for _ in 0..2 {
+        // The consumer that still holds the old key signs with it.
+        assert!(s.moto.whoami(&s.old.0, &s.old.1).is_ok());
+        let out = due(&vault);
+        assert_eq!(out.code, 0, "{}", out.all());
+        assert!(
+            out.stdout.contains(&format!(
+                "the old key {} is still in use (last used",
+                s.old.0
+            )) && out.stdout.contains("kept"),
+            "{}",
+            out.stdout
+        );
+        assert_both_active(&s, &new);
+    }
+    check_no_leak(&s, &vault, &out);
+}
+
+/// alice has exactly the new key and the old one, both Active.
+fn assert_both_active(s: &MotoSetup, new: &str) {
+    let mut keys = s.moto.key_statuses("alice");
+    keys.sort();
+    let mut want = vec![
+        (new.to_string(), "Active".to_string()),
+        (s.old.0.clone(), "Active".into()),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+}

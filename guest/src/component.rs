@@ -4,8 +4,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::{
-    Context, Deactivated, Field, Finalized, HostCredential, OutputField, Record, Rotation, Subject,
-    ValueKind,
+    Context, CredentialUse, Deactivated, Field, Finalized, HostCredential, OutputField, Record,
+    Rotation, Subject, ValueKind,
 };
 use crate::schema::{ConfigItem, ItemType, SCHEMA};
 use crate::secret::Secret;
@@ -71,6 +71,22 @@ impl Guest for Plugin {
     fn purge(ctx: wit::Context) -> Result<wit::Finalized, wit::PluginError> {
         rotation::purge(&Host::new(), &ctx.into())
             .map(Into::into)
+            .map_err(Into::into)
+    }
+
+    fn last_used(ctx: wit::Context) -> Result<Vec<wit::CredentialUse>, wit::PluginError> {
+        rotation::last_used(&Host::new(), &ctx.into())
+            .map(|uses| {
+                uses.into_iter()
+                    .map(|u: CredentialUse| wit::CredentialUse {
+                        id: u.id,
+                        found: u.found,
+                        last_used: u.last_used,
+                        service: u.service,
+                        region: u.region,
+                    })
+                    .collect()
+            })
             .map_err(Into::into)
     }
 
@@ -195,6 +211,7 @@ impl From<wit::Context> for Context {
                 .map(|d| Deactivated {
                     id: d.id,
                     since: d.since,
+                    kept: d.kept,
                     expired: d.expired,
                 })
                 .collect(),
@@ -207,6 +224,7 @@ impl From<Finalized> for wit::Finalized {
         Self {
             retired: f.retired,
             deactivated: f.deactivated,
+            kept: f.kept,
             notes: f.notes,
         }
     }

@@ -375,6 +375,23 @@ impl<'a, T: Transport> Iam<'a, T> {
         Ok(())
     }
 
+    /// `GetAccessKeyLastUsed`: `None` when IAM no longer has the key. The
+    /// answer must name the rotated user: another user's key is not ours to judge.
+    pub fn last_use(&self, key_id: &str) -> Result<Option<xml::LastUse>, PluginError> {
+        let name = self.settings.user_name.as_str();
+        let params = [("AccessKeyId", key_id)];
+        match self.iam_call("GetAccessKeyLastUsed", &params, Repeat::Safe, xml::last_use) {
+            Ok(u) if u.user.eq_ignore_ascii_case(name) => Ok(Some(u)),
+            Ok(u) => Err(PluginError::Failed(format!(
+                "GetAccessKeyLastUsed says key {key_id} belongs to '{}', not '{name}'; nothing \
+                 was changed. Check the PAM user record's 'Deactivated Keys'",
+                u.user
+            ))),
+            Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
+            Err(e) => Err(self.explain(e, "GetAccessKeyLastUsed")),
+        }
+    }
+
     /// STS `GetCallerIdentity` signed with `credentials`: the caller's ARN.
     pub fn caller_arn(&self, credentials: &Credentials) -> Result<String, CallError> {
         let sts = &self.settings.endpoints.sts;
@@ -428,10 +445,12 @@ impl<'a, T: Transport> Iam<'a, T> {
                 )),
                 "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
                     PluginError::Denied(format!(
-                        "{action} on '{user}' was denied for access key {key} ({}). Attach the \
-                         least-privilege policy from the README (iam:GetUser, iam:ListAccessKeys, \
-                         iam:CreateAccessKey, iam:DeleteAccessKey, and iam:UpdateAccessKey for 'Old Key \
-                         Action' deactivate) to the rotating identity",
+                        "{action} on '{user}' was denied for access key {key} ({}). Grant \
+                         iam:{action}: attach the least-privilege policy from the README \
+                         (iam:GetUser, iam:ListAccessKeys, iam:CreateAccessKey, \
+                         iam:DeleteAccessKey; iam:UpdateAccessKey for 'Old Key Action' deactivate \
+                         and retire-when-unused; iam:GetAccessKeyLastUsed for retire-when-unused) \
+                         to the rotating identity",
                         aws(e)
                     ))
                 }

@@ -65,8 +65,21 @@ pub struct Deactivated {
     pub id: String,
     /// When, as the host wrote it.
     pub since: String,
-    /// Its grace period has ended.
+    /// Still active, kept for its consumers (`retire-when-unused`).
+    pub kept: bool,
+    /// Act now: delete it (turned off, grace period over), or deactivate it
+    /// (kept, and unused for long enough).
     pub expired: bool,
+}
+
+/// A kept key's last use, as IAM reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CredentialUse {
+    pub id: String,
+    pub found: bool,
+    pub last_used: Option<String>,
+    pub service: Option<String>,
+    pub region: Option<String>,
 }
 
 /// What the host hands to `rotate`, `finalize`, `rollback` and `purge`.
@@ -141,5 +154,7 @@ pub struct Finalized {
     pub retired: Vec<String>,
     /// Keys set `Inactive` and kept for the grace period.
     pub deactivated: Vec<String>,
+    /// Old keys left active for their consumers (`retire-when-unused`).
+    pub kept: Vec<String>,
     pub notes: Vec<String>,
 }

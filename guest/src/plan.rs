@@ -77,6 +77,11 @@ impl Plan {
                     "after the new key works, deactivate the old key {id}; it is deleted once \
                      'Inactive Grace Days' have passed"
                 ),
+                OldKeyAction::RetireWhenUnused => format!(
+                    "after the new key works, keep the old key {id} active until IAM shows no \
+                     use of it for 'Unused Hours'; then deactivate it, and delete it once \
+                     'Inactive Grace Days' have passed"
+                ),
             });
         }
         notes
@@ -278,6 +283,7 @@ mod tests {
             id: "OLD".into(),
             since: "2026-11-20T10:00:00Z".into(),
             expired: false,
+            kept: false,
         };
         let notes = p.describe("u", std::slice::from_ref(&d), OldKeyAction::Deactivate);
         assert!(

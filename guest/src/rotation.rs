@@ -2,7 +2,7 @@
 
 use crate::error::PluginError;
 use crate::iam::{CallError, Iam};
-use crate::model::{Context, Finalized, OutputField, Rotation, ValueKind};
+use crate::model::{Context, CredentialUse, Finalized, OutputField, Rotation, ValueKind};
 use crate::plan::{self, KeyStatus, MakeRoom};
 use crate::secret::Secret;
 use crate::settings::{
@@ -52,6 +52,15 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         });
     }
 
+    if let Some(id) = plan.make_room.deletes()
+        && ctx.deactivated(id).is_some_and(|d| d.kept)
+    {
+        return Err(PluginError::Conflict(format!(
+            "'{user}' has two access keys, and making room for a new one would delete {id}, the \
+             old key kept for consumers that may still use it ('retire-when-unused'): nothing was \
+             changed. It is retired once IAM shows it unused for 'Unused Hours'"
+        )));
+    }
     let vault_key_deleted = match &plan.make_room {
         MakeRoom::Nothing => false,
         MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
@@ -276,6 +285,10 @@ pub fn finalize(
         let (result, done) = match settings.old_key_action {
             OldKeyAction::Delete => (iam.delete_key(old).map(|_| ()), "deleted"),
             OldKeyAction::Deactivate => (iam.deactivate_key(old), "deactivated"),
+            OldKeyAction::RetireWhenUnused => {
+                out.kept.push(old.clone());
+                continue;
+            }
         };
         result.map_err(|e| {
             e.context(format!(
@@ -285,7 +298,7 @@ pub fn finalize(
         })?;
         match settings.old_key_action {
             OldKeyAction::Delete => out.retired.push(old.clone()),
-            OldKeyAction::Deactivate => out.deactivated.push(old.clone()),
+            _ => out.deactivated.push(old.clone()),
         }
     }
     Ok(out)
@@ -311,7 +324,21 @@ pub fn purge(t: &impl Transport, ctx: &Context) -> Result<Finalized, PluginError
                 d.since
             )
         };
-        match keys.iter().find(|k| k.id == id).map(|k| k.status) {
+        let status = keys.iter().find(|k| k.id == id).map(|k| k.status);
+        if d.kept {
+            // Kept for consumers, and now unused long enough: turn it off.
+            match status {
+                None => out.retired.push(d.id.clone()),
+                Some(_) if in_use => out.notes.push(kept("a record of the vault holds it now")),
+                Some(KeyStatus::Inactive) => out.deactivated.push(d.id.clone()),
+                Some(KeyStatus::Active) => {
+                    iam.deactivate_key(id)?;
+                    out.deactivated.push(d.id.clone());
+                }
+            }
+            continue;
+        }
+        match status {
             None => out.retired.push(d.id.clone()),
             Some(_) if in_use => out.notes.push(kept("a record of the vault holds it now")),
             Some(KeyStatus::Active) => out.notes.push(kept("it is Active again in IAM")),
@@ -320,6 +347,24 @@ pub fn purge(t: &impl Transport, ctx: &Context) -> Result<Finalized, PluginError
                 out.retired.push(d.id.clone());
             }
         }
+    }
+    Ok(out)
+}
+
+/// The last use of each kept key, as IAM reports it; the host keeps the clock.
+pub fn last_used(t: &impl Transport, ctx: &Context) -> Result<Vec<CredentialUse>, PluginError> {
+    let settings = Settings::resolve(ctx)?;
+    let iam = Iam::new(t, &settings);
+    let mut out = Vec::new();
+    for d in ctx.deactivated.iter().filter(|d| d.kept) {
+        let use_ = iam.last_use(&d.id)?;
+        out.push(CredentialUse {
+            id: d.id.clone(),
+            found: use_.is_some(),
+            last_used: use_.as_ref().and_then(|u| u.date.clone()),
+            service: use_.as_ref().and_then(|u| u.service.clone()),
+            region: use_.and_then(|u| u.region),
+        });
     }
     Ok(out)
 }

@@ -129,6 +129,11 @@ pub const SCHEMA: &[ConfigItem] = &[
                 "deactivate",
                 "set it Inactive; deleted after 'Inactive Grace Days' (needs iam:UpdateAccessKey)",
             ),
+            (
+                "retire-when-unused",
+                "keep it active until IAM shows no use for 'Unused Hours', then deactivate it \
+                 (needs iam:UpdateAccessKey and iam:GetAccessKeyLastUsed)",
+            ),
         ],
         ..item(
             "old_key_action",

@@ -50,6 +50,9 @@ pub enum OldKeyAction {
     Delete,
     /// Set it `Inactive`; the host has it deleted after the grace period.
     Deactivate,
+    /// Leave it active until IAM shows no use of it for the config's `Unused
+    /// Hours`; then deactivate it, and delete it after the grace period.
+    RetireWhenUnused,
 }
 
 /// Everything one rotation needs to know.
@@ -97,9 +100,13 @@ impl Settings {
             None => OldKeyAction::Delete,
             Some(v) if v.eq_ignore_ascii_case("delete") => OldKeyAction::Delete,
             Some(v) if v.eq_ignore_ascii_case("deactivate") => OldKeyAction::Deactivate,
+            Some(v) if v.eq_ignore_ascii_case("retire-when-unused") => {
+                OldKeyAction::RetireWhenUnused
+            }
             Some(v) => {
                 return Err(PluginError::InvalidConfig(format!(
-                    "'{OLD_KEY_ACTION}' is '{v}': use 'delete' (the default) or 'deactivate'"
+                    "'{OLD_KEY_ACTION}' is '{v}': use 'delete' (the default), 'deactivate' or \
+                     'retire-when-unused'"
                 )));
             }
         };
@@ -234,7 +241,9 @@ fn missing(labels: &[&str], provider_tried: bool) -> PluginError {
 /// label and its misspelling); if they disagree, which key is the vault's is
 /// unknown, and guessing could delete the one in use.
 fn vault_key_id(user: &Record) -> Result<Option<String>, PluginError> {
-    let mut ids: Vec<&str> = user
+    let mut ids: Vec<&str> = Vec::new();
+    // Distinct ids in field order; no sort, whose code would cost the component KiBs.
+    for id in user
         .fields
         .iter()
         .filter(|f| {
@@ -245,9 +254,11 @@ fn vault_key_id(user: &Record) -> Result<Option<String>, PluginError> {
             })
         })
         .filter_map(|f| f.first_value())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
     match ids.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(one.to_string())),

@@ -111,6 +111,33 @@ pub fn user(body: &[u8]) -> Result<User, Malformed> {
     }
 }
 
+/// `GetAccessKeyLastUsed`: whose key it is, and its last use (date, service,
+/// region; IAM writes `N/A` for a service or region never seen).
+pub struct LastUse {
+    pub user: String,
+    pub date: Option<String>,
+    pub service: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Reads `GetAccessKeyLastUsed`'s answer.
+pub fn last_use(body: &[u8]) -> Result<LastUse, Malformed> {
+    let doc = parse(body)?;
+    let bad = Malformed {
+        what: "GetAccessKeyLastUsed's response lacks UserName or AccessKeyLastUsed",
+        len: body.len(),
+    };
+    let user = required(&doc, "UserName", body.len()).map_err(|_| bad.clone())?;
+    let used = find(doc.root(), "AccessKeyLastUsed").ok_or(bad)?;
+    let known = |name| text_of(used, name).filter(|v| v != "N/A");
+    Ok(LastUse {
+        user,
+        date: known("LastUsedDate"),
+        service: known("ServiceName"),
+        region: known("Region"),
+    })
+}
+
 /// Reads one page of `ListAccessKeys`: the keys, and the marker of the next page.
 pub fn access_keys(body: &[u8]) -> Result<(Vec<AccessKey>, Option<String>), Malformed> {
     let doc = parse(body)?;

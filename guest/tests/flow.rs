@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_key_rotation::error::PluginError;
 use aws_key_rotation::model::{Context, Deactivated, Field, Record};
-use aws_key_rotation::rotation::{finalize, purge, rotate};
+use aws_key_rotation::rotation::{finalize, last_used, purge, rotate};
 use aws_key_rotation::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
 
 type Answer = Result<HttpResponse, SendError>;
@@ -396,6 +396,7 @@ fn purge_deletes_only_expired_inactive_keys() {
     let entry = |id: &str, expired| Deactivated {
         id: id.into(),
         since: "2026-11-01T00:00:00Z".into(),
+        kept: false,
         expired,
     };
     c.deactivated = vec![
@@ -491,6 +492,7 @@ fn finalize_and_purge_keep_keys_another_record_holds() {
     c.deactivated = vec![Deactivated {
         id: "SHARED".into(),
         since: "2026-11-01T00:00:00Z".into(),
+        kept: false,
         expired: true,
     }];
     let f = purge(&t, &c).unwrap();
@@ -500,4 +502,86 @@ fn finalize_and_purge_keep_keys_another_record_holds() {
         "{:?}",
         t.sent()
     );
+}
+
+/// `retire-when-unused`: `finalize` proves the new key and leaves the old one
+/// active for its consumers; `last_used` reads IAM's record of it; `purge`
+/// deactivates a kept key the host found unused, and `rotate` will not delete
+/// a kept key to make room.
+#[test]
+fn retire_when_unused_keeps_the_old_key_until_the_host_says_it_is_unused() {
+    let mut c = ctx("OLD", "ROTATOR");
+    c.config
+        .fields
+        .push(field("text", "Old Key Action", "retire-when-unused"));
+    let t = rotation_of_old();
+    let r = rotate(&t, &c).unwrap();
+    let f = finalize(&t, &c, &r).unwrap();
+    assert_eq!(f.kept, ["OLD"]);
+    assert!(f.retired.is_empty() && f.deactivated.is_empty(), "{f:?}");
+    assert!(
+        !t.sent()
+            .iter()
+            .any(|a| a == "DeleteAccessKey" || a == "UpdateAccessKey")
+    );
+
+    let kept = |expired| Deactivated {
+        id: "OLD".into(),
+        since: "2026-11-01T00:00:00Z".into(),
+        kept: true,
+        expired,
+    };
+    let mut c = ctx(NEW, "ROTATOR");
+    c.deactivated = vec![kept(false)];
+    let t = Script::default().on(
+        "GetAccessKeyLastUsed",
+        ok("<R><UserName>alice</UserName><AccessKeyLastUsed><LastUsedDate>2026-11-30T10:00:00Z</LastUsedDate><ServiceName>s3</ServiceName><Region>eu-west-1</Region></AccessKeyLastUsed></R>"),
+    );
+    let uses = last_used(&t, &c).unwrap();
+    assert_eq!(uses.len(), 1);
+    assert!(uses[0].found);
+    assert_eq!(uses[0].last_used.as_deref(), Some("2026-11-30T10:00:00Z"));
+    assert_eq!(uses[0].service.as_deref(), Some("s3"));
+    assert_eq!(uses[0].region.as_deref(), Some("eu-west-1"));
+
+    // Not yet expired: purge leaves it alone. Expired: it is deactivated.
+    let t = Script::default().on("ListAccessKeys", keys(&[NEW, "OLD"]));
+    assert_eq!(purge(&t, &c).unwrap(), Default::default());
+    c.deactivated = vec![kept(true)];
+    let t = Script::default()
+        .on("ListAccessKeys", keys(&[NEW, "OLD"]))
+        .on("UpdateAccessKey", ok("<R/>"));
+    assert_eq!(purge(&t, &c).unwrap().deactivated, ["OLD"]);
+    assert_eq!(t.sent(), ["ListAccessKeys", "UpdateAccessKey"]);
+
+    // Rotating again while it is kept would need its slot: refused, unchanged.
+    c.deactivated = vec![kept(false)];
+    let t = Script::default()
+        .on("GetUser", user())
+        .on("ListAccessKeys", keys(&[NEW, "OLD"]));
+    let err = rotate(&t, &c).unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Conflict(m) if m.contains("kept for consumers")),
+        "{err:?}"
+    );
+    assert_eq!(t.sent(), ["GetUser", "ListAccessKeys"]);
+}
+
+/// `last_used` of a key IAM no longer has: not found; of another user's key: refused.
+#[test]
+fn last_used_reports_a_gone_key_and_refuses_another_users() {
+    let mut c = ctx(NEW, "ROTATOR");
+    c.deactivated = vec![Deactivated {
+        id: "OLD".into(),
+        since: "2026-11-01T00:00:00Z".into(),
+        kept: true,
+        expired: false,
+    }];
+    let t = Script::default().on("GetAccessKeyLastUsed", aws_error(404, "NoSuchEntity"));
+    assert!(!last_used(&t, &c).unwrap()[0].found);
+    let t = Script::default().on(
+        "GetAccessKeyLastUsed",
+        ok("<R><UserName>mallory</UserName><AccessKeyLastUsed><Region>N/A</Region><ServiceName>N/A</ServiceName></AccessKeyLastUsed></R>"),
+    );
+    assert!(matches!(last_used(&t, &c), Err(PluginError::Failed(m)) if m.contains("mallory")));
 }

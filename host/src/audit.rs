@@ -27,6 +27,12 @@ pub struct AuditEntry {
     /// Keys deactivated earlier, deleted because their grace period ended.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purged_key_ids: Vec<String>,
+    /// Old keys left active for their consumers (`retire-when-unused`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_key_ids: Vec<String>,
+    /// Old keys kept earlier that IAM shows still in use, with their last use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub old_keys_in_use: Vec<crate::usage::KeyInUse>,
     /// `rotated`, `purged`, `planned`, `failed`, `not_finalized`, or `skipped`
     /// (the gateway was stopping).
     pub outcome: &'static str,
@@ -46,6 +52,8 @@ impl AuditEntry {
             new_key_id: None,
             deactivated_key_ids: vec![],
             purged_key_ids: vec![],
+            kept_key_ids: vec![],
+            old_keys_in_use: vec![],
             outcome,
             exit_code,
             duration_ms: 0,

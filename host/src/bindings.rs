@@ -2,8 +2,8 @@
 
 use crate::http::{self, SendError};
 use crate::plugin::{
-    ConfigItem, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField, Subject,
-    ValueKind,
+    ConfigItem, CredentialUse, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField,
+    Subject, ValueKind,
 };
 use crate::secret::Secret;
 use crate::vault::Record;
@@ -230,6 +230,7 @@ pub fn context(c: &crate::plugin::Context, deadline: std::time::Duration) -> wit
             .map(|d| wit::DeactivatedCredential {
                 id: d.id.clone(),
                 since: d.since.clone(),
+                kept: d.kept,
                 expired: d.expired,
             })
             .collect(),
@@ -241,7 +242,20 @@ impl From<wit::Finalized> for Finalized {
         Self {
             retired: f.retired,
             deactivated: f.deactivated,
+            kept: f.kept,
             notes: f.notes,
+        }
+    }
+}
+
+impl From<wit::CredentialUse> for CredentialUse {
+    fn from(u: wit::CredentialUse) -> Self {
+        Self {
+            id: u.id,
+            found: u.found,
+            last_used: u.last_used,
+            service: u.service,
+            region: u.region,
         }
     }
 }

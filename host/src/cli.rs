@@ -516,6 +516,13 @@ fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, json: bool)
                         report.deactivated.join(", ")
                     );
                 }
+                if !report.kept.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "kept old key(s) active until IAM shows them unused: {}",
+                        report.kept.join(", ")
+                    );
+                }
                 for n in &report.notes {
                     let _ = writeln!(out, "note: {n}");
                 }

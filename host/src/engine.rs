@@ -24,7 +24,9 @@ use crate::bindings;
 use crate::cache;
 use crate::holdings::Holdings;
 use crate::http::{HttpConfig, Outbound};
-use crate::plugin::{ConfigItem, Context, Finalized, PluginError, PluginInfo, Rotation, Subject};
+use crate::plugin::{
+    ConfigItem, Context, CredentialUse, Finalized, PluginError, PluginInfo, Rotation, Subject,
+};
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
@@ -657,13 +659,50 @@ impl Instance {
         Ok(self.finalized(r))
     }
 
+    /// When each kept credential of `ctx` was last used, as the service says.
+    pub async fn last_used(
+        &mut self,
+        ctx: &Context,
+    ) -> Result<Result<Vec<CredentialUse>, PluginError>, SandboxError> {
+        let limit = self.start("last-used")?;
+        let ctx = bindings::context(ctx, limit);
+        let r =
+            tokio::time::timeout(limit, self.bindings.call_last_used(&mut self.store, &ctx)).await;
+        Ok(match self.finish("last-used", r)? {
+            Ok(uses) if uses.len() > MAX_FIELDS => Err(PluginError::Failed(
+                "the plugin reported more credentials than it was asked about: this is a bug in                  the plugin"
+                    .into(),
+            )),
+            Ok(uses) => Ok(uses
+                .into_iter()
+                .map(|u| {
+                    let u = CredentialUse::from(u);
+                    let cut = |v: Option<String>| {
+                        v.map(|v| self.clean(crate::text::truncate(&v, MAX_LABEL_BYTES)))
+                    };
+                    CredentialUse {
+                        last_used: u
+                            .last_used
+                            .map(|v| crate::text::truncate(&v, MAX_LABEL_BYTES).to_string()),
+                        service: cut(u.service),
+                        region: cut(u.region),
+                        ..u
+                    }
+                })
+                .collect()),
+            Err(e) => Err(self.plugin_error(e)),
+        })
+    }
+
     /// Ids are cleaned and notes cut: both are printed, and ids are stored.
     fn finalized(
         &self,
         r: Result<bindings::wit::Finalized, bindings::wit::PluginError>,
     ) -> Result<Finalized, PluginError> {
         let f = Finalized::from(r.map_err(|e| self.plugin_error(e))?);
-        if f.retired.len() + f.deactivated.len() > MAX_FIELDS || f.notes.len() > MAX_NOTES {
+        if f.retired.len() + f.deactivated.len() + f.kept.len() > MAX_FIELDS
+            || f.notes.len() > MAX_NOTES
+        {
             return Err(PluginError::Failed(
                 "the plugin's answer lists more credentials or notes than the host accepts: this \
                  is a bug in the plugin"
@@ -674,6 +713,7 @@ impl Instance {
         Ok(Finalized {
             retired: ids(&f.retired),
             deactivated: ids(&f.deactivated),
+            kept: ids(&f.kept),
             notes: f
                 .notes
                 .iter()

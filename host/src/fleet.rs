@@ -29,6 +29,7 @@ use crate::rotate::{
     Job, PAM_USER_TYPE, Records, Rotator, RunError, RunReport, fleet_records, rotate_record,
 };
 use crate::schedule::{self, Due, Member, labels, stamp};
+use crate::usage::KeyInUse;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
 use crate::vetting::{self, VetError};
 use crate::writer::VaultWriter;
@@ -65,6 +66,12 @@ pub struct Entry {
     /// Keys deleted because their grace period ended.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purged: Vec<String>,
+    /// Old keys left active for their consumers (`retire-when-unused`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+    /// Old keys kept earlier that IAM shows still in use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<KeyInUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +90,8 @@ impl Entry {
             retired: vec![],
             deactivated: vec![],
             purged: vec![],
+            kept: vec![],
+            in_use: vec![],
             exit_code: None,
             error: None,
             next_due: None,
@@ -108,6 +117,17 @@ pub struct PassReport {
     /// Audit lines that could not be written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audit_failures: Vec<String>,
+}
+
+impl PassReport {
+    /// Old keys kept for consumers that IAM shows still in use, in every list.
+    pub fn keys_in_use(&self) -> usize {
+        [&self.rotated, &self.purged, &self.not_due, &self.planned]
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|e| e.in_use.len())
+            .sum()
+    }
 }
 
 impl PassReport {
@@ -163,6 +183,7 @@ impl PassReport {
                 list("deleted after the grace period", &e.purged),
                 list("retired", &e.retired),
                 list("deactivated", &e.deactivated),
+                list("kept for its consumers", &e.kept),
             ]
             .concat();
             match &e.error {
@@ -210,8 +231,13 @@ impl PassReport {
             ));
         }
         for e in &self.not_due {
+            let notes = if e.notes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", e.notes.join("; "))
+            };
             out.push(format!(
-                "not due {}: next due {}",
+                "not due {}: next due {}{notes}",
                 e.user_uid,
                 e.next_due.as_deref().unwrap_or("never")
             ));
@@ -278,6 +304,8 @@ struct Work {
     login: Option<String>,
     /// What it rotates, once vetted.
     subject: Option<Subject>,
+    /// When it is due, if not now (it then only retires old keys).
+    next_due: Option<String>,
 }
 
 /// The report entry of a record with a field the fleet cannot use.
@@ -331,13 +359,18 @@ fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Ve
             }
         };
         let due = entry.due(now);
-        if let Due::At(at) = due
+        // The earlier of the next rotation and the next end of a grace period.
+        let next_due = match due {
+            Due::At(at) => Some(stamp(ledger.next_expiry(now).map_or(at, |g| g.min(at)))),
+            Due::Now => None,
+        };
+        // Kept old keys are checked every pass, due or not (retire-when-unused).
+        if next_due.is_some()
             && ledger.expired_ids(now).is_empty()
+            && ledger.kept().next().is_none()
         {
             let mut e = Entry::new(&uid);
-            // The earlier of the next rotation and the next end of a grace period.
-            let next = ledger.next_expiry(now).map_or(at, |g| g.min(at));
-            e.next_due = Some(stamp(next));
+            e.next_due = next_due;
             report.not_due.push(e);
             continue;
         }
@@ -359,6 +392,7 @@ fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Ve
             (Ok(provider), Some(config)) => work.push(Work {
                 login: user.value_of_type("login").map(str::to_lowercase),
                 subject: None,
+                next_due,
                 job,
                 records: Records {
                     user,
@@ -457,7 +491,7 @@ impl Fleet {
                     };
                     let result = rotate_record(&core, &w.job, w.records.clone()).await;
                     let audit = fleet.audit(&w, &result, started.elapsed());
-                    done.push(Ok((w.job.user_uid, result, audit)));
+                    done.push(Ok((w.job.user_uid, w.next_due, result, audit)));
                 }
                 done
             });
@@ -465,8 +499,10 @@ impl Fleet {
         while let Some(group) = tasks.join_next().await {
             for outcome in group.expect("a rotation task does not panic") {
                 match outcome {
-                    Ok((uid, result, audit)) => {
-                        record(&mut report, &uid, result, self.opts.dry_run);
+                    Ok((uid, next_due, result, audit)) => {
+                        let mut e = Entry::new(&uid);
+                        e.next_due = next_due;
+                        record(&mut report, e, result, self.opts.dry_run);
                         report.audit_failures.extend(audit);
                     }
                     Err(uid) => {
@@ -607,6 +643,8 @@ pub fn audit_entry(
             };
             entry.deactivated_key_ids = r.deactivated.clone();
             entry.purged_key_ids = r.purged.clone();
+            entry.kept_key_ids = r.kept.clone();
+            entry.old_keys_in_use = r.in_use.clone();
         }
         Err(e) => {
             entry.error = Some(e.to_string());
@@ -620,26 +658,40 @@ pub fn audit_entry(
     entry
 }
 
-/// Files one rotation's result in the report.
-fn record(report: &mut PassReport, uid: &str, result: Result<RunReport, RunError>, dry_run: bool) {
-    let mut e = Entry::new(uid);
+/// Files one rotation's result, as entry `e`, in the report.
+fn record(
+    report: &mut PassReport,
+    mut e: Entry,
+    result: Result<RunReport, RunError>,
+    dry_run: bool,
+) {
     match result {
         Ok(r) if dry_run => {
             e.notes = r.notes;
             e.retired = r.planned_retire;
+            e.in_use = r.in_use;
             report.planned.push(e);
         }
         Ok(r) => {
+            let idle = r.purged.is_empty() && r.deactivated.is_empty();
             e.created = r.created;
             e.retired = r.retired;
             e.deactivated = r.deactivated;
+            e.kept = r.kept;
+            e.in_use = r.in_use;
             e.purged = r.purged;
             e.notes = r.notes;
-            e.exit_code = Some(0);
-            if r.status == "purged" {
-                report.purged.push(e);
-            } else {
-                report.rotated.push(e);
+            match r.status {
+                // Not due, and its old keys are still in use: nothing changed.
+                "purged" if idle => report.not_due.push(e),
+                "purged" => {
+                    e.exit_code = Some(0);
+                    report.purged.push(e);
+                }
+                _ => {
+                    e.exit_code = Some(0);
+                    report.rotated.push(e);
+                }
             }
         }
         Err(err @ (RunError::Stopping | RunError::Vault(VaultError::Leased { .. }))) => {

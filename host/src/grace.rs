@@ -16,11 +16,16 @@ pub const DEFAULT_DAYS: i64 = 7;
 /// The longest grace period accepted, in days (ten years).
 const MAX_DAYS: i64 = 3650;
 
-/// One credential the host saw a plugin deactivate.
+/// One credential the host saw a plugin deactivate, or keep for its consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: String,
     pub since: DateTime<Utc>,
+    /// Still active, kept until IAM shows it unused (`retire-when-unused`):
+    /// written `ID SINCE kept`.
+    pub kept: bool,
+    /// This run found a kept key unused long enough: deactivate it now.
+    pub retire: bool,
 }
 
 /// The deactivated credentials of one PAM user record, and its grace period.
@@ -62,8 +67,8 @@ impl Ledger {
             entries.push(parse_line(line).ok_or_else(|| BadField {
                 field: labels::DEACTIVATED,
                 why: format!(
-                    "has the line '{line}', not 'KEY-ID TIME' with an RFC 3339 time like \
-                     AKIAEXAMPLE 2026-11-26T03:00:00Z; fix or remove that line"
+                    "has the line '{line}', not 'KEY-ID TIME' (or 'KEY-ID TIME kept') with an \
+                     RFC 3339 time like AKIAEXAMPLE 2026-11-26T03:00:00Z; fix or remove that line"
                 ),
             })?);
         }
@@ -108,13 +113,32 @@ impl Ledger {
             .map(|e| Deactivated {
                 id: e.id.clone(),
                 since: stamp(e.since),
+                kept: e.kept,
                 expired: self.expired(e, now),
             })
             .collect()
     }
 
+    /// Whether the plugin is to act on `e` now: delete it (turned off, grace
+    /// period over) or deactivate it (kept, and found unused this run).
     fn expired(&self, e: &Entry, now: DateTime<Utc>) -> bool {
-        now >= e.since + self.grace
+        if e.kept {
+            e.retire
+        } else {
+            now >= e.since + self.grace
+        }
+    }
+
+    /// The entries kept active for their consumers.
+    pub fn kept(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.kept)
+    }
+
+    /// Marks the kept entry `id` to be deactivated by the next `purge`.
+    pub fn retire(&mut self, id: &str) {
+        for e in self.entries.iter_mut().filter(|e| e.kept && e.id == id) {
+            e.retire = true;
+        }
     }
 
     /// The ids whose grace period has ended at `now`.
@@ -130,16 +154,28 @@ impl Ledger {
     pub fn next_expiry(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.entries
             .iter()
+            .filter(|e| !e.kept)
             .map(|e| e.since + self.grace)
             .filter(|at| *at > now)
             .min()
     }
 
-    /// After a `purge`: every expired entry the plugin did not keep is forgotten.
-    pub fn forget_expired(&mut self, now: DateTime<Utc>, kept: &[String]) {
+    /// After a `purge` that `deactivated` and `retired` what it lists: a kept
+    /// entry it deactivated is now turned off, from `now`; one it found gone is
+    /// forgotten; one it left alone stays kept. Every other expired entry the
+    /// plugin did not list as still deactivated is forgotten.
+    pub fn after_purge(&mut self, now: DateTime<Utc>, deactivated: &[String], retired: &[String]) {
         let grace = self.grace;
-        self.entries
-            .retain(|e| now < e.since + grace || kept.contains(&e.id));
+        self.entries.retain_mut(|e| {
+            if !e.kept {
+                return now < e.since + grace || deactivated.contains(&e.id);
+            }
+            if std::mem::take(&mut e.retire) && deactivated.contains(&e.id) {
+                e.kept = false;
+                e.since = now;
+            }
+            !retired.contains(&e.id)
+        });
     }
 
     /// Stops tracking `ids` (deleted to make room); true if any was tracked.
@@ -149,12 +185,15 @@ impl Ledger {
         self.entries.len() != before
     }
 
-    /// After a `finalize` that deactivated `ids` at `now`.
-    pub fn add(&mut self, ids: &[String], now: DateTime<Utc>) {
+    /// After a `finalize` that deactivated `ids` (or, when `kept`, left them
+    /// active for their consumers) at `now`.
+    pub fn add(&mut self, ids: &[String], now: DateTime<Utc>, kept: bool) {
         self.forget(ids);
         self.entries.extend(ids.iter().map(|id| Entry {
             id: id.clone(),
             since: now,
+            kept,
+            retire: false,
         }));
     }
 
@@ -164,7 +203,10 @@ impl Ledger {
             self.entries
                 .iter()
                 .chain(&self.aside)
-                .map(|e| format!("{} {}", e.id, stamp(e.since)))
+                .map(|e| {
+                    let kept = if e.kept { " kept" } else { "" };
+                    format!("{} {}{kept}", e.id, stamp(e.since))
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         })
@@ -182,8 +224,13 @@ pub fn recordable(id: &str) -> bool {
 
 fn parse_line(line: &str) -> Option<Entry> {
     let mut parts = line.split_whitespace();
-    let (id, since, rest) = (parts.next()?, parts.next()?, parts.next());
-    if rest.is_some() || !recordable(id) {
+    let (id, since) = (parts.next()?, parts.next()?);
+    let kept = match (parts.next(), parts.next()) {
+        (None, _) => false,
+        (Some(word), None) if word.eq_ignore_ascii_case("kept") => true,
+        _ => return None,
+    };
+    if !recordable(id) {
         return None;
     }
     let since = DateTime::parse_from_rfc3339(since)
@@ -192,6 +239,8 @@ fn parse_line(line: &str) -> Option<Entry> {
     Some(Entry {
         id: id.to_string(),
         since,
+        kept,
+        retire: false,
     })
 }
 
@@ -253,10 +302,10 @@ mod tests {
         );
         let mut ledger = Ledger::read(&user, &record("c", &[])).unwrap();
         let now = at("2026-11-26T00:00:00Z");
-        ledger.forget_expired(now, &["A2".to_string()]);
+        ledger.after_purge(now, &["A2".to_string()], &[]);
         let ids: Vec<_> = ledger.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["A2", "A3"]);
-        ledger.add(&["A3".to_string(), "B".to_string()], now);
+        ledger.add(&["A3".to_string(), "B".to_string()], now, false);
         assert_eq!(
             ledger.render().unwrap(),
             "A2 2026-11-02T00:00:00Z\nA3 2026-11-26T00:00:00Z\nB 2026-11-26T00:00:00Z"

@@ -37,6 +37,7 @@ pub struct Metrics {
     last_pass: AtomicU64,
     passes: AtomicU64,
     audit_failures: AtomicU64,
+    keys_in_use: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +52,8 @@ impl Metrics {
             .fetch_add(r.failed.len() as u64, Ordering::Relaxed);
         self.audit_failures
             .fetch_add(r.audit_failures.len() as u64, Ordering::Relaxed);
+        self.keys_in_use
+            .store(r.keys_in_use() as u64, Ordering::Relaxed);
         self.due_records.store(
             (r.rotated.len() + r.failed.len() + r.planned.len()) as u64,
             Ordering::Relaxed,
@@ -82,7 +85,10 @@ impl Metrics {
              rotate_host_passes_total {}\n\
              # HELP rotate_host_audit_failures_total Audit lines that could not be written.\n\
              # TYPE rotate_host_audit_failures_total counter\n\
-             rotate_host_audit_failures_total {}\n",
+             rotate_host_audit_failures_total {}\n\
+             # HELP rotate_host_old_keys_in_use Old keys kept for consumers that IAM showed in use in the last pass.\n\
+             # TYPE rotate_host_old_keys_in_use gauge\n\
+             rotate_host_old_keys_in_use {}\n",
             g(&self.rotated),
             g(&self.failed),
             g(&self.not_finalized),
@@ -90,6 +96,7 @@ impl Metrics {
             g(&self.last_pass),
             g(&self.passes),
             g(&self.audit_failures),
+            g(&self.keys_in_use),
         )
     }
 }

@@ -138,8 +138,20 @@ pub struct Deactivated {
     pub id: String,
     /// RFC 3339, UTC.
     pub since: String,
-    /// Its grace period has ended.
+    /// Still active, kept for its consumers (`retire-when-unused`).
+    pub kept: bool,
+    /// Act on it now: delete it (turned off), or deactivate it (kept).
     pub expired: bool,
+}
+
+/// A kept credential's last use, as the plugin reports it from the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialUse {
+    pub id: String,
+    pub found: bool,
+    pub last_used: Option<String>,
+    pub service: Option<String>,
+    pub region: Option<String>,
 }
 
 /// The outcome of `finalize` and `purge`.
@@ -149,6 +161,8 @@ pub struct Finalized {
     pub retired: Vec<String>,
     /// Turned off and kept for the grace period.
     pub deactivated: Vec<String>,
+    /// Left active for their consumers (`retire-when-unused`).
+    pub kept: Vec<String>,
     pub notes: Vec<String>,
 }
 

@@ -13,12 +13,14 @@ use thiserror::Error;
 use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::aws_identity::{GatewayIdentity, IdentityError, Lending};
 use crate::engine::{Instance, Limits, Plugin, SandboxError};
-use crate::grace::{self, Ledger};
+use crate::grace::Ledger;
 use crate::holdings::Holdings;
 use crate::plugin::{ConfigItem, Context, ItemType, PluginError, StoreField, ValueKind};
+use crate::retire;
 use crate::schedule::{BadField, labels, stamp};
 use crate::secret::Secret;
 use crate::text::printable;
+use crate::usage::{KeyInUse, Policy};
 use crate::vault::lease::Lease;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
 use crate::vetting::{self, VetError};
@@ -57,6 +59,12 @@ pub struct RunReport {
     /// Keys deactivated by earlier rotations, deleted now that their grace period ended.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purged: Vec<String>,
+    /// Old keys left active for their consumers (`retire-when-unused`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+    /// Old keys kept earlier that IAM shows still in use (or cannot say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<KeyInUse>,
     pub notes: Vec<String>,
     /// What `finalize` is to retire (for a dry run's plan and the audit log).
     #[serde(skip)]
@@ -106,6 +114,12 @@ pub enum RunError {
     NotFinalized { created: String, why: String },
     #[error("{0}")]
     Vetting(#[from] VetError),
+    #[error(
+        "{detail}, so the rotation is refused: a new key needs its place, and deleting it would \
+         break whatever still signs with it. Nothing was changed. Move that consumer to the \
+         current key; the old key is retired once IAM shows it unused for 'Unused Hours'"
+    )]
+    OldKeyInUse { detail: String },
     #[error(
         "the gateway is stopping: this record's rotation was not started; the next pass rotates it"
     )]
@@ -402,6 +416,8 @@ async fn rotate_once(
         retired: vec![],
         deactivated: vec![],
         purged: vec![],
+        kept: vec![],
+        in_use: vec![],
         notes: ignored,
         planned_retire: vec![],
     };
@@ -409,23 +425,36 @@ async fn rotate_once(
     if stopped() {
         return Err(RunError::Stopping);
     }
+    let policy = Policy::read(&ctx.config).map_err(RunError::BadField)?;
+    report.in_use =
+        retire::check_kept(&mut instance, &ctx, &mut ledger, policy, now, &mut report).await;
+    ctx.deactivated = ledger.for_plugin(now);
     let expired = ledger.expired_ids(now);
     if !expired.is_empty() && job.dry_run {
-        report.notes.push(format!(
-            "delete {}: deactivated by an earlier rotation, and the grace period has ended (if \
-             IAM still shows it inactive)",
-            expired.join(", ")
-        ));
+        let off: Vec<String> = ledger
+            .entries
+            .iter()
+            .filter(|e| !e.kept && expired.contains(&e.id))
+            .map(|e| e.id.clone())
+            .collect();
+        if !off.is_empty() {
+            report.notes.push(format!(
+                "delete {}: deactivated by an earlier rotation, and the grace period has ended \
+                 (if IAM still shows it inactive)",
+                off.join(", ")
+            ));
+        }
     } else if !expired.is_empty() {
-        match purge(&mut instance, writer, job, &ctx, &mut ledger, now).await {
-            Ok((purged, notes)) => {
+        match retire::purge(&mut instance, writer, job, &ctx, &mut ledger, now).await {
+            Ok((purged, deactivated, notes)) => {
                 report.purged = purged;
+                report.deactivated = deactivated;
                 report.notes.extend(notes);
             }
             // A rotation still runs: its plan makes room by itself if it must.
             Err(e) if job.rotate => report.notes.push(format!(
-                "the deactivated keys whose grace period ended were not deleted ({e}); the next \
-                 run tries again"
+                "the old keys due to be deleted or deactivated were not ({e}); the next run \
+                 tries again"
             )),
             Err(e) => return Err(e),
         }
@@ -434,6 +463,18 @@ async fn rotate_once(
     if !job.rotate {
         report.status = if job.dry_run { "planned" } else { "purged" };
         return Ok(report);
+    }
+    // The two-key rule: the kept key still in use holds the slot a new key needs.
+    if let Some(k) = report.in_use.first() {
+        if job.dry_run {
+            report
+                .notes
+                .push(format!("a rotation now would refuse: {}", k.describe()));
+            return Ok(report);
+        }
+        return Err(RunError::OldKeyInUse {
+            detail: k.describe(),
+        });
     }
     // Between plugin calls: after a purge, no rotation starts once stopping.
     // A key `rotate` created is always stored and finalized.
@@ -490,8 +531,8 @@ async fn rotate_once(
         vec![labels::PENDING]
     };
     if ledger.forget(&rotation.deleted) {
-        fields.extend(ledger_fields(&ledger));
-        remove.extend(ledger_removal(&ledger));
+        fields.extend(retire::ledger_fields(&ledger));
+        remove.extend(retire::ledger_removal(&ledger));
     }
     if let Err(source) = writer.store_rotation(&job.user_uid, fields, remove).await {
         if source.is_uncertain() {
@@ -515,17 +556,15 @@ async fn rotate_once(
             }
             report.notes.extend(done.notes);
             report.retired = [deleted, done.retired].concat();
-            let deactivated: Vec<String> = done
-                .deactivated
-                .iter()
-                .filter(|id| !holdings.held_elsewhere(id, &job.user_uid))
-                .cloned()
-                .collect();
-            if !deactivated.is_empty() {
-                record_deactivated(writer, job, &mut ledger, &deactivated, &mut report).await;
-            } else if job.mark_pending {
-                writer.remove_later(&job.user_uid, labels::PENDING);
-            }
+            retire::record_finalized(
+                writer,
+                holdings,
+                job,
+                &mut ledger,
+                (&done.deactivated, &done.kept),
+                &mut report,
+            )
+            .await;
             return Ok(report);
         }
         Ok(Err(e)) => e.to_string(),
@@ -601,90 +640,7 @@ fn lent_origins_allowed(
     Ok(())
 }
 
-/// `purge`, then the ledger without the entries the plugin is done with.
-/// Returns the keys deleted and the plugin's notes.
-async fn purge(
-    instance: &mut Instance,
-    writer: &VaultWriter,
-    job: &Job,
-    ctx: &Context,
-    ledger: &mut Ledger,
-    now: chrono::DateTime<Utc>,
-) -> Result<(Vec<String>, Vec<String>), RunError> {
-    let done = match instance.purge(ctx).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(error)) => {
-            return Err(RunError::Plugin {
-                stage: "purge",
-                error,
-            });
-        }
-        Err(e) => return Err(RunError::Sandbox(e)),
-    };
-    for id in &done.retired {
-        tracing::info!(user = %printable(&job.user_uid), key = %id, "deactivated key deleted after its grace period");
-    }
-    ledger.forget_expired(now, &done.deactivated);
-    writer
-        .store(&job.user_uid, ledger_fields(ledger), ledger_removal(ledger))
-        .await
-        .map_err(RunError::Saving)?;
-    Ok((done.retired, done.notes))
-}
-
-/// Records what `finalize` deactivated, with the time, so a later pass deletes
-/// it after the grace period. Failing to record it loses no key: the next
-/// rotation deletes it to make room instead.
-async fn record_deactivated(
-    writer: &VaultWriter,
-    job: &Job,
-    ledger: &mut Ledger,
-    ids: &[String],
-    report: &mut RunReport,
-) {
-    let (good, bad): (Vec<String>, Vec<String>) =
-        ids.iter().cloned().partition(|id| grace::recordable(id));
-    if !bad.is_empty() {
-        report.notes.push(format!(
-            "the plugin deactivated {} credential(s) whose id the host cannot record; they are \
-             not deleted after the grace period",
-            bad.len()
-        ));
-    }
-    ledger.add(&good, Utc::now());
-    let mut remove = ledger_removal(ledger);
-    remove.extend(job.mark_pending.then_some(labels::PENDING));
-    if let Err(e) = writer
-        .store(&job.user_uid, ledger_fields(ledger), remove)
-        .await
-    {
-        report.notes.push(format!(
-            "the old key(s) {} were deactivated, but recording them in '{}' failed ({e}); \
-             the next rotation deletes them to make room",
-            good.join(", "),
-            labels::DEACTIVATED
-        ));
-    }
-    report.deactivated = good;
-}
-
-fn ledger_fields(ledger: &Ledger) -> Vec<StoreField> {
-    ledger
-        .render()
-        .map(|v| text_field(labels::DEACTIVATED, &v))
-        .into_iter()
-        .collect()
-}
-
-fn ledger_removal(ledger: &Ledger) -> Vec<&'static str> {
-    if ledger.render().is_none() {
-        vec![labels::DEACTIVATED]
-    } else {
-        vec![]
-    }
-}
-
-fn text_field(label: &str, value: &str) -> StoreField {
+pub(crate) fn text_field(label: &str, value: &str) -> StoreField {
     StoreField {
         label: label.to_string(),
         aliases: vec![],

@@ -32,6 +32,10 @@ pub mod labels {
     pub const DEACTIVATED: &str = "Deactivated Keys";
     /// On the config record: days a deactivated credential is kept.
     pub const GRACE_DAYS: &str = "Inactive Grace Days";
+    /// On the config record: hours without use before a kept old key is retired.
+    pub const UNUSED_HOURS: &str = "Unused Hours";
+    /// On the config record: days a kept old key may stay in use before a warning.
+    pub const OVERLAP_DAYS: &str = "Overlap Max Days";
     /// On the config record: the logins it serves, one pattern per line.
     pub const SCOPE: &str = "Rotation Scope";
     /// On the config record: lend the host's own AWS identity to the plugin.

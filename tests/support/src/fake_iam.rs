@@ -141,6 +141,11 @@ struct State {
     page_size: Option<usize>,
     /// Added to every answer: the network and service time of real IAM.
     latency: Duration,
+    /// Key id to every use IAM recorded of it: when, and with which service.
+    uses: HashMap<String, Vec<(SystemTime, &'static str)>>,
+    /// Uses this recent are not reported yet by `GetAccessKeyLastUsed`
+    /// (IAM's last-use data is not real time).
+    use_lag: Duration,
 }
 
 /// An answer to hold back: the fake signals `arrived`, then waits on `release`.
@@ -216,6 +221,27 @@ impl FakeIam {
             .keys
             .push(key.clone());
         key
+    }
+
+    /// Records that a consumer used `key_id` at `at` with `service`, as IAM
+    /// would after a signed request (a real request records one too).
+    pub fn record_use(&self, key_id: &str, at: SystemTime, service: &'static str) {
+        let mut s = self.state.lock().unwrap();
+        s.uses.entry(key_id.into()).or_default().push((at, service));
+    }
+
+    /// The clock moves on by `by`, as far as recorded uses go: each moves back.
+    pub fn shift_uses(&self, by: Duration) {
+        for uses in self.state.lock().unwrap().uses.values_mut() {
+            for (at, _) in uses.iter_mut() {
+                *at -= by;
+            }
+        }
+    }
+
+    /// From now on, `GetAccessKeyLastUsed` leaves out uses younger than `lag`.
+    pub fn use_lag(&self, lag: Duration) {
+        self.state.lock().unwrap().use_lag = lag;
     }
 
     pub fn deactivate(&self, user: &str, key_id: &str) {
@@ -617,6 +643,14 @@ fn handle(
     if let Err(refusal) = sigv4::verify(&auth, &secret, &expected, &req.headers, &req.body) {
         return refused(refusal, &auth, &expected, req);
     }
+    // IAM records the last use of a key on every authenticated request.
+    s.uses
+        .entry(auth.key_id.clone())
+        .or_default()
+        .push((SystemTime::now(), expected.service));
+    if action == "GetAccessKeyLastUsed" {
+        return last_used(&s, &signer, params);
+    }
     if action == "GetCallerIdentity" {
         if let Some(left) = s.sts_unknown.get_mut(&auth.key_id) {
             *left -= 1;
@@ -773,8 +807,94 @@ fn handle(
                 ),
             }
         }
+        "UpdateAccessKey" => {
+            let id = params.get("AccessKeyId").cloned().unwrap_or_default();
+            let active = match params.get("Status").map(String::as_str) {
+                Some("Active") => true,
+                Some("Inactive") => false,
+                _ => return error(400, "ValidationError", "Status must be Active or Inactive"),
+            };
+            let user = s.users.get_mut(&target).unwrap();
+            match user.keys.iter_mut().find(|k| k.id == id) {
+                Some(k) => {
+                    k.active = active;
+                    (
+                        200,
+                        "<UpdateAccessKeyResponse><ResponseMetadata/></UpdateAccessKeyResponse>"
+                            .into(),
+                    )
+                }
+                None => error(
+                    404,
+                    "NoSuchEntity",
+                    &format!("The Access Key with id {id} cannot be found."),
+                ),
+            }
+        }
         _ => error(400, "InvalidAction", "unknown action"),
     }
+}
+
+/// `GetAccessKeyLastUsed`: names the key's owner, which `signer` must manage;
+/// reports the latest use older than the lag, with `N/A` when there is none.
+fn last_used(s: &State, signer: &str, params: &HashMap<String, String>) -> (u16, String) {
+    let id = params.get("AccessKeyId").cloned().unwrap_or_default();
+    let Some(owner) = s
+        .users
+        .iter()
+        .find(|(_, u)| u.keys.iter().any(|k| k.id == id))
+        .map(|(name, _)| name.clone())
+    else {
+        return error(
+            404,
+            "NoSuchEntity",
+            &format!("The Access Key with id {id} cannot be found."),
+        );
+    };
+    if owner != signer && !s.users[signer].manages.contains(&owner) {
+        return error(
+            403,
+            "AccessDenied",
+            &format!(
+                "User {} is not authorized to perform iam:GetAccessKeyLastUsed on {}",
+                FakeIam::arn(signer),
+                FakeIam::arn(&owner)
+            ),
+        );
+    }
+    let cutoff = SystemTime::now() - s.use_lag;
+    let last = s
+        .uses
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .filter(|(at, _)| *at <= cutoff)
+        .max_by_key(|(at, _)| *at);
+    let used = match last {
+        Some((at, service)) => format!(
+            "<LastUsedDate>{}</LastUsedDate><ServiceName>{service}</ServiceName><Region>{SIGNING_REGION}</Region>",
+            httpdate_iso(*at)
+        ),
+        None => "<ServiceName>N/A</ServiceName><Region>N/A</Region>".into(),
+    };
+    (
+        200,
+        format!(
+            "<GetAccessKeyLastUsedResponse><GetAccessKeyLastUsedResult><UserName>{owner}</UserName><AccessKeyLastUsed>{used}</AccessKeyLastUsed></GetAccessKeyLastUsedResult></GetAccessKeyLastUsedResponse>"
+        ),
+    )
+}
+
+/// `at` as IAM writes dates: ISO 8601, UTC, whole seconds.
+fn httpdate_iso(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -43,8 +43,9 @@ impl VaultFile {
         self.dir.path()
     }
 
-    /// Rewrites the first value of field `label` of record `uid`, as an
-    /// operator editing the file would (the file keeps its mode).
+    /// Rewrites the first value of field `label` of record `uid`, or adds a
+    /// custom text field, as an operator editing the file would (the file
+    /// keeps its mode).
     pub fn set_field(&self, uid: &str, label: &str, value: &str) {
         let mut doc = self.json();
         let record = doc["records"]
@@ -71,7 +72,14 @@ impl VaultFile {
                     ("custom", i - in_fields)
                 }
             }
-            None => panic!("record {uid} has no field {label}"),
+            None => {
+                record["custom"]
+                    .as_array_mut()
+                    .expect("the record has custom fields")
+                    .push(json!({"type": "text", "label": label, "value": [value]}));
+                std::fs::write(&self.path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+                return;
+            }
         };
         record[section][index]["value"] = json!([value]);
         std::fs::write(&self.path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();

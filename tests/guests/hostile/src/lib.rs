@@ -196,6 +196,10 @@ impl bindings::Guest for Hostile {
         Ok(())
     }
 
+    fn last_used(_: wit::Context) -> Result<Vec<wit::CredentialUse>, wit::PluginError> {
+        Err(wit::PluginError::Failed("not used".into()))
+    }
+
     fn purge(_: wit::Context) -> Result<wit::Finalized, wit::PluginError> {
         Err(wit::PluginError::Failed("not used".into()))
     }
