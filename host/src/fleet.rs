@@ -534,33 +534,31 @@ impl Fleet {
         report: &mut PassReport,
     ) -> Result<(Vec<Work>, Arc<Holdings>), FleetError> {
         let info = self.plugin.info().await?;
-        let all: Vec<Record> = vault
-            .uids()
-            .iter()
-            .filter_map(|uid| vault.record(uid, "-u", None).ok())
-            .collect();
-        let holdings = Arc::new(Holdings::scan(&all, &info.credential_id_fields));
+        // One record at a time: a vault is never held in memory twice.
+        let holdings = Arc::new(Holdings::default());
         let mut failed: BTreeMap<String, VetError> = BTreeMap::new();
-        let mut members = Vec::new();
-        for (uid, records) in all.into_iter().filter_map(|r| fleet_records(vault, r)) {
-            match vetting::check_config(&records.user, &records.config, true) {
-                Ok(()) => members.push((uid, records)),
-                Err(e) => {
-                    failed.insert(uid, e);
-                }
-            }
-        }
-        let subjects = vetting::subjects(&self.plugin, &self.identity, &members).await;
         let mut good = BTreeMap::new();
-        for ((uid, records), subject) in members.iter().zip(subjects) {
-            let checked = subject
-                .and_then(|s| vetting::check_scope(uid, &s, &records.config, true).map(|()| s));
+        let mut subjects = vetting::Subjects::new(&self.plugin, &self.identity);
+        for uid in vault.uids() {
+            let Ok(record) = vault.record(&uid, "-u", None) else {
+                continue;
+            };
+            holdings.add_record(&record, &info.credential_id_fields);
+            let Some((uid, records)) = fleet_records(vault, record) else {
+                continue;
+            };
+            let checked = match vetting::check_config(&records.user, &records.config, true) {
+                Ok(()) => subjects.of(&records).await.and_then(|s| {
+                    vetting::check_scope(&uid, &s, &records.config, true).map(|()| s)
+                }),
+                Err(e) => Err(e),
+            };
             match checked {
                 Ok(s) => {
-                    good.insert(uid.clone(), s);
+                    good.insert(uid, s);
                 }
                 Err(e) => {
-                    failed.insert(uid.clone(), e);
+                    failed.insert(uid, e);
                 }
             }
         }

@@ -34,6 +34,14 @@ impl Holdings {
         }
     }
 
+    /// Adds `record`'s ids (see `scan`).
+    pub fn add_record(&self, record: &Record, id_fields: &[String]) {
+        let mut by_id = self.by_id.write().expect("never poisoned");
+        for id in held_ids(record, id_fields) {
+            by_id.entry(id).or_default().insert(record.uid.clone());
+        }
+    }
+
     /// Record `uid` holds `id` from now on (a credential its rotation created).
     pub fn add(&self, id: &str, uid: &str) {
         self.by_id

@@ -261,32 +261,31 @@ async fn vet_run(
     records: &Records,
 ) -> Result<Arc<Holdings>, RunError> {
     let info = plugin.info().await?;
-    let all: Vec<Record> = vault
-        .uids()
-        .iter()
-        .filter_map(|uid| vault.record(uid, "-u", None).ok())
-        .collect();
-    let holdings = Holdings::scan(&all, &info.credential_id_fields);
-    let mut candidates = vec![(job.user_uid.clone(), records.clone())];
-    candidates.extend(
-        all.into_iter()
-            .filter(|r| r.uid != job.user_uid)
-            .filter_map(|r| fleet_records(vault, r)),
-    );
-    let subjects = vetting::subjects(plugin, identity, &candidates).await;
-    let mine = subjects[0].clone()?;
+    let mut subjects = vetting::Subjects::new(plugin, identity);
+    let mine = subjects.of(records).await?;
     vetting::check_scope(&job.user_uid, &mine, &records.config, false)?;
-    let others = candidates
-        .iter()
-        .zip(&subjects)
-        .skip(1)
-        .filter_map(|((uid, _), s)| Some((uid.as_str(), s.as_ref().ok()?)));
-    let duplicates =
-        vetting::duplicates(std::iter::once((job.user_uid.as_str(), &mine)).chain(others));
-    match duplicates.get(&job.user_uid) {
-        Some(e) => Err(e.clone().into()),
-        None => Ok(Arc::new(holdings)),
+    // One record at a time: a vault is never held in memory twice.
+    let holdings = Holdings::default();
+    for uid in vault.uids() {
+        let Ok(record) = vault.record(&uid, "-u", None) else {
+            continue;
+        };
+        holdings.add_record(&record, &info.credential_id_fields);
+        if uid == job.user_uid {
+            continue;
+        }
+        let Some((_, theirs)) = fleet_records(vault, record) else {
+            continue;
+        };
+        if let Ok(s) = subjects.of(&theirs).await
+            && let Some(e) =
+                vetting::duplicates([(job.user_uid.as_str(), &mine), (uid.as_str(), &s)])
+                    .remove(&job.user_uid)
+        {
+            return Err(e.into());
+        }
     }
+    Ok(Arc::new(holdings))
 }
 
 /// The records a fleet pass would rotate `user` with, if it is a fleet member.

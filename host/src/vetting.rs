@@ -203,42 +203,43 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Each record's subject, from one instance that can reach nothing (a
-/// stopped instance is replaced a few times, then the rest fail with it).
-pub async fn subjects(
-    plugin: &Plugin,
-    identity: &GatewayIdentity,
-    candidates: &[(String, Records)],
-) -> Vec<Result<Subject, VetError>> {
-    let mut out = Vec::with_capacity(candidates.len());
-    let mut instance: Option<Instance> = None;
-    let mut fresh = 0;
-    for (_, records) in candidates {
-        if instance.is_none() && fresh < FRESH_INSTANCES {
-            fresh += 1;
-            instance = match plugin.instantiate().await {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    out.push(Err(sandbox(&e)));
-                    continue;
-                }
-            };
+/// Works out records' subjects one at a time on one instance that can reach
+/// nothing (a stopped instance is replaced a few times, then every later
+/// record fails with it), so a vault is never held in memory whole for this.
+pub struct Subjects<'a> {
+    plugin: &'a Plugin,
+    identity: &'a GatewayIdentity,
+    instance: Option<Instance>,
+    fresh: usize,
+}
+
+impl<'a> Subjects<'a> {
+    pub fn new(plugin: &'a Plugin, identity: &'a GatewayIdentity) -> Self {
+        Self {
+            plugin,
+            identity,
+            instance: None,
+            fresh: 0,
         }
-        let Some(i) = instance.as_mut() else {
-            out.push(Err(VetError::Sandbox(
+    }
+
+    /// The subject of a rotation of `records`.
+    pub async fn of(&mut self, records: &Records) -> Result<Subject, VetError> {
+        if self.instance.is_none() && self.fresh < FRESH_INSTANCES {
+            self.fresh += 1;
+            self.instance = Some(self.plugin.instantiate().await.map_err(|e| sandbox(&e))?);
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(VetError::Sandbox(
                 "the plugin's `subject` was stopped too often; these records were not rotated"
                     .into(),
                 false,
-            )));
-            continue;
+            ));
         };
-        let lent = match identity.wanted(&records.config) {
-            Ok(lent) => lent,
-            Err(bad) => {
-                out.push(Err(VetError::Field(bad)));
-                continue;
-            }
-        };
+        let lent = self
+            .identity
+            .wanted(&records.config)
+            .map_err(VetError::Field)?;
         let ctx = Context {
             user: records.user.clone(),
             config: records.config.clone(),
@@ -253,16 +254,15 @@ pub async fn subjects(
             }),
             deactivated: vec![],
         };
-        out.push(match i.subject(&ctx).await {
+        match instance.subject(&ctx).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(VetError::Plugin(e)),
             Err(e) => {
-                instance = None;
+                self.instance = None;
                 Err(sandbox(&e))
             }
-        });
+        }
     }
-    out
 }
 
 fn sandbox(e: &SandboxError) -> VetError {

@@ -52,13 +52,20 @@ def due(path):
     json.dump(doc, open(path, "w"))
 
 
-def pad(path, total, out):
+def pad(path, total, out, members=False):
+    """Adds PAM users up to `total` records; with `members`, each is a fleet
+    member of the first record's config (not due), as in a real vault."""
     doc = json.load(open(path))
+    config = doc["records"][0]["uid"]
     for i in range(total - len(doc["records"])):
+        custom = [{"type": "text", "label": "aws_access_key_id", "value": [f"AKIAFILLER{i:010d}"]}]
+        if members:
+            custom += [{"type": "text", "label": "Rotation Config", "value": [config]},
+                       {"type": "text", "label": "Last Rotated", "value": ["2099-01-01T00:00:00Z"]}]
         doc["records"].append({
-            "uid": f"filler{i:07d}", "type": "pamUser", "title": f"user{i}",
-            "fields": [{"type": "login", "value": [f"user{i}"]}],
-            "custom": [{"type": "text", "label": "aws_access_key_id", "value": [f"AKIAFILLER{i:010d}"]}],
+            "uid": f"filler{i:07d}", "type": "pamUser", "title": f"fleetfiller{i}",
+            "fields": [{"type": "login", "value": [f"fleetfiller{i}"]}],
+            "custom": custom,
         })
     json.dump(doc, open(out, "w"))
 
@@ -89,7 +96,7 @@ if __name__ == "__main__":
     elif cmd == "due":
         due(args[0])
     elif cmd == "pad":
-        pad(args[0], int(args[1]), args[2])
+        pad(args[0], int(args[1]), args[2], members=args[3:] == ["members"])
     elif cmd == "fake":
         fake(args[0], args[1])
     else:
