@@ -110,6 +110,25 @@ impl Setup {
         self.command(&args).output().unwrap().into()
     }
 
+    /// `run` on user1, started and left running, its output piped.
+    fn spawn_run(&self) -> std::process::Child {
+        let config = self.config_path();
+        self.command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    }
+
     /// The key id Keeper's readers see on the PAM user record.
     fn vault_key(&self) -> String {
         self.ksm.field("user1", "aws_access_key_id").unwrap()
@@ -293,22 +312,7 @@ fn a_failed_store_rolls_the_new_key_back() {
 fn a_revision_conflict_is_not_overwritten() {
     let s = setup();
     let arrived = s.iam.hold("CreateAccessKey");
-    let config = s.config_path();
-    let child = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn_run();
     arrived.recv_timeout(Duration::from_secs(120)).unwrap();
     s.ksm.touch("user1");
     s.iam.release();
@@ -632,22 +636,7 @@ fn run_against_keeper_keeps_a_key_another_record_holds() {
 fn a_second_writer_sees_the_lease_and_changes_nothing() {
     let s = setup();
     let arrived = s.iam.hold("CreateAccessKey");
-    let config = s.config_path();
-    let first = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = s.spawn_run();
     arrived
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the first writer never created a key");

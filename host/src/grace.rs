@@ -247,23 +247,10 @@ fn parse_line(line: &str) -> Option<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-    use crate::vault::Field;
 
     fn record(uid: &str, fields: &[(&str, &str)]) -> Record {
-        Record {
-            uid: uid.into(),
-            record_type: "pamUser".into(),
-            title: String::new(),
-            fields: fields
-                .iter()
-                .map(|(label, value)| Field {
-                    kind: "text".into(),
-                    label: Some(label.to_string()),
-                    values: vec![Secret::new(*value)],
-                })
-                .collect(),
-        }
+        let fields: Vec<_> = fields.iter().map(|(l, v)| ("text", *l, *v)).collect();
+        Record::for_test(uid, &fields)
     }
 
     fn at(s: &str) -> DateTime<Utc> {

@@ -123,23 +123,9 @@ fn held_ids(record: &Record, id_fields: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-    use crate::vault::Field;
 
     fn record(uid: &str, fields: &[(&str, &str, &str)]) -> Record {
-        Record {
-            uid: uid.into(),
-            record_type: "pamUser".into(),
-            title: String::new(),
-            fields: fields
-                .iter()
-                .map(|(kind, label, value)| Field {
-                    kind: kind.to_string(),
-                    label: (!label.is_empty()).then(|| label.to_string()),
-                    values: vec![Secret::new(*value)],
-                })
-                .collect(),
-        }
+        Record::for_test(uid, fields)
     }
 
     #[test]

@@ -231,23 +231,10 @@ fn judge_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-    use crate::vault::Field;
 
     fn record(fields: &[(&str, &str)]) -> Record {
-        Record {
-            uid: "u".into(),
-            record_type: "pamUser".into(),
-            title: String::new(),
-            fields: fields
-                .iter()
-                .map(|(label, value)| Field {
-                    kind: "text".into(),
-                    label: Some(label.to_string()),
-                    values: vec![Secret::new(*value)],
-                })
-                .collect(),
-        }
+        let fields: Vec<_> = fields.iter().map(|(l, v)| ("text", *l, *v)).collect();
+        Record::for_test("u", &fields)
     }
 
     fn at(s: &str) -> DateTime<Utc> {

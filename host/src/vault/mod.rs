@@ -269,6 +269,27 @@ pub struct Record {
     pub fields: Vec<Field>,
 }
 
+#[cfg(test)]
+impl Record {
+    /// A PAM user record `uid` with one-value fields `(kind, label, value)`
+    /// (an empty label is none), for unit tests.
+    pub fn for_test(uid: &str, fields: &[(&str, &str, &str)]) -> Self {
+        Self {
+            uid: uid.into(),
+            record_type: "pamUser".into(),
+            title: String::new(),
+            fields: fields
+                .iter()
+                .map(|(kind, label, value)| Field {
+                    kind: kind.to_string(),
+                    label: (!label.is_empty()).then(|| label.to_string()),
+                    values: vec![Secret::new(*value)],
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Record {
     /// The first non-blank value of the first field labelled `label`, trimmed.
     /// Labels match in any case and around spaces: the one place that decides it.
