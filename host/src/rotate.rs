@@ -71,6 +71,24 @@ pub struct RunReport {
     pub planned_retire: Vec<String>,
 }
 
+impl RunReport {
+    /// An empty report of `job`, starting with `notes`.
+    fn new(job: &Job, notes: Vec<String>) -> Self {
+        Self {
+            status: if job.dry_run { "planned" } else { "rotated" },
+            user_uid: printable(&job.user_uid),
+            created: None,
+            retired: vec![],
+            deactivated: vec![],
+            purged: vec![],
+            kept: vec![],
+            in_use: vec![],
+            notes,
+            planned_retire: vec![],
+        }
+    }
+}
+
 /// Why a run failed. Every message says what happened to the vault and to the
 /// service, and what to do next.
 #[derive(Debug, Error)]
@@ -344,232 +362,295 @@ pub async fn rotate_record(
     result
 }
 
-/// `rotate_record` once the record is the run's own (leased where the vault needs it).
+/// `rotate_record` once the record is the run's own (leased where the vault
+/// needs it): the one place that knows the order of a rotation's steps.
 async fn rotate_once(
     core: &Rotator<'_>,
     job: &Job,
     records: Records,
 ) -> Result<RunReport, RunError> {
-    let Rotator {
-        plugin,
-        writer,
-        identity,
-        holdings,
-        stopping,
-    } = core;
-    let stopped = || stopping.load(Ordering::SeqCst);
-    let Records {
-        user,
-        config,
-        provider,
-    } = records;
-    let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
-    let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
-    let host_credential = if identity.wanted(&config).map_err(RunError::BadField)? {
-        Some(identity.credential().await?)
-    } else {
-        None
-    };
-    let mut instance = plugin.instantiate().await?;
-    instance.hold(holdings.clone(), &job.user_uid);
-    let info = instance.info().await?;
-    if let Some((id, others)) = holdings
-        .shared(&user, &info.credential_id_fields)
-        .into_iter()
-        .next()
-    {
-        return Err(RunError::SharedCredential {
-            uid: printable(&job.user_uid),
-            id: printable(&id),
-            others: quoted(&others),
-        });
+    let mut run = InFlight::start(core, job, records).await?;
+    run.old_keys().await?;
+    if !job.rotate {
+        run.report.status = if job.dry_run { "planned" } else { "purged" };
+        return Ok(run.report);
     }
-    let schema = instance.config_schema().await?;
-    for secret in secrets(&schema, &user, &config, provider.as_ref()) {
-        instance.add_secret(&secret);
-    }
-    if let Some(h) = &host_credential {
-        instance.add_secret(h.secret.expose());
-        if let Some(t) = &h.session_token {
-            instance.add_secret(t.expose());
+    // The two-key rule: a kept key still in use holds the slot a new key needs.
+    if let Some(k) = run.report.in_use.first() {
+        let detail = k.describe();
+        if job.dry_run {
+            run.report
+                .notes
+                .push(format!("a rotation now would refuse: {detail}"));
+            return Ok(run.report);
         }
+        return Err(RunError::OldKeyInUse { detail });
     }
-    let policy = &plugin.limits().network;
-    if host_credential.is_some() {
-        lent_origins_allowed(&schema, &config, policy)?;
+    // Between plugin calls: after a purge, no rotation starts once stopping.
+    // A key `rotate` created is always stored and finalized.
+    run.not_stopping()?;
+    let rotation = run.rotate().await?;
+    if job.dry_run {
+        return Ok(run.report);
     }
-    instance.allow(allow_list(&info.allowed_hosts, &schema, &config, policy)?);
-    let now = Utc::now();
-    let mut ctx = Context {
-        user,
-        config,
-        provider,
-        dry_run: job.dry_run,
-        host_credential,
-        deactivated: ledger.for_plugin(now),
-    };
-    let mut report = RunReport {
-        status: if job.dry_run { "planned" } else { "rotated" },
-        user_uid: printable(&job.user_uid),
-        created: None,
-        retired: vec![],
-        deactivated: vec![],
-        purged: vec![],
-        kept: vec![],
-        in_use: vec![],
-        notes: ignored,
-        planned_retire: vec![],
-    };
+    let created = run.store(&rotation).await?;
+    run.finalize(&rotation, created).await
+}
 
-    if stopped() {
-        return Err(RunError::Stopping);
-    }
-    let policy = Policy::read(&ctx.config).map_err(RunError::BadField)?;
-    report.in_use =
-        retire::check_kept(&mut instance, &ctx, &mut ledger, policy, now, &mut report).await;
-    ctx.deactivated = ledger.for_plugin(now);
-    let expired = ledger.expired_ids(now);
-    if !expired.is_empty() && job.dry_run {
-        let off: Vec<String> = ledger
-            .entries
-            .iter()
-            .filter(|e| !e.kept && expired.contains(&e.id))
-            .map(|e| e.id.clone())
-            .collect();
-        if !off.is_empty() {
-            report.notes.push(format!(
-                "delete {}: deactivated by an earlier rotation, and the grace period has ended \
-                 (if IAM still shows it inactive)",
-                off.join(", ")
-            ));
+/// One rotation under way: its instance, the context it hands the plugin,
+/// the record's ledger and the report so far.
+struct InFlight<'a> {
+    core: &'a Rotator<'a>,
+    job: &'a Job,
+    instance: Instance,
+    ctx: Context,
+    ledger: Ledger,
+    report: RunReport,
+    plugin_name: String,
+    /// Keys `rotate` deleted to make room.
+    deleted: Vec<String>,
+}
+
+impl<'a> InFlight<'a> {
+    /// Reads the ledger, borrows the host's identity if lent, and prepares an
+    /// instance: I6's check, the secrets to mask, the allowlist.
+    async fn start(
+        core: &'a Rotator<'a>,
+        job: &'a Job,
+        records: Records,
+    ) -> Result<Self, RunError> {
+        let Records {
+            user,
+            config,
+            provider,
+        } = records;
+        let holdings = &core.holdings;
+        let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
+        let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
+        let host_credential = if core.identity.wanted(&config).map_err(RunError::BadField)? {
+            Some(core.identity.credential().await?)
+        } else {
+            None
+        };
+        let mut instance = core.plugin.instantiate().await?;
+        instance.hold(holdings.clone(), &job.user_uid);
+        let info = instance.info().await?;
+        if let Some((id, others)) = holdings
+            .shared(&user, &info.credential_id_fields)
+            .into_iter()
+            .next()
+        {
+            return Err(RunError::SharedCredential {
+                uid: printable(&job.user_uid),
+                id: printable(&id),
+                others: quoted(&others),
+            });
         }
-    } else if !expired.is_empty() {
-        match retire::purge(&mut instance, writer, job, &ctx, &mut ledger, now).await {
-            Ok((purged, deactivated, notes)) => {
-                report.purged = purged;
-                report.deactivated = deactivated;
-                report.notes.extend(notes);
+        let schema = instance.config_schema().await?;
+        for secret in secrets(&schema, &user, &config, provider.as_ref()) {
+            instance.add_secret(&secret);
+        }
+        if let Some(h) = &host_credential {
+            instance.add_secret(h.secret.expose());
+            if let Some(t) = &h.session_token {
+                instance.add_secret(t.expose());
             }
-            // A rotation still runs: its plan makes room by itself if it must.
-            Err(e) if job.rotate => report.notes.push(format!(
+        }
+        let policy = &core.plugin.limits().network;
+        if host_credential.is_some() {
+            lent_origins_allowed(&schema, &config, policy)?;
+        }
+        instance.allow(allow_list(&info.allowed_hosts, &schema, &config, policy)?);
+        let ctx = Context {
+            user,
+            config,
+            provider,
+            dry_run: job.dry_run,
+            host_credential,
+            deactivated: ledger.for_plugin(Utc::now()),
+        };
+        Ok(Self {
+            core,
+            job,
+            instance,
+            ctx,
+            ledger,
+            report: RunReport::new(job, ignored),
+            plugin_name: info.name.clone(),
+            deleted: vec![],
+        })
+    }
+
+    fn not_stopping(&self) -> Result<(), RunError> {
+        if self.core.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
+        Ok(())
+    }
+
+    /// Old keys first: judges the kept ones by their last use, then deletes
+    /// (or deactivates) those whose time has come. A rotation still runs if
+    /// this fails: its plan makes room by itself if it must.
+    async fn old_keys(&mut self) -> Result<(), RunError> {
+        self.not_stopping()?;
+        let now = Utc::now();
+        let policy = Policy::read(&self.ctx.config).map_err(RunError::BadField)?;
+        self.report.in_use = retire::check_kept(
+            &mut self.instance,
+            &self.ctx,
+            &mut self.ledger,
+            policy,
+            now,
+            &mut self.report,
+        )
+        .await;
+        self.ctx.deactivated = self.ledger.for_plugin(now);
+        let expired = self.ledger.expired_ids(now);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        if self.job.dry_run {
+            let off = self
+                .ledger
+                .entries
+                .iter()
+                .filter(|e| !e.kept && expired.contains(&e.id));
+            let off: Vec<&str> = off.map(|e| e.id.as_str()).collect();
+            if !off.is_empty() {
+                self.report.notes.push(format!(
+                    "delete {}: deactivated by an earlier rotation, and the grace period has \
+                     ended (if IAM still shows it inactive)",
+                    off.join(", ")
+                ));
+            }
+            return Ok(());
+        }
+        let (instance, writer) = (&mut self.instance, self.core.writer);
+        match retire::purge(instance, writer, self.job, &self.ctx, &mut self.ledger, now).await {
+            Ok((purged, deactivated, notes)) => {
+                self.report.purged = purged;
+                self.report.deactivated = deactivated;
+                self.report.notes.extend(notes);
+            }
+            Err(e) if self.job.rotate => self.report.notes.push(format!(
                 "the old keys due to be deleted or deactivated were not ({e}); the next run \
                  tries again"
             )),
             Err(e) => return Err(e),
         }
-        ctx.deactivated = ledger.for_plugin(now);
+        self.ctx.deactivated = self.ledger.for_plugin(now);
+        Ok(())
     }
-    if !job.rotate {
-        report.status = if job.dry_run { "planned" } else { "purged" };
-        return Ok(report);
-    }
-    // The two-key rule: the kept key still in use holds the slot a new key needs.
-    if let Some(k) = report.in_use.first() {
-        if job.dry_run {
-            report
-                .notes
-                .push(format!("a rotation now would refuse: {}", k.describe()));
-            return Ok(report);
-        }
-        return Err(RunError::OldKeyInUse {
-            detail: k.describe(),
-        });
-    }
-    // Between plugin calls: after a purge, no rotation starts once stopping.
-    // A key `rotate` created is always stored and finalized.
-    if stopped() {
-        return Err(RunError::Stopping);
-    }
-    tracing::info!(plugin = %info.name, user = %printable(&job.user_uid), dry_run = job.dry_run, "rotating");
 
-    let rotation = match instance.rotate(&ctx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(error)) => {
+    /// `rotate`: the plan, or the new key and what to store. Its secrets are
+    /// masked from here on, and its id joins the holdings at once (I6).
+    async fn rotate(&mut self) -> Result<crate::plugin::Rotation, RunError> {
+        let uid = self.job.user_uid.as_str();
+        tracing::info!(plugin = %self.plugin_name, user = %printable(uid), dry_run = self.job.dry_run, "rotating");
+        let rotation = match self.instance.rotate(&self.ctx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(error)) => {
+                return Err(RunError::Plugin {
+                    stage: "rotate",
+                    error,
+                });
+            }
+            Err(source) => return Err(RunError::RotateStopped { source }),
+        };
+        for f in rotation
+            .fields
+            .iter()
+            .filter(|f| f.kind == ValueKind::Secret)
+        {
+            self.instance.add_secret(f.value.expose());
+        }
+        let holdings = &self.core.holdings;
+        if let Some(created) = &rotation.created {
+            holdings.add(created, uid);
+        }
+        let rotation = keep_held_elsewhere(rotation, holdings, uid, &mut self.report.notes);
+        let clean = |ids: &[String]| ids.iter().map(|d| self.instance.clean(d)).collect();
+        self.report.created = rotation.created.as_deref().map(|c| self.instance.clean(c));
+        self.deleted = clean(&rotation.deleted);
+        self.report.planned_retire = clean(&rotation.retire);
+        self.report.notes.extend(rotation.notes.iter().cloned());
+        Ok(rotation)
+    }
+
+    /// Stores the new key durably before any old key is touched (I1, I2),
+    /// with `Last Rotated` (and, in a pass, `Rotation Pending`) in the same
+    /// save; keys deleted to make room leave the ledger in it too. If the save
+    /// fails, `rollback` deletes the new key, unless it may have been stored.
+    async fn store(&mut self, rotation: &crate::plugin::Rotation) -> Result<String, RunError> {
+        let job = self.job;
+        let Some(created) = self.report.created.clone() else {
             return Err(RunError::Plugin {
                 stage: "rotate",
-                error,
+                error: PluginError::Failed("the plugin returned no new credential".into()),
+            });
+        };
+        let user = printable(&job.user_uid);
+        tracing::info!(user = %user, key = %created, "new key created; storing it before anything is deleted");
+        let mut fields = rotation.fields.clone();
+        fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
+        let mut remove = if job.mark_pending {
+            fields.push(text_field(labels::PENDING, "finalize"));
+            vec![]
+        } else {
+            vec![labels::PENDING]
+        };
+        if self.ledger.forget(&rotation.deleted) {
+            fields.extend(retire::ledger_fields(&self.ledger));
+            remove.extend(retire::ledger_removal(&self.ledger));
+        }
+        let writer = self.core.writer;
+        if let Err(source) = writer.store_rotation(&job.user_uid, fields, remove).await {
+            if source.is_uncertain() {
+                // The key may be in the vault now: deleting it could lock the user out.
+                return Err(RunError::StoreUncertain { created, source });
+            }
+            let rollback = rollback(&mut self.instance, &self.ctx, rotation, &created).await;
+            return Err(RunError::StoreFailed {
+                created,
+                source,
+                rollback,
             });
         }
-        Err(source) => return Err(RunError::RotateStopped { source }),
-    };
-    for f in rotation
-        .fields
-        .iter()
-        .filter(|f| f.kind == ValueKind::Secret)
-    {
-        instance.add_secret(f.value.expose());
+        tracing::info!(user = %user, key = %created, "new key stored");
+        Ok(created)
     }
-    if let Some(created) = &rotation.created {
-        holdings.add(created, &job.user_uid);
-    }
-    let rotation = keep_held_elsewhere(rotation, holdings, &job.user_uid, &mut report.notes);
-    report.created = rotation.created.as_deref().map(|c| instance.clean(c));
-    let deleted: Vec<String> = rotation.deleted.iter().map(|d| instance.clean(d)).collect();
-    report.notes.extend(rotation.notes.iter().cloned());
-    report.planned_retire = rotation.retire.iter().map(|r| instance.clean(r)).collect();
-    if job.dry_run {
-        return Ok(report);
-    }
-    let Some(created) = report.created.clone() else {
-        return Err(RunError::Plugin {
-            stage: "rotate",
-            error: PluginError::Failed("the plugin returned no new credential".into()),
-        });
-    };
-    tracing::info!(user = %printable(&job.user_uid), key = %created, "new key created; storing it before anything is deleted");
 
-    // Store durably before any old key is touched (I1, I2), with the time of
-    // the rotation for the schedule, in the same atomic save.
-    // Keys deleted to make room are no longer tracked for their grace period.
-    let mut fields = rotation.fields.clone();
-    fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
-    let mut remove = if job.mark_pending {
-        fields.push(text_field(labels::PENDING, "finalize"));
-        vec![]
-    } else {
-        vec![labels::PENDING]
-    };
-    if ledger.forget(&rotation.deleted) {
-        fields.extend(retire::ledger_fields(&ledger));
-        remove.extend(retire::ledger_removal(&ledger));
-    }
-    if let Err(source) = writer.store_rotation(&job.user_uid, fields, remove).await {
-        if source.is_uncertain() {
-            // The key may be in the vault now: deleting it could lock the user out.
-            return Err(RunError::StoreUncertain { created, source });
-        }
-        let rollback = rollback(&mut instance, &ctx, &rotation, &created).await;
-        return Err(RunError::StoreFailed {
-            created,
-            source,
-            rollback,
-        });
-    }
-    tracing::info!(user = %printable(&job.user_uid), key = %created, "new key stored");
-
-    // Prove the new key works, then retire the old one.
-    let why = match instance.finalize(&ctx, &rotation).await {
-        Ok(Ok(done)) => {
-            for id in &done.retired {
-                tracing::info!(user = %printable(&job.user_uid), key = %id, "old key retired");
+    /// `finalize`: proves the new key works, then retires the old one; what
+    /// it deactivated or kept for consumers is recorded in the ledger.
+    async fn finalize(
+        mut self,
+        rotation: &crate::plugin::Rotation,
+        created: String,
+    ) -> Result<RunReport, RunError> {
+        let why = match self.instance.finalize(&self.ctx, rotation).await {
+            Ok(Ok(done)) => {
+                let user = printable(&self.job.user_uid);
+                for id in &done.retired {
+                    tracing::info!(user = %user, key = %id, "old key retired");
+                }
+                self.report.notes.extend(done.notes);
+                self.report.retired = [std::mem::take(&mut self.deleted), done.retired].concat();
+                retire::record_finalized(
+                    self.core.writer,
+                    &self.core.holdings,
+                    self.job,
+                    &mut self.ledger,
+                    (&done.deactivated, &done.kept),
+                    &mut self.report,
+                )
+                .await;
+                return Ok(self.report);
             }
-            report.notes.extend(done.notes);
-            report.retired = [deleted, done.retired].concat();
-            retire::record_finalized(
-                writer,
-                holdings,
-                job,
-                &mut ledger,
-                (&done.deactivated, &done.kept),
-                &mut report,
-            )
-            .await;
-            return Ok(report);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    Err(RunError::NotFinalized { created, why })
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(RunError::NotFinalized { created, why })
+    }
 }
 
 /// The host's own check of I6 on what `rotate` returned: an id another record
