@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod configure;
 pub mod engine;
+pub mod exposure;
 pub mod fleet;
 pub mod fsguard;
 pub mod grace;
