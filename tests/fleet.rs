@@ -954,3 +954,37 @@ fn idle_and_unread_clients_do_not_stall_healthz() {
     drop((idle, greedy));
     stop_gateway(child);
 }
+
+/// A gateway pass where nothing is due writes its summary at INFO, and the
+/// per-record "not due" lines only at DEBUG.
+#[test]
+fn a_quiet_pass_logs_only_its_summary_at_info() {
+    let f = fleet(&[("ann", &[("Last Rotated", "2099-01-01T00:00:00Z")])], &[]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let path = f.vault.path.to_str().unwrap();
+    let child = command(&[
+        "gateway",
+        GUEST_WASM,
+        "--vault",
+        path,
+        "--interval",
+        "1",
+        "--metrics",
+        &addr,
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(port, "two passes", |m| {
+        metric(m, "rotate_host_passes_total").is_some_and(|n| n >= 2)
+    });
+    let stderr = stop_gateway(child);
+    assert!(
+        stderr.contains("0 rotated, 0 failed, 0 skipped, 1 not due"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not due u-ann"), "{stderr}");
+}

@@ -21,8 +21,19 @@ use crate::vault::{VaultOptions, VaultSource};
 #[derive(Debug, Parser)]
 #[command(name = "rotate-host", version, about, long_about = None)]
 pub struct Cli {
+    /// How log lines on standard error look: `text`, or `json` (one JSON
+    /// object a line, with its level). Filtered by RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROTATE_HOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +55,15 @@ pub enum Command {
     /// was due); 3 some are stored but not finalized and none failed; 1 any
     /// failed; 2 bad flags or an unusable vault.
     Due(DueArgs),
-    /// Run a `due` pass every --interval seconds until SIGTERM or SIGINT.
+    /// Run a `due` pass, then sleep --interval seconds, until SIGTERM or SIGINT.
     Gateway(GatewayArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for `man -l -` or a man directory.
+    Man,
 }
 
 /// The fleet's flags, shared by `due` and `gateway`.
@@ -115,7 +133,7 @@ pub struct DueArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub fleet: FleetArgs,
-    /// Seconds between the start of one pass and the next [1-86400].
+    /// Seconds to sleep after a pass ends before the next one starts [1-86400].
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub interval: u64,
     /// Serve Prometheus metrics at /metrics and liveness at /healthz on this
@@ -401,18 +419,48 @@ impl SandboxArgs {
 }
 
 /// Runs a parsed command line and returns the exit code.
+/// Set once from `--log-format`: errors are then log lines too.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Prints an error for the user, escaped: `error: ...` on standard error, or,
+/// with `--log-format json`, one JSON log line at ERROR.
+fn print_error(msg: &str) {
+    let msg = crate::text::printable(msg);
+    if JSON_LOGS.get().copied().unwrap_or(false) {
+        tracing::error!(target: "rotate_host", "{msg}");
+    } else {
+        eprintln!("error: {msg}");
+    }
+}
+
 pub fn execute(cli: Cli) -> i32 {
+    let _ = JSON_LOGS.set(cli.log_format == LogFormat::Json);
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Config(args) => config_command(args),
         Command::Info(args) => info_command(args),
         Command::Due(args) => due_command(args),
         Command::Gateway(args) => gateway_command(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rotate-host", &mut std::io::stdout());
+            0
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    print_error(&format!("could not write the manual page: {e}"));
+                    1
+                }
+            }
+        }
     }
 }
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("error: {}", crate::text::printable(msg));
+    print_error(msg);
     2
 }
 
@@ -462,7 +510,7 @@ fn run_command(args: RunArgs) -> i32 {
     let code = print_run(&opts, result, args.json);
     match audit_failed {
         Some(why) => {
-            eprintln!("error: {}", crate::text::printable(&why));
+            print_error(&why);
             code.max(1)
         }
         None => code,
@@ -539,7 +587,7 @@ fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, json: bool)
                     serde_json::to_string_pretty(&body).expect("serialisable")
                 );
             }
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
+            print_error(&e.to_string());
             code
         }
     }
@@ -572,7 +620,7 @@ fn config_command(args: ConfigArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
+            print_error(&e.to_string());
             e.exit_code()
         }
     }
@@ -588,7 +636,7 @@ fn info_command(args: InfoArgs) -> i32 {
     let (info, schema) = match described {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
+            print_error(&e.to_string());
             return if e.is_bad_input() { 2 } else { 1 };
         }
     };
@@ -649,7 +697,7 @@ fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), i32> {
     let opts = args.options().map_err(|e| usage_error(&e))?;
     let jobs = opts.jobs;
     let fleet = Fleet::new(opts).map_err(|e| {
-        eprintln!("error: {}", crate::text::printable(&e.to_string()));
+        print_error(&e.to_string());
         e.exit_code()
     })?;
     Ok((fleet, jobs))
@@ -677,7 +725,7 @@ fn due_command(args: DueArgs) -> i32 {
             report.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
+            print_error(&e.to_string());
             e.exit_code()
         }
     }
@@ -704,7 +752,7 @@ fn gateway_command(args: GatewayArgs) -> i32 {
     match crate::engine::block_on_workers(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
+            print_error(&e.to_string());
             e.exit_code()
         }
     }

@@ -230,6 +230,10 @@ impl PassReport {
                 e.error.as_deref().unwrap_or("")
             ));
         }
+        for why in &self.audit_failures {
+            out.push(format!("audit: {why}"));
+        }
+        // Not-due lines come last before the summary: the gateway logs them at DEBUG.
         for e in &self.not_due {
             let notes = if e.notes.is_empty() {
                 String::new()
@@ -241,9 +245,6 @@ impl PassReport {
                 e.user_uid,
                 e.next_due.as_deref().unwrap_or("never")
             ));
-        }
-        for why in &self.audit_failures {
-            out.push(format!("audit: {why}"));
         }
         out.push(self.summary());
         out
@@ -757,9 +758,22 @@ pub async fn gateway(
                 if let Some(m) = &metrics {
                     m.record_pass(&report);
                 }
-                for line in report.lines() {
-                    tracing::info!(target: "rotate_host::gateway", "{line}");
+                // A pass where nothing is due writes only its summary at INFO;
+                // a not-due record with something to say (an old key in use) stays.
+                let lines = report.lines();
+                let (summary, records) = lines.split_last().expect("a summary line");
+                let first_not_due = records.len() - report.not_due.len();
+                for (i, line) in records.iter().enumerate() {
+                    let quiet = i
+                        .checked_sub(first_not_due)
+                        .is_some_and(|n| report.not_due[n].notes.is_empty());
+                    if quiet {
+                        tracing::debug!(target: "rotate_host::gateway", "{line}");
+                    } else {
+                        tracing::info!(target: "rotate_host::gateway", "{line}");
+                    }
                 }
+                tracing::info!(target: "rotate_host::gateway", "{summary}");
             }
             // A bad or locked vault now may be fixed by the next pass.
             Err(e) => tracing::error!(

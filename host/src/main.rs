@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+use rotate_host::cli::LogFormat;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
@@ -19,21 +20,24 @@ fn main() {
     // partial line off, and the run says so.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let cli = rotate_host::cli::Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let capped = filter_fn(|meta| {
         *meta.level() != tracing::Level::TRACE
             || !CAPPED_AT_DEBUG.iter().any(|p| meta.target().starts_with(p))
     });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_target(true)
-                .with_filter(filter)
-                .with_filter(capped),
-        )
-        .init();
-    let cli = rotate_host::cli::Cli::parse();
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(true);
+    let registry = tracing_subscriber::registry();
+    match cli.log_format {
+        LogFormat::Text => registry
+            .with(text.with_filter(filter).with_filter(capped))
+            .init(),
+        LogFormat::Json => registry
+            .with(text.json().with_filter(filter).with_filter(capped))
+            .init(),
+    }
     std::process::exit(rotate_host::cli::execute(cli));
 }
