@@ -988,3 +988,46 @@ fn a_quiet_pass_logs_only_its_summary_at_info() {
     );
     assert!(!stderr.contains("not due u-ann"), "{stderr}");
 }
+
+/// The gateway's metrics carry purges, the pass's duration, when the next
+/// record is due, the age of each config's oldest recorded key, and the build.
+#[test]
+fn metrics_show_purges_pass_time_next_due_oldest_key_and_build() {
+    let f = fleet(
+        &[
+            ("ann", &[]),
+            ("ben", &[("Last Rotated", "2026-11-01T00:00:00Z")]),
+        ],
+        &[],
+    );
+    let old = f.iam.add_key("ann", "2020-01-01T00:00:00Z");
+    f.iam.deactivate("ann", &old.id);
+    f.vault.set_field(
+        "u-ann",
+        "Deactivated Keys",
+        &format!("{} 2020-01-02T00:00:00Z", old.id),
+    );
+    let port = free_port();
+    let child = start_gateway(&f, port, &[]);
+    let text = wait_for(port, "a pass that purged", |m| {
+        metric(m, "rotate_host_purges_total").is_some_and(|n| n >= 1)
+    });
+    stop_gateway(child);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        text.contains("rotate_host_pass_duration_seconds "),
+        "{text}"
+    );
+    let next = metric(&text, "rotate_host_next_due_timestamp_seconds").unwrap();
+    assert!(next > now, "{text}");
+    let age = metric(&text, "rotate_host_oldest_key_age_seconds{config=\"cfg1\"}").unwrap();
+    assert!(
+        age >= 29 * 86_400,
+        "ben's key dates from 2026-11-01: {text}"
+    );
+    assert!(text.contains("rotate_host_build_info{version=\""), "{text}");
+    assert!(!f.iam.keys("ann").iter().any(|k| k.id == old.id), "purged");
+}

@@ -117,6 +117,16 @@ pub struct PassReport {
     /// Audit lines that could not be written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audit_failures: Vec<String>,
+    /// Per config record: when its members' oldest key was rotated, for the
+    /// age of the oldest recorded key (the CIS 90-day rule at a glance).
+    #[serde(skip)]
+    pub oldest_rotation: BTreeMap<String, chrono::DateTime<Utc>>,
+    /// The soonest a record not due now is due.
+    #[serde(skip)]
+    pub next_due: Option<chrono::DateTime<Utc>>,
+    /// How long the pass took.
+    #[serde(skip)]
+    pub took: Duration,
 }
 
 impl PassReport {
@@ -360,11 +370,23 @@ fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Ve
             }
         };
         let due = entry.due(now);
+        if let Some(last) = entry.last_rotated {
+            let oldest = report
+                .oldest_rotation
+                .entry(entry.config_uid.clone())
+                .or_insert(last);
+            *oldest = (*oldest).min(last);
+        }
         // The earlier of the next rotation and the next end of a grace period.
-        let next_due = match due {
-            Due::At(at) => Some(stamp(ledger.next_expiry(now).map_or(at, |g| g.min(at)))),
+        let next = match due {
+            Due::At(at) => Some(ledger.next_expiry(now).map_or(at, |g| g.min(at))),
             Due::Now => None,
         };
+        report.next_due = match (report.next_due, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next_due = next.map(stamp);
         // Kept old keys are checked every pass, due or not (retire-when-unused).
         if next_due.is_some()
             && ledger.expired_ids(now).is_empty()
@@ -448,6 +470,7 @@ impl Fleet {
     /// One pass: every due record, `--jobs` at a time; records that name the
     /// same user under the same config one after another.
     pub async fn pass(&self) -> Result<PassReport, FleetError> {
+        let started = Instant::now();
         let opts = self.opts.clone();
         // Waiting for the lock blocks; keep it off the async workers.
         let vault = tokio::task::spawn_blocking(move || opts.vault.open(None, &opts.vault_options))
@@ -522,6 +545,7 @@ impl Fleet {
             );
         }
         report.finish();
+        report.took = started.elapsed();
         Ok(report)
     }
 

@@ -38,6 +38,11 @@ pub struct Metrics {
     passes: AtomicU64,
     audit_failures: AtomicU64,
     keys_in_use: AtomicU64,
+    purges: AtomicU64,
+    pass_millis: AtomicU64,
+    next_due: AtomicU64,
+    /// Per config record UID: when its oldest recorded key was rotated.
+    oldest: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Metrics {
@@ -54,6 +59,23 @@ impl Metrics {
             .fetch_add(r.audit_failures.len() as u64, Ordering::Relaxed);
         self.keys_in_use
             .store(r.keys_in_use() as u64, Ordering::Relaxed);
+        let purged: usize = [&r.rotated, &r.purged]
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|e| e.purged.len())
+            .sum();
+        self.purges.fetch_add(purged as u64, Ordering::Relaxed);
+        self.pass_millis
+            .store(r.took.as_millis() as u64, Ordering::Relaxed);
+        self.next_due.store(
+            r.next_due.map_or(0, |at| at.timestamp().max(0) as u64),
+            Ordering::Relaxed,
+        );
+        *self.oldest.lock().expect("never poisoned") = r
+            .oldest_rotation
+            .iter()
+            .map(|(config, at)| (config.clone(), at.timestamp()))
+            .collect();
         self.due_records.store(
             (r.rotated.len() + r.failed.len() + r.planned.len()) as u64,
             Ordering::Relaxed,
@@ -97,7 +119,68 @@ impl Metrics {
             g(&self.passes),
             g(&self.audit_failures),
             g(&self.keys_in_use),
+        ) + &self.render_more()
+    }
+
+    /// Purges, the pass's duration and next due time, the oldest key per
+    /// config, and the build.
+    fn render_more(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp();
+        let oldest: String = self
+            .oldest
+            .lock()
+            .expect("never poisoned")
+            .iter()
+            .map(|(config, at)| {
+                format!(
+                    "rotate_host_oldest_key_age_seconds{{config=\"{}\"}} {}\n",
+                    label(config),
+                    (now - at).max(0)
+                )
+            })
+            .collect();
+        format!(
+            "# HELP rotate_host_purges_total Old keys deleted after their grace period.\n\
+             # TYPE rotate_host_purges_total counter\n\
+             rotate_host_purges_total {}\n\
+             # HELP rotate_host_pass_duration_seconds How long the last pass took.\n\
+             # TYPE rotate_host_pass_duration_seconds gauge\n\
+             rotate_host_pass_duration_seconds {:.3}\n\
+             # HELP rotate_host_next_due_timestamp_seconds When the soonest record not due now is due (0: none).\n\
+             # TYPE rotate_host_next_due_timestamp_seconds gauge\n\
+             rotate_host_next_due_timestamp_seconds {}\n\
+             # HELP rotate_host_oldest_key_age_seconds Per config record: the age of its members' oldest recorded key.\n\
+             # TYPE rotate_host_oldest_key_age_seconds gauge\n\
+             {oldest}\
+             # HELP rotate_host_build_info The running build.\n\
+             # TYPE rotate_host_build_info gauge\n\
+             rotate_host_build_info{{version=\"{}\"}} 1\n",
+            g(&self.purges),
+            g(&self.pass_millis) as f64 / 1000.0,
+            g(&self.next_due),
+            env!("CARGO_PKG_VERSION"),
         )
+    }
+}
+
+/// A Prometheus label value: record text, so controls and bidi characters are
+/// escaped first (`text::printable`), then `\\` and `"` as the exposition
+/// format asks.
+fn label(value: &str) -> String {
+    crate::text::printable(value)
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            super::label("a\"b\\c\nd\u{202e}"),
+            "a\\\"b\\\\c\\\\u{a}d\\\\u{202e}"
+        );
     }
 }
 
