@@ -173,17 +173,6 @@ fn label(value: &str) -> String {
         .replace('"', "\\\"")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(
-            super::label("a\"b\\c\nd\u{202e}"),
-            "a\\\"b\\\\c\\\\u{a}d\\\\u{202e}"
-        );
-    }
-}
-
 /// Listens on `addr` and serves `/metrics` and `/healthz` on the current
 /// runtime until the process ends.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), String> {
@@ -260,4 +249,15 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
         .header("content-type", kind)
         .body(Full::new(Bytes::from(body)))
         .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            super::label("a\"b\\c\nd\u{202e}"),
+            "a\\\"b\\\\c\\\\u{a}d\\\\u{202e}"
+        );
+    }
 }
