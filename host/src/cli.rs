@@ -422,12 +422,20 @@ impl SandboxArgs {
 /// Set once from `--log-format`: errors are then log lines too.
 static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Prints an error for the user, escaped: `error: ...` on standard error, or,
-/// with `--log-format json`, one JSON log line at ERROR.
+/// Prints an error for the user, escaped, whatever RUST_LOG says: `error: ...`
+/// on standard error, or, with `--log-format json`, one line shaped like the
+/// JSON log lines, at ERROR.
 fn print_error(msg: &str) {
     let msg = crate::text::printable(msg);
     if JSON_LOGS.get().copied().unwrap_or(false) {
-        tracing::error!(target: "rotate_host", "{msg}");
+        // Written directly, in the log lines' shape: RUST_LOG must not hide it.
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "fields": {"message": msg},
+            "target": "rotate_host",
+        });
+        eprintln!("{line}");
     } else {
         eprintln!("error: {msg}");
     }
