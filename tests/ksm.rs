@@ -726,3 +726,43 @@ fn a_killed_writers_lease_is_taken_over_on_the_same_host() {
     assert_eq!(s.iam_keys(), vec![s.vault_key()]);
     assert!(s.ksm.field("user1", "Rotation Lease").is_none());
 }
+
+/// A pass that only checks a kept old key (`retire-when-unused`) still in use
+/// writes nothing to Keeper: no lease, no update. A gateway watching kept keys
+/// does not update every record each pass.
+#[test]
+fn a_pass_that_only_watches_a_kept_key_writes_nothing_to_keeper() {
+    let s = setup();
+    let current = s.iam.add_key("alice", "2024-02-01T00:00:00Z");
+    s.iam
+        .record_use(&s.old.id, std::time::SystemTime::now(), "s3");
+    let mut config = data(config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)));
+    config["custom"].as_array_mut().unwrap().push(
+        serde_json::json!({"type": "text", "label": "Old Key Action", "value": ["retire-when-unused"]}),
+    );
+    s.ksm.add_record("cfg1", config);
+    let mut user = data(pam_user(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &current.id)),
+    ));
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (label, value) in [
+        ("Rotation Config", "cfg1".to_string()),
+        ("Last Rotated", now.clone()),
+        ("Deactivated Keys", format!("{} {now} kept", s.old.id)),
+    ] {
+        user["custom"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "text", "label": label, "value": [value]}));
+    }
+    s.ksm.add_record("user1", user);
+    let config = s.config_path();
+    let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("is still in use"), "{}", out.stdout);
+    assert_eq!(s.ksm.calls(), ["get_secret"], "one read, no write");
+    assert!(s.iam.calls().contains(&"GetAccessKeyLastUsed".to_string()));
+    assert_eq!(s.iam.keys("alice").len(), 2);
+}

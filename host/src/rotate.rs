@@ -337,7 +337,12 @@ pub async fn rotate_record(
     job: &Job,
     mut records: Records,
 ) -> Result<RunReport, RunError> {
-    if job.dry_run {
+    if job.dry_run || !needs_lease(job, &records) {
+        // Reads, and at most the retirement of an unused kept key, which
+        // touches no key a record holds: no lease is written for them, so a
+        // gateway watching kept keys does not update every record each pass.
+        // Another writer's live lease still keeps it out.
+        core.writer.check_lease(&job.user_uid).await?;
         return rotate_once(core, job, records).await;
     }
     // Every plugin call may take the whole call timeout; a few are made.
@@ -360,6 +365,21 @@ pub async fn rotate_record(
         );
     }
     result
+}
+
+/// Whether the job may create or delete a key: a rotation, or a purge of
+/// deactivated keys whose grace period ended.
+fn needs_lease(job: &Job, records: &Records) -> bool {
+    if job.rotate {
+        return true;
+    }
+    let now = Utc::now();
+    Ledger::read(&records.user, &records.config).map_or(true, |ledger| {
+        ledger
+            .entries
+            .iter()
+            .any(|e| !e.kept && ledger.expired_ids(now).contains(&e.id))
+    })
 }
 
 /// `rotate_record` once the record is the run's own (leased where the vault

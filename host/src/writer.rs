@@ -90,6 +90,11 @@ impl VaultWriter {
         Ok(None)
     }
 
+    /// `Vault::check_lease`: is `uid` free of other writers' live leases?
+    pub async fn check_lease(&self, uid: &str) -> Result<(), VaultError> {
+        self.vault.lock().await.check_lease(uid)
+    }
+
     /// `Vault::release`: gives the lease on `uid` back.
     pub async fn release(
         &self,

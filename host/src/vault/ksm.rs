@@ -324,6 +324,22 @@ impl KsmVault {
         off_runtime(|| sm.complete_transaction(uid.clone(), rollback))
     }
 
+    /// `Leased` when the record, as last read, carries a live lease of an
+    /// owner other than `mine`.
+    fn refuse_others(&self, uid: &str, mine: Option<&str>) -> Result<(), VaultError> {
+        let held = Vault::record(self, uid, "-u", None)?
+            .value(labels::LEASE)
+            .and_then(Lease::parse);
+        match held.filter(|h| Some(h.owner.as_str()) != mine && h.live(Utc::now())) {
+            Some(other) => Err(VaultError::Leased {
+                uid: crate::text::printable(uid),
+                owner: crate::text::printable(&other.owner),
+                until: stamp(other.until),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The rotation transaction: stage, then complete; see the module's notes.
     fn store_rotation(&mut self, change: &Change) -> Result<(), VaultError> {
         let uid = change.uid.as_str();
@@ -459,21 +475,20 @@ impl Vault for KsmVault {
         of_type(record, uid, flag, expected)
     }
 
+    fn check_lease(&self, uid: &str) -> Result<(), VaultError> {
+        self.refuse_others(uid, None)
+    }
+
     /// Refuses a live lease of another writer; rolls back a transaction a
     /// dead writer left open; then writes ours with the revision last read,
     /// so of two writers racing for it, Keeper refuses the second.
     fn lease(&mut self, uid: &str, lease: &Lease) -> Result<bool, VaultError> {
-        let held = Vault::record(self, uid, "-u", None)?
-            .value(labels::LEASE)
-            .and_then(Lease::parse);
+        self.refuse_others(uid, Some(&lease.owner))?;
         let leased = |owner: &str, until: &str| VaultError::Leased {
             uid: crate::text::printable(uid),
             owner: crate::text::printable(owner),
             until: until.to_string(),
         };
-        if let Some(other) = held.filter(|h| h.owner != lease.owner && h.live(Utc::now())) {
-            return Err(leased(&other.owner, &stamp(other.until)));
-        }
         // No live writer holds the record: a transaction open on it is a dead one's.
         self.settle_open(uid)?;
         let change = Change {

@@ -95,6 +95,13 @@ pub trait Vault: Send {
         Ok(false)
     }
 
+    /// Refuses `uid` when another writer holds a live lease on it, as last
+    /// read; writes nothing.
+    fn check_lease(&self, uid: &str) -> Result<(), VaultError> {
+        let _ = uid;
+        Ok(())
+    }
+
     /// Removes the lease `lease` from `uid` if it still holds it.
     fn release(&mut self, uid: &str, lease: &lease::Lease) -> Result<(), VaultError> {
         let _ = (uid, lease);
