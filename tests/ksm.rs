@@ -630,8 +630,7 @@ fn run_against_keeper_keeps_a_key_another_record_holds() {
 
 /// Keeper has no vault lock: two writers on one record. The first holds its
 /// `CreateAccessKey`; the second sees the first's lease, sends nothing to IAM
-/// and exits 1; a `due` pass skips the record; then the first finishes, I1
-/// holds, and the lease is gone.
+/// and exits 1; then the first finishes, I1 holds, and the lease is gone.
 #[test]
 fn a_second_writer_sees_the_lease_and_changes_nothing() {
     let s = setup();
