@@ -693,6 +693,10 @@ fn a_pass_skips_a_record_leased_by_another_writer() {
     );
     assert!(s.iam.log().is_empty(), "nothing was sent to IAM");
     assert_eq!(s.vault_key(), s.old.id);
+    // A dry run only reads: another writer's lease does not stop the plan.
+    let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config, "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("planned user1:"), "{}", out.stdout);
 }
 
 /// A writer killed while it holds the lease: its process is gone from this

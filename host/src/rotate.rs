@@ -337,11 +337,15 @@ pub async fn rotate_record(
     job: &Job,
     mut records: Records,
 ) -> Result<RunReport, RunError> {
-    if job.dry_run || !needs_lease(job, &records) {
-        // Reads, and at most the retirement of an unused kept key, which
-        // touches no key a record holds: no lease is written for them, so a
-        // gateway watching kept keys does not update every record each pass.
-        // Another writer's live lease still keeps it out.
+    if job.dry_run {
+        // Reads only: another writer's lease does not stop a plan.
+        return rotate_once(core, job, records).await;
+    }
+    if !needs_lease(job, &records) {
+        // At most the retirement of an unused kept key, which touches no key
+        // a record holds: no lease is written, so a gateway watching kept keys
+        // does not update every record each pass. Another writer's live lease
+        // still keeps it out.
         core.writer.check_lease(&job.user_uid).await?;
         return rotate_once(core, job, records).await;
     }
