@@ -1031,3 +1031,20 @@ fn metrics_show_purges_pass_time_next_due_oldest_key_and_build() {
     assert!(text.contains("rotate_host_build_info{version=\""), "{text}");
     assert!(!f.iam.keys("ann").iter().any(|k| k.id == old.id), "purged");
 }
+
+/// SIGINT (Ctrl-C) stops the gateway as SIGTERM does: it says so and exits 0,
+/// with the record it had rotated converged.
+#[test]
+fn sigint_stops_the_gateway_like_sigterm() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let port = free_port();
+    let child = start_gateway(&f, port, &[]);
+    wait_for(port, "the first pass", |m| {
+        metric(m, "rotate_host_passes_total").is_some_and(|n| n >= 1)
+    });
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let stderr = wait_gateway(child);
+    assert!(stderr.contains("signal received"), "{stderr}");
+    f.assert_converged("ann");
+}
