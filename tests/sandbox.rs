@@ -357,3 +357,23 @@ fn secrets_smuggled_in_urls_headers_logs_and_errors_are_masked() {
     );
     assert!(out.stderr.contains("***"), "{}", out.stderr);
 }
+
+/// A plugin that writes a megabyte to stderr: the host keeps 64 KiB of it.
+#[test]
+fn the_plugins_stderr_is_kept_to_64_kib() {
+    let out = run_hostile(&hostile_vault("chatter", &[]), &[]);
+    out.expect(1, &["chattered"]);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("stderr: xxxx"))
+        .map(|l| l.rsplit("stderr: ").next().unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no stderr was logged");
+    // Each line had its newline, but the last, cut at the cap.
+    let kept = lines.iter().map(|l| l.len()).sum::<usize>() + lines.len() - 1;
+    assert!(
+        kept <= 64 * 1024,
+        "{kept} bytes of the plugin's stderr were kept"
+    );
+}

@@ -173,6 +173,15 @@ impl bindings::Guest for Hostile {
                 deleted: vec![],
                 notes: vec![],
             }),
+            // A megabyte of stderr, in lines of 100 bytes.
+            "chatter" => {
+                use std::io::Write;
+                let line = format!("{}\n", "x".repeat(99));
+                for _ in 0..10_000 {
+                    let _ = std::io::stderr().write_all(line.as_bytes());
+                }
+                Err(wit::PluginError::Failed("chattered".into()))
+            }
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {
                 log::log(log::Level::Error, &format!("the secret is {secret}"));
