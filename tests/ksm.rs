@@ -671,7 +671,8 @@ fn a_pass_skips_a_record_leased_by_another_writer() {
         "alice",
         Some(("aws_access_key_id", &s.old.id)),
     ));
-    let until = "2999-01-01T00:00:00Z";
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for (label, value) in [
         ("Rotation Config", "cfg1"),
         ("Rotation Lease", &format!("elsewhere:1:00 {until}")),

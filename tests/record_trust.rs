@@ -396,3 +396,48 @@ fn a_hostile_uid_forges_no_log_line() {
         assert!(out.all().contains("u\\u{a}2026"), "{}", out.all());
     }
 }
+
+/// In a pass, the host's identity is lent only to config records the operator
+/// names: any record editor could otherwise create a config that borrows it.
+#[test]
+fn a_pass_lends_the_hosts_identity_only_to_named_configs() {
+    let (iam, rotator) = setup();
+    let vault = VaultFile::new(vec![config(&iam, &rotator, "cfg1", &[])]);
+    let out = due(&vault, &["--gateway-credentials"]);
+    out.expect(
+        2,
+        &[
+            "--gateway-credentials-for UID",
+            "name the configs you trust",
+        ],
+    );
+    assert_eq!(iam.calls(), Vec::<String>::new());
+}
+
+/// A record cannot pick the provider record whose key signs its rotation:
+/// its `Rotation Provider` must be the one its config names.
+#[test]
+fn a_record_cannot_choose_the_provider_that_signs() {
+    let (iam, rotator) = setup();
+    let k1 = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let vault = VaultFile::new(vec![
+        config(&iam, &rotator, "cfg1", &[]),
+        test_support::vault::provider_record("prov1", &rotator.id, &rotator.secret, "us-east-1"),
+        user(
+            "user1",
+            "alice",
+            Some(&k1),
+            &[("Rotation Config", "cfg1"), ("Rotation Provider", "prov1")],
+        ),
+    ]);
+    let out = due(&vault, &["--json"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let error = report["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("which its config record 'cfg1' does not name"),
+        "{error}"
+    );
+    assert_eq!(iam.calls(), Vec::<String>::new());
+    assert_eq!(ids(&iam.keys("alice")), std::slice::from_ref(&k1.id));
+}

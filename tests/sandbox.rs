@@ -377,3 +377,13 @@ fn the_plugins_stderr_is_kept_to_64_kib() {
         "{kept} bytes of the plugin's stderr were kept"
     );
 }
+
+/// The `subject` call, made before any rotation, masks the records' secrets
+/// like every other call (I3).
+#[test]
+fn secrets_a_plugin_says_in_subject_are_masked() {
+    let out = run_hostile(&hostile_vault("subject-leak", &[]), &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("leaked ***"), "{}", out.stderr);
+    assert_no_secrets(&out.all(), &[SECRET]);
+}

@@ -132,7 +132,7 @@ impl AuditLog {
         };
         let cut = whole.and_then(|len| file.set_len(len));
         let record = crate::text::printable(&entry.record_uid);
-        tracing::error!(record = %record, "could not write the audit log: {e}");
+        tracing::error!(record = ?record, "could not write the audit log: {e}");
         Err(match cut {
             Ok(()) => format!(
                 "the audit line for record '{record}' could not be written ({e}); the log ends at \

@@ -682,6 +682,16 @@ fn info_command(args: InfoArgs) -> i32 {
 
 impl FleetArgs {
     fn options(&self) -> Result<FleetOptions, String> {
+        if self.lend.gateway_credentials && self.lend.gateway_credentials_for.is_empty() {
+            // In a pass, any record editor could create a config record that
+            // borrows it, with a scope of its own choosing.
+            return Err(
+                "in a pass, --gateway-credentials lends the host's identity only to the \
+                        config records named with --gateway-credentials-for UID (repeatable); \
+                        name the configs you trust"
+                    .into(),
+            );
+        }
         let mut limits = self.sandbox.limits()?;
         limits.http.rate = Some(std::sync::Arc::new(crate::http::RateLimiter::new(self.rps)));
         let vault_options = self.vault_options.options();

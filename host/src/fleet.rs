@@ -481,14 +481,15 @@ impl Fleet {
         let (work, holdings) = self.vet(vault.as_ref(), work, &mut report).await?;
         let writer = Arc::new(VaultWriter::new(vault));
 
-        // Rotations of one subject (service and login, as the plugin reads the
-        // records) never overlap. Vetting refuses two members with one subject,
-        // so this holds even if that check were wrong.
-        let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
+        // Rotations of one login never overlap, whatever config or signer
+        // they go through: two routes to one IAM user (two signing keys, two
+        // spellings of the endpoint) could otherwise delete each other's new
+        // key. Logins of different accounts that happen to match only wait.
+        let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
         for w in work {
             let key = match &w.subject {
-                Some(s) => (s.service.clone(), s.login.clone()),
-                None => (w.job.config_uid.clone(), w.job.user_uid.clone()),
+                Some(s) => s.login.clone(),
+                None => format!("\u{0}{}", w.job.user_uid),
             };
             groups.entry(key).or_default().push(w);
         }
@@ -649,8 +650,10 @@ pub fn audit_entry(
         Err(e @ RunError::NotFinalized { .. }) => {
             AuditEntry::now(uid, "not_finalized", e.exit_code())
         }
-        Err(RunError::Stopping | RunError::Vault(VaultError::Leased { .. })) => {
-            AuditEntry::now(uid, "skipped", 0)
+        Err(RunError::Stopping) => AuditEntry::now(uid, "skipped", 0),
+        // Skipped by a pass, but exit 1 for `run`: the entry says which.
+        Err(e @ RunError::Vault(VaultError::Leased { .. })) => {
+            AuditEntry::now(uid, "skipped", e.exit_code())
         }
         Err(e) => AuditEntry::now(uid, "failed", e.exit_code()),
     };

@@ -91,7 +91,7 @@ impl Ledger {
                 .iter()
                 .map(|u| format!("'{}'", crate::text::printable(u)))
                 .collect();
-            tracing::warn!(key = %crate::text::printable(&e.id), "a '{}' entry names a key that record(s) {} hold or track: it is ignored", labels::DEACTIVATED, who.join(", "));
+            tracing::warn!(key = ?crate::text::printable(&e.id), "a '{}' entry names a key that record(s) {} hold or track: it is ignored", labels::DEACTIVATED, who.join(", "));
             notes.push(format!(
                 "ignored the '{}' entry for {}: record(s) {} hold or track that key too, so this \
                  record's word on it is not believed; remove the line from the record that does \

@@ -37,8 +37,8 @@ pub async fn check_kept(
     let (notes, in_use) = usage::judge(ledger, uses, policy, now);
     for k in in_use.iter().filter(|k| k.overdue) {
         tracing::warn!(
-            user = %report.user_uid,
-            key = %printable(&k.id),
+            user = ?report.user_uid,
+            key = ?printable(&k.id),
             "an old key kept for consumers is still in use after 'Overlap Max Days': {}",
             k.describe()
         );
@@ -69,10 +69,10 @@ pub async fn purge(
     };
     let user = printable(&job.user_uid);
     for id in &done.retired {
-        tracing::info!(user = %user, key = %id, "old key deleted after its grace period");
+        tracing::info!(user = ?user, key = %id, "old key deleted after its grace period");
     }
     for id in &done.deactivated {
-        tracing::info!(user = %user, key = %id, "old key kept for consumers is unused: deactivated");
+        tracing::info!(user = ?user, key = %id, "old key kept for consumers is unused: deactivated");
     }
     ledger.after_purge(now, &done.deactivated, &done.retired);
     writer

@@ -362,7 +362,7 @@ pub async fn rotate_record(
     let result = rotate_once(core, job, records).await;
     if leased && let Err(e) = core.writer.release(&job.user_uid, &lease).await {
         tracing::warn!(
-            user = %printable(&job.user_uid),
+            user = ?printable(&job.user_uid),
             "could not release the rotation lease ({}); it expires at {}",
             printable(&e.to_string()),
             stamp(lease.until)
@@ -570,7 +570,7 @@ impl<'a> InFlight<'a> {
     /// masked from here on, and its id joins the holdings at once (I6).
     async fn rotate(&mut self) -> Result<crate::plugin::Rotation, RunError> {
         let uid = self.job.user_uid.as_str();
-        tracing::info!(plugin = %self.plugin_name, user = %printable(uid), dry_run = self.job.dry_run, "rotating");
+        tracing::info!(plugin = %self.plugin_name, user = ?printable(uid), dry_run = self.job.dry_run, "rotating");
         let rotation = match self.instance.rotate(&self.ctx).await {
             Ok(Ok(r)) => r,
             Ok(Err(error)) => {
@@ -614,7 +614,7 @@ impl<'a> InFlight<'a> {
             });
         };
         let user = printable(&job.user_uid);
-        tracing::info!(user = %user, key = %created, "new key created; storing it before anything is deleted");
+        tracing::info!(user = ?user, key = %created, "new key created; storing it before anything is deleted");
         let mut fields = rotation.fields.clone();
         fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
         let mut remove = if job.mark_pending {
@@ -640,7 +640,7 @@ impl<'a> InFlight<'a> {
                 rollback,
             });
         }
-        tracing::info!(user = %user, key = %created, "new key stored");
+        tracing::info!(user = ?user, key = %created, "new key stored");
         Ok(created)
     }
 
@@ -655,7 +655,7 @@ impl<'a> InFlight<'a> {
             Ok(Ok(done)) => {
                 let user = printable(&self.job.user_uid);
                 for id in &done.retired {
-                    tracing::info!(user = %user, key = %id, "old key retired");
+                    tracing::info!(user = ?user, key = %id, "old key retired");
                 }
                 self.report.notes.extend(done.notes);
                 self.report.retired = [std::mem::take(&mut self.deleted), done.retired].concat();
@@ -693,7 +693,7 @@ fn keep_held_elsewhere(
     rotation.retire = retire;
     for id in kept {
         let others = quoted(&holdings.others(&id, uid));
-        tracing::warn!(user = %printable(uid), key = %printable(&id), "the plugin asked to retire a credential record(s) {others} hold; it is kept");
+        tracing::warn!(user = ?printable(uid), key = ?printable(&id), "the plugin asked to retire a credential record(s) {others} hold; it is kept");
         notes.push(format!(
             "kept {}: the plugin asked to retire it, but record(s) {others} hold or track it",
             printable(&id)
@@ -705,7 +705,7 @@ fn keep_held_elsewhere(
         .filter(|id| holdings.held_elsewhere(id, uid))
     {
         let others = quoted(&holdings.others(id, uid));
-        tracing::error!(user = %printable(uid), key = %printable(id), "the plugin deleted a credential record(s) {others} hold: this plugin breaks I6");
+        tracing::error!(user = ?printable(uid), key = ?printable(id), "the plugin deleted a credential record(s) {others} hold: this plugin breaks I6");
         notes.push(format!(
             "the plugin reports deleting {}, which record(s) {others} hold: check those records",
             printable(id)

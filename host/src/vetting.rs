@@ -24,8 +24,6 @@ use crate::vault::Record;
 
 /// The label of a config record's kind, as Keeper writes it.
 pub const SAAS_TYPE: &str = "SaaS Type";
-/// How often a stopped instance is replaced while working out subjects.
-const FRESH_INSTANCES: usize = 3;
 
 /// Why a record may not rotate what it names. Nothing was changed.
 #[derive(Debug, Clone, Error)]
@@ -75,6 +73,16 @@ pub enum VetError {
         uids: Vec<String>,
         login: String,
         service: String,
+    },
+    #[error(
+        "record '{uid}' names '{provider}' as its 'Rotation Provider', which its config record \
+         '{config}' does not name: a record cannot choose whose key signs its rotation. Nothing \
+         was changed; the config's owner can set 'Rotation Provider' on '{config}' to the same UID"
+    )]
+    ProviderNotNamed {
+        uid: String,
+        provider: String,
+        config: String,
     },
     #[error("{0}; nothing was changed")]
     Field(crate::schedule::BadField),
@@ -126,13 +134,20 @@ pub fn check_config(
     } else {
         None
     };
-    match why {
-        Some(why) => Err(VetError::NotAConfig {
+    if let Some(why) = why {
+        return Err(VetError::NotAConfig {
             uid,
             config: printable(&config.uid),
             why,
+        });
+    }
+    match user.value(labels::PROVIDER) {
+        Some(p) if config.value(labels::PROVIDER) != Some(p) => Err(VetError::ProviderNotNamed {
+            uid,
+            provider: printable(p),
+            config: printable(&config.uid),
         }),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -204,13 +219,14 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// Works out records' subjects one at a time on one instance that can reach
-/// nothing (a stopped instance is replaced a few times, then every later
-/// record fails with it), so a vault is never held in memory whole for this.
+/// nothing (a stopped instance is replaced for the next record), so a vault
+/// is never held in memory whole for this.
 pub struct Subjects<'a> {
     plugin: &'a Plugin,
     identity: &'a GatewayIdentity,
     instance: Option<Instance>,
-    fresh: usize,
+    /// The config schema, for the secrets to mask (I3).
+    schema: Vec<crate::plugin::ConfigItem>,
 }
 
 impl<'a> Subjects<'a> {
@@ -219,23 +235,27 @@ impl<'a> Subjects<'a> {
             plugin,
             identity,
             instance: None,
-            fresh: 0,
+            schema: vec![],
         }
     }
 
     /// The subject of a rotation of `records`.
     pub async fn of(&mut self, records: &Records) -> Result<Subject, VetError> {
-        if self.instance.is_none() && self.fresh < FRESH_INSTANCES {
-            self.fresh += 1;
-            self.instance = Some(self.plugin.instantiate().await.map_err(|e| sandbox(&e))?);
+        // A stopped instance is replaced for the next record: one record that
+        // makes the plugin trap fails alone.
+        if self.instance.is_none() {
+            let mut fresh = self.plugin.instantiate().await.map_err(|e| sandbox(&e))?;
+            self.schema = fresh.config_schema().await.map_err(|e| sandbox(&e))?;
+            self.instance = Some(fresh);
         }
-        let Some(instance) = self.instance.as_mut() else {
-            return Err(VetError::Sandbox(
-                "the plugin's `subject` was stopped too often; these records were not rotated"
-                    .into(),
-                false,
-            ));
-        };
+        let instance = self.instance.as_mut().expect("just made");
+        // Everything the plugin says is masked, here as in a rotation (I3).
+        let provider = records.provider.as_ref();
+        for secret in
+            crate::exposure::secrets(&self.schema, &records.user, &records.config, provider)
+        {
+            instance.add_secret(&secret);
+        }
         let lent = self
             .identity
             .wanted(&records.config)

@@ -363,7 +363,7 @@ impl KsmVault {
         }
         // The stored data is ours; the revision Keeper gave it is read back.
         if let Err(e) = self.refresh(uid) {
-            tracing::warn!(record = %crate::text::printable(uid), "could not read the record back after storing: {e}");
+            tracing::warn!(record = ?crate::text::printable(uid), "could not read the record back after storing: {e}");
         }
         Ok(())
     }
@@ -381,7 +381,7 @@ impl KsmVault {
         e: &KSMRError,
     ) -> Result<(), VaultError> {
         let uid = change.uid.as_str();
-        tracing::warn!(record = %crate::text::printable(uid), "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
+        tracing::warn!(record = ?crate::text::printable(uid), "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
         let rolled_back = self.complete(uid, true).is_ok();
         let uncertain = || VaultError::KsmUncertain {
             uid: uid.to_string(),
@@ -433,7 +433,7 @@ impl KsmVault {
             // Usually: none was open.
             return Ok(false);
         }
-        tracing::warn!(record = %crate::text::printable(uid), "rolled back a rotation transaction left open in Keeper");
+        tracing::warn!(record = ?crate::text::printable(uid), "rolled back a rotation transaction left open in Keeper");
         self.refresh(uid)?;
         Ok(true)
     }

@@ -14,6 +14,12 @@ use chrono::{DateTime, Utc};
 
 use crate::schedule::stamp;
 
+/// The longest lease believed: four call timeouts at their maximum (a day
+/// each) and a minute.
+pub const MAX_LENGTH: chrono::Duration = chrono::Duration::days(4)
+    .checked_add(&chrono::Duration::minutes(1))
+    .expect("fits");
+
 /// One writer's claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -54,9 +60,11 @@ impl Lease {
         })
     }
 
-    /// Whether it still excludes other writers at `now`.
+    /// Whether it still excludes other writers at `now`. A lease running
+    /// longer than any this host writes is not one of ours: anyone who can
+    /// edit the record could otherwise park it forever.
     pub fn live(&self, now: DateTime<Utc>) -> bool {
-        now < self.until && !self.owner_is_gone()
+        now < self.until && self.until <= now + MAX_LENGTH && !self.owner_is_gone()
     }
 
     /// The owner was a process of this host that no longer runs.
@@ -111,6 +119,11 @@ mod tests {
         assert_eq!(read.owner, lease.owner);
         assert!(read.live(now));
         assert!(!read.live(now + chrono::Duration::minutes(6)));
+        let parked = Lease::parse("elsewhere:1:00 2999-01-01T00:00:00Z").unwrap();
+        assert!(
+            !parked.live(now),
+            "a lease past any this host writes is not believed"
+        );
         assert_eq!(Lease::parse("garbage"), None);
     }
 

@@ -79,6 +79,11 @@ impl bindings::Guest for Hostile {
 
     /// Each record is its own subject, so hostile records never collide.
     fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
+        if value(&ctx.config, "behaviour") == "subject-leak" {
+            let secret = value(&ctx.config, "Client Secret");
+            log::log(log::Level::Error, &format!("subject sees {secret}"));
+            return Err(wit::PluginError::Failed(format!("leaked {secret}")));
+        }
         Ok(wit::Subject {
             service: "hostile".into(),
             login: ctx.user.uid,
