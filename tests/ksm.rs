@@ -179,12 +179,13 @@ fn a_rotation_against_keeper_stores_the_new_key_in_a_rotation_transaction() {
     assert_eq!(s.ksm.record("user1").unwrap()["notes"], "kept as is");
     let calls = s.ksm.calls();
     assert_eq!(calls[0], "get_secret", "{calls:?}");
-    // A read; the lease (no transaction left open to roll back; written, read
-    // back); the rotation transaction (stage, complete, read back); the lease
+    // A read; the lease (read again, no transaction left open to roll back,
+    // written, read back); the rotation transaction (stage, complete, read back); the lease
     // given back (read, written, read back).
     assert_eq!(
         calls,
         [
+            "get_secret",
             "get_secret",
             "rollback_secret_update",
             "update_secret",

@@ -479,10 +479,14 @@ impl Vault for KsmVault {
         self.refuse_others(uid, None)
     }
 
-    /// Refuses a live lease of another writer; rolls back a transaction a
-    /// dead writer left open; then writes ours with the revision last read,
-    /// so of two writers racing for it, Keeper refuses the second.
+    /// Reads the record again; refuses a live lease of another writer; rolls
+    /// back a transaction a dead writer left open; then writes ours with the
+    /// revision just read, so of two writers racing for it, Keeper refuses
+    /// the second.
     fn lease(&mut self, uid: &str, lease: &Lease) -> Result<bool, VaultError> {
+        // The lease is judged on the record as it is now, not as the pass
+        // first read it: another writer may have taken it since.
+        self.refresh(uid)?;
         self.refuse_others(uid, Some(&lease.owner))?;
         let leased = |owner: &str, until: &str| VaultError::Leased {
             uid: crate::text::printable(uid),
