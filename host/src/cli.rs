@@ -102,11 +102,13 @@ pub struct FleetArgs {
 #[derive(Debug, Args)]
 pub struct LendArgs {
     /// Lend the host's own AWS identity (environment, profile, web identity,
-    /// container or instance role) to rotations whose records give no
-    /// credentials. A config record can decline it, never take it unlent.
+    /// container or instance role) to rotations; the plugin signs with it
+    /// only where the records give no credentials. A config record can
+    /// decline it, never take it unlent.
     #[arg(long)]
     pub gateway_credentials: bool,
-    /// Lend it only to rotations under this config record (repeatable).
+    /// Lend it only to rotations under this config record (repeatable);
+    /// required by `due` and `gateway`.
     #[arg(long, value_name = "UID", requires = "gateway_credentials")]
     pub gateway_credentials_for: Vec<String>,
 }

@@ -20,21 +20,8 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    /// Reads every record's ids: values of fields whose label or type is one of
+    /// Adds `record`'s ids: values of fields whose label or type is one of
     /// `id_fields` (any case), and the first word of each ledger line.
-    pub fn scan<'a>(records: impl IntoIterator<Item = &'a Record>, id_fields: &[String]) -> Self {
-        let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for record in records {
-            for id in held_ids(record, id_fields) {
-                by_id.entry(id).or_default().insert(record.uid.clone());
-            }
-        }
-        Self {
-            by_id: RwLock::new(by_id),
-        }
-    }
-
-    /// Adds `record`'s ids (see `scan`).
     pub fn add_record(&self, record: &Record, id_fields: &[String]) {
         let mut by_id = self.by_id.write().expect("never poisoned");
         for id in held_ids(record, id_fields) {
@@ -144,7 +131,9 @@ mod tests {
                 ("text", "aws_access_key_id", "AKIAA"),
             ],
         );
-        let h = Holdings::scan([&a, &b], &fields);
+        let h = Holdings::default();
+        h.add_record(&a, &fields);
+        h.add_record(&b, &fields);
         assert!(h.held_elsewhere("AKIAA", "a"));
         assert!(h.held_elsewhere("AKIAOLD", "a"));
         assert!(h.held_elsewhere("garbage", "a"));

@@ -379,10 +379,11 @@ fn needs_lease(job: &Job, records: &Records) -> bool {
     }
     let now = Utc::now();
     Ledger::read(&records.user, &records.config).map_or(true, |ledger| {
+        let expired = ledger.expired_ids(now);
         ledger
             .entries
             .iter()
-            .any(|e| !e.kept && ledger.expired_ids(now).contains(&e.id))
+            .any(|e| !e.kept && expired.contains(&e.id))
     })
 }
 

@@ -873,7 +873,7 @@ fn last_used(s: &State, signer: &str, params: &HashMap<String, String>) -> (u16,
     let used = match last {
         Some((at, service)) => format!(
             "<LastUsedDate>{}</LastUsedDate><ServiceName>{service}</ServiceName><Region>{SIGNING_REGION}</Region>",
-            httpdate_iso(*at)
+            iam_date(*at)
         ),
         None => "<ServiceName>N/A</ServiceName><Region>N/A</Region>".into(),
     };
@@ -886,7 +886,7 @@ fn last_used(s: &State, signer: &str, params: &HashMap<String, String>) -> (u16,
 }
 
 /// `at` as IAM writes dates: ISO 8601, UTC, whole seconds.
-fn httpdate_iso(at: SystemTime) -> String {
+fn iam_date(at: SystemTime) -> String {
     let secs = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
