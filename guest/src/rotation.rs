@@ -52,15 +52,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         });
     }
 
-    if let Some(id) = plan.make_room.deletes()
-        && ctx.deactivated(id).is_some_and(|d| d.kept)
-    {
-        return Err(PluginError::Conflict(format!(
-            "'{user}' has two access keys, and making room for a new one would delete {id}, the \
-             old key kept for consumers that may still use it ('retire-when-unused'): nothing was \
-             changed. It is retired once IAM shows it unused for 'Unused Hours'"
-        )));
-    }
+    refuse_to_make_room_with_a_kept_key(&plan, ctx, user)?;
     let vault_key_deleted = match &plan.make_room {
         MakeRoom::Nothing => false,
         MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
@@ -138,6 +130,25 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
             .collect(),
         notes,
     })
+}
+
+/// A key kept for its consumers (`retire-when-unused`) is never deleted to
+/// make room: the host retires it first, once IAM shows it unused.
+fn refuse_to_make_room_with_a_kept_key(
+    plan: &plan::Plan,
+    ctx: &Context,
+    user: &str,
+) -> Result<(), PluginError> {
+    match plan.make_room.deletes() {
+        Some(id) if ctx.deactivated(id).is_some_and(|d| d.kept) => {
+            Err(PluginError::Conflict(format!(
+                "'{user}' has two access keys, and making room for a new one would delete {id}, \
+                 the old key kept for consumers that may still use it ('retire-when-unused'): \
+                 nothing was changed. It is retired once IAM shows it unused for 'Unused Hours'"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `CreateAccessKey` under I5: after an ambiguous failure, list the keys again,
