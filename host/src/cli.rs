@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::allowlist::{AllowedOrigin, NetworkPolicy};
-use crate::audit::AuditLog;
-use crate::aws_identity::Lending;
 use crate::configure::{ConfigOptions, configure};
-use crate::engine::{Limits, Plugin};
 use crate::fleet::{Fleet, FleetOptions, audit_entry};
-use crate::http::{HttpConfig, read_ca_file};
 use crate::metrics::Metrics;
-use crate::rotate::{RunError, RunOptions, RunReport, run};
+use crate::rotation::audit::AuditLog;
+use crate::rotation::flow::{RunError, RunOptions, RunReport, run};
+use crate::rotation::identity::Lending;
+use crate::sandbox::allowlist::{AllowedOrigin, NetworkPolicy};
+use crate::sandbox::engine::{Limits, Plugin};
+use crate::sandbox::http::{HttpConfig, read_ca_file};
 use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
@@ -415,7 +415,9 @@ impl SandboxArgs {
         if self.no_cache {
             None
         } else {
-            self.cache_dir.clone().or_else(crate::cache::default_dir)
+            self.cache_dir
+                .clone()
+                .or_else(crate::sandbox::cache::default_dir)
         }
     }
 }
@@ -695,7 +697,9 @@ impl FleetArgs {
             );
         }
         let mut limits = self.sandbox.limits()?;
-        limits.http.rate = Some(std::sync::Arc::new(crate::http::RateLimiter::new(self.rps)));
+        limits.http.rate = Some(std::sync::Arc::new(crate::sandbox::http::RateLimiter::new(
+            self.rps,
+        )));
         let vault_options = self.vault_options.options();
         Ok(FleetOptions {
             guest: self.guest.clone(),
@@ -728,7 +732,7 @@ fn due_command(args: DueArgs) -> i32 {
         Ok(f) => f,
         Err(code) => return code,
     };
-    match crate::engine::block_on_workers(jobs, fleet.pass()) {
+    match crate::sandbox::engine::block_on_workers(jobs, fleet.pass()) {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
             if args.json {
@@ -769,7 +773,10 @@ fn gateway_command(args: GatewayArgs) -> i32 {
         .metrics
         .map(|a| (a, std::sync::Arc::new(Metrics::default())));
     let interval = Duration::from_secs(args.interval);
-    match crate::engine::block_on_workers(jobs, crate::fleet::gateway(fleet, interval, metrics)) {
+    match crate::sandbox::engine::block_on_workers(
+        jobs,
+        crate::fleet::gateway(fleet, interval, metrics),
+    ) {
         Ok(()) => 0,
         Err(e) => {
             print_error(&e.to_string());

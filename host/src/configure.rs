@@ -8,8 +8,8 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use crate::engine::{Limits, Plugin, SandboxError};
-use crate::plugin::{ConfigItem, ItemType};
+use crate::sandbox::engine::{Limits, Plugin, SandboxError};
+use crate::sandbox::plugin::{ConfigItem, ItemType};
 use crate::vault::{FileVault, VaultError, VaultOptions, VaultSource};
 
 /// What `rotate-host config` was asked to do.
@@ -248,9 +248,9 @@ fn check(item: &ConfigItem, value: &str) -> Result<(), ConfigError> {
         ItemType::Bool if !matches!(value.to_ascii_lowercase().as_str(), "true" | "false") => {
             Err(bad(format!("must be true or false, not {given}")))
         }
-        ItemType::Url if crate::allowlist::AllowedOrigin::of_url(value).is_err() => Err(bad(
-            format!("must be an http:// or https:// URL, not {given}"),
-        )),
+        ItemType::Url if crate::sandbox::allowlist::AllowedOrigin::of_url(value).is_err() => Err(
+            bad(format!("must be an http:// or https:// URL, not {given}")),
+        ),
         ItemType::Enum if !item.enum_values.iter().any(|(v, _)| v == value) => Err(bad(format!(
             "must be one of {}",
             item.enum_values

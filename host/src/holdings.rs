@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
-use crate::schedule::labels;
+use crate::fleet::schedule::labels;
 use crate::vault::Record;
 
 /// Credential id → the UIDs of the records that hold or track it. Rotations

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use super::{
     Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
 };
-use crate::plugin::StoreField;
+use crate::sandbox::plugin::StoreField;
 
 /// A top-level member of the file, kept raw, or the records array.
 enum Member {
@@ -774,7 +774,7 @@ impl Vault for FileVault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::ValueKind;
+    use crate::sandbox::plugin::ValueKind;
     use crate::secret::Secret;
 
     fn t() -> VaultOptions {

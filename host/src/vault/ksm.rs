@@ -37,8 +37,8 @@ use super::lease::Lease;
 use super::{
     Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
 };
-use crate::plugin::{StoreField, ValueKind};
-use crate::schedule::{labels, stamp};
+use crate::fleet::schedule::{labels, stamp};
+use crate::sandbox::plugin::{StoreField, ValueKind};
 use crate::secret::Secret;
 
 /// The largest KSM config file read.

@@ -11,6 +11,7 @@ pub mod file;
 #[cfg(feature = "ksm")]
 pub mod ksm;
 pub mod lease;
+pub mod writer;
 
 use std::io;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use crate::plugin::StoreField;
+use crate::sandbox::plugin::StoreField;
 use crate::secret::Secret;
 
 pub use file::{FileVault, UndoPoint};

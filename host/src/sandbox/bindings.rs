@@ -1,7 +1,7 @@
 //! The `bindgen!` output for `wit/plugin.wit`, and its conversions to the host's types.
 
-use crate::http::{self, SendError};
-use crate::plugin::{
+use crate::sandbox::http::{self, SendError};
+use crate::sandbox::plugin::{
     ConfigItem, CredentialUse, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField,
     Subject, ValueKind,
 };
@@ -212,7 +212,7 @@ impl From<SendError> for wit_outbound::SendError {
 }
 
 /// The WIT context of one call, which must end within `deadline`.
-pub fn context(c: &crate::plugin::Context, deadline: std::time::Duration) -> wit::Context {
+pub fn context(c: &crate::sandbox::plugin::Context, deadline: std::time::Duration) -> wit::Context {
     wit::Context {
         user: (&c.user).into(),
         config: (&c.config).into(),

@@ -19,12 +19,12 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::allowlist::{AllowList, NetworkPolicy};
-use crate::bindings;
-use crate::cache;
 use crate::holdings::Holdings;
-use crate::http::{HttpConfig, Outbound};
-use crate::plugin::{
+use crate::sandbox::allowlist::{AllowList, NetworkPolicy};
+use crate::sandbox::bindings;
+use crate::sandbox::cache;
+use crate::sandbox::http::{HttpConfig, Outbound};
+use crate::sandbox::plugin::{
     ConfigItem, Context, CredentialUse, Finalized, PluginError, PluginInfo, Rotation, Subject,
 };
 use crate::secret::Redactor;
@@ -106,7 +106,7 @@ pub enum SandboxError {
     #[error("the plugin crashed in `{call}`: {why}. This is a bug in the plugin")]
     Trap { call: &'static str, why: String },
     #[error("the plugin declares an invalid allowed host: {0}")]
-    AllowList(#[from] crate::allowlist::PatternError),
+    AllowList(#[from] crate::sandbox::allowlist::PatternError),
     #[error("the WebAssembly engine failed: {0}")]
     Engine(String),
     #[error(

@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::plugin::Deactivated;
-use crate::schedule::{BadField, labels, stamp};
+use crate::fleet::schedule::{BadField, labels, stamp};
+use crate::sandbox::plugin::Deactivated;
 use crate::vault::Record;
 
 /// The grace period when the config record sets none.

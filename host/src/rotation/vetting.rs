@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::aws_identity::GatewayIdentity;
-use crate::engine::{Instance, Plugin, SandboxError};
-use crate::plugin::{Context, HostCredential, PluginError, Subject};
-use crate::rotate::{PAM_USER_TYPE, Records};
-use crate::schedule::labels;
+use crate::fleet::schedule::labels;
+use crate::rotation::flow::{PAM_USER_TYPE, Records};
+use crate::rotation::identity::GatewayIdentity;
+use crate::sandbox::engine::{Instance, Plugin, SandboxError};
+use crate::sandbox::plugin::{Context, HostCredential, PluginError, Subject};
 use crate::secret::Secret;
 use crate::text::printable;
 use crate::vault::Record;
@@ -85,7 +85,7 @@ pub enum VetError {
         config: String,
     },
     #[error("{0}; nothing was changed")]
-    Field(crate::schedule::BadField),
+    Field(crate::fleet::schedule::BadField),
     #[error("{0}")]
     Plugin(PluginError),
     #[error("{0}")]
@@ -226,7 +226,7 @@ pub struct Subjects<'a> {
     identity: &'a GatewayIdentity,
     instance: Option<Instance>,
     /// The config schema, for the secrets to mask (I3).
-    schema: Vec<crate::plugin::ConfigItem>,
+    schema: Vec<crate::sandbox::plugin::ConfigItem>,
 }
 
 impl<'a> Subjects<'a> {
@@ -251,9 +251,12 @@ impl<'a> Subjects<'a> {
         let instance = self.instance.as_mut().expect("just made");
         // Everything the plugin says is masked, here as in a rotation (I3).
         let provider = records.provider.as_ref();
-        for secret in
-            crate::exposure::secrets(&self.schema, &records.user, &records.config, provider)
-        {
+        for secret in crate::rotation::exposure::secrets(
+            &self.schema,
+            &records.user,
+            &records.config,
+            provider,
+        ) {
             instance.add_secret(&secret);
         }
         let lent = self

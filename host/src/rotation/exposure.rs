@@ -3,10 +3,10 @@
 //! origins, narrowed by the operator), the rule that a lent host identity
 //! goes only where the operator allows, and the record values to mask.
 
-use crate::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
-use crate::engine::SandboxError;
-use crate::plugin::{ConfigItem, ItemType};
-use crate::rotate::RunError;
+use crate::rotation::flow::RunError;
+use crate::sandbox::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
+use crate::sandbox::engine::SandboxError;
+use crate::sandbox::plugin::{ConfigItem, ItemType};
 use crate::text::printable;
 use crate::vault::Record;
 

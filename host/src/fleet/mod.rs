@@ -6,6 +6,8 @@
 //! rotated twice at once. Stores go through one `VaultWriter`, so concurrent
 //! rotations share rewrites.
 
+pub mod schedule;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,21 +20,21 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::audit::{AuditEntry, AuditLog};
-use crate::aws_identity::{GatewayIdentity, Lending};
-use crate::engine::{Limits, Plugin, SandboxError};
-use crate::grace::Ledger;
 use crate::holdings::Holdings;
 use crate::metrics::Metrics;
-use crate::plugin::Subject;
-use crate::rotate::{
+use crate::rotation::audit::{AuditEntry, AuditLog};
+use crate::rotation::flow::{
     Job, PAM_USER_TYPE, Records, Rotator, RunError, RunReport, fleet_records, rotate_record,
 };
-use crate::schedule::{self, Due, Member, labels, stamp};
-use crate::usage::KeyInUse;
+use crate::rotation::grace::Ledger;
+use crate::rotation::identity::{GatewayIdentity, Lending};
+use crate::rotation::usage::KeyInUse;
+use crate::rotation::vetting::{self, VetError};
+use crate::sandbox::engine::{Limits, Plugin, SandboxError};
+use crate::sandbox::plugin::Subject;
+use crate::vault::writer::VaultWriter;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
-use crate::vetting::{self, VetError};
-use crate::writer::VaultWriter;
+use schedule::{Due, Member, labels, stamp};
 
 /// What `due` and `gateway` were asked to do.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::plugin::StoreField;
+use crate::sandbox::plugin::StoreField;
 use crate::vault::{Change, Vault, VaultError};
 
 /// A change waiting for the next save.
@@ -84,7 +84,7 @@ impl VaultWriter {
         let mut vault = self.vault.lock().await;
         if vault.lease(uid, lease)? {
             return vault
-                .record(uid, "-u", Some(crate::rotate::PAM_USER_TYPE))
+                .record(uid, "-u", Some(crate::rotation::flow::PAM_USER_TYPE))
                 .map(Some);
         }
         Ok(None)

@@ -8,9 +8,9 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::grace::Ledger;
-use crate::plugin::CredentialUse;
-use crate::schedule::{BadField, labels, stamp};
+use crate::fleet::schedule::{BadField, labels, stamp};
+use crate::rotation::grace::Ledger;
+use crate::sandbox::plugin::CredentialUse;
 use crate::text::printable;
 use crate::vault::Record;
 

@@ -4,9 +4,9 @@
 //! guest; an `Err` of the outer result would be a host bug and traps. Whatever
 //! the guest wrote (URLs, messages) is cleaned before it is logged.
 
-use crate::bindings::{wit, wit_holdings, wit_log, wit_outbound};
-use crate::engine::HostState;
-use crate::http::{Request, SendError};
+use crate::sandbox::bindings::{wit, wit_holdings, wit_log, wit_outbound};
+use crate::sandbox::engine::HostState;
+use crate::sandbox::http::{Request, SendError};
 
 impl wit_outbound::Host for HostState {
     async fn send(
@@ -48,7 +48,7 @@ impl wit_log::Host for HostState {
     fn log(&mut self, level: wit_log::Level, message: String) -> wasmtime::Result<()> {
         let message = self.redactor.clean(crate::text::truncate(
             &message,
-            crate::engine::MAX_TEXT_BYTES,
+            crate::sandbox::engine::MAX_TEXT_BYTES,
         ));
         match level {
             wit_log::Level::Trace => tracing::trace!(target: "guest", "{message}"),

@@ -120,7 +120,7 @@ pub fn member(
 ) -> Result<Member, BadField> {
     if !user
         .record_type
-        .eq_ignore_ascii_case(crate::rotate::PAM_USER_TYPE)
+        .eq_ignore_ascii_case(crate::rotation::flow::PAM_USER_TYPE)
     {
         return Ok(Member::Outside);
     }

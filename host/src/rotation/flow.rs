@@ -10,21 +10,21 @@ use chrono::Utc;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::aws_identity::{GatewayIdentity, IdentityError, Lending};
-use crate::engine::{Instance, Limits, Plugin, SandboxError};
-use crate::exposure::{allow_list, lent_origins_allowed, secrets};
-use crate::grace::Ledger;
+use crate::fleet::schedule::{BadField, labels, stamp};
 use crate::holdings::Holdings;
-use crate::plugin::{Context, PluginError, StoreField, ValueKind};
-use crate::retire;
-use crate::schedule::{BadField, labels, stamp};
+use crate::rotation::exposure::{allow_list, lent_origins_allowed, secrets};
+use crate::rotation::grace::Ledger;
+use crate::rotation::identity::{GatewayIdentity, IdentityError, Lending};
+use crate::rotation::retire;
+use crate::rotation::usage::{KeyInUse, Policy};
+use crate::rotation::vetting::{self, VetError};
+use crate::sandbox::engine::{Instance, Limits, Plugin, SandboxError};
+use crate::sandbox::plugin::{Context, PluginError, StoreField, ValueKind};
 use crate::secret::Secret;
 use crate::text::printable;
-use crate::usage::{KeyInUse, Policy};
 use crate::vault::lease::Lease;
+use crate::vault::writer::VaultWriter;
 use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
-use crate::vetting::{self, VetError};
-use crate::writer::VaultWriter;
 
 /// The record type of a PAM user record.
 pub const PAM_USER_TYPE: &str = "pamUser";
@@ -232,7 +232,7 @@ impl Records {
 
 /// Runs one rotation (`rotate-host run`).
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    crate::engine::block_on(async {
+    crate::sandbox::engine::block_on(async {
         // Compile before taking the lock: others wait on it for no reason otherwise.
         let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
         let identity = GatewayIdentity::new(opts.lending.clone());
@@ -569,7 +569,7 @@ impl<'a> InFlight<'a> {
 
     /// `rotate`: the plan, or the new key and what to store. Its secrets are
     /// masked from here on, and its id joins the holdings at once (I6).
-    async fn rotate(&mut self) -> Result<crate::plugin::Rotation, RunError> {
+    async fn rotate(&mut self) -> Result<crate::sandbox::plugin::Rotation, RunError> {
         let uid = self.job.user_uid.as_str();
         tracing::info!(plugin = %self.plugin_name, user = ?printable(uid), dry_run = self.job.dry_run, "rotating");
         let rotation = match self.instance.rotate(&self.ctx).await {
@@ -606,7 +606,10 @@ impl<'a> InFlight<'a> {
     /// with `Last Rotated` (and, in a pass, `Rotation Pending`) in the same
     /// save; keys deleted to make room leave the ledger in it too. If the save
     /// fails, `rollback` deletes the new key, unless it may have been stored.
-    async fn store(&mut self, rotation: &crate::plugin::Rotation) -> Result<String, RunError> {
+    async fn store(
+        &mut self,
+        rotation: &crate::sandbox::plugin::Rotation,
+    ) -> Result<String, RunError> {
         let job = self.job;
         let Some(created) = self.report.created.clone() else {
             return Err(RunError::Plugin {
@@ -649,7 +652,7 @@ impl<'a> InFlight<'a> {
     /// it deactivated or kept for consumers is recorded in the ledger.
     async fn finalize(
         mut self,
-        rotation: &crate::plugin::Rotation,
+        rotation: &crate::sandbox::plugin::Rotation,
         created: String,
     ) -> Result<RunReport, RunError> {
         let why = match self.instance.finalize(&self.ctx, rotation).await {
@@ -682,11 +685,11 @@ impl<'a> InFlight<'a> {
 /// holds is never handed to `finalize` to retire. One the plugin says it
 /// deleted is past saving, and reported.
 fn keep_held_elsewhere(
-    mut rotation: crate::plugin::Rotation,
+    mut rotation: crate::sandbox::plugin::Rotation,
     holdings: &Holdings,
     uid: &str,
     notes: &mut Vec<String>,
-) -> crate::plugin::Rotation {
+) -> crate::sandbox::plugin::Rotation {
     let (kept, retire): (Vec<String>, Vec<String>) = rotation
         .retire
         .into_iter()
@@ -735,7 +738,7 @@ pub(crate) fn text_field(label: &str, value: &str) -> StoreField {
 async fn rollback(
     instance: &mut Instance,
     ctx: &Context,
-    rotation: &crate::plugin::Rotation,
+    rotation: &crate::sandbox::plugin::Rotation,
     created: &str,
 ) -> String {
     let failure = match instance.rollback(ctx, rotation).await {

@@ -11,7 +11,7 @@ use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use url::Url;
 
-use crate::allowlist::AllowList;
+use crate::sandbox::allowlist::AllowList;
 
 /// A request from the guest.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ pub struct AuditEntry {
     pub kept_key_ids: Vec<String>,
     /// Old keys kept earlier that IAM shows still in use, with their last use.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub old_keys_in_use: Vec<crate::usage::KeyInUse>,
+    pub old_keys_in_use: Vec<crate::rotation::usage::KeyInUse>,
     /// `rotated`, `purged`, `planned`, `failed`, `not_finalized`, or `skipped`
     /// (the gateway was stopping).
     pub outcome: &'static str,
@@ -45,7 +45,7 @@ impl AuditEntry {
     /// An entry stamped now.
     pub fn now(record_uid: &str, outcome: &'static str, exit_code: i32) -> Self {
         Self {
-            time: crate::schedule::stamp(Utc::now()),
+            time: crate::fleet::schedule::stamp(Utc::now()),
             record_uid: record_uid.to_string(),
             user: None,
             old_key_ids: vec![],

@@ -5,15 +5,15 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::Instance;
-use crate::grace::{self, Ledger};
+use crate::fleet::schedule::labels;
 use crate::holdings::Holdings;
-use crate::plugin::{Context, StoreField};
-use crate::rotate::{Job, RunError, RunReport, text_field};
-use crate::schedule::labels;
+use crate::rotation::flow::{Job, RunError, RunReport, text_field};
+use crate::rotation::grace::{self, Ledger};
+use crate::rotation::usage::{self, KeyInUse, Policy};
+use crate::sandbox::engine::Instance;
+use crate::sandbox::plugin::{Context, StoreField};
 use crate::text::printable;
-use crate::usage::{self, KeyInUse, Policy};
-use crate::writer::VaultWriter;
+use crate::vault::writer::VaultWriter;
 
 /// Asks the plugin when each kept key was last used and judges them (marking
 /// the unused for retirement); returns the keys still in use. A failure to

@@ -19,8 +19,8 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_smithy_http_client::tls;
 use thiserror::Error;
 
-use crate::plugin::HostCredential;
-use crate::schedule::{BadField, labels};
+use crate::fleet::schedule::{BadField, labels};
+use crate::sandbox::plugin::HostCredential;
 use crate::secret::Secret;
 use crate::vault::Record;
 

@@ -1,0 +1,11 @@
+//! What a plugin may do: the engine that compiles and runs components, the
+//! bindings between WIT and host types, the imports it is given (HTTP through
+//! the allowlist, logging, holdings) and the compile cache.
+
+pub mod allowlist;
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod http;
+mod imports;
+pub mod plugin;
