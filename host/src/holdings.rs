@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
-use crate::fleet::schedule::labels;
-use crate::vault::Record;
+use crate::fields::labels;
+use crate::record::Record;
 
 /// Credential id → the UIDs of the records that hold or track it. Rotations
 /// add the ids they create, so a concurrent rotation in the same pass sees them.
@@ -71,7 +71,7 @@ impl Holdings {
 
 /// Ids in `record`'s credential fields.
 fn field_ids<'a>(record: &'a Record, id_fields: &'a [String]) -> impl Iterator<Item = String> + 'a {
-    let named = move |f: &crate::vault::Field| {
+    let named = move |f: &crate::record::Field| {
         id_fields.iter().any(|want| {
             f.kind.eq_ignore_ascii_case(want)
                 || f.label

@@ -6,10 +6,12 @@
 
 pub mod cli;
 pub mod configure;
+pub mod fields;
 pub mod fleet;
 pub mod fsguard;
 pub mod holdings;
 pub mod metrics;
+pub mod record;
 pub mod rotation;
 pub mod sandbox;
 pub mod secret;

@@ -20,11 +20,14 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::fields::PAM_USER_TYPE;
+use crate::fields::{labels, stamp};
 use crate::holdings::Holdings;
 use crate::metrics::Metrics;
+use crate::record::Record;
 use crate::rotation::audit::{AuditEntry, AuditLog};
 use crate::rotation::flow::{
-    Job, PAM_USER_TYPE, Records, Rotator, RunError, RunReport, fleet_records, rotate_record,
+    Job, Records, Rotator, RunError, RunReport, fleet_records, rotate_record,
 };
 use crate::rotation::grace::Ledger;
 use crate::rotation::identity::{GatewayIdentity, Lending};
@@ -33,8 +36,8 @@ use crate::rotation::vetting::{self, VetError};
 use crate::sandbox::engine::{Limits, Plugin, SandboxError};
 use crate::sandbox::plugin::Subject;
 use crate::vault::writer::VaultWriter;
-use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
-use schedule::{Due, Member, labels, stamp};
+use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
+use schedule::{Due, Member};
 
 /// What `due` and `gateway` were asked to do.
 #[derive(Debug, Clone)]
@@ -322,7 +325,7 @@ struct Work {
 }
 
 /// The report entry of a record with a field the fleet cannot use.
-fn bad_field(uid: &str, bad: &schedule::BadField) -> Entry {
+fn bad_field(uid: &str, bad: &crate::fields::BadField) -> Entry {
     let mut e = Entry::new(uid);
     e.exit_code = Some(2);
     e.error = Some(format!(

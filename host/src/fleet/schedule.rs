@@ -9,38 +9,13 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration as Days, SecondsFormat, Utc};
+use chrono::{DateTime, Duration as Days, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-use crate::vault::Record;
-
-/// Field labels the host reads and writes (the plugin's own fields are its business).
-pub mod labels {
-    pub const CONFIG: &str = "Rotation Config";
-    pub const PROVIDER: &str = "Rotation Provider";
-    pub const ENABLED: &str = "Rotation";
-    pub const SCHEDULE: &str = "Rotation Schedule";
-    pub const MAX_AGE_DAYS: &str = "Rotation Max Age Days";
-    pub const TIMEZONE: &str = "Rotation Timezone";
-    pub const LAST_ROTATED: &str = "Last Rotated";
-    pub const PENDING: &str = "Rotation Pending";
-    /// On the PAM user record, while a rotation runs (vaults without a lock).
-    pub const LEASE: &str = "Rotation Lease";
-    /// On the PAM user record: `ID SINCE` per credential deactivated by a rotation.
-    pub const DEACTIVATED: &str = "Deactivated Keys";
-    /// On the config record: days a deactivated credential is kept.
-    pub const GRACE_DAYS: &str = "Inactive Grace Days";
-    /// On the config record: hours without use before a kept old key is retired.
-    pub const UNUSED_HOURS: &str = "Unused Hours";
-    /// On the config record: days a kept old key may stay in use before a warning.
-    pub const OVERLAP_DAYS: &str = "Overlap Max Days";
-    /// On the config record: the logins it serves, one pattern per line.
-    pub const SCOPE: &str = "Rotation Scope";
-    /// On the config record: lend the host's own AWS identity to the plugin.
-    pub const GATEWAY_CREDENTIALS: &str = "Use Gateway Credentials";
-}
+use crate::fields::{BadField, labels};
+use crate::record::Record;
 
 /// When a record is rotated.
 #[derive(Debug, Clone)]
@@ -49,19 +24,6 @@ pub enum Schedule {
     Cron { expr: Box<Cron>, tz: Tz },
     /// When the key is this old.
     MaxAge(Days),
-}
-
-/// A field the fleet could not use: the record is reported and skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadField {
-    pub field: &'static str,
-    pub why: String,
-}
-
-impl std::fmt::Display for BadField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "field '{}' {}", self.field, self.why)
-    }
 }
 
 /// What the fleet makes of one record.
@@ -120,7 +82,7 @@ pub fn member(
 ) -> Result<Member, BadField> {
     if !user
         .record_type
-        .eq_ignore_ascii_case(crate::rotation::flow::PAM_USER_TYPE)
+        .eq_ignore_ascii_case(crate::fields::PAM_USER_TYPE)
     {
         return Ok(Member::Outside);
     }
@@ -233,16 +195,11 @@ impl FleetEntry {
     }
 }
 
-/// `time` as written in `Last Rotated`: RFC 3339, UTC, whole seconds.
-pub fn stamp(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Field;
     use crate::secret::Secret;
-    use crate::vault::Field;
 
     fn record(uid: &str, kind: &str, fields: &[(&str, &str)]) -> Record {
         Record {
@@ -408,13 +365,5 @@ mod tests {
             assert_eq!(err.field, field, "{fields:?}");
             assert!(err.why.contains(says), "{fields:?}: {err}");
         }
-    }
-
-    #[test]
-    fn stamps_are_rfc3339_utc_seconds() {
-        assert_eq!(
-            stamp(at("2026-11-26T03:04:05.678+01:00")),
-            "2026-11-26T02:04:05Z"
-        );
     }
 }

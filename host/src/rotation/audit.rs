@@ -45,7 +45,7 @@ impl AuditEntry {
     /// An entry stamped now.
     pub fn now(record_uid: &str, outcome: &'static str, exit_code: i32) -> Self {
         Self {
-            time: crate::fleet::schedule::stamp(Utc::now()),
+            time: crate::fields::stamp(Utc::now()),
             record_uid: record_uid.to_string(),
             user: None,
             old_key_ids: vec![],

@@ -3,12 +3,12 @@
 //! origins, narrowed by the operator), the rule that a lent host identity
 //! goes only where the operator allows, and the record values to mask.
 
+use crate::record::Record;
 use crate::rotation::flow::RunError;
 use crate::sandbox::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::sandbox::engine::SandboxError;
 use crate::sandbox::plugin::{ConfigItem, ItemType};
 use crate::text::printable;
-use crate::vault::Record;
 
 /// A rotation lent the host's identity may reach only the origins the plugin
 /// declares and those the operator allowed: never one that only a record names.

@@ -10,8 +10,11 @@ use chrono::Utc;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::fleet::schedule::{BadField, labels, stamp};
+use crate::fields::PAM_USER_TYPE;
+use crate::fields::{BadField, labels, stamp};
 use crate::holdings::Holdings;
+use crate::record::Record;
+use crate::record::{StoreField, ValueKind};
 use crate::rotation::exposure::{allow_list, lent_origins_allowed, secrets};
 use crate::rotation::grace::Ledger;
 use crate::rotation::identity::{GatewayIdentity, IdentityError, Lending};
@@ -19,15 +22,12 @@ use crate::rotation::retire;
 use crate::rotation::usage::{KeyInUse, Policy};
 use crate::rotation::vetting::{self, VetError};
 use crate::sandbox::engine::{Instance, Limits, Plugin, SandboxError};
-use crate::sandbox::plugin::{Context, PluginError, StoreField, ValueKind};
+use crate::sandbox::plugin::{Context, PluginError};
 use crate::secret::Secret;
 use crate::text::printable;
 use crate::vault::lease::Lease;
 use crate::vault::writer::VaultWriter;
-use crate::vault::{Record, Vault, VaultError, VaultOptions, VaultSource};
-
-/// The record type of a PAM user record.
-pub const PAM_USER_TYPE: &str = "pamUser";
+use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
 
 /// What `rotate-host run` was asked to do.
 #[derive(Debug, Clone)]

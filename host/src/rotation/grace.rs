@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::fleet::schedule::{BadField, labels, stamp};
+use crate::fields::{BadField, labels, stamp};
+use crate::record::Record;
 use crate::sandbox::plugin::Deactivated;
-use crate::vault::Record;
 
 /// The grace period when the config record sets none.
 pub const DEFAULT_DAYS: i64 = 7;

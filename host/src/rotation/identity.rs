@@ -19,10 +19,10 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_smithy_http_client::tls;
 use thiserror::Error;
 
-use crate::fleet::schedule::{BadField, labels};
+use crate::fields::{BadField, labels};
+use crate::record::Record;
 use crate::sandbox::plugin::HostCredential;
 use crate::secret::Secret;
-use crate::vault::Record;
 
 /// How long resolving the chain may take: IMDS and STS are network calls.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,13 +5,14 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::fleet::schedule::labels;
+use crate::fields::labels;
 use crate::holdings::Holdings;
+use crate::record::StoreField;
 use crate::rotation::flow::{Job, RunError, RunReport, text_field};
 use crate::rotation::grace::{self, Ledger};
 use crate::rotation::usage::{self, KeyInUse, Policy};
 use crate::sandbox::engine::Instance;
-use crate::sandbox::plugin::{Context, StoreField};
+use crate::sandbox::plugin::Context;
 use crate::text::printable;
 use crate::vault::writer::VaultWriter;
 

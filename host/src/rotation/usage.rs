@@ -8,11 +8,11 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::fleet::schedule::{BadField, labels, stamp};
+use crate::fields::{BadField, labels, stamp};
+use crate::record::Record;
 use crate::rotation::grace::Ledger;
 use crate::sandbox::plugin::CredentialUse;
 use crate::text::printable;
-use crate::vault::Record;
 
 /// IAM's last-use data is not real time (AWS documents up to four hours for
 /// last-accessed data), so the default waits well past that.

@@ -13,14 +13,15 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::fleet::schedule::labels;
-use crate::rotation::flow::{PAM_USER_TYPE, Records};
+use crate::fields::PAM_USER_TYPE;
+use crate::fields::labels;
+use crate::record::Record;
+use crate::rotation::flow::Records;
 use crate::rotation::identity::GatewayIdentity;
 use crate::sandbox::engine::{Instance, Plugin, SandboxError};
 use crate::sandbox::plugin::{Context, HostCredential, PluginError, Subject};
 use crate::secret::Secret;
 use crate::text::printable;
-use crate::vault::Record;
 
 /// The label of a config record's kind, as Keeper writes it.
 pub const SAAS_TYPE: &str = "SaaS Type";
@@ -85,7 +86,7 @@ pub enum VetError {
         config: String,
     },
     #[error("{0}; nothing was changed")]
-    Field(crate::fleet::schedule::BadField),
+    Field(crate::fields::BadField),
     #[error("{0}")]
     Plugin(PluginError),
     #[error("{0}")]

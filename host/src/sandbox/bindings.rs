@@ -1,12 +1,12 @@
 //! The `bindgen!` output for `wit/plugin.wit`, and its conversions to the host's types.
 
+use crate::record::Record;
+use crate::record::{StoreField, ValueKind};
 use crate::sandbox::http::{self, SendError};
 use crate::sandbox::plugin::{
-    ConfigItem, CredentialUse, Finalized, ItemType, PluginError, PluginInfo, Rotation, StoreField,
-    Subject, ValueKind,
+    ConfigItem, CredentialUse, Finalized, ItemType, PluginError, PluginInfo, Rotation, Subject,
 };
 use crate::secret::Secret;
-use crate::vault::Record;
 
 mod generated {
     wasmtime::component::bindgen!({

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::record::StoreField;
 use crate::secret::Secret;
 
 /// What a plugin says about itself.
@@ -53,32 +54,6 @@ pub struct ConfigItem {
     /// Allowed values of an `enum` item, with their descriptions.
     pub enum_values: Vec<(String, String)>,
     pub required: bool,
-}
-
-/// How a value is kept in the vault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
-    Text,
-    Secret,
-}
-
-impl ValueKind {
-    /// The Keeper field type that holds such a value.
-    pub fn field_type(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Secret => "secret",
-        }
-    }
-}
-
-/// A field the plugin asks the host to store in the PAM user record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreField {
-    pub label: String,
-    pub aliases: Vec<String>,
-    pub kind: ValueKind,
-    pub value: Secret,
 }
 
 /// The outcome of `rotate`.
@@ -169,9 +144,9 @@ pub struct Finalized {
 /// What the host hands the plugin: the records of one rotation.
 #[derive(Debug, Clone)]
 pub struct Context {
-    pub user: crate::vault::Record,
-    pub config: crate::vault::Record,
-    pub provider: Option<crate::vault::Record>,
+    pub user: crate::record::Record,
+    pub config: crate::record::Record,
+    pub provider: Option<crate::record::Record>,
     pub dry_run: bool,
     pub host_credential: Option<HostCredential>,
     pub deactivated: Vec<Deactivated>,

@@ -23,10 +23,10 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{
-    Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
-};
-use crate::sandbox::plugin::StoreField;
+use super::keeper_shape::{apply_fields, of_type, remove_label, to_record};
+use super::{Change, Vault, VaultError, VaultOptions};
+use crate::record::Record;
+use crate::record::StoreField;
 
 /// A top-level member of the file, kept raw, or the records array.
 enum Member {
@@ -774,7 +774,7 @@ impl Vault for FileVault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::plugin::ValueKind;
+    use crate::record::ValueKind;
     use crate::secret::Secret;
 
     fn t() -> VaultOptions {

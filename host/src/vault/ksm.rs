@@ -33,12 +33,12 @@ use serde_json::{Map, Value};
 
 use chrono::Utc;
 
+use super::keeper_shape::{apply_fields, of_type, remove_label, to_record};
 use super::lease::Lease;
-use super::{
-    Change, Record, Vault, VaultError, VaultOptions, apply_fields, of_type, remove_label, to_record,
-};
-use crate::fleet::schedule::{labels, stamp};
-use crate::sandbox::plugin::{StoreField, ValueKind};
+use super::{Change, Vault, VaultError, VaultOptions};
+use crate::fields::{labels, stamp};
+use crate::record::Record;
+use crate::record::{StoreField, ValueKind};
 use crate::secret::Secret;
 
 /// The largest KSM config file read.

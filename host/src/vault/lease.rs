@@ -12,7 +12,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::fleet::schedule::stamp;
+use crate::fields::stamp;
 
 /// The longest lease believed: four call timeouts at their maximum (a day
 /// each) and a minute.

@@ -8,6 +8,7 @@
 //! fields are the same code here.
 
 pub mod file;
+pub mod keeper_shape;
 #[cfg(feature = "ksm")]
 pub mod ksm;
 pub mod lease;
@@ -18,11 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use crate::sandbox::plugin::StoreField;
-use crate::secret::Secret;
+use crate::record::Record;
+use crate::record::StoreField;
 
 pub use file::{FileVault, UndoPoint};
 
@@ -256,180 +256,5 @@ impl Default for VaultOptions {
             max_bytes: 64 << 20,
             strict_permissions: false,
         }
-    }
-}
-
-/// One field of a record, from `fields` or `custom`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Field {
-    pub kind: String,
-    pub label: Option<String>,
-    /// Every value is treated as secret: the host never prints record values.
-    pub values: Vec<Secret>,
-}
-
-/// A record as the host hands it to a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub uid: String,
-    pub record_type: String,
-    pub title: String,
-    pub fields: Vec<Field>,
-}
-
-#[cfg(test)]
-impl Record {
-    /// A PAM user record `uid` with one-value fields `(kind, label, value)`
-    /// (an empty label is none), for unit tests.
-    pub fn for_test(uid: &str, fields: &[(&str, &str, &str)]) -> Self {
-        Self {
-            uid: uid.into(),
-            record_type: "pamUser".into(),
-            title: String::new(),
-            fields: fields
-                .iter()
-                .map(|(kind, label, value)| Field {
-                    kind: kind.to_string(),
-                    label: (!label.is_empty()).then(|| label.to_string()),
-                    values: vec![Secret::new(*value)],
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Record {
-    /// The first non-blank value of the first field labelled `label`, trimmed.
-    /// Labels match in any case and around spaces: the one place that decides it.
-    pub fn value(&self, label: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|f| {
-                f.label
-                    .as_deref()
-                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
-            })
-            .and_then(|f| {
-                f.values
-                    .iter()
-                    .map(|v| v.expose().trim())
-                    .find(|v| !v.is_empty())
-            })
-    }
-
-    /// The first value of the first field of type `kind`, trimmed.
-    pub fn value_of_type(&self, kind: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|f| f.kind.eq_ignore_ascii_case(kind))
-            .and_then(|f| f.values.first())
-            .map(|v| v.expose().trim())
-            .filter(|v| !v.is_empty())
-    }
-}
-
-/// Sets `fields` on a Keeper-shaped record: every field labelled with the label
-/// or an alias (any case) is replaced and relabelled; if there is none, a custom
-/// field is added. Nothing else in the record changes.
-pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
-    for f in fields {
-        let names = std::iter::once(&f.label).chain(&f.aliases);
-        let matches = |v: &Value| {
-            v.get("label")
-                .and_then(Value::as_str)
-                .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)))
-        };
-        let new_field = |old: Option<&Value>| {
-            let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
-            obj.insert("type".into(), json!(f.kind.field_type()));
-            obj.insert("label".into(), json!(f.label));
-            obj.insert("value".into(), json!([f.value.expose()]));
-            Value::Object(obj)
-        };
-        let mut found = false;
-        for section in ["fields", "custom"] {
-            if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
-                for item in list.iter_mut().filter(|v| matches(v)) {
-                    *item = new_field(Some(item));
-                    found = true;
-                }
-            }
-        }
-        if !found {
-            let custom = record
-                .entry("custom")
-                .or_insert_with(|| Value::Array(vec![]));
-            if !custom.is_array() {
-                *custom = Value::Array(vec![]);
-            }
-            custom.as_array_mut().expect("array").push(new_field(None));
-        }
-    }
-}
-
-/// Removes every field labelled `label` (any case); returns whether one was.
-pub fn remove_label(record: &mut Map<String, Value>, label: &str) -> bool {
-    let mut removed = false;
-    for section in ["fields", "custom"] {
-        if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
-            let before = list.len();
-            list.retain(|v| {
-                !v.get("label")
-                    .and_then(Value::as_str)
-                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
-            });
-            removed |= list.len() != before;
-        }
-    }
-    removed
-}
-
-/// `record` (read for `uid`, given to `flag`), if it is of type `expected` when given.
-pub fn of_type(
-    record: Record,
-    uid: &str,
-    flag: &'static str,
-    expected: Option<&'static str>,
-) -> Result<Record, VaultError> {
-    match expected {
-        Some(expected) if !record.record_type.eq_ignore_ascii_case(expected) => {
-            Err(VaultError::WrongType {
-                uid: uid.to_string(),
-                flag,
-                found: record.record_type,
-                expected,
-            })
-        }
-        _ => Ok(record),
-    }
-}
-
-/// A record in Keeper's shape (`uid`, `type`, `title`, `fields`, `custom`) as the
-/// host sees it: every value as text, non-string values as their JSON.
-pub fn to_record(raw: &Value) -> Record {
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let fields = ["fields", "custom"]
-        .iter()
-        .filter_map(|s| raw.get(*s).and_then(Value::as_array))
-        .flatten()
-        .map(|f| Field {
-            kind: f.get("type").map(text).unwrap_or_default(),
-            label: f.get("label").and_then(Value::as_str).map(str::to_string),
-            values: match f.get("value") {
-                Some(Value::Array(vs)) => vs.iter().map(|v| Secret::new(text(v))).collect(),
-                Some(v) => vec![Secret::new(text(v))],
-                None => vec![],
-            },
-        })
-        .collect();
-    Record {
-        uid: raw.get("uid").map(text).unwrap_or_default(),
-        record_type: raw.get("type").map(text).unwrap_or_default(),
-        title: raw.get("title").map(text).unwrap_or_default(),
-        fields,
     }
 }

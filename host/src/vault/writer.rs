@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::sandbox::plugin::StoreField;
+use crate::record::StoreField;
 use crate::vault::{Change, Vault, VaultError};
 
 /// A change waiting for the next save.
@@ -80,11 +80,11 @@ impl VaultWriter {
         &self,
         uid: &str,
         lease: &crate::vault::lease::Lease,
-    ) -> Result<Option<crate::vault::Record>, VaultError> {
+    ) -> Result<Option<crate::record::Record>, VaultError> {
         let mut vault = self.vault.lock().await;
         if vault.lease(uid, lease)? {
             return vault
-                .record(uid, "-u", Some(crate::rotation::flow::PAM_USER_TYPE))
+                .record(uid, "-u", Some(crate::fields::PAM_USER_TYPE))
                 .map(Some);
         }
         Ok(None)

@@ -1,0 +1,70 @@
+//! The host's own words in a record: the field labels it reads and writes,
+//! the record type it rotates, the one rule for booleans, and how it writes
+//! times. The bottom layer: it uses nothing else of the crate.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// The record type of a PAM user record.
+pub const PAM_USER_TYPE: &str = "pamUser";
+
+/// Field labels the host reads and writes (the plugin's own fields are its business).
+pub mod labels {
+    pub const CONFIG: &str = "Rotation Config";
+    pub const PROVIDER: &str = "Rotation Provider";
+    pub const ENABLED: &str = "Rotation";
+    pub const SCHEDULE: &str = "Rotation Schedule";
+    pub const MAX_AGE_DAYS: &str = "Rotation Max Age Days";
+    pub const TIMEZONE: &str = "Rotation Timezone";
+    pub const LAST_ROTATED: &str = "Last Rotated";
+    pub const PENDING: &str = "Rotation Pending";
+    /// On the PAM user record, while a rotation runs (vaults without a lock).
+    pub const LEASE: &str = "Rotation Lease";
+    /// On the PAM user record: `ID SINCE` per credential deactivated by a rotation.
+    pub const DEACTIVATED: &str = "Deactivated Keys";
+    /// On the config record: days a deactivated credential is kept.
+    pub const GRACE_DAYS: &str = "Inactive Grace Days";
+    /// On the config record: hours without use before a kept old key is retired.
+    pub const UNUSED_HOURS: &str = "Unused Hours";
+    /// On the config record: days a kept old key may stay in use before a warning.
+    pub const OVERLAP_DAYS: &str = "Overlap Max Days";
+    /// On the config record: the logins it serves, one pattern per line.
+    pub const SCOPE: &str = "Rotation Scope";
+    /// On the config record: lend the host's own AWS identity to the plugin.
+    pub const GATEWAY_CREDENTIALS: &str = "Use Gateway Credentials";
+}
+
+/// A field the host could not use: the record is refused (in a pass, it
+/// alone), and the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadField {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl std::fmt::Display for BadField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field '{}' {}", self.field, self.why)
+    }
+}
+
+/// `time` as written in `Last Rotated`: RFC 3339, UTC, whole seconds.
+pub fn stamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_rfc3339_utc_seconds() {
+        assert_eq!(
+            stamp(
+                DateTime::parse_from_rfc3339("2026-11-26T03:04:05.678+01:00")
+                    .unwrap()
+                    .with_timezone(&Utc)
+            ),
+            "2026-11-26T02:04:05Z"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! The record shape both vault backends share: Keeper's JSON (`uid`, `type`,
+//! `title`, `fields`, `custom`), read into `Record`s and changed field by field.
+
+use serde_json::{Map, Value, json};
+
+use super::VaultError;
+use crate::record::{Field, Record, StoreField};
+use crate::secret::Secret;
+
+/// Sets `fields` on a Keeper-shaped record: every field labelled with the label
+/// or an alias (any case) is replaced and relabelled; if there is none, a custom
+/// field is added. Nothing else in the record changes.
+pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
+    for f in fields {
+        let names = std::iter::once(&f.label).chain(&f.aliases);
+        let matches = |v: &Value| {
+            v.get("label")
+                .and_then(Value::as_str)
+                .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)))
+        };
+        let new_field = |old: Option<&Value>| {
+            let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
+            obj.insert("type".into(), json!(f.kind.field_type()));
+            obj.insert("label".into(), json!(f.label));
+            obj.insert("value".into(), json!([f.value.expose()]));
+            Value::Object(obj)
+        };
+        let mut found = false;
+        for section in ["fields", "custom"] {
+            if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
+                for item in list.iter_mut().filter(|v| matches(v)) {
+                    *item = new_field(Some(item));
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            let custom = record
+                .entry("custom")
+                .or_insert_with(|| Value::Array(vec![]));
+            if !custom.is_array() {
+                *custom = Value::Array(vec![]);
+            }
+            custom.as_array_mut().expect("array").push(new_field(None));
+        }
+    }
+}
+
+/// Removes every field labelled `label` (any case); returns whether one was.
+pub fn remove_label(record: &mut Map<String, Value>, label: &str) -> bool {
+    let mut removed = false;
+    for section in ["fields", "custom"] {
+        if let Some(list) = record.get_mut(section).and_then(Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|v| {
+                !v.get("label")
+                    .and_then(Value::as_str)
+                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
+            });
+            removed |= list.len() != before;
+        }
+    }
+    removed
+}
+
+/// `record` (read for `uid`, given to `flag`), if it is of type `expected` when given.
+pub fn of_type(
+    record: Record,
+    uid: &str,
+    flag: &'static str,
+    expected: Option<&'static str>,
+) -> Result<Record, VaultError> {
+    match expected {
+        Some(expected) if !record.record_type.eq_ignore_ascii_case(expected) => {
+            Err(VaultError::WrongType {
+                uid: uid.to_string(),
+                flag,
+                found: record.record_type,
+                expected,
+            })
+        }
+        _ => Ok(record),
+    }
+}
+
+/// A record in Keeper's shape (`uid`, `type`, `title`, `fields`, `custom`) as the
+/// host sees it: every value as text, non-string values as their JSON.
+pub fn to_record(raw: &Value) -> Record {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let fields = ["fields", "custom"]
+        .iter()
+        .filter_map(|s| raw.get(*s).and_then(Value::as_array))
+        .flatten()
+        .map(|f| Field {
+            kind: f.get("type").map(text).unwrap_or_default(),
+            label: f.get("label").and_then(Value::as_str).map(str::to_string),
+            values: match f.get("value") {
+                Some(Value::Array(vs)) => vs.iter().map(|v| Secret::new(text(v))).collect(),
+                Some(v) => vec![Secret::new(text(v))],
+                None => vec![],
+            },
+        })
+        .collect();
+    Record {
+        uid: raw.get("uid").map(text).unwrap_or_default(),
+        record_type: raw.get("type").map(text).unwrap_or_default(),
+        title: raw.get("title").map(text).unwrap_or_default(),
+        fields,
+    }
+}
