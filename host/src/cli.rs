@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::configure::{ConfigOptions, configure};
-use crate::fleet::{Fleet, FleetOptions, audit_entry};
+use crate::fleet::{Fleet, FleetOptions};
 use crate::metrics::Metrics;
 use crate::rotation::audit::AuditLog;
+use crate::rotation::audit::audit_entry;
 use crate::rotation::flow::{RunError, RunOptions, RunReport, run};
 use crate::rotation::identity::Lending;
 use crate::sandbox::allowlist::{AllowedOrigin, NetworkPolicy};
@@ -775,7 +776,7 @@ fn gateway_command(args: GatewayArgs) -> i32 {
     let interval = Duration::from_secs(args.interval);
     match crate::sandbox::engine::block_on_workers(
         jobs,
-        crate::fleet::gateway(fleet, interval, metrics),
+        crate::gateway::gateway(fleet, interval, metrics),
     ) {
         Ok(()) => 0,
         Err(e) => {

@@ -9,6 +9,7 @@ pub mod configure;
 pub mod fields;
 pub mod fleet;
 pub mod fsguard;
+pub mod gateway;
 pub mod holdings;
 pub mod metrics;
 pub mod record;

@@ -8,9 +8,13 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
+
+use crate::rotation::flow::{RunError, RunReport};
+use crate::vault::VaultError;
 
 /// One attempt, as written.
 #[derive(Debug, Clone, Serialize)]
@@ -144,4 +148,50 @@ impl AuditLog {
             ),
         })
     }
+}
+
+/// The audit line of one attempt.
+pub fn audit_entry(
+    uid: &str,
+    user: Option<String>,
+    result: &Result<RunReport, RunError>,
+    took: Duration,
+) -> AuditEntry {
+    let mut entry = match result {
+        Ok(r) => AuditEntry::now(uid, r.status, 0),
+        Err(e @ RunError::NotFinalized { .. }) => {
+            AuditEntry::now(uid, "not_finalized", e.exit_code())
+        }
+        Err(RunError::Stopping) => AuditEntry::now(uid, "skipped", 0),
+        // Skipped by a pass, but exit 1 for `run`: the entry says which.
+        Err(e @ RunError::Vault(VaultError::Leased { .. })) => {
+            AuditEntry::now(uid, "skipped", e.exit_code())
+        }
+        Err(e) => AuditEntry::now(uid, "failed", e.exit_code()),
+    };
+    entry.user = user;
+    entry.duration_ms = took.as_millis() as u64;
+    match result {
+        Ok(r) => {
+            entry.new_key_id = r.created.clone();
+            entry.old_key_ids = if r.retired.is_empty() && r.deactivated.is_empty() {
+                r.planned_retire.clone()
+            } else {
+                [r.retired.clone(), r.deactivated.clone()].concat()
+            };
+            entry.deactivated_key_ids = r.deactivated.clone();
+            entry.purged_key_ids = r.purged.clone();
+            entry.kept_key_ids = r.kept.clone();
+            entry.old_keys_in_use = r.in_use.clone();
+        }
+        Err(e) => {
+            entry.error = Some(e.to_string());
+            if let RunError::NotFinalized { created, .. } | RunError::StoreFailed { created, .. } =
+                e
+            {
+                entry.new_key_id = Some(created.clone());
+            }
+        }
+    }
+    entry
 }

@@ -1,0 +1,94 @@
+//! The service: a fleet pass every interval until SIGTERM or SIGINT, with the
+//! metrics server beside it. Its log lines are under this module's target,
+//! `rotate_host::gateway`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::fleet::{Fleet, FleetError};
+use crate::metrics::Metrics;
+
+/// `rotate-host gateway`: a pass every `interval` until SIGTERM or SIGINT.
+/// A signal stops new rotations; those running finish, and it exits 0.
+pub async fn gateway(
+    fleet: Fleet,
+    interval: Duration,
+    metrics: Option<(SocketAddr, Arc<Metrics>)>,
+) -> Result<(), FleetError> {
+    let wake = Arc::new(Notify::new());
+    {
+        let (fleet, wake) = (fleet.clone(), wake.clone());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| FleetError::Usage(format!("could not watch for SIGTERM: {e}")))?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| FleetError::Usage(format!("could not watch for SIGINT: {e}")))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: starting no new rotation, finishing those running");
+            fleet.stop();
+            wake.notify_one();
+            // A second signal means now: crash safety covers a rotation cut short.
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal received: exiting at once");
+            std::process::exit(130);
+        });
+    }
+    let metrics = match metrics {
+        Some((addr, m)) => {
+            crate::metrics::serve(addr, m.clone())
+                .await
+                .map_err(FleetError::Usage)?;
+            Some(m)
+        }
+        None => None,
+    };
+    loop {
+        match fleet.pass().await {
+            Ok(report) => {
+                if let Some(m) = &metrics {
+                    m.record_pass(&report);
+                }
+                // A pass where nothing is due writes only its summary at INFO;
+                // a not-due record with something to say (an old key in use) stays.
+                let lines = report.lines();
+                let (summary, records) = lines.split_last().expect("a summary line");
+                let first_not_due = records.len() - report.not_due.len();
+                for (i, line) in records.iter().enumerate() {
+                    let quiet = i
+                        .checked_sub(first_not_due)
+                        .is_some_and(|n| report.not_due[n].notes.is_empty());
+                    if quiet {
+                        tracing::debug!(target: "rotate_host::gateway", "{line}");
+                    } else {
+                        tracing::info!(target: "rotate_host::gateway", "{line}");
+                    }
+                }
+                tracing::info!(target: "rotate_host::gateway", "{summary}");
+            }
+            // A bad or locked vault now may be fixed by the next pass.
+            Err(e) => tracing::error!(
+                "the pass did not run: {}",
+                crate::text::printable(&e.to_string())
+            ),
+        }
+        if fleet.stopping() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
+        if fleet.stopping() {
+            return Ok(());
+        }
+    }
+}
