@@ -219,3 +219,33 @@ fn a_malformed_allow_host_is_refused() {
         "the last two labels of a wildcard host must be literal",
     );
 }
+
+#[test]
+fn missing_required_config_field_is_bad_input() {
+    let s = fake_setup();
+    let cfg = fake_config_without(&s.iam.url, &s.rotator, &["Client Secret"]);
+    let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &s.old.id)));
+    let before = vault.bytes();
+    let out = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("missing required config field(s) 'Client Secret'"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(before, vault.bytes());
+    assert!(
+        s.iam.calls().is_empty(),
+        "nothing may be sent: {:?}",
+        s.iam.calls()
+    );
+}
+
+#[test]
+fn malformed_vault_is_bad_input_and_untouched() {
+    let vault = VaultFile::raw(b"{\"records\": [ {\"uid\": \"user1\", ");
+    let out = run(&vault, "user1", "cfg1", &[]);
+    out.expect(2, &["is malformed"]);
+    assert_eq!(vault.bytes(), b"{\"records\": [ {\"uid\": \"user1\", ");
+}

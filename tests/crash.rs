@@ -156,11 +156,7 @@ fn killed_during_rotates_delete_in_the_guide_setup() {
         "the signing key must survive"
     );
     assert_vault_key_exists(&iam, &vault, "alice");
-    let secrets = iam.all_secrets();
-    assert_no_secrets(
-        &again.all(),
-        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    assert_no_leak(&again.all(), &iam.all_secrets());
 }
 
 /// `rotate-host run` under strace, killed with SIGKILL when it enters the

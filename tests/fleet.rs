@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use test_support::fake_iam::{FakeIam, Key};
-use test_support::vault::{VaultFile, pam_user};
+use test_support::vault::{VaultFile, fleet_member};
 
 /// The fake with a rotator managing `users`, each with one key; a vault with
 /// config record `cfg1` and one fleet record per user (`u-<name>`).
@@ -22,20 +22,6 @@ struct Fleet {
     iam: FakeIam,
     vault: VaultFile,
     keys: Vec<(String, Key)>,
-}
-
-fn fleet_user(name: &str, key: &Key, extra: &[(&str, &str)]) -> Value {
-    let mut r = pam_user(
-        &format!("u-{name}"),
-        name,
-        Some(("aws_access_key_id", &key.id)),
-    );
-    let custom = r["custom"].as_array_mut().unwrap();
-    custom.push(json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
-    for (label, value) in extra {
-        custom.push(json!({"type": "text", "label": label, "value": [value]}));
-    }
-    r
 }
 
 fn fleet(users: &[(&str, &[(&str, &str)])], config_extra: &[(&str, &str)]) -> Fleet {
@@ -53,7 +39,13 @@ fn fleet(users: &[(&str, &[(&str, &str)])], config_extra: &[(&str, &str)]) -> Fl
     for (name, extra) in users {
         iam.add_user(name, &[]);
         let key = iam.add_key(name, "2024-01-01T00:00:00Z");
-        records.push(fleet_user(name, &key, extra));
+        records.push(fleet_member(
+            &format!("u-{name}"),
+            name,
+            Some(("aws_access_key_id", &key.id)),
+            "cfg1",
+            extra,
+        ));
         keys.push((name.to_string(), key));
     }
     Fleet {
@@ -70,40 +62,20 @@ impl Fleet {
         s
     }
 
+    /// I3: none of `secrets()` in `text`.
     fn assert_no_leak(&self, text: &str) {
-        let secrets = self.secrets();
-        assert_no_secrets(
-            text,
-            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        assert_no_leak(text, &self.secrets());
     }
 
     /// The user's key is the one its record holds, and the only one.
     fn assert_converged(&self, name: &str) {
-        let keys = self.iam.keys(name);
-        assert_eq!(keys.len(), 1, "{name}: {keys:?}");
-        let uid = format!("u-{name}");
-        assert_eq!(
-            self.vault.field(&uid, "aws_access_key_id"),
-            Some(keys[0].id.clone()),
-            "{name}"
-        );
-        assert_eq!(
-            self.vault.field(&uid, "aws_secret_access_key"),
-            Some(keys[0].secret.clone()),
-            "{name}"
-        );
+        assert_record_converged(&self.iam, &self.vault, &format!("u-{name}"), name);
     }
 
     /// I1 for every user: the key each record holds exists.
     fn assert_recorded_keys_exist(&self) {
         for (name, _) in &self.keys {
-            if let Some(id) = self.vault.field(&format!("u-{name}"), "aws_access_key_id") {
-                assert!(
-                    self.iam.keys(name).iter().any(|k| k.id == id),
-                    "I1: {name} records {id}"
-                );
-            }
+            assert_record_key_exists(&self.iam, &self.vault, &format!("u-{name}"), name);
         }
     }
 }
@@ -217,9 +189,9 @@ fn a_pass_rotates_what_is_due_and_reports_every_record() {
 #[test]
 fn vault_text_in_the_report_is_escaped() {
     let f = fleet(&[("ann", &[("Rotation Schedule", "0 3 * *\u{202e}")])], &[]);
-    let mut doc = f.vault.json();
-    doc["records"][1]["uid"] = json!("u-ann\nrotated u-x: new key AKIAFORGED");
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    f.vault.edit(|doc| {
+        doc["records"][1]["uid"] = json!("u-ann\nrotated u-x: new key AKIAFORGED");
+    });
     let out = due(&f.vault, &[]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(!out.stdout.contains("\nrotated u-x"), "{}", out.stdout);
@@ -288,13 +260,13 @@ fn a_dry_run_plans_every_due_record_and_changes_nothing() {
 fn one_failing_user_does_not_block_the_others() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     // ben's record names an IAM user that does not exist.
-    let mut doc = f.vault.json();
-    for r in doc["records"].as_array_mut().unwrap() {
-        if r["uid"] == "u-ben" {
-            r["fields"][0]["value"][0] = json!("nobody");
+    f.vault.edit(|doc| {
+        for r in doc["records"].as_array_mut().unwrap() {
+            if r["uid"] == "u-ben" {
+                r["fields"][0]["value"][0] = json!("nobody");
+            }
         }
-    }
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    });
     let (out, v) = due_json(&f, &[]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert_eq!(uids(&v, "rotated"), ["u-ann", "u-cat"]);
@@ -317,11 +289,11 @@ fn one_failing_user_does_not_block_the_others() {
 #[test]
 fn twin_records_of_one_user_fail_together() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
-    let mut doc = f.vault.json();
-    let mut twin = doc["records"][1].clone();
-    twin["uid"] = json!("u-ann-twin");
-    doc["records"].as_array_mut().unwrap().push(twin);
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    f.vault.edit(|doc| {
+        let mut twin = doc["records"][1].clone();
+        twin["uid"] = json!("u-ann-twin");
+        doc["records"].as_array_mut().unwrap().push(twin);
+    });
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert_eq!(uids(&v, "failed"), ["u-ann", "u-ann-twin"]);
@@ -343,16 +315,16 @@ fn twin_records_of_one_user_fail_together() {
 #[test]
 fn a_login_less_record_and_its_configs_user_fail_together() {
     let f = fleet(&[("ann", &[])], &[("IAM Username", "ann")]);
-    let mut doc = f.vault.json();
-    let mut twin = doc["records"][1].clone();
-    twin["uid"] = json!("u-ann-nologin");
-    twin["fields"] = json!([]);
-    twin["custom"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|c| c["label"] != "aws_access_key_id");
-    doc["records"].as_array_mut().unwrap().push(twin);
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    f.vault.edit(|doc| {
+        let mut twin = doc["records"][1].clone();
+        twin["uid"] = json!("u-ann-nologin");
+        twin["fields"] = json!([]);
+        twin["custom"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["label"] != "aws_access_key_id");
+        doc["records"].as_array_mut().unwrap().push(twin);
+    });
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert_eq!(uids(&v, "failed"), ["u-ann", "u-ann-nologin"]);
@@ -465,10 +437,7 @@ fn the_audit_log_records_every_attempt_and_no_secret() {
     assert_eq!(ann["user"], "ann");
     assert_eq!(ann["old_key_ids"][0], f.keys[0].1.id.as_str());
     f.assert_no_leak(&text);
-    assert_no_secrets(
-        &text,
-        &s.secrets().iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    assert_no_leak(&text, &s.secrets());
 }
 
 fn free_port() -> u16 {
@@ -556,12 +525,12 @@ fn sigterm(child: &Child) {
 fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     let full = f.vault.json();
-    let mut doc = full.clone();
-    doc["records"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|r| r["uid"] != "u-cat");
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    f.vault.edit(|doc| {
+        doc["records"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|r| r["uid"] != "u-cat");
+    });
 
     let port = free_port();
     let child = start_gateway(&f, port, &[]);
@@ -578,15 +547,15 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
     {
         let lock = std::fs::File::create(f.vault.folder().join("vault.json.lock")).unwrap();
         lock.lock().unwrap();
-        let mut doc = f.vault.json();
         let cat = full["records"]
             .as_array()
             .unwrap()
             .iter()
             .find(|r| r["uid"] == "u-cat")
             .unwrap();
-        doc["records"].as_array_mut().unwrap().push(cat.clone());
-        std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        f.vault.edit(|doc| {
+            doc["records"].as_array_mut().unwrap().push(cat.clone());
+        });
     }
     wait_for(port, "the new record's rotation", |t| {
         metric(t, "rotate_host_rotations_total{outcome=\"rotated\"}") == Some(3)
@@ -675,12 +644,12 @@ fn sigterm_between_purge_and_rotate_starts_no_rotation() {
     let f = fleet(&[("ann", &[])], &[]);
     let old = f.iam.add_key("ann", "2020-01-01T00:00:00Z");
     f.iam.deactivate("ann", &old.id);
-    let mut doc = f.vault.json();
-    doc["records"][1]["custom"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "text", "label": "Deactivated Keys", "value": [format!("{} 2020-01-02T00:00:00Z", old.id)]}));
-    std::fs::write(&f.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    f.vault.edit(|doc| {
+        doc["records"][1]["custom"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "text", "label": "Deactivated Keys", "value": [format!("{} 2020-01-02T00:00:00Z", old.id)]}));
+    });
     let arrived = f.iam.hold("DeleteAccessKey");
     let mut gw = Watched::new(start_gateway(&f, free_port(), &[]));
     arrived

@@ -15,7 +15,7 @@ use serde_json::Value;
 use test_support::fake_iam::{FakeIam, FaultKind, Key};
 use test_support::fake_ksm::{FakeKsm, Fault};
 use test_support::tls::TestCa;
-use test_support::vault::pam_user;
+use test_support::vault::{fleet_member, pam_user, with_custom};
 
 struct Setup {
     iam: FakeIam,
@@ -140,12 +140,7 @@ impl Setup {
 
     /// I1 at rest: the key Keeper shows exists in IAM; no transaction is open.
     fn assert_at_rest(&self) {
-        let key = self.vault_key();
-        assert!(
-            self.iam_keys().contains(&key),
-            "I1: Keeper shows {key}, IAM has {:?}",
-            self.iam_keys()
-        );
+        assert_key_exists(&self.iam, "alice", &self.vault_key());
         assert!(!self.ksm.open_transaction("user1"));
     }
 
@@ -155,10 +150,7 @@ impl Setup {
         secrets.extend(self.iam.all_secrets());
         secrets.extend(self.ksm.config_secrets());
         secrets.extend(self.ksm.field("user1", "aws_secret_access_key"));
-        assert_no_secrets(
-            &out.all(),
-            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        assert_no_leak(&out.all(), &secrets);
     }
 }
 
@@ -421,7 +413,7 @@ fn killed_with_the_transaction_open(readers_see_staged: bool) {
     std::thread::sleep(Duration::from_millis(200));
     assert!(s.ksm.open_transaction("user1"));
     assert_eq!(s.vault_key() == s.old.id, !readers_see_staged);
-    assert!(s.iam_keys().contains(&s.vault_key()), "I1 after the kill");
+    assert_key_exists(&s.iam, "alice", &s.vault_key()); // I1 after the kill
     assert_eq!(s.iam_keys().len(), 2);
 
     let again = s.run(&[]);
@@ -452,15 +444,13 @@ fn killed_with_the_transaction_open_readers_seeing_the_staged_key() {
 fn a_due_pass_rotates_keeper_records() {
     let s = setup();
     // user1 joins the fleet (one record per key: a second holder would be refused).
-    let mut user = data(pam_user(
+    let user = data(fleet_member(
         "user1",
         "alice",
         Some(("aws_access_key_id", &s.old.id)),
+        "cfg1",
+        &[],
     ));
-    user["custom"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
     s.ksm.add_record("user1", user);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
@@ -667,22 +657,16 @@ fn a_second_writer_sees_the_lease_and_changes_nothing() {
 #[test]
 fn a_pass_skips_a_record_leased_by_another_writer() {
     let s = setup();
-    let mut member = data(pam_user(
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let lease = format!("elsewhere:1:00 {until}");
+    let member = data(fleet_member(
         "user1",
         "alice",
         Some(("aws_access_key_id", &s.old.id)),
+        "cfg1",
+        &[("Rotation Lease", &lease)],
     ));
-    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for (label, value) in [
-        ("Rotation Config", "cfg1"),
-        ("Rotation Lease", &format!("elsewhere:1:00 {until}")),
-    ] {
-        member["custom"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "text", "label": label, "value": [value]}));
-    }
     s.ksm.add_record("user1", member);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
@@ -741,27 +725,20 @@ fn a_pass_that_only_watches_a_kept_key_writes_nothing_to_keeper() {
     let current = s.iam.add_key("alice", "2024-02-01T00:00:00Z");
     s.iam
         .record_use(&s.old.id, std::time::SystemTime::now(), "s3");
-    let mut config = data(config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)));
-    config["custom"].as_array_mut().unwrap().push(
-        serde_json::json!({"type": "text", "label": "Old Key Action", "value": ["retire-when-unused"]}),
-    );
+    let config = data(with_custom(
+        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
+        &[("Old Key Action", "retire-when-unused")],
+    ));
     s.ksm.add_record("cfg1", config);
-    let mut user = data(pam_user(
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ledger = format!("{} {now} kept", s.old.id);
+    let user = data(fleet_member(
         "user1",
         "alice",
         Some(("aws_access_key_id", &current.id)),
+        "cfg1",
+        &[("Last Rotated", &now), ("Deactivated Keys", &ledger)],
     ));
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for (label, value) in [
-        ("Rotation Config", "cfg1".to_string()),
-        ("Last Rotated", now.clone()),
-        ("Deactivated Keys", format!("{} {now} kept", s.old.id)),
-    ] {
-        user["custom"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "text", "label": label, "value": [value]}));
-    }
     s.ksm.add_record("user1", user);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);

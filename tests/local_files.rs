@@ -263,22 +263,22 @@ fn duplicate_keys_are_refused_not_dropped() {
 fn every_key_id_field_is_updated_or_the_record_is_refused() {
     for agree in [true, false] {
         let s = fake_setup();
-        let mut doc = s.vault.json();
-        let user = doc["records"]
-            .as_array_mut()
-            .unwrap()
-            .iter_mut()
-            .find(|r| r["uid"] == "user1")
-            .unwrap();
         let second = if agree {
             s.old.id.clone()
         } else {
             "AKIAOTHERKEY00000001".to_string()
         };
-        user["fields"].as_array_mut().unwrap().push(
-            serde_json::json!({"type": "text", "label": "aws_acess_key_id", "value": [second]}),
-        );
-        fs::write(&s.vault.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        s.vault.edit(|doc| {
+            let user = doc["records"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|r| r["uid"] == "user1")
+                .unwrap();
+            user["fields"].as_array_mut().unwrap().push(
+                serde_json::json!({"type": "text", "label": "aws_acess_key_id", "value": [second]}),
+            );
+        });
         let out = run(&s.vault, "user1", "cfg1", &[]);
         if agree {
             out.expect(0, &[]);

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use test_support::moto::Moto;
-use test_support::vault::{VaultFile, config_record, pam_user, provider_record};
+use test_support::vault::{
+    VaultFile, config_record, fleet_member, pam_user, provider_record, with_custom,
+};
 
 struct MotoSetup {
     moto: Moto,
@@ -43,12 +45,9 @@ fn secrets(s: &MotoSetup, vault: &VaultFile) -> Vec<String> {
     v
 }
 
+/// I3: none of `secrets` in what the run printed.
 fn check_no_leak(s: &MotoSetup, vault: &VaultFile, out: &Outcome) {
-    let secrets = secrets(s, vault);
-    assert_no_secrets(
-        &out.all(),
-        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    assert_no_leak(&out.all(), &secrets(s, vault));
 }
 
 /// The acceptance test: the vault's new key authenticates as the user.
@@ -61,15 +60,9 @@ fn rotates_and_the_new_key_authenticates_as_the_user() {
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
-    let id = vault.field("user1", "aws_access_key_id").unwrap();
-    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    let (id, _) = assert_vault_key_works(&s.moto, &vault, "user1", "alice");
     assert_ne!(id, s.old.0);
     assert_eq!(s.moto.keys("alice"), vec![id.clone()]);
-    let arn = s
-        .moto
-        .whoami(&id, &secret)
-        .expect("the new key authenticates");
-    assert!(arn.ends_with(":user/alice"), "{arn}");
     assert_eq!(
         s.moto.whoami(&s.old.0, &s.old.1),
         Err("InvalidClientTokenId".into())
@@ -169,14 +162,7 @@ fn provider_record_against_moto() {
     ]);
     let out = run(&vault, "user1", "cfg1", &["--configuration-uid", "prov1"]);
     assert_eq!(out.code, 0, "{}", out.all());
-    let id = vault.field("user1", "aws_access_key_id").unwrap();
-    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
-    assert!(
-        s.moto
-            .whoami(&id, &secret)
-            .unwrap()
-            .ends_with(":user/alice")
-    );
+    assert_vault_key_works(&s.moto, &vault, "user1", "alice");
     check_no_leak(&s, &vault, &out);
 }
 
@@ -193,14 +179,12 @@ fn guide_setup_in_moto() {
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
-    let id = vault.field("user1", "aws_access_key_id").unwrap();
-    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    let (id, secret) = assert_vault_key_works(&moto, &vault, "user1", "alice");
     let mut keys = moto.keys("alice");
     keys.sort();
     let mut expected = vec![client.0.clone(), id.clone()];
     expected.sort();
     assert_eq!(keys, expected);
-    assert!(moto.whoami(&id, &secret).unwrap().ends_with(":user/alice"));
     assert_no_secrets(&out.all(), &[&client.1, &rotated.1, &secret]);
 }
 
@@ -222,15 +206,13 @@ fn a_fleet_pass_rotates_every_due_user() {
     for name in ["ann", "ben", "cat"] {
         s.moto.user(name, None);
         let key = s.moto.create_key(name);
-        let mut r = pam_user(
+        records.push(fleet_member(
             &format!("u-{name}"),
             name,
             Some(("aws_access_key_id", &key.0)),
-        );
-        r["custom"].as_array_mut().unwrap().push(
-            serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}),
-        );
-        records.push(r);
+            "cfg1",
+            &[],
+        ));
         old.push((name, key));
     }
     let vault = VaultFile::new(records);
@@ -251,22 +233,12 @@ fn a_fleet_pass_rotates_every_due_user() {
     );
     let mut secrets: Vec<String> = vec![s.rotator.1.clone()];
     for (name, (old_id, old_secret)) in &old {
-        let uid = format!("u-{name}");
-        let id = vault.field(&uid, "aws_access_key_id").unwrap();
-        let secret = vault.field(&uid, "aws_secret_access_key").unwrap();
+        let (id, secret) = assert_vault_key_works(&s.moto, &vault, &format!("u-{name}"), name);
         assert_eq!(s.moto.keys(name), vec![id.clone()], "{name}");
-        let arn = s
-            .moto
-            .whoami(&id, &secret)
-            .expect("the new key authenticates");
-        assert!(arn.ends_with(&format!(":user/{name}")), "{arn}");
         secrets.extend([secret, old_secret.clone()]);
         assert_ne!(&id, old_id);
     }
-    assert_no_secrets(
-        &out.all(),
-        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    assert_no_leak(&out.all(), &secrets);
 }
 
 /// Temporary credentials: the rotating identity is a role assumed with
@@ -293,39 +265,16 @@ fn a_session_token_from_assume_role_signs_the_rotation() {
     ]);
     let out = run(&vault, "user1", "cfg1", &[]);
     assert_eq!(out.code, 0, "{}", out.all());
-    let new_id = vault.field("user1", "aws_access_key_id").unwrap();
-    let new_secret = vault.field("user1", "aws_secret_access_key").unwrap();
+    let (new_id, _) = assert_vault_key_works(&s.moto, &vault, "user1", "alice");
     assert_eq!(s.moto.keys("alice"), vec![new_id.clone()]);
-    let arn = s
-        .moto
-        .whoami(&new_id, &new_secret)
-        .expect("the new key authenticates");
-    assert!(arn.ends_with(":user/alice"), "{arn}");
     let mut secrets = secrets(&s, &vault);
     secrets.extend([secret, token]);
-    assert_no_secrets(
-        &out.all(),
-        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    assert_no_leak(&out.all(), &secrets);
 }
 
 /// A config record in the deactivate mode, for a fleet too.
 fn deactivating_config(url: &str, key: &(String, String)) -> serde_json::Value {
-    let mut c = config(url, key);
-    c["custom"].as_array_mut().unwrap().push(
-        serde_json::json!({"type": "text", "label": "Old Key Action", "value": ["deactivate"]}),
-    );
-    c
-}
-
-/// alice's PAM user record, in the fleet of `cfg1`.
-fn fleet_user(key_id: &str) -> serde_json::Value {
-    let mut r = pam_user("user1", "alice", Some(("aws_access_key_id", key_id)));
-    r["custom"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
-    r
+    with_custom(config(url, key), &[("Old Key Action", "deactivate")])
 }
 
 /// alice with one key, and a rotator allowed the guide's four actions plus
@@ -339,7 +288,14 @@ fn deactivating_setup(also: &[&str]) -> (MotoSetup, VaultFile) {
     let s = MotoSetup { moto, rotator, old };
     let vault = VaultFile::new(vec![
         deactivating_config(&s.moto.url, &s.rotator),
-        fleet_user(&s.old.0),
+        // alice's PAM user record, in the fleet of `cfg1`.
+        fleet_member(
+            "user1",
+            "alice",
+            Some(("aws_access_key_id", &s.old.0)),
+            "cfg1",
+            &[],
+        ),
     ]);
     (s, vault)
 }
@@ -417,13 +373,8 @@ fn deactivate_then_delete_after_the_grace_period() {
     assert_eq!(s.moto.keys("alice"), vec![new.clone()]);
     assert_eq!(vault.field("user1", "Deactivated Keys"), None);
     // I1: the vault's key is the one left, and it works.
-    let secret = vault.field("user1", "aws_secret_access_key").unwrap();
-    assert!(
-        s.moto
-            .whoami(&new, &secret)
-            .unwrap()
-            .ends_with(":user/alice")
-    );
+    let (id, _) = assert_vault_key_works(&s.moto, &vault, "user1", "alice");
+    assert_eq!(id, new);
     check_no_leak(&s, &vault, &out);
 }
 

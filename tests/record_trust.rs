@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use test_support::fake_iam::{FakeIam, Key};
-use test_support::vault::{VaultFile, config_record, pam_user};
+use test_support::vault::{VaultFile, config_record, pam_user, with_custom};
 
 /// `alice` managed by `rotator`; `cfg1` (which fixes no user) is the config.
 fn setup() -> (FakeIam, Key) {
@@ -29,14 +29,6 @@ fn config(iam: &FakeIam, rotator: &Key, uid: &str, extra: &[(&str, &str)]) -> Va
         cfg.push(("text".into(), l.to_string(), v.to_string()));
     }
     config_from(uid, &cfg)
-}
-
-fn with_custom(mut record: Value, fields: &[(&str, &str)]) -> Value {
-    let custom = record["custom"].as_array_mut().unwrap();
-    for (label, value) in fields {
-        custom.push(json!({"type": "text", "label": label, "value": [value]}));
-    }
-    record
 }
 
 fn user(uid: &str, login: &str, key: Option<&Key>, fields: &[(&str, &str)]) -> Value {

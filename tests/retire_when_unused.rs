@@ -10,9 +10,9 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use test_support::fake_iam::{FakeIam, FaultKind, Key};
-use test_support::vault::{VaultFile, pam_user};
+use test_support::vault::{VaultFile, fleet_member};
 
 struct Setup {
     iam: FakeIam,
@@ -39,11 +39,13 @@ fn setup(extra: &[(&str, &str)]) -> Setup {
         cfg.retain(|(_, label, _)| label != l);
         cfg.push(("text".into(), l.to_string(), v.to_string()));
     }
-    let mut user = pam_user("user1", "alice", Some(("aws_access_key_id", &old.id)));
-    user["custom"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "text", "label": "Rotation Config", "value": ["cfg1"]}));
+    let user = fleet_member(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &old.id)),
+        "cfg1",
+        &[],
+    );
     let vault = VaultFile::new(vec![config_from("cfg1", &cfg), user]);
     Setup { iam, vault, old }
 }
@@ -59,11 +61,7 @@ impl Setup {
         ];
         args.extend(extra);
         let out = rotate_host(&args);
-        let secrets = self.iam.all_secrets();
-        assert_no_secrets(
-            &out.all(),
-            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        assert_no_leak(&out.all(), &self.iam.all_secrets());
         let v = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
         (out, v)
     }
@@ -302,10 +300,7 @@ fn killed_while_retiring_the_old_key_the_next_pass_finishes_it() {
         &s.iam,
     );
     assert_eq!(out.code, -1, "{}", out.all());
-    assert!(
-        s.iam.keys("alice").iter().any(|k| k.id == s.vault_key()),
-        "I1"
-    );
+    assert_key_exists(&s.iam, "alice", &s.vault_key()); // I1
     assert!(
         s.ledger().unwrap().contains("kept"),
         "the ledger was not saved: {:?}",

@@ -7,11 +7,13 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use test_support::fake_iam::{FakeIam, Key};
+use test_support::moto::Moto;
 use test_support::vault::{VaultFile, config_record, pam_user};
 
 #[allow(unused_imports)]
 pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM, MANY_MEMORIES_WASM};
-pub use test_support::assert_no_secrets;
+#[allow(unused_imports)]
+pub use test_support::{assert_no_leak, assert_no_secrets};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rotate-host");
 
@@ -143,12 +145,9 @@ impl FakeSetup {
         s
     }
 
+    /// I3: none of `secrets()` in what the run printed.
     pub fn assert_no_leak(&self, out: &Outcome) {
-        let secrets = self.secrets();
-        assert_no_secrets(
-            &out.all(),
-            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        assert_no_leak(&out.all(), &self.secrets());
     }
 }
 
@@ -248,15 +247,48 @@ pub fn guide_setup(label: &str) -> GuideSetup {
     }
 }
 
-/// I1 at rest: the key the vault records exists in IAM (or nothing is recorded).
-pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
-    if let Some(id) = vault.field("user1", "aws_access_key_id") {
-        assert!(
-            iam.keys(user).iter().any(|k| k.id == id),
-            "I1 violated: the vault records {id}, which IAM does not have: {:?}",
-            iam.keys(user).iter().map(|k| &k.id).collect::<Vec<_>>()
-        );
+/// I1: key `id`, which a record holds, exists in IAM for `user`.
+pub fn assert_key_exists(iam: &FakeIam, user: &str, id: &str) {
+    let ids: Vec<String> = iam.keys(user).into_iter().map(|k| k.id).collect();
+    assert!(
+        ids.iter().any(|k| k.as_str() == id),
+        "I1 violated: a record holds {id}, which IAM does not have for {user}: {ids:?}"
+    );
+}
+
+/// I1 at rest for record `uid`: the key it records exists in IAM for `user`
+/// (or nothing is recorded).
+pub fn assert_record_key_exists(iam: &FakeIam, vault: &VaultFile, uid: &str, user: &str) {
+    if let Some(id) = vault.field(uid, "aws_access_key_id") {
+        assert_key_exists(iam, user, &id);
     }
+}
+
+/// I1 at rest for the usual setup: the key record `user1` records exists in
+/// IAM for `user` (or nothing is recorded).
+pub fn assert_vault_key_exists(iam: &FakeIam, vault: &VaultFile, user: &str) {
+    assert_record_key_exists(iam, vault, "user1", user);
+}
+
+/// I1 against moto, which checks signatures: the key record `uid` holds
+/// authenticates as IAM user `user`. Returns that key's id and secret.
+pub fn assert_vault_key_works(
+    moto: &Moto,
+    vault: &VaultFile,
+    uid: &str,
+    user: &str,
+) -> (String, String) {
+    let id = vault
+        .field(uid, "aws_access_key_id")
+        .unwrap_or_else(|| panic!("{uid} records no key"));
+    let secret = vault
+        .field(uid, "aws_secret_access_key")
+        .unwrap_or_else(|| panic!("{uid} records no secret"));
+    let arn = moto
+        .whoami(&id, &secret)
+        .expect("the vault's key authenticates");
+    assert!(arn.ends_with(&format!(":user/{user}")), "{uid}: {arn}");
+    (id, secret)
 }
 
 /// I4 at rest: the vault is valid JSON, and still 0600 and owned by this user
@@ -275,18 +307,28 @@ pub fn assert_vault_at_rest(vault: &VaultFile) {
     );
 }
 
-/// A converged rotation: the user has exactly one key, the vault's, and the
-/// vault holds its real secret.
-pub fn assert_converged(iam: &FakeIam, vault: &VaultFile) {
-    let keys = iam.keys("alice");
-    assert_eq!(keys.len(), 1, "expected one key, got {keys:?}");
+/// A converged rotation of record `uid`: IAM user `user` has exactly one key,
+/// the one the record holds, and the record holds its real secret.
+pub fn assert_record_converged(iam: &FakeIam, vault: &VaultFile, uid: &str, user: &str) {
+    let keys = iam.keys(user);
     assert_eq!(
-        vault.field("user1", "aws_access_key_id").as_deref(),
-        Some(keys[0].id.as_str())
+        keys.len(),
+        1,
+        "{uid}: expected one key for {user}, got {keys:?}"
     );
     assert_eq!(
-        vault.field("user1", "aws_secret_access_key").as_deref(),
+        vault.field(uid, "aws_access_key_id").as_deref(),
+        Some(keys[0].id.as_str()),
+        "{uid}: the vault's key is not IAM's"
+    );
+    assert_eq!(
+        vault.field(uid, "aws_secret_access_key").as_deref(),
         Some(keys[0].secret.as_str()),
-        "the vault's secret does not match IAM's"
+        "{uid}: the vault's secret does not match IAM's"
     );
+}
+
+/// `assert_record_converged` for the usual setup: `alice`'s record `user1`.
+pub fn assert_converged(iam: &FakeIam, vault: &VaultFile) {
+    assert_record_converged(iam, vault, "user1", "alice");
 }

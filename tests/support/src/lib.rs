@@ -8,6 +8,15 @@ pub mod sigv4;
 pub mod tls;
 pub mod vault;
 
+/// I3 for secrets held as `String`s (what the fakes and the setups list):
+/// `assert_no_secrets` over all of them.
+pub fn assert_no_leak(text: &str, secrets: &[String]) {
+    assert_no_secrets(
+        text,
+        &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
 /// Panics if any of `secrets` appears in `text` (I3): as it is, form- or
 /// percent-encoded (either case), or JSON-escaped. The test fails without
 /// printing the output, which would show the secret.

@@ -43,6 +43,15 @@ impl VaultFile {
         self.dir.path()
     }
 
+    /// Reads the vault's JSON, lets `change` edit it, and writes it back
+    /// compact, in place (the file keeps its mode), as a tool editing the
+    /// file would.
+    pub fn edit(&self, change: impl FnOnce(&mut Value)) {
+        let mut doc = self.json();
+        change(&mut doc);
+        std::fs::write(&self.path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
+
     /// Rewrites the first value of field `label` of record `uid`, or adds a
     /// custom text field, as an operator editing the file would (the file
     /// keeps its mode).
@@ -142,6 +151,31 @@ pub fn pam_user(uid: &str, login: &str, key: Option<(&str, &str)>) -> Value {
         "custom": custom,
         "notes": "kept as is"
     })
+}
+
+/// `record` with custom text fields `(label, value)` added after its own.
+pub fn with_custom(mut record: Value, fields: &[(&str, &str)]) -> Value {
+    let custom = record["custom"]
+        .as_array_mut()
+        .expect("the record has custom fields");
+    for (label, value) in fields {
+        custom.push(json!({"type": "text", "label": label, "value": [value]}));
+    }
+    record
+}
+
+/// A fleet member: PAM user record `uid` for `login` (recording `key` as
+/// `pam_user` does) whose `Rotation Config` names config record `config`,
+/// followed by custom text fields `extra` `(label, value)`.
+pub fn fleet_member(
+    uid: &str,
+    login: &str,
+    key: Option<(&str, &str)>,
+    config: &str,
+    extra: &[(&str, &str)],
+) -> Value {
+    let member = with_custom(pam_user(uid, login, key), &[("Rotation Config", config)]);
+    with_custom(member, extra)
 }
 
 /// A `pamAwsConfiguration` provider record.
