@@ -5,6 +5,7 @@
 //! plugin rotates. See `docs/design.md` for the steps and invariants.
 
 pub mod cli;
+pub mod commands;
 pub mod configure;
 pub mod fields;
 pub mod fleet;
@@ -12,6 +13,7 @@ pub mod fsguard;
 pub mod gateway;
 pub mod holdings;
 pub mod metrics;
+pub mod output;
 pub mod record;
 pub mod rotation;
 pub mod sandbox;

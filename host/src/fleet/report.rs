@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::rotation::flow::{RunError, RunReport};
+use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::usage::KeyInUse;
 use crate::vault::VaultError;
 

@@ -10,8 +10,8 @@ use crate::fields::{labels, stamp};
 use crate::fleet::schedule::{self, Due, Member};
 use crate::fleet::{Entry, FleetOptions, PassReport};
 use crate::record::Record;
-use crate::rotation::flow::{Job, Records};
 use crate::rotation::grace::Ledger;
+use crate::rotation::job::{Job, Records};
 use crate::sandbox::plugin::Subject;
 use crate::vault::Vault;
 

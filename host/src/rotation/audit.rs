@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::rotation::flow::{RunError, RunReport};
+use crate::rotation::report::{RunError, RunReport};
 use crate::vault::VaultError;
 
 /// One attempt, as written.

@@ -4,7 +4,7 @@
 //! goes only where the operator allows, and the record values to mask.
 
 use crate::record::Record;
-use crate::rotation::flow::RunError;
+use crate::rotation::report::RunError;
 use crate::sandbox::allowlist::{AllowList, AllowedOrigin, NetworkPolicy};
 use crate::sandbox::engine::SandboxError;
 use crate::sandbox::plugin::{ConfigItem, ItemType};

@@ -1,185 +1,28 @@
 //! One rotation, step by step (docs/design.md): read the records, `rotate`, store the
 //! new credential durably, then `finalize`, or `rollback` if storing failed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 
-use serde::Serialize;
-use thiserror::Error;
-
-use crate::fields::PAM_USER_TYPE;
-use crate::fields::{BadField, labels, stamp};
+use crate::fields::{labels, stamp};
 use crate::holdings::Holdings;
-use crate::record::Record;
 use crate::record::{StoreField, ValueKind};
 use crate::rotation::exposure::{allow_list, lent_origins_allowed, secrets};
 use crate::rotation::grace::Ledger;
-use crate::rotation::identity::{GatewayIdentity, IdentityError, Lending};
+use crate::rotation::identity::GatewayIdentity;
+use crate::rotation::job::{Job, Records};
+use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::retire;
-use crate::rotation::usage::{KeyInUse, Policy};
-use crate::rotation::vetting::{self, VetError};
-use crate::sandbox::engine::{Instance, Limits, Plugin, SandboxError};
+use crate::rotation::usage::Policy;
+use crate::sandbox::engine::Plugin;
+use crate::sandbox::instance::Instance;
 use crate::sandbox::plugin::{Context, PluginError};
 use crate::secret::Secret;
 use crate::text::printable;
 use crate::vault::lease::Lease;
 use crate::vault::writer::VaultWriter;
-use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
-
-/// What `rotate-host run` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub guest: PathBuf,
-    pub vault: VaultSource,
-    pub user_uid: String,
-    pub config_uid: String,
-    pub provider_uid: Option<String>,
-    pub dry_run: bool,
-    pub limits: Limits,
-    pub vault_options: VaultOptions,
-    pub cache_dir: Option<PathBuf>,
-    /// `--gateway-credentials[-for]`: whom the host's own AWS identity is lent to.
-    pub lending: Lending,
-}
-
-/// What a run did. Holds key ids, never secrets.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// `rotated`, `purged` (only deactivated keys deleted), or `planned` for a dry run.
-    pub status: &'static str,
-    pub user_uid: String,
-    pub created: Option<String>,
-    pub retired: Vec<String>,
-    /// Old keys turned off and kept for the grace period (`Old Key Action` deactivate).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub deactivated: Vec<String>,
-    /// Keys deactivated by earlier rotations, deleted now that their grace period ended.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub purged: Vec<String>,
-    /// Old keys left active for their consumers (`retire-when-unused`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub kept: Vec<String>,
-    /// Old keys kept earlier that IAM shows still in use (or cannot say).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub in_use: Vec<KeyInUse>,
-    pub notes: Vec<String>,
-    /// What `finalize` is to retire (for a dry run's plan and the audit log).
-    #[serde(skip)]
-    pub planned_retire: Vec<String>,
-}
-
-impl RunReport {
-    /// An empty report of `job`, starting with `notes`.
-    fn new(job: &Job, notes: Vec<String>) -> Self {
-        Self {
-            status: if job.dry_run { "planned" } else { "rotated" },
-            user_uid: printable(&job.user_uid),
-            created: None,
-            retired: vec![],
-            deactivated: vec![],
-            purged: vec![],
-            kept: vec![],
-            in_use: vec![],
-            notes,
-            planned_retire: vec![],
-        }
-    }
-}
-
-/// Why a run failed. Every message says what happened to the vault and to the
-/// service, and what to do next.
-#[derive(Debug, Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Vault(#[from] VaultError),
-    #[error("{0}")]
-    Sandbox(#[from] SandboxError),
-    #[error("{0}; nothing was changed")]
-    BadField(BadField),
-    #[error("{0}")]
-    Saving(Arc<VaultError>),
-    #[error("{0}")]
-    Identity(#[from] IdentityError),
-    #[error("{stage} failed; the vault was not changed: {error}")]
-    Plugin {
-        stage: &'static str,
-        error: PluginError,
-    },
-    #[error(
-        "{source}. The vault was not changed. A new key created before the plugin stopped \
-         is not in the vault: the next run deletes it to make room, or, if it cannot tell \
-         which key to keep, names the keys so you can delete the stray one"
-    )]
-    RotateStopped { source: SandboxError },
-    #[error("the new key {created} could not be stored: {source}. {rollback}")]
-    StoreFailed {
-        created: String,
-        source: Arc<VaultError>,
-        rollback: String,
-    },
-    #[error(
-        "the new key {created} may or may not be stored: {source}. Nothing was deleted: run \
-         again, and the next run keeps the key the vault names and removes the other"
-    )]
-    StoreUncertain {
-        created: String,
-        source: Arc<VaultError>,
-    },
-    #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
-    NotFinalized { created: String, why: String },
-    #[error("{0}")]
-    Vetting(#[from] VetError),
-    #[error(
-        "{detail}, so the rotation is refused: a new key needs its place, and deleting it would \
-         break whatever still signs with it. Nothing was changed. Move that consumer to the \
-         current key; the old key is retired once IAM shows it unused for 'Unused Hours'"
-    )]
-    OldKeyInUse { detail: String },
-    #[error(
-        "the gateway is stopping: this record's rotation was not started; the next pass rotates it"
-    )]
-    Stopping,
-    #[error(
-        "record '{uid}' holds the credential {id}, which record(s) {others} hold or track too: one \
-         credential belongs to one record, or rotating one would break the other. Nothing was \
-         changed; keep the credential in one record only"
-    )]
-    SharedCredential {
-        uid: String,
-        id: String,
-        others: String,
-    },
-    #[error(
-        "config record '{config}' names the origin {origin}, and this rotation is lent the host's \
-         own AWS identity: it is never sent where only a record points. Nothing was changed; the \
-         operator can allow the origin with --allow-host, or the config can use its own key"
-    )]
-    LentToRecordOrigin { config: String, origin: String },
-}
-
-impl RunError {
-    /// The process exit code: 1 failed (nothing changed or rolled back), 2 bad
-    /// input, 3 new key stored but the old one not yet removed.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Self::Vault(e) if e.is_bad_input() => 2,
-            Self::Sandbox(e) if e.is_bad_input() => 2,
-            Self::BadField(_) | Self::SharedCredential { .. } | Self::LentToRecordOrigin { .. } => {
-                2
-            }
-            Self::Vetting(e) => e.exit_code(),
-            Self::Plugin {
-                error: PluginError::InvalidConfig(_),
-                ..
-            } => 2,
-            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => 3,
-            _ => 1,
-        }
-    }
-}
 
 /// What every rotation of one run or pass shares.
 pub struct Rotator<'a> {
@@ -191,141 +34,6 @@ pub struct Rotator<'a> {
     /// Set by SIGTERM or SIGINT: no plugin call that could change something
     /// starts; a key already created is still stored and finalized.
     pub stopping: &'a AtomicBool,
-}
-
-/// One record's rotation, as `run`, `due` and `gateway` ask for it.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub user_uid: String,
-    pub config_uid: String,
-    pub provider_uid: Option<String>,
-    pub dry_run: bool,
-    /// Mark the record `Rotation Pending` until `finalize` succeeds, so a fleet
-    /// pass killed in between finishes the record at the next pass.
-    pub mark_pending: bool,
-    /// Rotate; when false, only delete deactivated keys whose grace period ended.
-    pub rotate: bool,
-}
-
-/// The records of one job, read under the vault lock.
-#[derive(Debug, Clone)]
-pub struct Records {
-    pub user: Record,
-    pub config: Record,
-    pub provider: Option<Record>,
-}
-
-impl Records {
-    /// Reads and type-checks the job's records.
-    pub fn read(vault: &dyn Vault, job: &Job) -> Result<Self, VaultError> {
-        Ok(Self {
-            user: vault.record(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
-            config: vault.record(&job.config_uid, "-c", None)?,
-            provider: job
-                .provider_uid
-                .as_deref()
-                .map(|uid| vault.record(uid, "--configuration-uid", None))
-                .transpose()?,
-        })
-    }
-}
-
-/// Runs one rotation (`rotate-host run`).
-pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
-    crate::sandbox::engine::block_on(async {
-        // Compile before taking the lock: others wait on it for no reason otherwise.
-        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
-        let identity = GatewayIdentity::new(opts.lending.clone());
-        let job = Job {
-            user_uid: opts.user_uid.clone(),
-            config_uid: opts.config_uid.clone(),
-            provider_uid: opts.provider_uid.clone(),
-            dry_run: opts.dry_run,
-            mark_pending: false,
-            rotate: true,
-        };
-        // The file vault's lock is held until the writer is dropped, at the end of the run.
-        let mut wanted = vec![
-            (job.user_uid.as_str(), "-u"),
-            (job.config_uid.as_str(), "-c"),
-        ];
-        if let Some(p) = &job.provider_uid {
-            wanted.push((p.as_str(), "--configuration-uid"));
-        }
-        let vault = opts.vault.open(Some(&wanted), &opts.vault_options)?;
-        let records = Records::read(vault.as_ref(), &job)?;
-        vetting::check_config(&records.user, &records.config, false)?;
-        let holdings = vet_run(&plugin, &identity, vault.as_ref(), &job, &records).await?;
-        let writer = VaultWriter::new(vault);
-        let core = Rotator {
-            plugin: &plugin,
-            writer: &writer,
-            identity: &identity,
-            holdings,
-            stopping: &AtomicBool::new(false),
-        };
-        rotate_record(&core, &job, records).await
-    })
-}
-
-/// What `run` checks against the whole vault before anything is sent: who
-/// holds which credential (I6), the config's scope, and that no fleet record
-/// rotates the same credential as this one.
-async fn vet_run(
-    plugin: &Plugin,
-    identity: &GatewayIdentity,
-    vault: &dyn Vault,
-    job: &Job,
-    records: &Records,
-) -> Result<Arc<Holdings>, RunError> {
-    let info = plugin.info().await?;
-    let mut subjects = vetting::Subjects::new(plugin, identity);
-    let mine = subjects.of(records).await?;
-    vetting::check_scope(&job.user_uid, &mine, &records.config, false)?;
-    // One record at a time: a vault is never held in memory twice.
-    let holdings = Holdings::default();
-    for uid in vault.uids() {
-        let Ok(record) = vault.record(&uid, "-u", None) else {
-            continue;
-        };
-        holdings.add_record(&record, &info.credential_id_fields);
-        if uid == job.user_uid {
-            continue;
-        }
-        let Some((_, theirs)) = fleet_records(vault, record) else {
-            continue;
-        };
-        if let Ok(s) = subjects.of(&theirs).await
-            && let Some(e) =
-                vetting::duplicates([(job.user_uid.as_str(), &mine), (uid.as_str(), &s)])
-                    .remove(&job.user_uid)
-        {
-            return Err(e.into());
-        }
-    }
-    Ok(Arc::new(holdings))
-}
-
-/// The records a fleet pass would rotate `user` with, if it is a fleet member.
-pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records)> {
-    if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
-        return None;
-    }
-    let config = vault
-        .record(user.value(labels::CONFIG)?, labels::CONFIG, None)
-        .ok()?;
-    let provider = match user.value(labels::PROVIDER) {
-        Some(p) => Some(vault.record(p, labels::PROVIDER, None).ok()?),
-        None => None,
-    };
-    Some((
-        user.uid.clone(),
-        Records {
-            user,
-            config,
-            provider,
-        },
-    ))
 }
 
 /// The rotation core: a fresh instance of `plugin` rotates one record, the new

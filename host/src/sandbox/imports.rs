@@ -5,8 +5,8 @@
 //! the guest wrote (URLs, messages) is cleaned before it is logged.
 
 use crate::sandbox::bindings::{wit, wit_holdings, wit_log, wit_outbound};
-use crate::sandbox::engine::HostState;
 use crate::sandbox::http::{Request, SendError};
+use crate::sandbox::instance::HostState;
 
 impl wit_outbound::Host for HostState {
     async fn send(
@@ -48,7 +48,7 @@ impl wit_log::Host for HostState {
     fn log(&mut self, level: wit_log::Level, message: String) -> wasmtime::Result<()> {
         let message = self.redactor.clean(crate::text::truncate(
             &message,
-            crate::sandbox::engine::MAX_TEXT_BYTES,
+            crate::sandbox::instance::MAX_TEXT_BYTES,
         ));
         match level {
             wit_log::Level::Trace => tracing::trace!(target: "guest", "{message}"),

@@ -4,8 +4,11 @@
 
 pub mod allowlist;
 pub mod bindings;
+mod budget;
 pub mod cache;
 pub mod engine;
 pub mod http;
 mod imports;
+pub mod instance;
 pub mod plugin;
+pub mod runtime;

@@ -13,33 +13,18 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::file_lock::{SAFE_OPEN, lock};
+use super::json_index::{Member, Slot, index, minify};
 use super::keeper_shape::{apply_fields, of_type, remove_label, to_record};
 use super::{Change, Vault, VaultError, VaultOptions};
 use crate::record::Record;
 use crate::record::StoreField;
-
-/// A top-level member of the file, kept raw, or the records array.
-enum Member {
-    Raw(Range<usize>),
-    Records,
-}
-
-/// One record: its raw text in the file, or its new content once changed.
-#[derive(Clone)]
-enum Slot {
-    Raw(Range<usize>),
-    Changed(Value),
-}
 
 /// Records as they were before a change (see `FileVault::undo_point`).
 pub struct UndoPoint(Vec<(usize, Slot)>);
@@ -77,69 +62,7 @@ impl std::fmt::Debug for FileVault {
     }
 }
 
-fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    path.with_file_name(name)
-}
-
 use crate::fsguard::kind_of;
-
-// Never follow a link, never block on a FIFO, never leak into a child.
-const SAFE_OPEN: i32 = libc::O_NOFOLLOW | crate::fsguard::NONBLOCKING;
-
-/// Takes the exclusive lock on `path`'s lock file, waiting at most `timeout`.
-fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
-    let lock_file = lock_path(path);
-    let not_regular = |what| VaultError::LockNotRegular {
-        path: lock_file.clone(),
-        what,
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(SAFE_OPEN)
-        .open(&lock_file)
-        .map_err(|source| match source.raw_os_error() {
-            Some(libc::ELOOP) => not_regular("a symbolic link"),
-            Some(libc::ENXIO) => not_regular("a FIFO or device"),
-            _ => VaultError::Lock {
-                path: lock_file.clone(),
-                source,
-            },
-        })?;
-    let meta = file.metadata().map_err(|source| VaultError::Lock {
-        path: lock_file.clone(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(not_regular(kind_of(&meta)));
-    }
-    let started = Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(VaultError::Locked {
-                    path: path.to_path_buf(),
-                    waited: timeout,
-                });
-            }
-            Err(fs::TryLockError::Error(source)) => {
-                return Err(VaultError::Lock {
-                    path: lock_file,
-                    source,
-                });
-            }
-        }
-    }
-}
 
 /// Whoever can write the vault's folder can swap the vault between reads and
 /// the rename; say so when that is someone other than its owner or root.
@@ -570,168 +493,6 @@ impl FileVault {
     }
 }
 
-/// Writes already-validated JSON without the whitespace between tokens: every
-/// other byte, numbers and string escapes included, is copied as it is. This is
-/// what keeps an untouched record byte-exact, and a rewrite linear in the file.
-fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
-    let bytes = json.as_bytes();
-    let (mut in_string, mut escaped, mut start) = (false, false, 0);
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.write_all(&bytes[start..i])?;
-            start = i + 1;
-        }
-    }
-    out.write_all(&bytes[start..])
-}
-
-type Index = (Vec<(String, Member)>, Vec<Slot>, HashMap<String, usize>);
-
-/// Indexes the file: its top-level members, each record's raw text and UID.
-/// Checks what the host relies on; the content is parsed once, and only
-/// records that are read or changed are ever built as values.
-fn index(text: &str) -> Result<Index, String> {
-    let offset = |raw: &RawValue| {
-        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-        start..start + raw.get().len()
-    };
-    // serde_json's messages give a position, never the content.
-    let top: Entries<'_> = serde_json::from_str(text)
-        .map_err(|e| format!("not a JSON object with a \"records\" array ({e})"))?;
-    let mut members = Vec::with_capacity(top.0.len());
-    let mut raw_records: Option<Vec<&RawValue>> = None;
-    for (key, raw) in top.0 {
-        if key == "records" {
-            raw_records = Some(
-                serde_json::from_str(raw.get())
-                    .map_err(|_| "\"records\" must be an array".to_string())?,
-            );
-            members.push((key, Member::Records));
-        } else {
-            serde_json::from_str::<NoDuplicateKeys>(raw.get())
-                .map_err(|e| format!("top-level \"{key}\": {e}"))?;
-            members.push((key, Member::Raw(offset(raw))));
-        }
-    }
-    let raw_records =
-        raw_records.ok_or("the top level must be an object with a \"records\" array")?;
-    let mut records = Vec::with_capacity(raw_records.len());
-    let mut by_uid = HashMap::with_capacity(raw_records.len());
-    for (i, raw) in raw_records.into_iter().enumerate() {
-        let n = i + 1;
-        let entries: Entries<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| format!("record #{n} is not an object with unique keys ({e})"))?;
-        serde_json::from_str::<NoDuplicateKeys>(raw.get())
-            .map_err(|e| format!("record #{n}: {e}; remove one of the two"))?;
-        let mut uid = None;
-        for (key, value) in &entries.0 {
-            match key.as_str() {
-                "uid" => uid = serde_json::from_str::<String>(value.get()).ok(),
-                "fields" | "custom" if !value.get().starts_with('[') => {
-                    return Err(format!("record #{n}: \"{key}\" must be an array"));
-                }
-                _ => {}
-            }
-        }
-        let uid = uid
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| format!("record #{n} has no \"uid\" string"))?;
-        if by_uid.insert(uid.clone(), i).is_some() {
-            return Err(format!("two records have the UID '{uid}'"));
-        }
-        records.push(Slot::Raw(offset(raw)));
-    }
-    Ok((members, records, by_uid))
-}
-
-/// An object's members in order, raw; a key given twice is an error.
-struct Entries<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-                let mut out: Vec<(String, &'de RawValue)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format!(
-                            "the key \"{key}\" appears twice"
-                        )));
-                    }
-                    out.push((key, map.next_value()?));
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// Any JSON value in which no object has the same key twice: serde_json
-/// would keep only the last, and a rewrite would silently drop the others.
-struct NoDuplicateKeys;
-
-impl<'de> Deserialize<'de> for NoDuplicateKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NoDuplicateKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
-                let mut seen = std::collections::HashSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format!(
-                            "the key \"{key}\" appears twice"
-                        )));
-                    }
-                    map.next_value::<NoDuplicateKeys>()?;
-                }
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicateKeys, A::Error> {
-                while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
-                Ok(NoDuplicateKeys)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 impl Vault for FileVault {
     fn uids(&self) -> Vec<String> {
         FileVault::uids(self)
@@ -776,6 +537,8 @@ mod tests {
     use super::*;
     use crate::record::ValueKind;
     use crate::secret::Secret;
+    use crate::vault::file_lock::lock_path;
+    use std::time::Duration;
 
     fn t() -> VaultOptions {
         VaultOptions {

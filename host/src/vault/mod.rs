@@ -8,6 +8,8 @@
 //! fields are the same code here.
 
 pub mod file;
+mod file_lock;
+mod json_index;
 pub mod keeper_shape;
 #[cfg(feature = "ksm")]
 pub mod ksm;

@@ -1,0 +1,249 @@
+//! One function per command: options from the parsed flags, the work, and
+//! the exit code.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::cli::*;
+use crate::configure::{ConfigOptions, configure};
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::output::JSON_LOGS;
+use crate::output::{print_error, print_run};
+use crate::rotation::audit::AuditLog;
+use crate::rotation::audit::audit_entry;
+use crate::rotation::run::{RunOptions, run};
+use crate::sandbox::engine::Plugin;
+
+/// Runs a parsed command line and returns the exit code.
+pub fn execute(cli: Cli) -> i32 {
+    let _ = JSON_LOGS.set(cli.log_format == LogFormat::Json);
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Config(args) => config_command(args),
+        Command::Info(args) => info_command(args),
+        Command::Due(args) => due_command(args),
+        Command::Gateway(args) => gateway_command(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rotate-host", &mut std::io::stdout());
+            0
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    print_error(&format!("could not write the manual page: {e}"));
+                    1
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn usage_error(msg: &str) -> i32 {
+    print_error(msg);
+    2
+}
+
+fn run_command(args: RunArgs) -> i32 {
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    let vault_options = args.vault_options.options();
+    let vault = match args.source.source(&vault_options) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    let opts = RunOptions {
+        guest: args.guest,
+        vault,
+        user_uid: args.user,
+        config_uid: args.config,
+        provider_uid: args.configuration_uid,
+        dry_run: args.dry_run,
+        limits,
+        vault_options,
+        cache_dir: args.sandbox.cache_dir(),
+        lending: args.lend.lending(),
+    };
+    let strict = opts.vault_options.strict_permissions;
+    let audit = match args
+        .audit
+        .as_deref()
+        .map(|p| AuditLog::open(p, strict))
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let started = std::time::Instant::now();
+    let result = run(&opts);
+    let audit_failed = audit.as_ref().and_then(|log| {
+        log.write(&audit_entry(
+            &opts.user_uid,
+            None,
+            &result,
+            started.elapsed(),
+        ))
+        .err()
+    });
+    let code = print_run(&opts, result, args.json);
+    match audit_failed {
+        Some(why) => {
+            print_error(&why);
+            code.max(1)
+        }
+        None => code,
+    }
+}
+
+fn config_command(args: ConfigArgs) -> i32 {
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    let vault_options = args.vault_options.options();
+    let vault = match args.source.source(&vault_options) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    let opts = ConfigOptions {
+        guest: args.guest,
+        vault,
+        title: args.title,
+        ksm_folder: args.ksm_folder,
+        fields: args.fields,
+        interactive: !args.no_input,
+        limits,
+        vault_options,
+        cache_dir: args.sandbox.cache_dir(),
+    };
+    match configure(&opts) {
+        Ok(uid) => {
+            println!("created config record {uid} in {}", opts.vault.describe());
+            0
+        }
+        Err(e) => {
+            print_error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn info_command(args: InfoArgs) -> i32 {
+    let limits = match args.sandbox.limits() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
+        .and_then(|p| p.describe());
+    let (info, schema) = match described {
+        Ok(d) => d,
+        Err(e) => {
+            print_error(&e.to_string());
+            return if e.is_bad_input() { 2 } else { 1 };
+        }
+    };
+    if args.json {
+        let body = serde_json::json!({"info": info, "config_schema": schema});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).expect("serialisable")
+        );
+        return 0;
+    }
+    println!("{} {}", info.name, info.version);
+    println!("{}", info.summary);
+    println!("can rollback: {}", info.can_rollback);
+    println!("may reach: {}", info.allowed_hosts.join(", "));
+    println!("\nconfig record fields:");
+    for item in &schema {
+        let default = item
+            .default_value
+            .as_deref()
+            .map(|d| format!(", default {d}"))
+            .unwrap_or_default();
+        println!(
+            "  {:<26} {:?}{}{}{}\n      {}",
+            item.label,
+            item.item_type,
+            if item.required { ", required" } else { "" },
+            if item.is_secret { ", secret" } else { "" },
+            default,
+            item.desc
+        );
+    }
+    0
+}
+
+/// The plugin compiled once and the fleet's options, or the exit code.
+fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), i32> {
+    let opts = args.options().map_err(|e| usage_error(&e))?;
+    let jobs = opts.jobs;
+    let fleet = Fleet::new(opts).map_err(|e| {
+        print_error(&e.to_string());
+        e.exit_code()
+    })?;
+    Ok((fleet, jobs))
+}
+
+fn due_command(args: DueArgs) -> i32 {
+    let (fleet, jobs) = match fleet(&args.fleet) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    match crate::sandbox::runtime::block_on_workers(jobs, fleet.pass()) {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialisable")
+                );
+            } else {
+                for line in report.lines() {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            print_error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn gateway_command(args: GatewayArgs) -> i32 {
+    if let Some(addr) = args.metrics
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        return usage_error(&format!(
+            "--metrics {addr} is not a loopback address: metrics would be served to the network; \
+             use 127.0.0.1:PORT, or pass --metrics-public"
+        ));
+    }
+    let (fleet, jobs) = match fleet(&args.fleet) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let metrics = args
+        .metrics
+        .map(|a| (a, std::sync::Arc::new(Metrics::default())));
+    let interval = Duration::from_secs(args.interval);
+    match crate::sandbox::runtime::block_on_workers(
+        jobs,
+        crate::gateway::gateway(fleet, interval, metrics),
+    ) {
+        Ok(()) => 0,
+        Err(e) => {
+            print_error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}

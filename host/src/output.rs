@@ -1,0 +1,105 @@
+//! What commands print: reports as text or JSON on standard output, errors
+//! on standard error.
+
+use std::io::Write;
+
+use crate::rotation::report::{RunError, RunReport};
+use crate::rotation::run::RunOptions;
+
+/// Set once from `--log-format`: errors are then log lines too.
+pub(crate) static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Prints an error for the user, escaped, whatever RUST_LOG says: `error: ...`
+/// on standard error, or, with `--log-format json`, one line shaped like the
+/// JSON log lines, at ERROR.
+pub(crate) fn print_error(msg: &str) {
+    let msg = crate::text::printable(msg);
+    if JSON_LOGS.get().copied().unwrap_or(false) {
+        // Written directly, in the log lines' shape: RUST_LOG must not hide it.
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "fields": {"message": msg},
+            "target": "rotate_host",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("error: {msg}");
+    }
+}
+
+/// Prints a run's report or error; returns the exit code.
+pub(crate) fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, json: bool) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match (result, json) {
+        (Ok(report), true) => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serialisable")
+            );
+            0
+        }
+        (Ok(report), false) => {
+            if report.status == "planned" {
+                let _ = writeln!(
+                    out,
+                    "dry run for PAM user record {}: nothing was changed. The plan:",
+                    report.user_uid
+                );
+                for n in &report.notes {
+                    let _ = writeln!(out, "  - {n}");
+                }
+            } else {
+                let _ = writeln!(
+                    out,
+                    "rotated PAM user record {}: new key {} stored in {}",
+                    report.user_uid,
+                    report.created.as_deref().unwrap_or("?"),
+                    opts.vault.describe()
+                );
+                if !report.purged.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "deleted key(s) whose grace period ended: {}",
+                        report.purged.join(", ")
+                    );
+                }
+                if !report.retired.is_empty() {
+                    let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
+                }
+                if !report.deactivated.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "deactivated old key(s), kept for the grace period: {}",
+                        report.deactivated.join(", ")
+                    );
+                }
+                if !report.kept.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "kept old key(s) active until IAM shows them unused: {}",
+                        report.kept.join(", ")
+                    );
+                }
+                for n in &report.notes {
+                    let _ = writeln!(out, "note: {n}");
+                }
+            }
+            0
+        }
+        (Err(e), json) => {
+            let code = e.exit_code();
+            if json {
+                let body = serde_json::json!({"status": "failed", "exit_code": code, "error": e.to_string()});
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&body).expect("serialisable")
+                );
+            }
+            print_error(&e.to_string());
+            code
+        }
+    }
+}

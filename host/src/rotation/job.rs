@@ -1,0 +1,65 @@
+//! One record's rotation as asked for: the job and the records it reads.
+
+use crate::fields::PAM_USER_TYPE;
+use crate::fields::labels;
+use crate::record::Record;
+use crate::vault::{Vault, VaultError};
+
+/// One record's rotation, as `run`, `due` and `gateway` ask for it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub user_uid: String,
+    pub config_uid: String,
+    pub provider_uid: Option<String>,
+    pub dry_run: bool,
+    /// Mark the record `Rotation Pending` until `finalize` succeeds, so a fleet
+    /// pass killed in between finishes the record at the next pass.
+    pub mark_pending: bool,
+    /// Rotate; when false, only delete deactivated keys whose grace period ended.
+    pub rotate: bool,
+}
+
+/// The records of one job, read under the vault lock.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub user: Record,
+    pub config: Record,
+    pub provider: Option<Record>,
+}
+
+impl Records {
+    /// Reads and type-checks the job's records.
+    pub fn read(vault: &dyn Vault, job: &Job) -> Result<Self, VaultError> {
+        Ok(Self {
+            user: vault.record(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
+            config: vault.record(&job.config_uid, "-c", None)?,
+            provider: job
+                .provider_uid
+                .as_deref()
+                .map(|uid| vault.record(uid, "--configuration-uid", None))
+                .transpose()?,
+        })
+    }
+}
+
+/// The records a fleet pass would rotate `user` with, if it is a fleet member.
+pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records)> {
+    if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
+        return None;
+    }
+    let config = vault
+        .record(user.value(labels::CONFIG)?, labels::CONFIG, None)
+        .ok()?;
+    let provider = match user.value(labels::PROVIDER) {
+        Some(p) => Some(vault.record(p, labels::PROVIDER, None).ok()?),
+        None => None,
+    };
+    Some((
+        user.uid.clone(),
+        Records {
+            user,
+            config,
+            provider,
+        },
+    ))
+}

@@ -1,0 +1,153 @@
+//! What a run did, or why it failed: the report and the error every command
+//! prints, with the exit code each error maps to.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::fields::BadField;
+use crate::rotation::identity::IdentityError;
+use crate::rotation::job::Job;
+use crate::rotation::usage::KeyInUse;
+use crate::rotation::vetting::VetError;
+use crate::sandbox::engine::SandboxError;
+use crate::sandbox::plugin::PluginError;
+use crate::text::printable;
+use crate::vault::VaultError;
+
+/// What a run did. Holds key ids, never secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// `rotated`, `purged` (only deactivated keys deleted), or `planned` for a dry run.
+    pub status: &'static str,
+    pub user_uid: String,
+    pub created: Option<String>,
+    pub retired: Vec<String>,
+    /// Old keys turned off and kept for the grace period (`Old Key Action` deactivate).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deactivated: Vec<String>,
+    /// Keys deactivated by earlier rotations, deleted now that their grace period ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged: Vec<String>,
+    /// Old keys left active for their consumers (`retire-when-unused`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+    /// Old keys kept earlier that IAM shows still in use (or cannot say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<KeyInUse>,
+    pub notes: Vec<String>,
+    /// What `finalize` is to retire (for a dry run's plan and the audit log).
+    #[serde(skip)]
+    pub planned_retire: Vec<String>,
+}
+
+impl RunReport {
+    /// An empty report of `job`, starting with `notes`.
+    pub(crate) fn new(job: &Job, notes: Vec<String>) -> Self {
+        Self {
+            status: if job.dry_run { "planned" } else { "rotated" },
+            user_uid: printable(&job.user_uid),
+            created: None,
+            retired: vec![],
+            deactivated: vec![],
+            purged: vec![],
+            kept: vec![],
+            in_use: vec![],
+            notes,
+            planned_retire: vec![],
+        }
+    }
+}
+
+/// Why a run failed. Every message says what happened to the vault and to the
+/// service, and what to do next.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("{0}; nothing was changed")]
+    BadField(BadField),
+    #[error("{0}")]
+    Saving(Arc<VaultError>),
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("{stage} failed; the vault was not changed: {error}")]
+    Plugin {
+        stage: &'static str,
+        error: PluginError,
+    },
+    #[error(
+        "{source}. The vault was not changed. A new key created before the plugin stopped \
+         is not in the vault: the next run deletes it to make room, or, if it cannot tell \
+         which key to keep, names the keys so you can delete the stray one"
+    )]
+    RotateStopped { source: SandboxError },
+    #[error("the new key {created} could not be stored: {source}. {rollback}")]
+    StoreFailed {
+        created: String,
+        source: Arc<VaultError>,
+        rollback: String,
+    },
+    #[error(
+        "the new key {created} may or may not be stored: {source}. Nothing was deleted: run \
+         again, and the next run keeps the key the vault names and removes the other"
+    )]
+    StoreUncertain {
+        created: String,
+        source: Arc<VaultError>,
+    },
+    #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
+    NotFinalized { created: String, why: String },
+    #[error("{0}")]
+    Vetting(#[from] VetError),
+    #[error(
+        "{detail}, so the rotation is refused: a new key needs its place, and deleting it would \
+         break whatever still signs with it. Nothing was changed. Move that consumer to the \
+         current key; the old key is retired once IAM shows it unused for 'Unused Hours'"
+    )]
+    OldKeyInUse { detail: String },
+    #[error(
+        "the gateway is stopping: this record's rotation was not started; the next pass rotates it"
+    )]
+    Stopping,
+    #[error(
+        "record '{uid}' holds the credential {id}, which record(s) {others} hold or track too: one \
+         credential belongs to one record, or rotating one would break the other. Nothing was \
+         changed; keep the credential in one record only"
+    )]
+    SharedCredential {
+        uid: String,
+        id: String,
+        others: String,
+    },
+    #[error(
+        "config record '{config}' names the origin {origin}, and this rotation is lent the host's \
+         own AWS identity: it is never sent where only a record points. Nothing was changed; the \
+         operator can allow the origin with --allow-host, or the config can use its own key"
+    )]
+    LentToRecordOrigin { config: String, origin: String },
+}
+
+impl RunError {
+    /// The process exit code: 1 failed (nothing changed or rolled back), 2 bad
+    /// input, 3 new key stored but the old one not yet removed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Vault(e) if e.is_bad_input() => 2,
+            Self::Sandbox(e) if e.is_bad_input() => 2,
+            Self::BadField(_) | Self::SharedCredential { .. } | Self::LentToRecordOrigin { .. } => {
+                2
+            }
+            Self::Vetting(e) => e.exit_code(),
+            Self::Plugin {
+                error: PluginError::InvalidConfig(_),
+                ..
+            } => 2,
+            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => 3,
+            _ => 1,
+        }
+    }
+}
