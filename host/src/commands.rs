@@ -1,6 +1,7 @@
 //! One function per command: options from the parsed flags, the work, and
 //! the exit code.
 
+use crate::exit::Exit;
 use std::io::Write;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::rotation::run::{RunOptions, run};
 use crate::sandbox::engine::Plugin;
 
 /// Runs a parsed command line and returns the exit code.
-pub fn execute(cli: Cli) -> i32 {
+pub fn execute(cli: Cli) -> Exit {
     let _ = JSON_LOGS.set(cli.log_format == LogFormat::Json);
     match cli.command {
         Command::Run(args) => run_command(args),
@@ -27,27 +28,27 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "rotate-host", &mut std::io::stdout());
-            0
+            Exit::Ok
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => 0,
+                Ok(()) => Exit::Ok,
                 Err(e) => {
                     print_error(&format!("could not write the manual page: {e}"));
-                    1
+                    Exit::Failed
                 }
             }
         }
     }
 }
 
-pub(crate) fn usage_error(msg: &str) -> i32 {
+pub(crate) fn usage_error(msg: &str) -> Exit {
     print_error(msg);
-    2
+    Exit::Usage
 }
 
-fn run_command(args: RunArgs) -> i32 {
+fn run_command(args: RunArgs) -> Exit {
     let limits = match args.sandbox.limits() {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
@@ -94,13 +95,13 @@ fn run_command(args: RunArgs) -> i32 {
     match audit_failed {
         Some(why) => {
             print_error(&why);
-            code.max(1)
+            code.or_failed()
         }
         None => code,
     }
 }
 
-fn config_command(args: ConfigArgs) -> i32 {
+fn config_command(args: ConfigArgs) -> Exit {
     let limits = match args.sandbox.limits() {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
@@ -124,16 +125,16 @@ fn config_command(args: ConfigArgs) -> i32 {
     match configure(&opts) {
         Ok(uid) => {
             println!("created config record {uid} in {}", opts.vault.describe());
-            0
+            Exit::Ok
         }
         Err(e) => {
             print_error(&e.to_string());
-            e.exit_code()
+            e.exit()
         }
     }
 }
 
-fn info_command(args: InfoArgs) -> i32 {
+fn info_command(args: InfoArgs) -> Exit {
     let limits = match args.sandbox.limits() {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
@@ -144,7 +145,7 @@ fn info_command(args: InfoArgs) -> i32 {
         Ok(d) => d,
         Err(e) => {
             print_error(&e.to_string());
-            return if e.is_bad_input() { 2 } else { 1 };
+            return Exit::usage_if(e.is_bad_input());
         }
     };
     if args.json {
@@ -153,7 +154,7 @@ fn info_command(args: InfoArgs) -> i32 {
             "{}",
             serde_json::to_string_pretty(&body).expect("serialisable")
         );
-        return 0;
+        return Exit::Ok;
     }
     println!("{} {}", info.name, info.version);
     println!("{}", info.summary);
@@ -176,21 +177,21 @@ fn info_command(args: InfoArgs) -> i32 {
             item.desc
         );
     }
-    0
+    Exit::Ok
 }
 
 /// The plugin compiled once and the fleet's options, or the exit code.
-fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), i32> {
+fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), Exit> {
     let opts = args.options().map_err(|e| usage_error(&e))?;
     let jobs = opts.jobs;
     let fleet = Fleet::new(opts).map_err(|e| {
         print_error(&e.to_string());
-        e.exit_code()
+        e.exit()
     })?;
     Ok((fleet, jobs))
 }
 
-fn due_command(args: DueArgs) -> i32 {
+fn due_command(args: DueArgs) -> Exit {
     let (fleet, jobs) = match fleet(&args.fleet) {
         Ok(f) => f,
         Err(code) => return code,
@@ -209,16 +210,16 @@ fn due_command(args: DueArgs) -> i32 {
                     let _ = writeln!(out, "{line}");
                 }
             }
-            report.exit_code()
+            report.exit()
         }
         Err(e) => {
             print_error(&e.to_string());
-            e.exit_code()
+            e.exit()
         }
     }
 }
 
-fn gateway_command(args: GatewayArgs) -> i32 {
+fn gateway_command(args: GatewayArgs) -> Exit {
     if let Some(addr) = args.metrics
         && !addr.ip().is_loopback()
         && !args.metrics_public
@@ -240,10 +241,10 @@ fn gateway_command(args: GatewayArgs) -> i32 {
         jobs,
         crate::gateway::gateway(fleet, interval, metrics),
     ) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             print_error(&e.to_string());
-            e.exit_code()
+            e.exit()
         }
     }
 }

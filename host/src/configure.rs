@@ -57,11 +57,13 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input, except a vault or sandbox that failed on its own.
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
         match self {
-            Self::Vault(e) if !e.is_bad_input() => 1,
-            Self::Sandbox(e) if !e.is_bad_input() => 1,
-            _ => 2,
+            Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
+            _ => Exit::Usage,
         }
     }
 }

@@ -39,7 +39,7 @@ pub async fn gateway(
                 _ = int.recv() => {}
             }
             tracing::warn!("second signal received: exiting at once");
-            std::process::exit(130);
+            std::process::exit(crate::exit::Exit::Interrupted.code());
         });
     }
     let metrics = match metrics {

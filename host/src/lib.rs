@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod configure;
+pub mod exit;
 pub mod fields;
 pub mod fleet;
 pub mod fsguard;

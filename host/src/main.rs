@@ -39,5 +39,5 @@ fn main() {
             .with(text.json().with_filter(filter).with_filter(capped))
             .init(),
     }
-    std::process::exit(rotate_host::commands::execute(cli));
+    std::process::exit(rotate_host::commands::execute(cli).code());
 }

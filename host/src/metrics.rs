@@ -48,7 +48,11 @@ pub struct Metrics {
 impl Metrics {
     /// Adds a finished pass.
     pub fn record_pass(&self, r: &PassReport) {
-        let not_finalized = r.rotated.iter().filter(|e| e.exit_code == Some(3)).count() as u64;
+        let not_finalized = r
+            .rotated
+            .iter()
+            .filter(|e| e.exit_code == Some(crate::exit::Exit::NotFinalized))
+            .count() as u64;
         let rotated = r.rotated.len() as u64 - not_finalized;
         self.rotated.fetch_add(rotated, Ordering::Relaxed);
         self.not_finalized

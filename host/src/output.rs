@@ -1,6 +1,8 @@
 //! What commands print: reports as text or JSON on standard output, errors
 //! on standard error.
 
+use crate::exit::Exit;
+use crate::rotation::report::Outcome;
 use std::io::Write;
 
 use crate::rotation::report::{RunError, RunReport};
@@ -29,7 +31,11 @@ pub(crate) fn print_error(msg: &str) {
 }
 
 /// Prints a run's report or error; returns the exit code.
-pub(crate) fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, json: bool) -> i32 {
+pub(crate) fn print_run(
+    opts: &RunOptions,
+    result: Result<RunReport, RunError>,
+    json: bool,
+) -> Exit {
     let mut out = std::io::stdout().lock();
     match (result, json) {
         (Ok(report), true) => {
@@ -38,10 +44,10 @@ pub(crate) fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, 
                 "{}",
                 serde_json::to_string_pretty(&report).expect("serialisable")
             );
-            0
+            Exit::Ok
         }
         (Ok(report), false) => {
-            if report.status == "planned" {
+            if report.status == Outcome::Planned {
                 let _ = writeln!(
                     out,
                     "dry run for PAM user record {}: nothing was changed. The plan:",
@@ -86,12 +92,12 @@ pub(crate) fn print_run(opts: &RunOptions, result: Result<RunReport, RunError>, 
                     let _ = writeln!(out, "note: {n}");
                 }
             }
-            0
+            Exit::Ok
         }
         (Err(e), json) => {
-            let code = e.exit_code();
+            let code = e.exit();
             if json {
-                let body = serde_json::json!({"status": "failed", "exit_code": code, "error": e.to_string()});
+                let body = serde_json::json!({"status": "failed", "exit_code": code.code(), "error": e.to_string()});
                 let _ = writeln!(
                     out,
                     "{}",

@@ -65,12 +65,13 @@ pub enum FleetError {
 }
 
 impl FleetError {
-    /// 2 for a wrong command or an unusable vault, 1 otherwise (a held lock).
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input for a wrong command or an unusable vault, failed otherwise (a held lock).
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
         match self {
-            Self::Vault(e) if !e.is_bad_input() => 1,
-            Self::Sandbox(e) if !e.is_bad_input() => 1,
-            _ => 2,
+            Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Usage(_) => Exit::Usage,
         }
     }
 }
@@ -166,7 +167,7 @@ impl Fleet {
                     Ok((uid, next_due, result, audit)) => {
                         let mut e = Entry::new(&uid);
                         e.next_due = next_due;
-                        record(&mut report, e, result, self.opts.dry_run);
+                        record(&mut report, e, result);
                         report.audit_failures.extend(audit);
                     }
                     Err(uid) => {
@@ -232,7 +233,7 @@ impl Fleet {
         ));
         let entry = |uid: &str, e: &VetError| {
             let mut entry = Entry::new(uid);
-            entry.exit_code = Some(e.exit_code());
+            entry.exit_code = Some(e.exit());
             entry.error = Some(format!("{e}; the rest of the fleet was rotated"));
             entry
         };

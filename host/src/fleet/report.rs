@@ -7,9 +7,10 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::exit::Exit;
+use crate::rotation::report::Outcome;
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::usage::KeyInUse;
-use crate::vault::VaultError;
 
 /// One record's line in a pass report. Holds key ids, never secrets.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +33,7 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub in_use: Vec<KeyInUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub exit_code: Option<Exit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,15 +101,20 @@ impl PassReport {
 }
 
 impl PassReport {
-    /// 0 when every due record rotated, 3 when some are stored but not
-    /// finalized and none failed, 1 when any failed or an audit line is missing.
-    pub fn exit_code(&self) -> i32 {
+    /// Ok when every due record rotated, not finalized when some are stored
+    /// but not finalized and none failed, failed when any failed or an audit
+    /// line is missing.
+    pub fn exit(&self) -> Exit {
         if !self.failed.is_empty() || !self.audit_failures.is_empty() {
-            1
-        } else if self.rotated.iter().any(|e| e.exit_code == Some(3)) {
-            3
+            Exit::Failed
+        } else if self
+            .rotated
+            .iter()
+            .any(|e| e.exit_code == Some(Exit::NotFinalized))
+        {
+            Exit::NotFinalized
         } else {
-            0
+            Exit::Ok
         }
     }
 
@@ -188,7 +194,7 @@ impl PassReport {
             out.push(format!(
                 "failed {} (exit {}): {}",
                 e.user_uid,
-                e.exit_code.unwrap_or(1),
+                e.exit_code.unwrap_or(Exit::Failed).code(),
                 e.error.as_deref().unwrap_or("")
             ));
         }
@@ -245,15 +251,11 @@ impl PassReport {
     }
 }
 
-/// Files one rotation's result, as entry `e`, in the report.
-pub(super) fn record(
-    report: &mut PassReport,
-    mut e: Entry,
-    result: Result<RunReport, RunError>,
-    dry_run: bool,
-) {
+/// Files one rotation's result, as entry `e`, in the report's list for its outcome.
+pub(super) fn record(report: &mut PassReport, mut e: Entry, result: Result<RunReport, RunError>) {
+    let outcome = Outcome::of(&result);
     match result {
-        Ok(r) if dry_run => {
+        Ok(r) if outcome == Outcome::Planned => {
             e.notes = r.notes;
             e.retired = r.planned_retire;
             e.in_use = r.in_use;
@@ -268,33 +270,34 @@ pub(super) fn record(
             e.in_use = r.in_use;
             e.purged = r.purged;
             e.notes = r.notes;
-            match r.status {
+            match outcome {
                 // Not due, and its old keys are still in use: nothing changed.
-                "purged" if idle => report.not_due.push(e),
-                "purged" => {
-                    e.exit_code = Some(0);
+                Outcome::Purged if idle => report.not_due.push(e),
+                Outcome::Purged => {
+                    e.exit_code = Some(Exit::Ok);
                     report.purged.push(e);
                 }
                 _ => {
-                    e.exit_code = Some(0);
+                    e.exit_code = Some(Exit::Ok);
                     report.rotated.push(e);
                 }
             }
         }
-        Err(err @ (RunError::Stopping | RunError::Vault(VaultError::Leased { .. }))) => {
-            e.error = Some(err.to_string());
-            report.skipped.push(e);
-        }
         Err(err) => {
-            let code = err.exit_code();
-            e.exit_code = Some(code);
-            if let RunError::NotFinalized { created, .. } = &err {
-                e.created = Some(created.clone());
-                e.error = Some(err.to_string());
-                report.rotated.push(e);
-            } else {
-                e.error = Some(err.to_string());
-                report.failed.push(e);
+            e.error = Some(err.to_string());
+            match outcome {
+                Outcome::Skipped => report.skipped.push(e),
+                Outcome::NotFinalized => {
+                    if let RunError::NotFinalized { created, .. } = &err {
+                        e.created = Some(created.clone());
+                    }
+                    e.exit_code = Some(err.exit());
+                    report.rotated.push(e);
+                }
+                _ => {
+                    e.exit_code = Some(err.exit());
+                    report.failed.push(e);
+                }
             }
         }
     }

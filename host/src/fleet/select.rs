@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 
+use crate::exit::Exit;
 use crate::fields::PAM_USER_TYPE;
 use crate::fields::{labels, stamp};
 use crate::fleet::schedule::{self, Due, Member};
@@ -29,7 +30,7 @@ pub(super) struct Work {
 /// The report entry of a record with a field the fleet cannot use.
 pub(super) fn bad_field(uid: &str, bad: &crate::fields::BadField) -> Entry {
     let mut e = Entry::new(uid);
-    e.exit_code = Some(2);
+    e.exit_code = Some(Exit::Usage);
     e.error = Some(format!(
         "{bad}; this record was not rotated, the rest of the fleet was"
     ));
@@ -132,7 +133,7 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
             }),
             (Err(e), _) => {
                 let mut entry = Entry::new(&uid);
-                entry.exit_code = Some(2);
+                entry.exit_code = Some(Exit::Usage);
                 entry.error = Some(e.to_string());
                 report.failed.push(entry);
             }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::rotation::report::{RunError, RunReport};
-use crate::vault::VaultError;
+use crate::exit::Exit;
+use crate::rotation::report::{Outcome, RunError, RunReport};
 
 /// One attempt, as written.
 #[derive(Debug, Clone, Serialize)]
@@ -37,17 +37,15 @@ pub struct AuditEntry {
     /// Old keys kept earlier that IAM shows still in use, with their last use.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub old_keys_in_use: Vec<crate::rotation::usage::KeyInUse>,
-    /// `rotated`, `purged`, `planned`, `failed`, `not_finalized`, or `skipped`
-    /// (the gateway was stopping).
-    pub outcome: &'static str,
-    pub exit_code: i32,
+    pub outcome: Outcome,
+    pub exit_code: Exit,
     pub duration_ms: u64,
     pub error: Option<String>,
 }
 
 impl AuditEntry {
     /// An entry stamped now.
-    pub fn now(record_uid: &str, outcome: &'static str, exit_code: i32) -> Self {
+    pub fn now(record_uid: &str, outcome: Outcome, exit_code: Exit) -> Self {
         Self {
             time: crate::fields::stamp(Utc::now()),
             record_uid: record_uid.to_string(),
@@ -157,18 +155,12 @@ pub fn audit_entry(
     result: &Result<RunReport, RunError>,
     took: Duration,
 ) -> AuditEntry {
-    let mut entry = match result {
-        Ok(r) => AuditEntry::now(uid, r.status, 0),
-        Err(e @ RunError::NotFinalized { .. }) => {
-            AuditEntry::now(uid, "not_finalized", e.exit_code())
-        }
-        Err(RunError::Stopping) => AuditEntry::now(uid, "skipped", 0),
-        // Skipped by a pass, but exit 1 for `run`: the entry says which.
-        Err(e @ RunError::Vault(VaultError::Leased { .. })) => {
-            AuditEntry::now(uid, "skipped", e.exit_code())
-        }
-        Err(e) => AuditEntry::now(uid, "failed", e.exit_code()),
+    // A leased record is skipped by a pass, but exit 1 for `run`: the entry says which.
+    let exit = match result {
+        Ok(_) | Err(RunError::Stopping) => Exit::Ok,
+        Err(e) => e.exit(),
     };
+    let mut entry = AuditEntry::now(uid, Outcome::of(result), exit);
     entry.user = user;
     entry.duration_ms = took.as_millis() as u64;
     match result {

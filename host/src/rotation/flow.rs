@@ -13,7 +13,7 @@ use crate::rotation::exposure::{allow_list, lent_origins_allowed, secrets};
 use crate::rotation::grace::Ledger;
 use crate::rotation::identity::GatewayIdentity;
 use crate::rotation::job::{Job, Records};
-use crate::rotation::report::{RunError, RunReport};
+use crate::rotation::report::{Outcome, RunError, RunReport};
 use crate::rotation::retire;
 use crate::rotation::usage::Policy;
 use crate::sandbox::engine::Plugin;
@@ -105,7 +105,11 @@ async fn rotate_once(
     let mut run = InFlight::start(core, job, records).await?;
     run.old_keys().await?;
     if !job.rotate {
-        run.report.status = if job.dry_run { "planned" } else { "purged" };
+        run.report.status = if job.dry_run {
+            Outcome::Planned
+        } else {
+            Outcome::Purged
+        };
         return Ok(run.report);
     }
     // The two-key rule: a kept key still in use holds the slot a new key needs.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::exit::Exit;
 use crate::fields::BadField;
 use crate::rotation::identity::IdentityError;
 use crate::rotation::job::Job;
@@ -16,11 +17,41 @@ use crate::sandbox::plugin::PluginError;
 use crate::text::printable;
 use crate::vault::VaultError;
 
+/// How one record's attempt ended: in a run's report, in a pass's lists and
+/// in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new credential stored, and the old one retired.
+    Rotated,
+    /// Not due: only keys whose grace period ended were deleted.
+    Purged,
+    /// A dry run: what the plugin would do.
+    Planned,
+    /// The new credential stored, the old one not yet retired (exit 3).
+    NotFinalized,
+    /// Not attempted: the gateway was stopping, or another writer leases the record.
+    Skipped,
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome of one attempt.
+    pub fn of(result: &Result<RunReport, RunError>) -> Self {
+        match result {
+            Ok(r) => r.status,
+            Err(RunError::NotFinalized { .. }) => Self::NotFinalized,
+            Err(RunError::Stopping | RunError::Vault(VaultError::Leased { .. })) => Self::Skipped,
+            Err(_) => Self::Failed,
+        }
+    }
+}
+
 /// What a run did. Holds key ids, never secrets.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    /// `rotated`, `purged` (only deactivated keys deleted), or `planned` for a dry run.
-    pub status: &'static str,
+    /// `Rotated`, `Purged` (only deactivated keys deleted), or `Planned` for a dry run.
+    pub status: Outcome,
     pub user_uid: String,
     pub created: Option<String>,
     pub retired: Vec<String>,
@@ -46,7 +77,11 @@ impl RunReport {
     /// An empty report of `job`, starting with `notes`.
     pub(crate) fn new(job: &Job, notes: Vec<String>) -> Self {
         Self {
-            status: if job.dry_run { "planned" } else { "rotated" },
+            status: if job.dry_run {
+                Outcome::Planned
+            } else {
+                Outcome::Rotated
+            },
             user_uid: printable(&job.user_uid),
             created: None,
             retired: vec![],
@@ -132,22 +167,22 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// The process exit code: 1 failed (nothing changed or rolled back), 2 bad
-    /// input, 3 new key stored but the old one not yet removed.
-    pub fn exit_code(&self) -> i32 {
+    /// How the command ends: failed (nothing changed or rolled back), bad
+    /// input, or the new key stored but the old one not yet removed.
+    pub fn exit(&self) -> Exit {
         match self {
-            Self::Vault(e) if e.is_bad_input() => 2,
-            Self::Sandbox(e) if e.is_bad_input() => 2,
+            Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
             Self::BadField(_) | Self::SharedCredential { .. } | Self::LentToRecordOrigin { .. } => {
-                2
+                Exit::Usage
             }
-            Self::Vetting(e) => e.exit_code(),
+            Self::Vetting(e) => e.exit(),
             Self::Plugin {
                 error: PluginError::InvalidConfig(_),
                 ..
-            } => 2,
-            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => 3,
-            _ => 1,
+            } => Exit::Usage,
+            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => Exit::NotFinalized,
+            _ => Exit::Failed,
         }
     }
 }

@@ -95,19 +95,14 @@ pub enum VetError {
 }
 
 impl VetError {
-    /// 2 for records to fix; 1 when the plugin failed.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input for records to fix; failed when the plugin failed.
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
         match self {
-            Self::Plugin(PluginError::InvalidConfig(_)) => 2,
-            Self::Plugin(_) => 1,
-            Self::Sandbox(_, bad_input) => {
-                if *bad_input {
-                    2
-                } else {
-                    1
-                }
-            }
-            _ => 2,
+            Self::Plugin(PluginError::InvalidConfig(_)) => Exit::Usage,
+            Self::Plugin(_) => Exit::Failed,
+            Self::Sandbox(_, bad_input) => Exit::usage_if(*bad_input),
+            _ => Exit::Usage,
         }
     }
 }
