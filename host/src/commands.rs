@@ -2,6 +2,7 @@
 //! the exit code.
 
 use crate::exit::Exit;
+use crate::sandbox::engine::CallError;
 use std::io::Write;
 use std::time::Duration;
 
@@ -140,6 +141,7 @@ fn info_command(args: InfoArgs) -> Exit {
         Err(e) => return usage_error(&e),
     };
     let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
+        .map_err(CallError::from)
         .and_then(|p| p.describe());
     let (info, schema) = match described {
         Ok(d) => d,

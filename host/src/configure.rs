@@ -36,6 +36,8 @@ pub enum ConfigError {
     Vault(#[from] VaultError),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
+    #[error("{0}")]
+    Plugin(#[from] crate::sandbox::engine::CallError),
     // The value may be a secret: name the flag's position, never its text.
     #[error("--field number {0} has no '=': write it as LABEL=VALUE")]
     BadField(usize),
@@ -63,6 +65,7 @@ impl ConfigError {
         match self {
             Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
             Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Plugin(e) => Exit::usage_if(e.is_bad_input()),
             _ => Exit::Usage,
         }
     }

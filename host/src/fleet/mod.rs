@@ -61,6 +61,8 @@ pub enum FleetError {
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
     #[error("{0}")]
+    Plugin(#[from] crate::sandbox::engine::CallError),
+    #[error("{0}")]
     Usage(String),
 }
 
@@ -71,6 +73,7 @@ impl FleetError {
         match self {
             Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
             Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Plugin(e) => Exit::usage_if(e.is_bad_input()),
             Self::Usage(_) => Exit::Usage,
         }
     }

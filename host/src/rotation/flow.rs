@@ -284,16 +284,7 @@ impl<'a> InFlight<'a> {
     async fn rotate(&mut self) -> Result<crate::sandbox::plugin::Rotation, RunError> {
         let uid = self.job.user_uid.as_str();
         tracing::info!(plugin = %self.plugin_name, user = ?printable(uid), dry_run = self.job.dry_run, "rotating");
-        let rotation = match self.instance.rotate(&self.ctx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(error)) => {
-                return Err(RunError::Plugin {
-                    stage: "rotate",
-                    error,
-                });
-            }
-            Err(source) => return Err(RunError::RotateStopped { source }),
-        };
+        let rotation = self.instance.rotate(&self.ctx).await?;
         for f in rotation
             .fields
             .iter()
@@ -368,7 +359,7 @@ impl<'a> InFlight<'a> {
         created: String,
     ) -> Result<RunReport, RunError> {
         let why = match self.instance.finalize(&self.ctx, rotation).await {
-            Ok(Ok(done)) => {
+            Ok(done) => {
                 let user = printable(&self.job.user_uid);
                 for id in &done.retired {
                     tracing::info!(user = ?user, key = %id, "old key retired");
@@ -386,7 +377,6 @@ impl<'a> InFlight<'a> {
                 .await;
                 return Ok(self.report);
             }
-            Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
         Err(RunError::NotFinalized { created, why })
@@ -454,12 +444,11 @@ async fn rollback(
     created: &str,
 ) -> String {
     let failure = match instance.rollback(ctx, rotation).await {
-        Ok(Ok(())) => {
+        Ok(()) => {
             return format!(
                 "The new key {created} was deleted again; the vault and the old key are as they were"
             );
         }
-        Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
     format!(

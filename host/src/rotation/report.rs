@@ -12,7 +12,7 @@ use crate::rotation::identity::IdentityError;
 use crate::rotation::job::Job;
 use crate::rotation::usage::KeyInUse;
 use crate::rotation::vetting::VetError;
-use crate::sandbox::engine::SandboxError;
+use crate::sandbox::engine::{CallError, SandboxError};
 use crate::sandbox::plugin::PluginError;
 use crate::text::printable;
 use crate::vault::VaultError;
@@ -164,6 +164,22 @@ pub enum RunError {
          operator can allow the origin with --allow-host, or the config can use its own key"
     )]
     LentToRecordOrigin { config: String, origin: String },
+}
+
+/// A plugin call's failure, the same way for every call: the plugin's own
+/// error names the call; a stopped or broken `rotate` may have created a key.
+impl From<CallError> for RunError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Refused { call, error } => Self::Plugin { stage: call, error },
+            CallError::Failed(source) | CallError::Stopped(source)
+                if source.call() == Some("rotate") =>
+            {
+                Self::RotateStopped { source }
+            }
+            CallError::Failed(source) | CallError::Stopped(source) => Self::Sandbox(source),
+        }
+    }
 }
 
 impl RunError {

@@ -32,11 +32,7 @@ pub async fn check_kept(
     if ledger.kept().next().is_none() {
         return vec![];
     }
-    let uses = match instance.last_used(ctx).await {
-        Ok(Ok(uses)) => Ok(uses),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let uses = instance.last_used(ctx).await.map_err(|e| e.to_string());
     let (notes, in_use) = usage::judge(ledger, uses, policy, now);
     for k in in_use.iter().filter(|k| k.overdue) {
         tracing::warn!(
@@ -60,16 +56,7 @@ pub async fn purge(
     ledger: &mut Ledger,
     now: DateTime<Utc>,
 ) -> Result<(Vec<String>, Vec<String>, Vec<String>), RunError> {
-    let done = match instance.purge(ctx).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(error)) => {
-            return Err(RunError::Plugin {
-                stage: "purge",
-                error,
-            });
-        }
-        Err(e) => return Err(RunError::Sandbox(e)),
-    };
+    let done = instance.purge(ctx).await?;
     let user = printable(&job.user_uid);
     for id in &done.retired {
         tracing::info!(user = ?user, key = %id, "old key deleted after its grace period");

@@ -18,7 +18,7 @@ use crate::fields::labels;
 use crate::record::Record;
 use crate::rotation::identity::GatewayIdentity;
 use crate::rotation::job::Records;
-use crate::sandbox::engine::{Plugin, SandboxError};
+use crate::sandbox::engine::{CallError, Plugin};
 use crate::sandbox::instance::Instance;
 use crate::sandbox::plugin::{Context, HostCredential, PluginError, Subject};
 use crate::secret::Secret;
@@ -241,7 +241,11 @@ impl<'a> Subjects<'a> {
         // A stopped instance is replaced for the next record: one record that
         // makes the plugin trap fails alone.
         if self.instance.is_none() {
-            let mut fresh = self.plugin.instantiate().await.map_err(|e| sandbox(&e))?;
+            let mut fresh = self
+                .plugin
+                .instantiate()
+                .await
+                .map_err(|e| sandbox(&e.into()))?;
             self.schema = fresh.config_schema().await.map_err(|e| sandbox(&e))?;
             self.instance = Some(fresh);
         }
@@ -275,8 +279,8 @@ impl<'a> Subjects<'a> {
             deactivated: vec![],
         };
         match instance.subject(&ctx).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(VetError::Plugin(e)),
+            Ok(s) => Ok(s),
+            Err(CallError::Refused { error, .. }) => Err(VetError::Plugin(error)),
             Err(e) => {
                 self.instance = None;
                 Err(sandbox(&e))
@@ -285,7 +289,7 @@ impl<'a> Subjects<'a> {
     }
 }
 
-fn sandbox(e: &SandboxError) -> VetError {
+fn sandbox(e: &CallError) -> VetError {
     VetError::Sandbox(e.to_string(), e.is_bad_input())
 }
 

@@ -24,7 +24,7 @@ use crate::sandbox::budget::MemoryBudget;
 use crate::sandbox::cache;
 use crate::sandbox::http::{HttpConfig, Outbound};
 use crate::sandbox::instance::{HostState, Instance};
-use crate::sandbox::plugin::{ConfigItem, PluginInfo};
+use crate::sandbox::plugin::{ConfigItem, PluginError, PluginInfo};
 use crate::sandbox::runtime::block_on;
 use crate::secret::Redactor;
 
@@ -103,6 +103,62 @@ pub enum SandboxError {
         "the plugin's `{call}` cannot run: an earlier call was stopped part-way. This is a bug in rotate-host"
     )]
     Stopped { call: &'static str },
+    #[error("the plugin's `{call}` answered out of bounds ({why}): this is a bug in the plugin")]
+    BadAnswer { call: &'static str, why: String },
+}
+
+impl SandboxError {
+    /// The plugin call it happened in, if it happened in one.
+    pub fn call(&self) -> Option<&'static str> {
+        match self {
+            Self::Timeout { call, .. }
+            | Self::MemoryLimit { call, .. }
+            | Self::Trap { call, .. }
+            | Self::Stopped { call }
+            | Self::BadAnswer { call, .. } => Some(call),
+            _ => None,
+        }
+    }
+}
+
+/// Why a plugin call did not return what was asked: the plugin refused (and
+/// said why), failed (crashed, or broke the contract), or was stopped.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The plugin's own error: it refused, or could not do the work.
+    #[error("{error}")]
+    Refused {
+        call: &'static str,
+        error: PluginError,
+    },
+    /// The plugin crashed, could not start, or answered out of bounds.
+    #[error("{0}")]
+    Failed(SandboxError),
+    /// The sandbox stopped it: its time or memory limit, or an earlier stop.
+    #[error("{0}")]
+    Stopped(SandboxError),
+}
+
+impl From<SandboxError> for CallError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Timeout { .. }
+            | SandboxError::MemoryLimit { .. }
+            | SandboxError::Stopped { .. } => Self::Stopped(e),
+            other => Self::Failed(other),
+        }
+    }
+}
+
+impl CallError {
+    /// The user's input is wrong (the plugin file, or a config the plugin
+    /// calls invalid), rather than the plugin or the service failing.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Refused { error, .. } => matches!(error, PluginError::InvalidConfig(_)),
+            Self::Failed(e) | Self::Stopped(e) => e.is_bad_input(),
+        }
+    }
 }
 
 impl SandboxError {
@@ -202,7 +258,7 @@ impl Plugin {
     }
 
     /// What the plugin says about itself, from a throwaway instance, once.
-    pub async fn info(&self) -> Result<&PluginInfo, SandboxError> {
+    pub async fn info(&self) -> Result<&PluginInfo, CallError> {
         self.info
             .get_or_try_init(|| async { self.instantiate().await?.info().await })
             .await
@@ -210,7 +266,7 @@ impl Plugin {
 
     /// What the plugin says about itself and its config fields, from a
     /// throwaway instance (for `info` and `config`).
-    pub fn describe(&self) -> Result<(PluginInfo, Vec<ConfigItem>), SandboxError> {
+    pub fn describe(&self) -> Result<(PluginInfo, Vec<ConfigItem>), CallError> {
         block_on(async {
             let mut instance = self.instantiate().await?;
             Ok((instance.info().await?, instance.config_schema().await?))

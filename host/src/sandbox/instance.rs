@@ -13,12 +13,20 @@ use crate::holdings::Holdings;
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::bindings;
 use crate::sandbox::budget::MemoryBudget;
-use crate::sandbox::engine::{Limits, SandboxError};
+use crate::sandbox::engine::{CallError, Limits, SandboxError};
 use crate::sandbox::http::Outbound;
 use crate::sandbox::plugin::{
     ConfigItem, Context, CredentialUse, Finalized, PluginError, PluginInfo, Rotation, Subject,
 };
 use crate::secret::Redactor;
+
+/// An answer the host refuses to take: a bug in the plugin.
+fn bad_answer(call: &'static str, why: &str) -> CallError {
+    CallError::Failed(SandboxError::BadAnswer {
+        call,
+        why: why.to_string(),
+    })
+}
 
 /// Limits on what `rotate` may return: a real plugin needs a handful of short fields.
 const MAX_FIELDS: usize = 32;
@@ -171,7 +179,8 @@ impl Instance {
         })
     }
 
-    pub async fn info(&mut self) -> Result<PluginInfo, SandboxError> {
+    /// What the plugin says about itself, its text cleaned and bounded.
+    pub async fn info(&mut self) -> Result<PluginInfo, CallError> {
         let limit = self.start("info")?;
         let r = tokio::time::timeout(limit, self.bindings.call_info(&mut self.store)).await;
         let info = PluginInfo::from(self.finish("info", r)?);
@@ -190,7 +199,8 @@ impl Instance {
         })
     }
 
-    pub async fn config_schema(&mut self) -> Result<Vec<ConfigItem>, SandboxError> {
+    /// The plugin's config fields, their text cleaned.
+    pub async fn config_schema(&mut self) -> Result<Vec<ConfigItem>, CallError> {
         let limit = self.start("config-schema")?;
         let r =
             tokio::time::timeout(limit, self.bindings.call_config_schema(&mut self.store)).await;
@@ -217,123 +227,102 @@ impl Instance {
 
     /// What a rotation of `ctx`'s records would rotate. Call it before
     /// `allow`: the plugin can then reach nothing.
-    pub async fn subject(
-        &mut self,
-        ctx: &Context,
-    ) -> Result<Result<Subject, PluginError>, SandboxError> {
-        let limit = self.start("subject")?;
+    pub async fn subject(&mut self, ctx: &Context) -> Result<Subject, CallError> {
+        let call = "subject";
+        let limit = self.start(call)?;
         let ctx = bindings::context(ctx, limit);
         let r =
             tokio::time::timeout(limit, self.bindings.call_subject(&mut self.store, &ctx)).await;
-        Ok(match self.finish("subject", r)? {
-            Ok(s) if s.service.len() + s.login.len() > MAX_TEXT_BYTES => Err(PluginError::Failed(
-                "the plugin's subject is longer than the host accepts: this is a bug in the plugin"
-                    .into(),
-            )),
-            Ok(s) => Ok(Subject::from(s)),
-            Err(e) => Err(self.plugin_error(e)),
-        })
+        let s = self.finish(call, r)?.map_err(|e| self.refused(call, e))?;
+        if s.service.len() + s.login.len() > MAX_TEXT_BYTES {
+            return Err(bad_answer(call, "a subject longer than the host accepts"));
+        }
+        Ok(Subject::from(s))
     }
 
-    pub async fn rotate(
-        &mut self,
-        ctx: &Context,
-    ) -> Result<Result<Rotation, PluginError>, SandboxError> {
-        let limit = self.start("rotate")?;
+    /// The plan, or the new credential and the fields to store.
+    pub async fn rotate(&mut self, ctx: &Context) -> Result<Rotation, CallError> {
+        let call = "rotate";
+        let limit = self.start(call)?;
         let ctx = bindings::context(ctx, limit);
         let r = tokio::time::timeout(limit, self.bindings.call_rotate(&mut self.store, &ctx)).await;
-        let r = self.finish("rotate", r)?;
-        Ok(match r {
-            Ok(r) => {
-                let r = Rotation::from(r);
-                match oversized(&r) {
-                    Some(why) => Err(PluginError::Failed(format!(
-                        "the plugin's rotation result is out of bounds ({why}): this is a bug in \
-                         the plugin; nothing was stored"
-                    ))),
-                    None => Ok(self.clean_rotation(r)),
-                }
-            }
-            Err(e) => Err(self.plugin_error(e)),
-        })
+        let r = Rotation::from(self.finish(call, r)?.map_err(|e| self.refused(call, e))?);
+        match oversized(&r) {
+            Some(why) => Err(bad_answer(call, &why)),
+            None => Ok(self.clean_rotation(r)),
+        }
     }
 
+    /// Proves the new credential works, then retires the old one.
     pub async fn finalize(
         &mut self,
         ctx: &Context,
         done: &Rotation,
-    ) -> Result<Result<Finalized, PluginError>, SandboxError> {
-        let limit = self.start("finalize")?;
+    ) -> Result<Finalized, CallError> {
+        let call = "finalize";
+        let limit = self.start(call)?;
         let (ctx, done) = (bindings::context(ctx, limit), done.into());
         let r = tokio::time::timeout(
             limit,
             self.bindings.call_finalize(&mut self.store, &ctx, &done),
         )
         .await;
-        let r = self.finish("finalize", r)?;
-        Ok(self.finalized(r))
+        let r = self.finish(call, r)?;
+        self.finalized(call, r)
     }
 
     /// Deletes the deactivated credentials of `ctx` whose grace period ended.
-    pub async fn purge(
-        &mut self,
-        ctx: &Context,
-    ) -> Result<Result<Finalized, PluginError>, SandboxError> {
-        let limit = self.start("purge")?;
+    pub async fn purge(&mut self, ctx: &Context) -> Result<Finalized, CallError> {
+        let call = "purge";
+        let limit = self.start(call)?;
         let ctx = bindings::context(ctx, limit);
         let r = tokio::time::timeout(limit, self.bindings.call_purge(&mut self.store, &ctx)).await;
-        let r = self.finish("purge", r)?;
-        Ok(self.finalized(r))
+        let r = self.finish(call, r)?;
+        self.finalized(call, r)
     }
 
     /// When each kept credential of `ctx` was last used, as the service says.
-    pub async fn last_used(
-        &mut self,
-        ctx: &Context,
-    ) -> Result<Result<Vec<CredentialUse>, PluginError>, SandboxError> {
-        let limit = self.start("last-used")?;
+    pub async fn last_used(&mut self, ctx: &Context) -> Result<Vec<CredentialUse>, CallError> {
+        let call = "last-used";
+        let limit = self.start(call)?;
         let ctx = bindings::context(ctx, limit);
         let r =
             tokio::time::timeout(limit, self.bindings.call_last_used(&mut self.store, &ctx)).await;
-        Ok(match self.finish("last-used", r)? {
-            Ok(uses) if uses.len() > MAX_FIELDS => Err(PluginError::Failed(
-                "the plugin reported more credentials than it was asked about: this is a bug in                  the plugin"
-                    .into(),
-            )),
-            Ok(uses) => Ok(uses
-                .into_iter()
-                .map(|u| {
-                    let u = CredentialUse::from(u);
-                    let cut = |v: Option<String>| {
-                        v.map(|v| self.clean(crate::text::truncate(&v, MAX_LABEL_BYTES)))
-                    };
-                    CredentialUse {
-                        last_used: u
-                            .last_used
-                            .map(|v| crate::text::truncate(&v, MAX_LABEL_BYTES).to_string()),
-                        service: cut(u.service),
-                        region: cut(u.region),
-                        ..u
-                    }
-                })
-                .collect()),
-            Err(e) => Err(self.plugin_error(e)),
-        })
+        let uses = self.finish(call, r)?.map_err(|e| self.refused(call, e))?;
+        if uses.len() > MAX_FIELDS {
+            return Err(bad_answer(call, "more credentials than it was asked about"));
+        }
+        let cut =
+            |v: Option<String>| v.map(|v| self.clean(crate::text::truncate(&v, MAX_LABEL_BYTES)));
+        Ok(uses
+            .into_iter()
+            .map(|u| {
+                let u = CredentialUse::from(u);
+                CredentialUse {
+                    last_used: u
+                        .last_used
+                        .map(|v| crate::text::truncate(&v, MAX_LABEL_BYTES).to_string()),
+                    service: cut(u.service),
+                    region: cut(u.region),
+                    ..u
+                }
+            })
+            .collect())
     }
 
     /// Ids are cleaned and notes cut: both are printed, and ids are stored.
     fn finalized(
         &self,
+        call: &'static str,
         r: Result<bindings::wit::Finalized, bindings::wit::PluginError>,
-    ) -> Result<Finalized, PluginError> {
-        let f = Finalized::from(r.map_err(|e| self.plugin_error(e))?);
+    ) -> Result<Finalized, CallError> {
+        let f = Finalized::from(r.map_err(|e| self.refused(call, e))?);
         if f.retired.len() + f.deactivated.len() + f.kept.len() > MAX_FIELDS
             || f.notes.len() > MAX_NOTES
         {
-            return Err(PluginError::Failed(
-                "the plugin's answer lists more credentials or notes than the host accepts: this \
-                 is a bug in the plugin"
-                    .into(),
+            return Err(bad_answer(
+                call,
+                "more credentials or notes than the host accepts",
             ));
         }
         let ids = |v: &[String]| v.iter().map(|id| self.clean(id)).collect();
@@ -349,20 +338,17 @@ impl Instance {
         })
     }
 
-    pub async fn rollback(
-        &mut self,
-        ctx: &Context,
-        done: &Rotation,
-    ) -> Result<Result<(), PluginError>, SandboxError> {
-        let limit = self.start("rollback")?;
+    /// Deletes the new credential again after its store failed.
+    pub async fn rollback(&mut self, ctx: &Context, done: &Rotation) -> Result<(), CallError> {
+        let call = "rollback";
+        let limit = self.start(call)?;
         let (ctx, done) = (bindings::context(ctx, limit), done.into());
         let r = tokio::time::timeout(
             limit,
             self.bindings.call_rollback(&mut self.store, &ctx, &done),
         )
         .await;
-        let r = self.finish("rollback", r)?;
-        Ok(r.map_err(|e| self.plugin_error(e)))
+        self.finish(call, r)?.map_err(|e| self.refused(call, e))
     }
 
     /// Notes are only for printing, so they are cut and cleaned here. Key ids go back
@@ -378,7 +364,10 @@ impl Instance {
         }
     }
 
-    fn plugin_error(&self, e: bindings::wit::PluginError) -> PluginError {
-        PluginError::from(e).map_message(|m| self.clean(crate::text::truncate(m, MAX_TEXT_BYTES)))
+    /// The plugin's own error, its message cut and cleaned.
+    fn refused(&self, call: &'static str, e: bindings::wit::PluginError) -> CallError {
+        let error = PluginError::from(e)
+            .map_message(|m| self.clean(crate::text::truncate(m, MAX_TEXT_BYTES)));
+        CallError::Refused { call, error }
     }
 }
