@@ -116,7 +116,7 @@ impl Fleet {
         let started = Instant::now();
         let opts = self.opts.clone();
         // Waiting for the lock blocks; keep it off the async workers.
-        let vault = tokio::task::spawn_blocking(move || opts.vault.open(None, &opts.vault_options))
+        let vault = tokio::task::spawn_blocking(move || opts.vault.open(&opts.vault_options))
             .await
             .expect("the vault opener does not panic")?;
         let mut report = PassReport::default();
@@ -209,7 +209,7 @@ impl Fleet {
         let mut good = BTreeMap::new();
         let mut subjects = vetting::Subjects::new(&self.plugin, &self.identity);
         for uid in vault.uids() {
-            let Ok(record) = vault.record(&uid, "-u", None) else {
+            let Some(record) = vault.record(&uid) else {
                 continue;
             };
             holdings.add_record(&record, &info.credential_id_fields);

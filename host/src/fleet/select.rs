@@ -43,7 +43,7 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
     let mut configs: HashMap<String, Option<Record>> = HashMap::new();
     let mut work = Vec::new();
     for uid in vault.uids() {
-        let Ok(user) = vault.record(&uid, "-u", None) else {
+        let Some(user) = vault.record(&uid) else {
             continue;
         };
         if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
@@ -52,7 +52,7 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
         let config = user.value(labels::CONFIG).and_then(|c| {
             configs
                 .entry(c.to_string())
-                .or_insert_with(|| vault.record(c, labels::CONFIG, None).ok())
+                .or_insert_with(|| vault.named(c, labels::CONFIG, None).ok())
                 .clone()
         });
         let entry = match schedule::member(&user, config.as_ref(), opts.max_age) {
@@ -117,7 +117,7 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
         let provider = job
             .provider_uid
             .as_deref()
-            .map(|p| vault.record(p, labels::PROVIDER, None))
+            .map(|p| vault.named(p, labels::PROVIDER, None))
             .transpose();
         match (provider, config) {
             (Ok(provider), Some(config)) => work.push(Work {

@@ -31,12 +31,12 @@ impl Records {
     /// Reads and type-checks the job's records.
     pub fn read(vault: &dyn Vault, job: &Job) -> Result<Self, VaultError> {
         Ok(Self {
-            user: vault.record(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
-            config: vault.record(&job.config_uid, "-c", None)?,
+            user: vault.named(&job.user_uid, "-u", Some(PAM_USER_TYPE))?,
+            config: vault.named(&job.config_uid, "-c", None)?,
             provider: job
                 .provider_uid
                 .as_deref()
-                .map(|uid| vault.record(uid, "--configuration-uid", None))
+                .map(|uid| vault.named(uid, "--configuration-uid", None))
                 .transpose()?,
         })
     }
@@ -48,10 +48,10 @@ pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records
         return None;
     }
     let config = vault
-        .record(user.value(labels::CONFIG)?, labels::CONFIG, None)
+        .named(user.value(labels::CONFIG)?, labels::CONFIG, None)
         .ok()?;
     let provider = match user.value(labels::PROVIDER) {
-        Some(p) => Some(vault.record(p, labels::PROVIDER, None).ok()?),
+        Some(p) => Some(vault.named(p, labels::PROVIDER, None).ok()?),
         None => None,
     };
     Some((

@@ -41,7 +41,8 @@ impl Outcome {
         match result {
             Ok(r) => r.status,
             Err(RunError::NotFinalized { .. }) => Self::NotFinalized,
-            Err(RunError::Stopping | RunError::Vault(VaultError::Leased { .. })) => Self::Skipped,
+            Err(RunError::Stopping) => Self::Skipped,
+            Err(RunError::Vault(e)) if matches!(**e, VaultError::Leased { .. }) => Self::Skipped,
             Err(_) => Self::Failed,
         }
     }
@@ -99,14 +100,13 @@ impl RunReport {
 /// service, and what to do next.
 #[derive(Debug, Error)]
 pub enum RunError {
+    /// Reading, leasing or saving: a save's error is shared by its batch.
     #[error("{0}")]
-    Vault(#[from] VaultError),
+    Vault(Arc<VaultError>),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
     #[error("{0}; nothing was changed")]
     BadField(BadField),
-    #[error("{0}")]
-    Saving(Arc<VaultError>),
     #[error("{0}")]
     Identity(#[from] IdentityError),
     #[error("{stage} failed; the vault was not changed: {error}")]
@@ -164,6 +164,12 @@ pub enum RunError {
          operator can allow the origin with --allow-host, or the config can use its own key"
     )]
     LentToRecordOrigin { config: String, origin: String },
+}
+
+impl From<VaultError> for RunError {
+    fn from(e: VaultError) -> Self {
+        Self::Vault(Arc::new(e))
+    }
 }
 
 /// A plugin call's failure, the same way for every call: the plugin's own

@@ -68,7 +68,7 @@ pub async fn purge(
     writer
         .store(&job.user_uid, ledger_fields(ledger), ledger_removal(ledger))
         .await
-        .map_err(RunError::Saving)?;
+        .map_err(RunError::Vault)?;
     let deactivated = done
         .deactivated
         .into_iter()

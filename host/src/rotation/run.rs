@@ -46,14 +46,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             rotate: true,
         };
         // The file vault's lock is held until the writer is dropped, at the end of the run.
-        let mut wanted = vec![
-            (job.user_uid.as_str(), "-u"),
-            (job.config_uid.as_str(), "-c"),
-        ];
-        if let Some(p) = &job.provider_uid {
-            wanted.push((p.as_str(), "--configuration-uid"));
-        }
-        let vault = opts.vault.open(Some(&wanted), &opts.vault_options)?;
+        let vault = opts.vault.open(&opts.vault_options)?;
         let records = Records::read(vault.as_ref(), &job)?;
         vetting::check_config(&records.user, &records.config, false)?;
         let holdings = vet_run(&plugin, &identity, vault.as_ref(), &job, &records).await?;
@@ -86,7 +79,7 @@ async fn vet_run(
     // One record at a time: a vault is never held in memory twice.
     let holdings = Holdings::default();
     for uid in vault.uids() {
-        let Ok(record) = vault.record(&uid, "-u", None) else {
+        let Some(record) = vault.record(&uid) else {
             continue;
         };
         holdings.add_record(&record, &info.credential_id_fields);

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::file_lock::{SAFE_OPEN, lock};
 use super::json_index::{Member, Slot, index, minify};
-use super::keeper_shape::{apply_fields, of_type, remove_label, to_record};
+use super::keeper_shape::{apply_fields, remove_label, to_record};
 use super::{Change, Vault, VaultError, VaultOptions};
 use crate::record::Record;
 use crate::record::StoreField;
@@ -327,31 +327,27 @@ impl FileVault {
         }
     }
 
-    /// The record `uid`, checked to be of type `expected` when given.
-    pub fn record(
-        &self,
-        uid: &str,
-        flag: &'static str,
-        expected: Option<&'static str>,
-    ) -> Result<Record, VaultError> {
-        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
-            path: self.path.clone(),
-            uid: uid.to_string(),
-            flag,
-        })?;
-        let record = to_record(&self.value_at(index));
-        of_type(record, uid, flag, expected)
+    /// The record `uid`, if the vault has it.
+    pub fn record(&self, uid: &str) -> Option<Record> {
+        let index = *self.by_uid.get(uid)?;
+        Some(to_record(&self.value_at(index)))
+    }
+
+    /// The index of record `uid`, which a change names.
+    fn index_of(&self, uid: &str) -> Result<usize, VaultError> {
+        self.by_uid
+            .get(uid)
+            .copied()
+            .ok_or_else(|| VaultError::Vanished {
+                uid: crate::text::printable(uid),
+            })
     }
 
     /// Sets `fields` on record `uid` in memory: every field labelled with the
     /// label or an alias (any case) is replaced and relabelled; if there is
     /// none, a custom field is added. Nothing else in the record changes.
     pub fn set_fields(&mut self, uid: &str, fields: &[StoreField]) -> Result<(), VaultError> {
-        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
-            path: self.path.clone(),
-            uid: uid.to_string(),
-            flag: "-u",
-        })?;
+        let index = self.index_of(uid)?;
         let mut value = self.value_at(index);
         apply_fields(
             value.as_object_mut().expect("indexed records are objects"),
@@ -363,11 +359,7 @@ impl FileVault {
 
     /// Removes every field labelled `label` (any case) from record `uid`, in memory.
     pub fn remove_field(&mut self, uid: &str, label: &str) -> Result<(), VaultError> {
-        let index = *self.by_uid.get(uid).ok_or_else(|| VaultError::NoRecord {
-            path: self.path.clone(),
-            uid: uid.to_string(),
-            flag: "-u",
-        })?;
+        let index = self.index_of(uid)?;
         let mut value = self.value_at(index);
         let removed = remove_label(
             value.as_object_mut().expect("indexed records are objects"),
@@ -498,13 +490,12 @@ impl Vault for FileVault {
         FileVault::uids(self)
     }
 
-    fn record(
-        &self,
-        uid: &str,
-        flag: &'static str,
-        expected: Option<&'static str>,
-    ) -> Result<Record, VaultError> {
-        FileVault::record(self, uid, flag, expected)
+    fn record(&self, uid: &str) -> Option<Record> {
+        FileVault::record(self, uid)
+    }
+
+    fn missing(&self) -> (String, &'static str) {
+        (format!("vault {}", self.path.display()), "")
     }
 
     /// Every change in one atomic rewrite. If the rewrite fails, the records go
@@ -641,7 +632,13 @@ mod tests {
             "\u{feff}{\"records\": [{\"uid\": \"u\", \"type\": \"pamUser\"}]}",
         );
         let v = FileVault::open(&p, &t()).unwrap();
-        assert_eq!(v.record("u", "-u", Some("pamUser")).unwrap().uid, "u");
+        assert_eq!(
+            (&v as &dyn Vault)
+                .named("u", "-u", Some("pamUser"))
+                .unwrap()
+                .uid,
+            "u"
+        );
     }
 
     #[test]
@@ -679,7 +676,7 @@ mod tests {
         let mut v = FileVault::open(&p, &t()).unwrap();
         v.set_fields("u", &[field("aws_access_key_id", ValueKind::Text, "NEW")])
             .unwrap();
-        let r = v.record("u", "-u", None).unwrap();
+        let r = v.record("u").unwrap();
         let values: Vec<&str> = r.fields.iter().map(|f| f.values[0].expose()).collect();
         assert_eq!(values, ["NEW", "NEW", "NEW"]);
     }
@@ -741,15 +738,17 @@ mod tests {
                "fields": [{"type": "login", "value": ["alice"]}, {"type": "host", "value": [{"hostName": "h"}]}]}]}"#,
         );
         let v = FileVault::open(&p, &t()).unwrap();
-        let r = v.record("u", "-u", Some("pamUser")).unwrap();
+        let r = (&v as &dyn Vault)
+            .named("u", "-u", Some("pamUser"))
+            .unwrap();
         assert_eq!(r.fields[0].values[0].expose(), "alice");
         assert_eq!(r.fields[1].values[0].expose(), r#"{"hostName":"h"}"#);
         assert!(matches!(
-            v.record("u", "-c", Some("login")),
+            (&v as &dyn Vault).named("u", "-c", Some("login")),
             Err(VaultError::WrongType { .. })
         ));
         assert!(matches!(
-            v.record("nope", "-c", None),
+            (&v as &dyn Vault).named("nope", "-c", None),
             Err(VaultError::NoRecord { .. })
         ));
     }

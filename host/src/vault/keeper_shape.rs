@@ -63,18 +63,18 @@ pub fn remove_label(record: &mut Map<String, Value>, label: &str) -> bool {
     removed
 }
 
-/// `record` (read for `uid`, given to `flag`), if it is of type `expected` when given.
+/// `record` (read for `uid`, given to `named_by`), if it is of type `expected` when given.
 pub fn of_type(
     record: Record,
     uid: &str,
-    flag: &'static str,
+    named_by: &'static str,
     expected: Option<&'static str>,
 ) -> Result<Record, VaultError> {
     match expected {
         Some(expected) if !record.record_type.eq_ignore_ascii_case(expected) => {
             Err(VaultError::WrongType {
                 uid: uid.to_string(),
-                flag,
+                named_by,
                 found: record.record_type,
                 expected,
             })

@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 use chrono::Utc;
 
-use super::keeper_shape::{apply_fields, of_type, remove_label, to_record};
+use super::keeper_shape::{apply_fields, remove_label, to_record};
 use super::lease::Lease;
 use super::{Change, Vault, VaultError, VaultOptions};
 use crate::fields::{labels, stamp};
@@ -240,13 +240,9 @@ pub struct KsmVault {
 
 impl KsmVault {
     /// Connects and reads every record shared with the application in one
-    /// `get_secrets` call. A UID of `uids` that does not come back is an error
-    /// naming it: the SDK drops what it cannot decrypt without a word.
-    pub fn open(
-        config: &KsmConfig,
-        uids: Option<&[(&str, &'static str)]>,
-        opts: &VaultOptions,
-    ) -> Result<Self, VaultError> {
+    /// `get_secrets` call. The SDK drops what it cannot decrypt without a
+    /// word, so the message for a missing record says so (`missing`).
+    pub fn open(config: &KsmConfig, opts: &VaultOptions) -> Result<Self, VaultError> {
         // Held by the vault at once, so that its `Drop` releases the client off
         // the runtime's threads on every path.
         let mut vault = Self {
@@ -260,14 +256,6 @@ impl KsmVault {
             off_runtime(|| sm.get_secrets(Vec::new()))
                 .map_err(|e| ksm_error("reading records", &e))?,
         );
-        for (uid, flag) in uids.unwrap_or_default() {
-            if vault.find(uid).is_none() {
-                return Err(VaultError::KsmNoRecord {
-                    uid: uid.to_string(),
-                    flag,
-                });
-            }
-        }
         Ok(vault)
     }
 
@@ -281,13 +269,12 @@ impl KsmVault {
 
     /// The record as Keeper returned it last, with `change` applied.
     fn changed(&self, change: &Change) -> Result<KeeperRecord, VaultError> {
-        let mut record =
-            self.find(&change.uid)
-                .cloned()
-                .ok_or_else(|| VaultError::KsmNoRecord {
-                    uid: change.uid.clone(),
-                    flag: "-u",
-                })?;
+        let mut record = self
+            .find(&change.uid)
+            .cloned()
+            .ok_or_else(|| VaultError::Vanished {
+                uid: crate::text::printable(&change.uid),
+            })?;
         // The record's data is edited as data: the SDK's setters would add a
         // stray `record_type` key and nest arrays.
         let mut data: Map<String, Value> = record.record_dict.drain().collect();
@@ -307,9 +294,8 @@ impl KsmVault {
         let fresh = off_runtime(|| sm.get_secrets(wanted.clone()))
             .map_err(|e| ksm_error("reading the record back", &e))?;
         let Some(fresh) = fresh.into_iter().find(|r| r.uid == uid) else {
-            return Err(VaultError::KsmNoRecord {
-                uid: uid.to_string(),
-                flag: "-u",
+            return Err(VaultError::Vanished {
+                uid: crate::text::printable(uid),
             });
         };
         if let Some(slot) = self.records.iter_mut().find(|r| r.uid == uid) {
@@ -327,7 +313,10 @@ impl KsmVault {
     /// `Leased` when the record, as last read, carries a live lease of an
     /// owner other than `mine`.
     fn refuse_others(&self, uid: &str, mine: Option<&str>) -> Result<(), VaultError> {
-        let held = Vault::record(self, uid, "-u", None)?
+        let held = Vault::record(self, uid)
+            .ok_or_else(|| VaultError::Vanished {
+                uid: crate::text::printable(uid),
+            })?
             .value(labels::LEASE)
             .and_then(Lease::parse);
         match held.filter(|h| Some(h.owner.as_str()) != mine && h.live(Utc::now())) {
@@ -399,7 +388,7 @@ impl KsmVault {
 
     /// Whether Keeper's copy of the record carries every field of `change`.
     fn holds(&self, change: &Change) -> bool {
-        let Ok(record) = Vault::record(self, &change.uid, "-u", None) else {
+        let Some(record) = Vault::record(self, &change.uid) else {
             return false;
         };
         change
@@ -455,24 +444,23 @@ impl Vault for KsmVault {
         self.records.iter().map(|r| r.uid.clone()).collect()
     }
 
-    fn record(
-        &self,
-        uid: &str,
-        flag: &'static str,
-        expected: Option<&'static str>,
-    ) -> Result<Record, VaultError> {
-        let found = self.find(uid).ok_or_else(|| VaultError::KsmNoRecord {
-            uid: uid.to_string(),
-            flag,
-        })?;
+    fn record(&self, uid: &str) -> Option<Record> {
+        let found = self.find(uid)?;
         let mut raw: Map<String, Value> = found
             .record_dict
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         raw.insert("uid".into(), Value::String(found.uid.clone()));
-        let record = to_record(&Value::Object(raw));
-        of_type(record, uid, flag, expected)
+        Some(to_record(&Value::Object(raw)))
+    }
+
+    fn missing(&self) -> (String, &'static str) {
+        (
+            "Keeper".into(),
+            ", and that the record is in a shared folder of this KSM application (a record \
+             Keeper cannot decrypt for it is left out too)",
+        )
     }
 
     fn check_lease(&self, uid: &str) -> Result<(), VaultError> {
@@ -517,7 +505,10 @@ impl Vault for KsmVault {
     /// ours (it expired and another writer took it).
     fn release(&mut self, uid: &str, lease: &Lease) -> Result<(), VaultError> {
         self.refresh(uid)?;
-        let held = Vault::record(self, uid, "-u", None)?
+        let held = Vault::record(self, uid)
+            .ok_or_else(|| VaultError::Vanished {
+                uid: crate::text::printable(uid),
+            })?
             .value(labels::LEASE)
             .and_then(Lease::parse);
         if held.is_none_or(|h| h.owner != lease.owner) {

@@ -37,19 +37,13 @@ pub enum VaultSource {
 }
 
 impl VaultSource {
-    /// Opens it, checking that `records` (UID and the flag that named it)
-    /// exist. Both backends read every record, so that a rotation knows which
-    /// credentials the other records hold (I6).
-    pub fn open(
-        &self,
-        records: Option<&[(&str, &'static str)]>,
-        opts: &VaultOptions,
-    ) -> Result<Box<dyn Vault>, VaultError> {
-        let _ = records;
+    /// Opens it. Both backends read every record, so that a rotation knows
+    /// which credentials the other records hold (I6).
+    pub fn open(&self, opts: &VaultOptions) -> Result<Box<dyn Vault>, VaultError> {
         match self {
             Self::File(path) => Ok(Box::new(FileVault::open(path, opts)?)),
             #[cfg(feature = "ksm")]
-            Self::Ksm(config) => Ok(Box::new(ksm::KsmVault::open(config, records, opts)?)),
+            Self::Ksm(config) => Ok(Box::new(ksm::KsmVault::open(config, opts)?)),
         }
     }
 
@@ -79,13 +73,12 @@ pub trait Vault: Send {
     /// The UIDs of every record it can show, in its order.
     fn uids(&self) -> Vec<String>;
 
-    /// Record `uid` (given to `flag`), checked to be of type `expected` when given.
-    fn record(
-        &self,
-        uid: &str,
-        flag: &'static str,
-        expected: Option<&'static str>,
-    ) -> Result<Record, VaultError>;
+    /// Record `uid` as last read, if the vault has it.
+    fn record(&self, uid: &str) -> Option<Record>;
+
+    /// Where a missing record was looked for, and where else to look: for
+    /// the message that names it.
+    fn missing(&self) -> (String, &'static str);
 
     /// Takes the rotation lease on `uid` before anything is created, and
     /// settles what a dead writer left half-done (Keeper: an open rotation
@@ -116,6 +109,28 @@ pub trait Vault: Send {
     fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>>;
 }
 
+impl dyn Vault + '_ {
+    /// Record `uid`, given to `named_by` (a flag, or another record's field),
+    /// checked to be of type `expected` when given.
+    pub fn named(
+        &self,
+        uid: &str,
+        named_by: &'static str,
+        expected: Option<&'static str>,
+    ) -> Result<Record, VaultError> {
+        let Some(record) = self.record(uid) else {
+            let (place, hint) = self.missing();
+            return Err(VaultError::NoRecord {
+                place,
+                uid: uid.to_string(),
+                named_by,
+                hint,
+            });
+        };
+        keeper_shape::of_type(record, uid, named_by, expected)
+    }
+}
+
 /// Why the vault could not be used. The file is unchanged in every case.
 #[derive(Debug, Error)]
 pub enum VaultError {
@@ -143,18 +158,24 @@ pub enum VaultError {
     Read { path: PathBuf, source: io::Error },
     #[error("vault {path} is malformed: {why}. It was left untouched; fix it or restore a backup")]
     Malformed { path: PathBuf, why: String },
-    #[error("vault {path} has no record with UID '{uid}' (given to {flag}): check the UID")]
+    #[error("{place} has no record with UID '{uid}' (given to {named_by}): check the UID{hint}")]
     NoRecord {
-        path: PathBuf,
+        place: String,
         uid: String,
-        flag: &'static str,
+        named_by: &'static str,
+        hint: &'static str,
     },
     #[error(
-        "record '{uid}' (given to {flag}) has type '{found}', not '{expected}': pass the UID of a {expected} record"
+        "record '{uid}' is no longer in the vault: someone removed it while it was being \
+         rotated. Nothing was written to it; check who removed it"
+    )]
+    Vanished { uid: String },
+    #[error(
+        "record '{uid}' (given to {named_by}) has type '{found}', not '{expected}': pass the UID of a {expected} record"
     )]
     WrongType {
         uid: String,
-        flag: &'static str,
+        named_by: &'static str,
         found: String,
         expected: &'static str,
     },
@@ -189,12 +210,6 @@ pub enum VaultError {
     )]
     Ksm { action: &'static str, why: String },
     #[error(
-        "Keeper returned no record with UID '{uid}' (given to {flag}): check the UID, and that the \
-         record is in a shared folder of this KSM application (a record Keeper cannot decrypt for \
-         it is left out too)"
-    )]
-    KsmNoRecord { uid: String, flag: &'static str },
-    #[error(
         "record '{uid}' changed in Keeper since it was read (its revision moved): it was not \
          overwritten. Someone or another gateway edited it; run again"
     )]
@@ -228,6 +243,7 @@ impl VaultError {
                 | Self::Write { .. }
                 | Self::Ksm { .. }
                 | Self::KsmConflict { .. }
+                | Self::Vanished { .. }
                 | Self::KsmUncertain { .. }
                 | Self::Leased { .. }
         )

@@ -84,7 +84,11 @@ impl VaultWriter {
         let mut vault = self.vault.lock().await;
         if vault.lease(uid, lease)? {
             return vault
-                .record(uid, "-u", Some(crate::fields::PAM_USER_TYPE))
+                .named(
+                    uid,
+                    "the rotation lease",
+                    Some(crate::fields::PAM_USER_TYPE),
+                )
                 .map(Some);
         }
         Ok(None)
