@@ -8,8 +8,10 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
+use crate::record::ValueKind;
 use crate::sandbox::engine::{Limits, Plugin, SandboxError};
 use crate::sandbox::plugin::{ConfigItem, ItemType};
+use crate::vault::keeper_shape;
 use crate::vault::{FileVault, VaultError, VaultOptions, VaultSource};
 
 /// What `rotate-host config` was asked to do.
@@ -109,8 +111,14 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
         }
     }
 
-    for (i, value) in &values {
+    for (i, value) in &mut values {
         check(&schema[*i], value)?;
+        // Written the one way every reader takes.
+        if schema[*i].item_type == ItemType::Bool {
+            *value = crate::fields::parse_bool(value)
+                .unwrap_or_default()
+                .to_string();
+        }
     }
     let missing = missing_required(&schema, &values);
     if !missing.is_empty() {
@@ -162,7 +170,13 @@ fn custom_fields(plugin: &str, schema: &[ConfigItem], values: &[(usize, String)]
     let mut custom = vec![json!({"type": "text", "label": "SaaS Type", "value": [plugin]})];
     custom.extend(values.iter().filter(|(_, v)| !v.is_empty()).map(|(i, v)| {
         let item = &schema[*i];
-        json!({"type": field_type(item), "label": item.label, "value": [v]})
+        let kind = if item.is_secret {
+            ValueKind::Secret
+        } else {
+            ValueKind::Text
+        };
+        let field_type = keeper_shape::field_type(kind, Some(item.item_type));
+        json!({"type": field_type, "label": item.label, "value": [v]})
     }));
     custom
 }
@@ -182,17 +196,6 @@ fn new_uid() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The Keeper field type that holds an item's value.
-fn field_type(item: &ConfigItem) -> &'static str {
-    match item.item_type {
-        _ if item.is_secret => "secret",
-        ItemType::Secret => "secret",
-        ItemType::Url => "url",
-        ItemType::Multiline => "multiline",
-        _ => "text",
-    }
 }
 
 fn ask(item: &ConfigItem) -> std::io::Result<String> {
@@ -250,9 +253,9 @@ fn check(item: &ConfigItem, value: &str) -> Result<(), ConfigError> {
         ItemType::Number if !value.parse::<f64>().is_ok_and(f64::is_finite) => {
             Err(bad(format!("must be a number, not {given}")))
         }
-        ItemType::Bool if !matches!(value.to_ascii_lowercase().as_str(), "true" | "false") => {
-            Err(bad(format!("must be true or false, not {given}")))
-        }
+        ItemType::Bool if crate::fields::parse_bool(value).is_none() => Err(bad(format!(
+            "must be true or false (or yes/no), not {given}"
+        ))),
         ItemType::Url if crate::sandbox::allowlist::AllowedOrigin::of_url(value).is_err() => Err(
             bad(format!("must be an http:// or https:// URL, not {given}")),
         ),
@@ -306,7 +309,8 @@ mod tests {
         assert!(check(&item("N", ItemType::Int, false), "1.5").is_err());
         assert!(check(&item("N", ItemType::Number, false), "1.5").is_ok());
         assert!(check(&item("B", ItemType::Bool, false), "TRUE").is_ok());
-        assert!(check(&item("B", ItemType::Bool, false), "yes").is_err());
+        assert!(check(&item("B", ItemType::Bool, false), "yes").is_ok());
+        assert!(check(&item("B", ItemType::Bool, false), "maybe").is_err());
         assert!(check(&item("U", ItemType::Url, false), "https://h:1").is_ok());
         assert!(check(&item("U", ItemType::Url, false), "h:1").is_err());
         assert!(check(&item("E", ItemType::Enum, false), "a").is_ok());

@@ -47,6 +47,16 @@ impl std::fmt::Display for BadField {
     }
 }
 
+/// A yes-or-no value of a record field or a config item, the one rule for
+/// both: `true`, `yes`, `on`, `1` or `false`, `no`, `off`, `0`, in any case.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// `time` as written in `Last Rotated`: RFC 3339, UTC, whole seconds.
 pub fn stamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -55,6 +65,14 @@ pub fn stamp(time: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_are_read_in_any_spelling() {
+        assert_eq!(parse_bool("TRUE"), Some(true));
+        assert_eq!(parse_bool(" yes"), Some(true));
+        assert_eq!(parse_bool("no"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
 
     #[test]
     fn stamps_are_rfc3339_utc_seconds() {

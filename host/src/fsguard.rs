@@ -4,11 +4,40 @@
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Never block on a FIFO, never leak into a child.
 pub const NONBLOCKING: i32 = libc::O_NONBLOCK | libc::O_CLOEXEC;
+
+/// `NONBLOCKING`, and never follow a link: for files the host writes or
+/// keeps private (the vault, its lock, the audit log, the compile cache).
+pub const SAFE_OPEN: i32 = libc::O_NOFOLLOW | NONBLOCKING;
+
+/// Whether users other than a folder's owner may swap what is in it: it is
+/// group or world writable, without the sticky bit.
+pub fn others_may_swap(folder: &Metadata) -> bool {
+    let mode = folder.permissions().mode();
+    mode & 0o022 != 0 && mode & 0o1000 == 0
+}
+
+/// A file that holds secrets should be its owner's alone. If group or
+/// others may read or write it, says so in a warning naming `what` (and what
+/// it holds), or under `strict` returns its mode for the caller's refusal.
+pub fn private_or_warn(meta: &Metadata, what: &str, holds: &str, strict: bool) -> Result<(), u32> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if strict {
+        return Err(mode);
+    }
+    tracing::warn!(
+        "{what} is readable or writable by group or others (mode {mode:04o}) and holds {holds}; \
+         run `chmod 600` on it (--strict-permissions refuses such files)"
+    );
+    Ok(())
+}
 
 /// What a file that is not a regular file is, for messages.
 pub fn kind_of(meta: &Metadata) -> &'static str {

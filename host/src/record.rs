@@ -58,16 +58,6 @@ pub enum ValueKind {
     Secret,
 }
 
-impl ValueKind {
-    /// The Keeper field type that holds such a value.
-    pub fn field_type(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Secret => "secret",
-        }
-    }
-}
-
 /// A field the plugin asks the host to store in the PAM user record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreField {

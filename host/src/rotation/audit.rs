@@ -79,7 +79,7 @@ impl AuditLog {
             .create(true)
             .append(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | crate::fsguard::NONBLOCKING)
+            .custom_flags(crate::fsguard::SAFE_OPEN)
             .open(path)
             .map_err(|e| {
                 format!(
@@ -104,18 +104,15 @@ impl AuditLog {
                 meta.uid()
             ));
         }
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            if strict {
-                return Err(format!(
-                    "the audit log {shown} is readable or writable by group or others (mode \
-                     {mode:04o}); run `chmod 600 {shown}`, or drop --strict-permissions to only be warned"
-                ));
-            }
-            tracing::warn!(
-                "the audit log {shown} is readable or writable by group or others (mode {mode:04o}); run `chmod 600 {shown}`"
-            );
-        }
+        let what = format!("the audit log {shown}");
+        crate::fsguard::private_or_warn(&meta, &what, "the record of rotations", strict).map_err(
+            |mode| {
+                format!(
+                    "{what} is readable or writable by group or others (mode {mode:04o}); run \
+                     `chmod 600 {shown}`, or drop --strict-permissions to only be warned"
+                )
+            },
+        )?;
         Ok(Self {
             file: Mutex::new(file),
         })

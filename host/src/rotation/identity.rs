@@ -83,7 +83,7 @@ impl GatewayIdentity {
             && (self.lend.only.is_empty() || self.lend.only.contains(&config.uid));
         let asked = match config.value(labels::GATEWAY_CREDENTIALS) {
             None => None,
-            Some(v) => Some(parse_bool(v).ok_or_else(|| BadField {
+            Some(v) => Some(crate::fields::parse_bool(v).ok_or_else(|| BadField {
                 field: labels::GATEWAY_CREDENTIALS,
                 why: format!(
                     "in record '{}' is '{}', not true or false",
@@ -198,24 +198,4 @@ fn chain_of(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Some(true),
-        "false" | "no" | "off" | "0" => Some(false),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_bool;
-
-    #[test]
-    fn use_gateway_credentials_is_a_bool() {
-        assert_eq!(parse_bool("TRUE"), Some(true));
-        assert_eq!(parse_bool("no"), Some(false));
-        assert_eq!(parse_bool("maybe"), None);
-    }
 }

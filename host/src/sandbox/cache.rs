@@ -117,9 +117,7 @@ fn usable_dir(dir: &Path) -> Option<&Path> {
             return refuse(format!("cannot inspect its parent {}", parent.display()));
         };
         let owner_ok = m.uid() == 0 || m.uid() == euid();
-        let mode = m.permissions().mode();
-        let shared = mode & 0o022 != 0 && mode & 0o1000 == 0;
-        if !owner_ok || shared {
+        if !owner_ok || crate::fsguard::others_may_swap(&m) {
             return refuse(format!(
                 "its parent {} can be changed by other users; pass a --cache-dir under a \
                  folder only you and root can write",
@@ -135,7 +133,7 @@ fn usable_dir(dir: &Path) -> Option<&Path> {
 fn open_private(path: &Path) -> Result<Option<File>, String> {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(crate::fsguard::SAFE_OPEN)
         .open(path)
     {
         Ok(f) => f,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::file_lock::{SAFE_OPEN, lock};
+use super::file_lock::lock;
 use super::json_index::{Member, Slot, index, minify};
 use super::keeper_shape::{apply_fields, remove_label, to_record};
 use super::{Change, Vault, VaultError, VaultOptions};
@@ -71,10 +71,9 @@ fn warn_if_folder_is_shared(real: &Path, given: &Path) {
         return;
     };
     let mode = meta.permissions().mode();
-    let shared = mode & 0o022 != 0 && mode & 0o1000 == 0;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let foreign = meta.uid() != 0 && meta.uid() != unsafe { libc::geteuid() };
-    if shared || foreign {
+    if crate::fsguard::others_may_swap(&meta) || foreign {
         tracing::warn!(
             "the folder of vault {} can be changed by other users (owner uid {}, mode {:04o}): \
              they could swap the vault during a run; keep vaults in a folder only you and root can write",
@@ -202,7 +201,7 @@ impl FileVault {
         };
         let file = match OpenOptions::new()
             .read(true)
-            .custom_flags(SAFE_OPEN)
+            .custom_flags(crate::fsguard::SAFE_OPEN)
             .open(&real)
         {
             Ok(f) => Some(f),
@@ -251,21 +250,13 @@ impl FileVault {
             gid: meta.gid(),
             mode: meta.permissions().mode() & 0o7777,
         };
-        if owner.mode & 0o077 != 0 {
-            if opts.strict_permissions {
-                return Err(VaultError::Insecure {
-                    path: path.to_path_buf(),
-                    mode: owner.mode,
-                });
-            }
-            tracing::warn!(
-                "vault {} is readable or writable by group or others (mode {:04o}) and holds \
-                 secrets; run `chmod 600 {}` (--strict-permissions refuses such vaults)",
-                path.display(),
-                owner.mode,
-                path.display()
-            );
-        }
+        let what = format!("vault {}", path.display());
+        crate::fsguard::private_or_warn(&meta, &what, "secrets", opts.strict_permissions).map_err(
+            |mode| VaultError::Insecure {
+                path: path.to_path_buf(),
+                mode,
+            },
+        )?;
         if !can_give(owner.uid, owner.gid) {
             return Err(VaultError::Ownership {
                 path: path.to_path_buf(),

@@ -15,9 +15,6 @@ pub(super) fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-// Never follow a link, never block on a FIFO, never leak into a child.
-pub(super) const SAFE_OPEN: i32 = libc::O_NOFOLLOW | crate::fsguard::NONBLOCKING;
-
 /// Takes the exclusive lock on `path`'s lock file, waiting at most `timeout`.
 pub(super) fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
     let lock_file = lock_path(path);
@@ -31,7 +28,7 @@ pub(super) fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
         .read(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(SAFE_OPEN)
+        .custom_flags(crate::fsguard::SAFE_OPEN)
         .open(&lock_file)
         .map_err(|source| match source.raw_os_error() {
             Some(libc::ELOOP) => not_regular("a symbolic link"),

@@ -4,8 +4,21 @@
 use serde_json::{Map, Value, json};
 
 use super::VaultError;
-use crate::record::{Field, Record, StoreField};
+use crate::record::{Field, Record, StoreField, ValueKind};
+use crate::sandbox::plugin::ItemType;
 use crate::secret::Secret;
+
+/// The Keeper field type that holds a value of `kind`, or of a config item
+/// of type `item`: secrets in `secret` fields (masked in Keeper's apps), URLs
+/// in `url`, long text in `multiline`, the rest in `text`.
+pub fn field_type(kind: ValueKind, item: Option<ItemType>) -> &'static str {
+    match (kind, item) {
+        (ValueKind::Secret, _) | (_, Some(ItemType::Secret)) => "secret",
+        (_, Some(ItemType::Url)) => "url",
+        (_, Some(ItemType::Multiline)) => "multiline",
+        _ => "text",
+    }
+}
 
 /// Sets `fields` on a Keeper-shaped record: every field labelled with the label
 /// or an alias (any case) is replaced and relabelled; if there is none, a custom
@@ -20,7 +33,7 @@ pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
         };
         let new_field = |old: Option<&Value>| {
             let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
-            obj.insert("type".into(), json!(f.kind.field_type()));
+            obj.insert("type".into(), json!(field_type(f.kind, None)));
             obj.insert("label".into(), json!(f.label));
             obj.insert("value".into(), json!([f.value.expose()]));
             Value::Object(obj)

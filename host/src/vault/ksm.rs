@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -86,20 +85,17 @@ impl KsmConfig {
             std::io::ErrorKind::InvalidInput => bad(e.to_string()),
             _ => bad(format!("it cannot be read ({e})")),
         })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            if opts.strict_permissions {
-                return Err(VaultError::Insecure {
-                    path: PathBuf::from(path),
-                    mode,
-                });
-            }
-            tracing::warn!(
-                "KSM config {origin} is readable by group or others (mode {mode:04o}, owner uid {}); \
-                 it holds the application's private key: run `chmod 600 {origin}`",
-                meta.uid()
-            );
-        }
+        let what = format!("KSM config {origin}");
+        crate::fsguard::private_or_warn(
+            &meta,
+            &what,
+            "the application's private key",
+            opts.strict_permissions,
+        )
+        .map_err(|mode| VaultError::Insecure {
+            path: PathBuf::from(path),
+            mode,
+        })?;
         let mut text = String::new();
         file.take(MAX_CONFIG_BYTES + 1)
             .read_to_string(&mut text)
