@@ -2,7 +2,7 @@
 //! asking on a terminal or taking `--field LABEL=VALUE`.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -77,40 +77,10 @@ impl ConfigError {
 pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
     let (info, schema) = plugin.describe()?;
-
-    let mut values: Vec<(usize, String)> = Vec::new();
-    for (n, pair) in opts.fields.iter().enumerate() {
-        let (label, value) = pair.split_once('=').ok_or(ConfigError::BadField(n + 1))?;
-        let index = schema
-            .iter()
-            .position(|i| i.label.eq_ignore_ascii_case(label.trim()))
-            .ok_or_else(|| ConfigError::UnknownLabel {
-                label: label.trim().to_string(),
-                known: schema
-                    .iter()
-                    .map(|i| format!("'{}'", i.label))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        values.retain(|(i, _)| *i != index);
-        values.push((index, value.trim().to_string()));
-    }
-
+    let mut values = given_values(&opts.fields, &schema)?;
     if opts.interactive && std::io::stdin().is_terminal() {
-        // Required items first, as the vendor's tool asks them.
-        let mut order: Vec<usize> = (0..schema.len()).collect();
-        order.sort_by_key(|&i| !schema[i].required);
-        for i in order {
-            if values.iter().any(|(j, _)| *j == i) {
-                continue;
-            }
-            let answer = ask(&schema[i]).map_err(ConfigError::Prompt)?;
-            if !answer.is_empty() {
-                values.push((i, answer));
-            }
-        }
+        ask_the_rest(&schema, &mut values)?;
     }
-
     for (i, value) in &mut values {
         check(&schema[*i], value)?;
         // Written the one way every reader takes.
@@ -124,7 +94,6 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     if !missing.is_empty() {
         return Err(ConfigError::Missing(missing.join(", ")));
     }
-
     values.sort_by_key(|(i, _)| *i);
     let custom = custom_fields(&info.name, &schema, &values);
     #[cfg(feature = "ksm")]
@@ -146,6 +115,62 @@ pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
     let VaultSource::File(path) = &opts.vault else {
         unreachable!("the Keeper source returned above")
     };
+    add_to_file(path, opts, custom)
+}
+
+/// `--field LABEL=VALUE` pairs as (schema index, value); a later pair for an
+/// item replaces an earlier one.
+fn given_values(
+    fields: &[String],
+    schema: &[ConfigItem],
+) -> Result<Vec<(usize, String)>, ConfigError> {
+    let mut values: Vec<(usize, String)> = Vec::new();
+    for (n, pair) in fields.iter().enumerate() {
+        let (label, value) = pair.split_once('=').ok_or(ConfigError::BadField(n + 1))?;
+        let index = schema
+            .iter()
+            .position(|i| i.label.eq_ignore_ascii_case(label.trim()))
+            .ok_or_else(|| ConfigError::UnknownLabel {
+                label: label.trim().to_string(),
+                known: schema
+                    .iter()
+                    .map(|i| format!("'{}'", i.label))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        values.retain(|(i, _)| *i != index);
+        values.push((index, value.trim().to_string()));
+    }
+    Ok(values)
+}
+
+/// Asks on the terminal for every item not given, required items first, as
+/// the vendor's tool asks them.
+fn ask_the_rest(
+    schema: &[ConfigItem],
+    values: &mut Vec<(usize, String)>,
+) -> Result<(), ConfigError> {
+    let mut order: Vec<usize> = (0..schema.len()).collect();
+    order.sort_by_key(|&i| !schema[i].required);
+    for i in order {
+        if values.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        let answer = ask(&schema[i]).map_err(ConfigError::Prompt)?;
+        if !answer.is_empty() {
+            values.push((i, answer));
+        }
+    }
+    Ok(())
+}
+
+/// Adds a `login` record with `custom` fields to the vault file, creating the
+/// file if it does not exist; returns the record's new UID.
+fn add_to_file(
+    path: &Path,
+    opts: &ConfigOptions,
+    custom: Vec<Value>,
+) -> Result<String, ConfigError> {
     let mut vault = FileVault::open_or_create(path, &opts.vault_options)?;
     let uid = loop {
         let uid = new_uid();

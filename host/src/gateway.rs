@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, PassReport};
 use crate::metrics::Metrics;
 
 /// `rotate-host gateway`: a pass every `interval` until SIGTERM or SIGINT.
@@ -19,29 +19,7 @@ pub async fn gateway(
     metrics: Option<(SocketAddr, Arc<Metrics>)>,
 ) -> Result<(), FleetError> {
     let wake = Arc::new(Notify::new());
-    {
-        let (fleet, wake) = (fleet.clone(), wake.clone());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| FleetError::Usage(format!("could not watch for SIGTERM: {e}")))?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| FleetError::Usage(format!("could not watch for SIGINT: {e}")))?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("signal received: starting no new rotation, finishing those running");
-            fleet.stop();
-            wake.notify_one();
-            // A second signal means now: crash safety covers a rotation cut short.
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("second signal received: exiting at once");
-            std::process::exit(crate::exit::Exit::Interrupted.code());
-        });
-    }
+    watch_signals(fleet.clone(), wake.clone())?;
     let metrics = match metrics {
         Some((addr, m)) => {
             crate::metrics::serve(addr, m.clone())
@@ -57,22 +35,7 @@ pub async fn gateway(
                 if let Some(m) = &metrics {
                     m.record_pass(&report);
                 }
-                // A pass where nothing is due writes only its summary at INFO;
-                // a not-due record with something to say (an old key in use) stays.
-                let lines = report.lines();
-                let (summary, records) = lines.split_last().expect("a summary line");
-                let first_not_due = records.len() - report.not_due.len();
-                for (i, line) in records.iter().enumerate() {
-                    let quiet = i
-                        .checked_sub(first_not_due)
-                        .is_some_and(|n| report.not_due[n].notes.is_empty());
-                    if quiet {
-                        tracing::debug!(target: "rotate_host::gateway", "{line}");
-                    } else {
-                        tracing::info!(target: "rotate_host::gateway", "{line}");
-                    }
-                }
-                tracing::info!(target: "rotate_host::gateway", "{summary}");
+                log_pass(&report);
             }
             // A bad or locked vault now may be fixed by the next pass.
             Err(e) => tracing::error!(
@@ -91,4 +54,49 @@ pub async fn gateway(
             return Ok(());
         }
     }
+}
+
+/// The first SIGTERM or SIGINT stops new rotations and wakes the loop; a
+/// second exits at once (crash safety covers a rotation cut short).
+fn watch_signals(fleet: Fleet, wake: Arc<Notify>) -> Result<(), FleetError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| FleetError::Usage(format!("could not watch for SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| FleetError::Usage(format!("could not watch for SIGINT: {e}")))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: starting no new rotation, finishing those running");
+        fleet.stop();
+        wake.notify_one();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal received: exiting at once");
+        std::process::exit(crate::exit::Exit::Interrupted.code());
+    });
+    Ok(())
+}
+
+/// A pass where nothing is due writes only its summary at INFO; a not-due
+/// record with something to say (an old key in use) stays at INFO.
+fn log_pass(report: &PassReport) {
+    let lines = report.lines();
+    let (summary, records) = lines.split_last().expect("a summary line");
+    let first_not_due = records.len() - report.not_due.len();
+    for (i, line) in records.iter().enumerate() {
+        let quiet = i
+            .checked_sub(first_not_due)
+            .is_some_and(|n| report.not_due[n].notes.is_empty());
+        if quiet {
+            tracing::debug!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    tracing::info!("{summary}");
 }

@@ -47,51 +47,7 @@ pub(crate) fn print_run(
             Exit::Ok
         }
         (Ok(report), false) => {
-            if report.status == Outcome::Planned {
-                let _ = writeln!(
-                    out,
-                    "dry run for PAM user record {}: nothing was changed. The plan:",
-                    report.user_uid
-                );
-                for n in &report.notes {
-                    let _ = writeln!(out, "  - {n}");
-                }
-            } else {
-                let _ = writeln!(
-                    out,
-                    "rotated PAM user record {}: new key {} stored in {}",
-                    report.user_uid,
-                    report.created.as_deref().unwrap_or("?"),
-                    opts.vault.describe()
-                );
-                if !report.purged.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "deleted key(s) whose grace period ended: {}",
-                        report.purged.join(", ")
-                    );
-                }
-                if !report.retired.is_empty() {
-                    let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
-                }
-                if !report.deactivated.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "deactivated old key(s), kept for the grace period: {}",
-                        report.deactivated.join(", ")
-                    );
-                }
-                if !report.kept.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "kept old key(s) active until IAM shows them unused: {}",
-                        report.kept.join(", ")
-                    );
-                }
-                for n in &report.notes {
-                    let _ = writeln!(out, "note: {n}");
-                }
-            }
+            print_report(&mut out, &report, &opts.vault.describe());
             Exit::Ok
         }
         (Err(e), json) => {
@@ -106,6 +62,55 @@ pub(crate) fn print_run(
             }
             print_error(&e.to_string());
             code
+        }
+    }
+}
+
+/// A run's report as text: the plan of a dry run, or what was rotated and retired.
+fn print_report(out: &mut impl Write, report: &RunReport, vault: &str) {
+    if report.status == Outcome::Planned {
+        let _ = writeln!(
+            out,
+            "dry run for PAM user record {}: nothing was changed. The plan:",
+            report.user_uid
+        );
+        for n in &report.notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "rotated PAM user record {}: new key {} stored in {}",
+            report.user_uid,
+            report.created.as_deref().unwrap_or("?"),
+            vault
+        );
+        if !report.purged.is_empty() {
+            let _ = writeln!(
+                out,
+                "deleted key(s) whose grace period ended: {}",
+                report.purged.join(", ")
+            );
+        }
+        if !report.retired.is_empty() {
+            let _ = writeln!(out, "retired old key(s): {}", report.retired.join(", "));
+        }
+        if !report.deactivated.is_empty() {
+            let _ = writeln!(
+                out,
+                "deactivated old key(s), kept for the grace period: {}",
+                report.deactivated.join(", ")
+            );
+        }
+        if !report.kept.is_empty() {
+            let _ = writeln!(
+                out,
+                "kept old key(s) active until IAM shows them unused: {}",
+                report.kept.join(", ")
+            );
+        }
+        for n in &report.notes {
+            let _ = writeln!(out, "note: {n}");
         }
     }
 }

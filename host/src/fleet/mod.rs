@@ -124,18 +124,7 @@ impl Fleet {
         let (work, holdings) = self.vet(vault.as_ref(), work, &mut report).await?;
         let writer = Arc::new(VaultWriter::new(vault));
 
-        // Rotations of one login never overlap, whatever config or signer
-        // they go through: two routes to one IAM user (two signing keys, two
-        // spellings of the endpoint) could otherwise delete each other's new
-        // key. Logins of different accounts that happen to match only wait.
-        let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
-        for w in work {
-            let key = match &w.subject {
-                Some(s) => s.login.clone(),
-                None => format!("\u{0}{}", w.job.user_uid),
-            };
-            groups.entry(key).or_default().push(w);
-        }
+        let groups = by_login(work);
         let permits = Arc::new(Semaphore::new(self.opts.jobs.max(1)));
         let mut tasks = JoinSet::new();
         for (_, group) in groups {
@@ -279,4 +268,21 @@ impl Fleet {
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+}
+
+/// The work grouped by login, each group to run one after another.
+/// Rotations of one login never overlap, whatever config or signer they go
+/// through: two routes to one IAM user (two signing keys, two spellings of
+/// the endpoint) could otherwise delete each other's new key. Logins of
+/// different accounts that happen to match only wait.
+fn by_login(work: Vec<Work>) -> BTreeMap<String, Vec<Work>> {
+    let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+    for w in work {
+        let key = match &w.subject {
+            Some(s) => s.login.clone(),
+            None => format!("\u{0}{}", w.job.user_uid),
+        };
+        groups.entry(key).or_default().push(w);
+    }
+    groups
 }

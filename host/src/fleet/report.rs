@@ -146,50 +146,8 @@ impl PassReport {
         for e in &self.planned {
             out.push(format!("planned {}: {}", e.user_uid, e.notes.join("; ")));
         }
-        let list = |what: &str, ids: &[String]| {
-            if ids.is_empty() {
-                String::new()
-            } else {
-                format!(", {what} {}", ids.join(", "))
-            }
-        };
-        for e in &self.rotated {
-            let retired = [
-                list("deleted after the grace period", &e.purged),
-                list("retired", &e.retired),
-                list("deactivated", &e.deactivated),
-                list("kept for its consumers", &e.kept),
-            ]
-            .concat();
-            match &e.error {
-                None => out.push(format!(
-                    "rotated {}: new key {}{retired}",
-                    e.user_uid,
-                    e.created.as_deref().unwrap_or("?")
-                )),
-                Some(why) => out.push(format!(
-                    "rotated {} (not finalized, exit 3): new key {} stored; {why}",
-                    e.user_uid,
-                    e.created.as_deref().unwrap_or("?")
-                )),
-            }
-        }
-        for e in &self.purged {
-            out.push(format!(
-                "purged {}: deleted {} (grace period ended){}",
-                e.user_uid,
-                if e.purged.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    e.purged.join(", ")
-                },
-                if e.notes.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", e.notes.join("; "))
-                }
-            ));
-        }
+        out.extend(self.rotated.iter().map(rotated_line));
+        out.extend(self.purged.iter().map(purged_line));
         for e in &self.failed {
             out.push(format!(
                 "failed {} (exit {}): {}",
@@ -209,18 +167,7 @@ impl PassReport {
             out.push(format!("audit: {why}"));
         }
         // Not-due lines come last before the summary: the gateway logs them at DEBUG.
-        for e in &self.not_due {
-            let notes = if e.notes.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", e.notes.join("; "))
-            };
-            out.push(format!(
-                "not due {}: next due {}{notes}",
-                e.user_uid,
-                e.next_due.as_deref().unwrap_or("never")
-            ));
-        }
+        out.extend(self.not_due.iter().map(not_due_line));
         out.push(self.summary());
         out
     }
@@ -249,6 +196,64 @@ impl PassReport {
             }
         }
     }
+}
+
+/// `, WHAT ID, ID` when there are ids.
+fn listed(what: &str, ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(", {what} {}", ids.join(", "))
+    }
+}
+
+/// `; NOTE; NOTE` when there are notes.
+fn noted(notes: &[String]) -> String {
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", notes.join("; "))
+    }
+}
+
+fn rotated_line(e: &Entry) -> String {
+    let retired = [
+        listed("deleted after the grace period", &e.purged),
+        listed("retired", &e.retired),
+        listed("deactivated", &e.deactivated),
+        listed("kept for its consumers", &e.kept),
+    ]
+    .concat();
+    let created = e.created.as_deref().unwrap_or("?");
+    match &e.error {
+        None => format!("rotated {}: new key {created}{retired}", e.user_uid),
+        Some(why) => format!(
+            "rotated {} (not finalized, exit 3): new key {created} stored; {why}",
+            e.user_uid
+        ),
+    }
+}
+
+fn purged_line(e: &Entry) -> String {
+    let purged = if e.purged.is_empty() {
+        "nothing".to_string()
+    } else {
+        e.purged.join(", ")
+    };
+    format!(
+        "purged {}: deleted {purged} (grace period ended){}",
+        e.user_uid,
+        noted(&e.notes)
+    )
+}
+
+fn not_due_line(e: &Entry) -> String {
+    format!(
+        "not due {}: next due {}{}",
+        e.user_uid,
+        e.next_due.as_deref().unwrap_or("never"),
+        noted(&e.notes)
+    )
 }
 
 /// Files one rotation's result, as entry `e`, in the report's list for its outcome.

@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::exit::Exit;
 use crate::fields::PAM_USER_TYPE;
 use crate::fields::{labels, stamp};
-use crate::fleet::schedule::{self, Due, Member};
+use crate::fleet::schedule::{self, Due, FleetEntry, Member};
 use crate::fleet::{Entry, FleetOptions, PassReport};
 use crate::record::Record;
 use crate::rotation::grace::Ledger;
@@ -55,91 +55,115 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
                 .or_insert_with(|| vault.named(c, labels::CONFIG, None).ok())
                 .clone()
         });
-        let entry = match schedule::member(&user, config.as_ref(), opts.max_age) {
-            Ok(Member::Outside) => continue,
-            Ok(Member::Disabled) => {
-                let mut e = Entry::new(&uid);
-                e.error = Some("field 'Rotation' is 'disabled'".into());
-                report.skipped.push(e);
-                continue;
-            }
-            Err(bad) => {
-                report.failed.push(bad_field(&uid, &bad));
-                continue;
-            }
-            Ok(Member::Scheduled(entry)) => entry,
-        };
-        let config_record = config.as_ref().expect("scheduled records have a config");
-        let ledger = match Ledger::read(&user, config_record) {
-            Ok(l) => l,
-            Err(bad) => {
-                report.failed.push(bad_field(&uid, &bad));
-                continue;
-            }
-        };
-        let due = entry.due(now);
-        if let Some(last) = entry.last_rotated {
-            let oldest = report
-                .oldest_rotation
-                .entry(entry.config_uid.clone())
-                .or_insert(last);
-            *oldest = (*oldest).min(last);
-        }
-        // The earlier of the next rotation and the next end of a grace period.
-        let next = match due {
-            Due::At(at) => Some(ledger.next_expiry(now).map_or(at, |g| g.min(at))),
-            Due::Now => None,
-        };
-        report.next_due = match (report.next_due, next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let next_due = next.map(stamp);
-        // Kept old keys are checked every pass, due or not (retire-when-unused).
-        if next_due.is_some()
-            && ledger.expired_ids(now).is_empty()
-            && ledger.kept().next().is_none()
-        {
-            let mut e = Entry::new(&uid);
-            e.next_due = next_due;
-            report.not_due.push(e);
-            continue;
-        }
-        let job = Job {
-            user_uid: entry.user_uid.clone(),
-            config_uid: entry.config_uid.clone(),
-            provider_uid: entry.provider_uid.clone(),
-            dry_run: opts.dry_run,
-            mark_pending: true,
-            rotate: due == Due::Now,
-        };
-        // The user and config records are read already; only the provider is left.
-        let provider = job
-            .provider_uid
-            .as_deref()
-            .map(|p| vault.named(p, labels::PROVIDER, None))
-            .transpose();
-        match (provider, config) {
-            (Ok(provider), Some(config)) => work.push(Work {
-                login: user.value_of_type("login").map(str::to_lowercase),
-                subject: None,
-                next_due,
-                job,
-                records: Records {
-                    user,
-                    config,
-                    provider,
-                },
-            }),
-            (Err(e), _) => {
-                let mut entry = Entry::new(&uid);
-                entry.exit_code = Some(Exit::Usage);
-                entry.error = Some(e.to_string());
-                report.failed.push(entry);
-            }
-            // `member` schedules a record only when its config record exists.
-            (Ok(_), None) => unreachable!("a scheduled record without its config record"),
+        if let Some(w) = consider(vault, opts, report, now, user, config) {
+            work.push(w);
         }
     }
     work
+}
+
+/// One PAM user record: work to do now, or an entry in the report.
+fn consider(
+    vault: &dyn Vault,
+    opts: &FleetOptions,
+    report: &mut PassReport,
+    now: DateTime<Utc>,
+    user: Record,
+    config: Option<Record>,
+) -> Option<Work> {
+    let uid = user.uid.clone();
+    let entry = match schedule::member(&user, config.as_ref(), opts.max_age) {
+        Ok(Member::Outside) => return None,
+        Ok(Member::Disabled) => {
+            let mut e = Entry::new(&uid);
+            e.error = Some("field 'Rotation' is 'disabled'".into());
+            report.skipped.push(e);
+            return None;
+        }
+        Err(bad) => {
+            report.failed.push(bad_field(&uid, &bad));
+            return None;
+        }
+        Ok(Member::Scheduled(entry)) => entry,
+    };
+    // `member` schedules a record only when its config record exists.
+    let config = config.expect("scheduled records have a config");
+    let ledger = match Ledger::read(&user, &config) {
+        Ok(l) => l,
+        Err(bad) => {
+            report.failed.push(bad_field(&uid, &bad));
+            return None;
+        }
+    };
+    let due = entry.due(now);
+    let next_due = note_schedule(report, &entry, &ledger, due, now);
+    // Kept old keys are checked every pass, due or not (retire-when-unused).
+    if next_due.is_some() && ledger.expired_ids(now).is_empty() && ledger.kept().next().is_none() {
+        let mut e = Entry::new(&uid);
+        e.next_due = next_due;
+        report.not_due.push(e);
+        return None;
+    }
+    let job = Job {
+        user_uid: entry.user_uid.clone(),
+        config_uid: entry.config_uid.clone(),
+        provider_uid: entry.provider_uid.clone(),
+        dry_run: opts.dry_run,
+        mark_pending: true,
+        rotate: due == Due::Now,
+    };
+    // The user and config records are read already; only the provider is left.
+    let provider = job
+        .provider_uid
+        .as_deref()
+        .map(|p| vault.named(p, labels::PROVIDER, None))
+        .transpose();
+    match provider {
+        Ok(provider) => Some(Work {
+            login: user.value_of_type("login").map(str::to_lowercase),
+            subject: None,
+            next_due,
+            job,
+            records: Records {
+                user,
+                config,
+                provider,
+            },
+        }),
+        Err(e) => {
+            let mut entry = Entry::new(&uid);
+            entry.exit_code = Some(Exit::Usage);
+            entry.error = Some(e.to_string());
+            report.failed.push(entry);
+            None
+        }
+    }
+}
+
+/// Notes a member's schedule in the pass's figures (its config's oldest
+/// rotation, the pass's next due time); returns when it is due, if not now:
+/// the earlier of its next rotation and the next end of a grace period.
+fn note_schedule(
+    report: &mut PassReport,
+    entry: &FleetEntry,
+    ledger: &Ledger,
+    due: Due,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if let Some(last) = entry.last_rotated {
+        let oldest = report
+            .oldest_rotation
+            .entry(entry.config_uid.clone())
+            .or_insert(last);
+        *oldest = (*oldest).min(last);
+    }
+    let next = match due {
+        Due::At(at) => Some(ledger.next_expiry(now).map_or(at, |g| g.min(at))),
+        Due::Now => None,
+    };
+    report.next_due = match (report.next_due, next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    next.map(stamp)
 }

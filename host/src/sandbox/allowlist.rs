@@ -98,6 +98,45 @@ pub struct AllowedOrigin {
     pub port: u16,
 }
 
+/// A pattern's scheme, host and port (if given), or why it is not an origin.
+fn split_origin(pattern: &str) -> Result<(Scheme, &str, Option<&str>), &'static str> {
+    let (scheme, rest) = if let Some(r) = pattern.strip_prefix("https://") {
+        (Scheme::Https, r)
+    } else if let Some(r) = pattern.strip_prefix("http://") {
+        (Scheme::Http, r)
+    } else {
+        return Err("the scheme must be http or https");
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err("only scheme, host and port are allowed");
+    }
+    Ok(match rest.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (scheme, rest, None),
+        Some((h, p)) => (scheme, h, Some(p)),
+        None => (scheme, rest, None),
+    })
+}
+
+/// The normalised host's labels with the pattern's wildcards put back;
+/// `None` if normalising changed the number of labels.
+fn with_wildcards(host: &str, parsed: Vec<Label>) -> Option<Vec<Label>> {
+    let normalised: Vec<&str> = host.split('.').collect();
+    if normalised.len() != parsed.len() {
+        return None;
+    }
+    Some(
+        normalised
+            .iter()
+            .zip(parsed)
+            .map(|(l, p)| match p {
+                Label::Literal(_) => Label::Literal(l.to_string()),
+                wildcard => wildcard,
+            })
+            .collect(),
+    )
+}
+
 impl AllowedOrigin {
     /// Parses `scheme://host[:port]`, where whole labels of a host name may be `*`.
     /// The last two labels must be literal: `https://*.com` would allow the world.
@@ -106,22 +145,7 @@ impl AllowedOrigin {
             pattern: pattern.to_string(),
             why,
         };
-        let (scheme, rest) = if let Some(r) = pattern.strip_prefix("https://") {
-            (Scheme::Https, r)
-        } else if let Some(r) = pattern.strip_prefix("http://") {
-            (Scheme::Http, r)
-        } else {
-            return Err(err("the scheme must be http or https"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(err("only scheme, host and port are allowed"));
-        }
-        let (host_part, port_part) = match rest.rsplit_once(':') {
-            Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, None),
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        };
+        let (scheme, host_part, port_part) = split_origin(pattern).map_err(err)?;
         let labels: Vec<&str> = host_part.split('.').collect();
         if labels.iter().any(|l| l.is_empty()) && !host_part.starts_with('[') {
             return Err(err(
@@ -164,19 +188,8 @@ impl AllowedOrigin {
             .port_or_known_default()
             .ok_or_else(|| err("the port is malformed"))?;
         let host = if any_wildcard {
-            let normalised: Vec<&str> = host.split('.').collect();
-            if normalised.len() != labels.len() {
-                return Err(err("the host is malformed"));
-            }
             HostPattern::Labels(
-                normalised
-                    .iter()
-                    .zip(parsed)
-                    .map(|(l, p)| match p {
-                        Label::Literal(_) => Label::Literal(l.to_string()),
-                        wildcard => wildcard,
-                    })
-                    .collect(),
+                with_wildcards(&host, parsed).ok_or_else(|| err("the host is malformed"))?,
             )
         } else {
             HostPattern::Exact(host)

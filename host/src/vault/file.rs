@@ -166,6 +166,111 @@ fn can_give(uid: u32, gid: u32) -> bool {
     n > 0 && groups[..n as usize].contains(&gid)
 }
 
+/// A folder or a special file where the vault should be is refused before
+/// the lock is taken.
+fn refuse_non_file(path: &Path, real: &Path) -> Result<(), VaultError> {
+    if real.is_dir() {
+        return Err(VaultError::IsFolder {
+            path: path.to_path_buf(),
+        });
+    }
+    match fs::metadata(real) {
+        Ok(meta) if !meta.is_file() => Err(VaultError::NotRegular {
+            path: path.to_path_buf(),
+            what: kind_of(&meta),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the vault at `real` without following a link; `None` for a vault
+/// still to be created.
+fn open_existing(path: &Path, real: &Path, create: bool) -> Result<Option<File>, VaultError> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::fsguard::SAFE_OPEN)
+        .open(real)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(VaultError::NotFound {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(VaultError::NotRegular {
+            path: path.to_path_buf(),
+            what: "a symbolic link swapped in while it was opened",
+        }),
+        Err(source) => Err(VaultError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads the open vault whole, as text, after checking what it is: a regular
+/// file under the size cap, private (or warned about), and owned by someone
+/// this user can give a rewritten file.
+fn read_checked(
+    file: File,
+    path: &Path,
+    opts: &VaultOptions,
+) -> Result<(String, Owner), VaultError> {
+    let read_err = |source| VaultError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = |size| VaultError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: opts.max_bytes,
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(VaultError::NotRegular {
+            path: path.to_path_buf(),
+            what: kind_of(&meta),
+        });
+    }
+    if meta.len() > opts.max_bytes {
+        return Err(too_large(meta.len()));
+    }
+    let owner = Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.permissions().mode() & 0o7777,
+    };
+    let what = format!("vault {}", path.display());
+    crate::fsguard::private_or_warn(&meta, &what, "secrets", opts.strict_permissions).map_err(
+        |mode| VaultError::Insecure {
+            path: path.to_path_buf(),
+            mode,
+        },
+    )?;
+    if !can_give(owner.uid, owner.gid) {
+        return Err(VaultError::Ownership {
+            path: path.to_path_buf(),
+            uid: owner.uid,
+            gid: owner.gid,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The cap again: the file may have grown since fstat.
+    file.take(opts.max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > opts.max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| VaultError::Malformed {
+        path: path.to_path_buf(),
+        why: format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok((text, owner))
+}
+
 impl FileVault {
     /// Locks and reads an existing vault.
     pub fn open(path: &Path, opts: &VaultOptions) -> Result<Self, VaultError> {
@@ -179,47 +284,11 @@ impl FileVault {
 
     fn open_inner(path: &Path, opts: &VaultOptions, create: bool) -> Result<Self, VaultError> {
         let real = resolve(path, create)?;
-        if real.is_dir() {
-            return Err(VaultError::IsFolder {
-                path: path.to_path_buf(),
-            });
-        }
-        if let Ok(meta) = fs::metadata(&real)
-            && !meta.is_file()
-        {
-            return Err(VaultError::NotRegular {
-                path: path.to_path_buf(),
-                what: kind_of(&meta),
-            });
-        }
+        refuse_non_file(path, &real)?;
         warn_if_folder_is_shared(&real, path);
         let lock = lock(&real, opts.lock_timeout)?;
         remove_stale_temporaries(&real);
-        let read_err = |source| VaultError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(crate::fsguard::SAFE_OPEN)
-            .open(&real)
-        {
-            Ok(f) => Some(f),
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(VaultError::NotFound {
-                    path: path.to_path_buf(),
-                });
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(VaultError::NotRegular {
-                    path: path.to_path_buf(),
-                    what: "a symbolic link swapped in while it was opened",
-                });
-            }
-            Err(source) => return Err(read_err(source)),
-        };
-        let Some(file) = file else {
+        let Some(file) = open_existing(path, &real, create)? else {
             return Ok(Self {
                 path: path.to_path_buf(),
                 real,
@@ -231,66 +300,12 @@ impl FileVault {
                 _lock: lock,
             });
         };
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            return Err(VaultError::NotRegular {
-                path: path.to_path_buf(),
-                what: kind_of(&meta),
-            });
-        }
-        if meta.len() > opts.max_bytes {
-            return Err(VaultError::TooLarge {
-                path: path.to_path_buf(),
-                size: meta.len(),
-                max: opts.max_bytes,
-            });
-        }
-        let owner = Owner {
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mode: meta.permissions().mode() & 0o7777,
-        };
-        let what = format!("vault {}", path.display());
-        crate::fsguard::private_or_warn(&meta, &what, "secrets", opts.strict_permissions).map_err(
-            |mode| VaultError::Insecure {
-                path: path.to_path_buf(),
-                mode,
-            },
-        )?;
-        if !can_give(owner.uid, owner.gid) {
-            return Err(VaultError::Ownership {
-                path: path.to_path_buf(),
-                uid: owner.uid,
-                gid: owner.gid,
-            });
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        // The cap again: the file may have grown since fstat.
-        file.take(opts.max_bytes + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        if bytes.len() as u64 > opts.max_bytes {
-            return Err(VaultError::TooLarge {
-                path: path.to_path_buf(),
-                size: bytes.len() as u64,
-                max: opts.max_bytes,
-            });
-        }
+        let (text, owner) = read_checked(file, path, opts)?;
         // The reasons quote keys and UIDs from the file: escape them.
-        let bad = |why: String| VaultError::Malformed {
+        let (members, records, by_uid) = index(&text).map_err(|why| VaultError::Malformed {
             path: path.to_path_buf(),
             why: crate::text::printable(&why),
-        };
-        let mut text = String::from_utf8(bytes).map_err(|e| {
-            bad(format!(
-                "not UTF-8 (at byte {})",
-                e.utf8_error().valid_up_to()
-            ))
         })?;
-        if text.starts_with('\u{feff}') {
-            text.drain(..'\u{feff}'.len_utf8());
-        }
-        let (members, records, by_uid) = index(&text).map_err(bad)?;
         Ok(Self {
             path: path.to_path_buf(),
             real,
