@@ -407,69 +407,8 @@ impl<'a, T: Transport> Iam<'a, T> {
 
     /// Turns a failed call into a sentence a user can act on.
     pub fn explain(&self, err: CallError, action: &str) -> PluginError {
-        let s = self.settings;
-        let key = &s.credentials.key_id;
-        let user = &s.user_name;
-        let aws = |e: &AwsError| {
-            if e.message.is_empty() {
-                e.code.clone()
-            } else {
-                format!("{}: {}", e.code, e.message)
-            }
-        };
         match &err {
-            CallError::Service(e) => match e.code.as_str() {
-                "InvalidClientTokenId" | "UnrecognizedClientException" => {
-                    PluginError::Denied(format!(
-                        "{action} failed: AWS does not recognise access key {key} ({}). Check the \
-                     config's Client ID, and that AWS Region or AWS Endpoint URL points at the \
-                     key's partition",
-                        aws(e)
-                    ))
-                }
-                "SignatureDoesNotMatch" | "IncompleteSignature" => PluginError::Denied(format!(
-                    "{action} failed: the Client Secret does not match access key {key} ({}). \
-                     Check the config's Client Secret",
-                    e.code
-                )),
-                "ExpiredToken" => PluginError::Denied(format!(
-                    "{action} failed: the session token of the rotating identity's temporary \
-                     credentials has expired ({}). Renew them (the config record's Client ID, \
-                     Client Secret and Session Token, or the host's own identity), then run again",
-                    aws(e)
-                )),
-                "RequestExpired" | "InvalidSignatureException" => PluginError::Denied(format!(
-                    "{action} failed: AWS rejected the request's timestamp ({}). Check this \
-                         machine's clock",
-                    aws(e)
-                )),
-                "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
-                    PluginError::Denied(format!(
-                        "{action} on '{user}' was denied for access key {key} ({}). Grant \
-                         iam:{action}: attach the least-privilege policy from the README \
-                         (iam:GetUser, iam:ListAccessKeys, iam:CreateAccessKey, \
-                         iam:DeleteAccessKey; iam:UpdateAccessKey for 'Old Key Action' deactivate \
-                         and retire-when-unused; iam:GetAccessKeyLastUsed for retire-when-unused) \
-                         to the rotating identity",
-                        aws(e)
-                    ))
-                }
-                "NoSuchEntity" => PluginError::NotFound(format!(
-                    "{action} failed: IAM user '{user}' was not found ({}). Check the config's IAM \
-                     Username or the PAM user's login, and that the account is right",
-                    aws(e)
-                )),
-                "LimitExceeded" => PluginError::Conflict(format!(
-                    "{action} failed: '{user}' already has the most access keys IAM allows ({}). \
-                     Something else created a key meanwhile; run again",
-                    aws(e)
-                )),
-                _ if err.transient() => self.unavailable(action, &err),
-                _ => PluginError::Failed(format!(
-                    "{action} on '{user}' failed ({}). Check the message above and run again",
-                    aws(e)
-                )),
-            },
+            CallError::Service(e) => self.service_error(e, &err, action),
             CallError::Send(SendError::DestinationNotAllowed(m)) => {
                 PluginError::InvalidConfig(format!(
                     "{action} was not sent: {m}. The host allows only the plugin's declared hosts and \
@@ -486,6 +425,70 @@ impl<'a, T: Transport> Iam<'a, T> {
             )),
             CallError::Local(e) => e.clone(),
             _ => self.unavailable(action, &err),
+        }
+    }
+
+    /// What an error answer from AWS means for the user, by its code.
+    fn service_error(&self, e: &AwsError, err: &CallError, action: &str) -> PluginError {
+        let s = self.settings;
+        let key = &s.credentials.key_id;
+        let user = &s.user_name;
+        let aws = |e: &AwsError| {
+            if e.message.is_empty() {
+                e.code.clone()
+            } else {
+                format!("{}: {}", e.code, e.message)
+            }
+        };
+        match e.code.as_str() {
+            "InvalidClientTokenId" | "UnrecognizedClientException" => PluginError::Denied(format!(
+                "{action} failed: AWS does not recognise access key {key} ({}). Check the \
+                 config's Client ID, and that AWS Region or AWS Endpoint URL points at the \
+                 key's partition",
+                aws(e)
+            )),
+            "SignatureDoesNotMatch" | "IncompleteSignature" => PluginError::Denied(format!(
+                "{action} failed: the Client Secret does not match access key {key} ({}). \
+                 Check the config's Client Secret",
+                e.code
+            )),
+            "ExpiredToken" => PluginError::Denied(format!(
+                "{action} failed: the session token of the rotating identity's temporary \
+                 credentials has expired ({}). Renew them (the config record's Client ID, \
+                 Client Secret and Session Token, or the host's own identity), then run again",
+                aws(e)
+            )),
+            "RequestExpired" | "InvalidSignatureException" => PluginError::Denied(format!(
+                "{action} failed: AWS rejected the request's timestamp ({}). Check this \
+                     machine's clock",
+                aws(e)
+            )),
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                PluginError::Denied(format!(
+                    "{action} on '{user}' was denied for access key {key} ({}). Grant \
+                     iam:{action}: attach the least-privilege policy from the README \
+                     (iam:GetUser, iam:ListAccessKeys, iam:CreateAccessKey, \
+                     iam:DeleteAccessKey; iam:UpdateAccessKey for 'Old Key Action' deactivate \
+                     and retire-when-unused; iam:GetAccessKeyLastUsed for retire-when-unused) \
+                     to the rotating identity",
+                    aws(e)
+                ))
+            }
+            "NoSuchEntity" => PluginError::NotFound(format!(
+                "{action} failed: IAM user '{user}' was not found ({}). Check the config's IAM \
+                 Username or the PAM user's login, and that the account is right",
+                aws(e)
+            )),
+            "LimitExceeded" => PluginError::Conflict(format!(
+                "{action} failed: '{user}' already has the most access keys IAM allows ({}). \
+                 Something else created a key meanwhile; run again",
+                aws(e)
+            )),
+            _ if err.transient() => self.unavailable(action, err),
+            _ => PluginError::Failed(format!(
+                "{action} on '{user}' failed ({}). Check the message above and run again",
+                aws(e)
+            )),
         }
     }
 

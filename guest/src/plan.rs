@@ -129,20 +129,7 @@ pub fn plan(
     user: &str,
     is_protected: &dyn Fn(&str) -> bool,
 ) -> Result<Plan, PluginError> {
-    if let Some(v) = vault.filter(|v| *v != signer && is_protected(v)) {
-        return Err(PluginError::Conflict(format!(
-            "the PAM user record's key {v} is also held or tracked by another record of the \
-             vault: retiring it would break that record. Nothing was changed. Keep each key in \
-             one record only, then run again"
-        )));
-    }
-    if vault == Some(signer) {
-        return Err(PluginError::InvalidConfig(format!(
-            "the PAM user record's key {signer} is also the config's Client ID: rotating it would \
-             delete the key that signs rotations. Give the config record a separate key (the user \
-             guide's 'one for client creation, one for key rotation')"
-        )));
-    }
+    check_vault_key(vault, signer, is_protected)?;
     let vault_in_iam = vault.filter(|v| keys.iter().any(|k| k.id == *v));
     let retire = vault_in_iam.map(str::to_string);
     if keys.len() < MAX_KEYS {
@@ -159,29 +146,7 @@ pub fn plan(
         )));
     }
     if let Some(vault) = vault_in_iam {
-        let other = keys
-            .iter()
-            .find(|k| k.id != vault)
-            .expect("two distinct keys");
-        return Ok(if other.id == signer {
-            Plan {
-                make_room: MakeRoom::VaultKey(vault.to_string()),
-                retire: None,
-            }
-        } else if is_protected(&other.id) {
-            return Err(PluginError::Conflict(format!(
-                "'{user}' has two access keys: the vault's {vault} and {}, which another record \
-                 of the vault holds or tracks. Deleting it to make room would break that record. \
-                 Nothing was changed. Give each record its own IAM user, or remove the key from \
-                 the other record, then run again",
-                other.id
-            )));
-        } else {
-            Plan {
-                make_room: MakeRoom::Leftover(other.id.clone()),
-                retire,
-            }
-        });
+        return beside_vault_key(keys, vault, signer, user, is_protected, retire);
     }
     let inactive: Vec<&AccessKey> = keys
         .iter()
@@ -193,8 +158,78 @@ pub fn plan(
             retire: None,
         });
     }
-    let list = keys
+    let list = describe_keys(keys);
+    let recorded = vault.map_or("no key".to_string(), |v| {
+        format!("{v}, which IAM does not have")
+    });
+    Err(PluginError::Conflict(format!(
+        "'{user}' already has two access keys, {list}, and the vault records {recorded}: refusing \
+         to delete a key that may be in use. Nothing was changed. Delete or deactivate one of them \
+         in IAM, or record the one in use in the PAM user record's aws_access_key_id, then run again"
+    )))
+}
+
+/// Refuses a vault key that another record holds, or that signs rotations.
+fn check_vault_key(
+    vault: Option<&str>,
+    signer: &str,
+    is_protected: &dyn Fn(&str) -> bool,
+) -> Result<(), PluginError> {
+    if let Some(v) = vault.filter(|v| *v != signer && is_protected(v)) {
+        return Err(PluginError::Conflict(format!(
+            "the PAM user record's key {v} is also held or tracked by another record of the \
+             vault: retiring it would break that record. Nothing was changed. Keep each key in \
+             one record only, then run again"
+        )));
+    }
+    if vault == Some(signer) {
+        return Err(PluginError::InvalidConfig(format!(
+            "the PAM user record's key {signer} is also the config's Client ID: rotating it would \
+             delete the key that signs rotations. Give the config record a separate key (the user \
+             guide's 'one for client creation, one for key rotation')"
+        )));
+    }
+    Ok(())
+}
+
+/// Two keys, one the vault's: room is made with the other, unless it signs
+/// (then the vault's own key goes first) or another record holds it.
+fn beside_vault_key(
+    keys: &[AccessKey],
+    vault: &str,
+    signer: &str,
+    user: &str,
+    is_protected: &dyn Fn(&str) -> bool,
+    retire: Option<String>,
+) -> Result<Plan, PluginError> {
+    let other = keys
         .iter()
+        .find(|k| k.id != vault)
+        .expect("two distinct keys");
+    if other.id == signer {
+        return Ok(Plan {
+            make_room: MakeRoom::VaultKey(vault.to_string()),
+            retire: None,
+        });
+    }
+    if is_protected(&other.id) {
+        return Err(PluginError::Conflict(format!(
+            "'{user}' has two access keys: the vault's {vault} and {}, which another record \
+             of the vault holds or tracks. Deleting it to make room would break that record. \
+             Nothing was changed. Give each record its own IAM user, or remove the key from \
+             the other record, then run again",
+            other.id
+        )));
+    }
+    Ok(Plan {
+        make_room: MakeRoom::Leftover(other.id.clone()),
+        retire,
+    })
+}
+
+/// `ID (Status, created DATE) and ID (...)`, for a refusal.
+fn describe_keys(keys: &[AccessKey]) -> String {
+    keys.iter()
         .map(|k| {
             // Dates as IAM gives them: date arithmetic would not fit the component's size budget.
             let created = if k.created.is_empty() {
@@ -209,15 +244,7 @@ pub fn plan(
             format!("{} ({status}, {created})", k.id)
         })
         .collect::<Vec<_>>()
-        .join(" and ");
-    let recorded = vault.map_or("no key".to_string(), |v| {
-        format!("{v}, which IAM does not have")
-    });
-    Err(PluginError::Conflict(format!(
-        "'{user}' already has two access keys, {list}, and the vault records {recorded}: refusing \
-         to delete a key that may be in use. Nothing was changed. Delete or deactivate one of them \
-         in IAM, or record the one in use in the PAM user record's aws_access_key_id, then run again"
-    )))
+        .join(" and ")
 }
 
 #[cfg(test)]

@@ -53,33 +53,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
     }
 
     refuse_to_make_room_with_a_kept_key(&plan, ctx, user)?;
-    let vault_key_deleted = match &plan.make_room {
-        MakeRoom::Nothing => false,
-        MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
-            // A key an earlier rotation deactivated: say whether its grace period was cut short.
-            if let Some(note) = ctx
-                .deactivated(id)
-                .and_then(|_| plan.make_room_note(user, &ctx.deactivated))
-            {
-                iam.log(Level::Info, &note);
-                notes.push(note);
-            }
-            iam.delete_key(id)?;
-            false
-        }
-        MakeRoom::VaultKey(id) => {
-            let warning = format!(
-                "deleting the vault's key {id} before its successor exists: '{user}' has two keys \
-                 and the other one ({}) signs these requests, so there is no spare. Until the new \
-                 key is stored, the vault holds a deleted key",
-                settings.credentials.key_id
-            );
-            iam.log(Level::Warn, &warning);
-            notes.push(warning);
-            iam.delete_key(id)?;
-            true
-        }
-    };
+    let vault_key_deleted = make_room(&iam, &plan, ctx, &settings, &mut notes)?;
 
     // The keys that exist now: a key beyond these after an ambiguous create is its orphan.
     let existing: Vec<String> = ids
@@ -103,23 +77,7 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         &format!("created access key {key_id} for '{user}'"),
     );
     Ok(Rotation {
-        fields: vec![
-            OutputField {
-                label: ACCESS_KEY_ID_LABELS[0].into(),
-                aliases: ACCESS_KEY_ID_LABELS[1..]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                kind: ValueKind::Text,
-                value: Secret::new(key_id.clone()),
-            },
-            OutputField {
-                label: SECRET_KEY_LABEL.into(),
-                aliases: vec![],
-                kind: ValueKind::Secret,
-                value: secret,
-            },
-        ],
+        fields: key_fields(&key_id, secret),
         created: Some(key_id),
         retire: plan.retire.into_iter().collect(),
         deleted: plan
@@ -130,6 +88,66 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
             .collect(),
         notes,
     })
+}
+
+/// Deletes the key the plan makes room with, if any; true when that was the
+/// vault's own key (its successor does not exist yet).
+fn make_room(
+    iam: &Iam<'_, impl Transport>,
+    plan: &plan::Plan,
+    ctx: &Context,
+    settings: &Settings,
+    notes: &mut Vec<String>,
+) -> Result<bool, PluginError> {
+    let user = &settings.user_name;
+    match &plan.make_room {
+        MakeRoom::Nothing => Ok(false),
+        MakeRoom::Leftover(id) | MakeRoom::Inactive(id) => {
+            // A key an earlier rotation deactivated: say whether its grace period was cut short.
+            if let Some(note) = ctx
+                .deactivated(id)
+                .and_then(|_| plan.make_room_note(user, &ctx.deactivated))
+            {
+                iam.log(Level::Info, &note);
+                notes.push(note);
+            }
+            iam.delete_key(id)?;
+            Ok(false)
+        }
+        MakeRoom::VaultKey(id) => {
+            let warning = format!(
+                "deleting the vault's key {id} before its successor exists: '{user}' has two keys \
+                 and the other one ({}) signs these requests, so there is no spare. Until the new \
+                 key is stored, the vault holds a deleted key",
+                settings.credentials.key_id
+            );
+            iam.log(Level::Warn, &warning);
+            notes.push(warning);
+            iam.delete_key(id)?;
+            Ok(true)
+        }
+    }
+}
+
+/// The fields the host stores: the new key's id and its secret.
+fn key_fields(key_id: &str, secret: Secret) -> Vec<OutputField> {
+    vec![
+        OutputField {
+            label: ACCESS_KEY_ID_LABELS[0].into(),
+            aliases: ACCESS_KEY_ID_LABELS[1..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            kind: ValueKind::Text,
+            value: Secret::new(key_id.to_string()),
+        },
+        OutputField {
+            label: SECRET_KEY_LABEL.into(),
+            aliases: vec![],
+            kind: ValueKind::Secret,
+            value: secret,
+        },
+    ]
 }
 
 /// A key kept for its consumers (`retire-when-unused`) is never deleted to
