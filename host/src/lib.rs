@@ -1,23 +1,28 @@
 //! `rotate-host`: runs credential-rotation plugins (WASI 0.2 components) in a
-//! sandbox against a vault file.
+//! sandbox against a vault (a JSON file, or Keeper through KSM).
 //!
 //! The host knows vaults, files and sandboxes, and nothing about the service a
 //! plugin rotates. See `docs/design.md` for the steps and invariants.
 
-pub mod cli;
-pub mod commands;
-pub mod configure;
-pub mod exit;
-pub mod fields;
-pub mod fleet;
-pub mod fsguard;
-pub mod gateway;
-pub mod holdings;
-pub mod metrics;
-pub mod output;
-pub mod record;
-pub mod rotation;
-pub mod sandbox;
-pub mod secret;
-pub mod text;
-pub mod vault;
+mod cli;
+mod commands;
+mod configure;
+mod exit;
+mod fields;
+mod fleet;
+mod fsguard;
+mod gateway;
+mod holdings;
+mod metrics;
+mod output;
+mod record;
+mod rotation;
+mod sandbox;
+mod secret;
+mod text;
+mod vault;
+
+// Only what the binary uses: everything else is the crate's own, so rustc
+// reports what nothing uses.
+pub use cli::{Cli, LogFormat, take_ksm_config_env};
+pub use commands::execute;

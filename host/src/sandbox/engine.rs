@@ -248,10 +248,6 @@ impl Plugin {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The limits every instance of this plugin runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits

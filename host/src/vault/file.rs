@@ -318,11 +318,6 @@ impl FileVault {
         })
     }
 
-    /// The vault's path as given.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn value_at(&self, index: usize) -> Value {
         match &self.records[index] {
             Slot::Changed(v) => v.clone(),

@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::record::Record;
 use crate::record::StoreField;
 
-pub use file::{FileVault, UndoPoint};
+pub use file::FileVault;
 
 /// Which vault a command works on: `--vault FILE` or `--ksm-config FILE`.
 #[derive(Debug, Clone)]
