@@ -12,7 +12,7 @@ use crate::sandbox::engine::Limits;
 use crate::sandbox::http::{HttpConfig, read_ca_file};
 use crate::vault::{VaultOptions, VaultSource};
 
-/// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault file.
+/// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault: a JSON file, or Keeper.
 #[derive(Debug, Parser)]
 #[command(name = "rotate-host", version, about, long_about = None)]
 pub struct Cli {

@@ -1,10 +1,12 @@
 //! The fleet: every due PAM user record of a vault, rotated on one compiled
 //! plugin, many at once (`due`), and again on an interval (`gateway`).
 //!
-//! A pass holds the vault lock from start to end, so `rotate-host run` on the
-//! same vault waits for it (and a pass waits for a run): no record is ever
-//! rotated twice at once. Stores go through one `VaultWriter`, so concurrent
-//! rotations share rewrites.
+//! No record is rotated twice at once. In the file vault a pass holds the
+//! vault's lock from start to end, so `rotate-host run` on the same vault
+//! waits for it (and a pass for a run). Keeper has no lock: each rotation
+//! takes a lease on its record instead, and a run or pass that finds another
+//! writer's live lease skips that record. Stores go through one
+//! `VaultWriter`, so concurrent rotations share rewrites.
 
 mod report;
 pub mod schedule;

@@ -1,7 +1,7 @@
 //! What becomes of old keys after their rotation (docs/design.md §10): the
 //! ledger of keys turned off or kept for consumers, `last-used` for the kept
 //! ones, `purge` for those whose time has come, and recording what `finalize`
-//! deactivated or kept. The order of a rotation's steps stays in `rotate.rs`.
+//! deactivated or kept. The order of a rotation's steps stays in `flow.rs`.
 
 use chrono::{DateTime, Utc};
 

@@ -1,4 +1,6 @@
-//! The origins a guest may reach, parsed once at startup and checked before any I/O.
+//! The origins a guest may reach, checked before any I/O. The operator's
+//! patterns are parsed once at startup; a rotation's list (the plugin's
+//! declared hosts and its config's endpoint) is built for that rotation.
 //!
 //! The plugin declares what it needs; the operator can only narrow it
 //! (`--allow-host`), and plain `http://` reaches loopback addresses only unless

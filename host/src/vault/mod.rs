@@ -131,7 +131,8 @@ impl dyn Vault + '_ {
     }
 }
 
-/// Why the vault could not be used. The file is unchanged in every case.
+/// Why the vault could not be used. The file vault is unchanged in every
+/// case; in Keeper, only `KsmUncertain` leaves a write whose outcome is unknown.
 #[derive(Debug, Error)]
 pub enum VaultError {
     #[error("vault {path} does not exist: check --vault, or create it with `rotate-host config`")]
