@@ -1017,3 +1017,184 @@ fn sigint_stops_the_gateway_like_sigterm() {
     assert!(stderr.contains("signal received"), "{stderr}");
     f.assert_converged("ann");
 }
+
+/// Writes a gateway config file (mode 0600) beside the fleet's vault.
+fn config_file(f: &Fleet, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = f.vault.dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `due --config FILE` takes its settings from the file (a relative path
+/// from the file's folder), and a flag on the command line overrides one.
+#[test]
+fn a_config_file_sets_a_pass_and_flags_override_it() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let path = config_file(
+        &f,
+        &format!("guest = {GUEST_WASM:?}\nvault = \"missing.json\"\ndry-run = true\njobs = 2\n"),
+    );
+    let config = path.to_str().unwrap();
+    let out = rotate_host(&["due", "--config", config]);
+    out.expect(2, &["missing.json", "does not exist"]);
+
+    let vault = f.vault.path.to_str().unwrap();
+    let out = rotate_host(&["due", "--config", config, "--vault", vault, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(uids(&v, "planned"), ["u-ann", "u-ben"], "{v}");
+    for (name, key) in &f.keys {
+        assert_eq!(
+            f.iam.keys(name)[0].id,
+            key.id,
+            "{name} changed in a dry run"
+        );
+    }
+    f.assert_no_leak(&out.all());
+}
+
+/// A config file that is missing, not a file, not TOML, or has an unknown
+/// key, a wrong type or a value out of range exits 2, naming the key and its
+/// line; a good one is reported valid. Nothing runs either way.
+#[test]
+fn a_bad_config_file_exits_2_naming_the_key_and_its_line() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let vault = f.vault.path.to_str().unwrap();
+    let good = format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\ninterval = 30\n");
+    let cases: &[(&str, &[&str])] = &[
+        ("\njobs = \n", &["line 2", "not valid TOML"]),
+        (
+            "max-age-days = 30\njobs = 100\n",
+            &["line 2", "'jobs'", "100"],
+        ),
+        (
+            "# comment\n\njobz = 1\n",
+            &["line 3", "'jobz'", "unknown key", "interval"],
+        ),
+        (
+            "dry-run = \"yes\"\n",
+            &["line 1", "'dry-run'", "true or false"],
+        ),
+        (
+            "allow-host = [\"ftp://x\"]\n",
+            &["line 1", "'allow-host'", "http or https"],
+        ),
+        ("jobs = [1, 2]\n", &["line 1", "'jobs'", "one value"]),
+    ];
+    for (text, needles) in cases {
+        let path = config_file(&f, &format!("{good}{text}"));
+        let out = rotate_host(&["check-config", path.to_str().unwrap()]);
+        // The good lines come first: count them into the expected line.
+        let shifted: Vec<String> = needles
+            .iter()
+            .map(|n| match n.strip_prefix("line ") {
+                Some(k) => format!("line {}", k.parse::<usize>().unwrap() + 3),
+                None => n.to_string(),
+            })
+            .collect();
+        let shifted: Vec<&str> = shifted.iter().map(String::as_str).collect();
+        out.expect(2, &shifted);
+        let out = rotate_host(&["gateway", "--config", path.to_str().unwrap()]);
+        out.expect(2, &shifted);
+    }
+    let out = rotate_host(&["check-config", "/nonexistent/gateway.toml"]);
+    out.expect(2, &["could not read config file", "--config"]);
+    let fifo = f.vault.dir.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = rotate_host(&["check-config", fifo.to_str().unwrap()]);
+    out.expect(2, &["FIFO"]);
+
+    let path = config_file(&f, &good);
+    let out = rotate_host(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("is valid: 3 setting(s)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        f.iam.keys("ann")[0].id,
+        f.keys[0].1.id,
+        "check-config rotated"
+    );
+}
+
+/// A config file that others may read is warned about, and refused under
+/// --strict-permissions or its own `strict-permissions = true`.
+#[test]
+fn a_config_file_readable_by_others_is_warned_about_or_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fleet(&[("ann", &[])], &[]);
+    let vault = f.vault.path.to_str().unwrap();
+    let path = config_file(&f, &format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\n"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = path.to_str().unwrap();
+    let out = rotate_host(&["check-config", config]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("readable or writable by group or others (mode 0644)"),
+        "{}",
+        out.stderr
+    );
+    let out = rotate_host(&["check-config", config, "--strict-permissions"]);
+    out.expect(2, &["mode 0644", "chmod 600"]);
+    std::fs::write(
+        &path,
+        format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\nstrict-permissions = true\n"),
+    )
+    .unwrap();
+    let out = rotate_host(&["due", "--config", config]);
+    out.expect(2, &["mode 0644", "chmod 600"]);
+    assert_eq!(
+        f.iam.keys("ann")[0].id,
+        f.keys[0].1.id,
+        "a refused config rotated"
+    );
+}
+
+/// SIGHUP reads the config file again between passes: a broken file is
+/// reported and the running settings kept; a fixed one takes effect at the
+/// next pass (here: dry run off, so the planned records rotate).
+#[test]
+fn sighup_reads_the_config_file_again_between_passes() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let vault = f.vault.path.to_str().unwrap();
+    let settings = format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\ninterval = 3600\n");
+    let path = config_file(&f, &format!("{settings}dry-run = true\n"));
+    let child = command(&["gateway", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gw = Watched::new(child);
+    gw.wait_line("2 planned, 0 rotated");
+    let hup = |gw: &Watched| {
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(gw.child.id() as i32, libc::SIGHUP) }, 0);
+    };
+    std::fs::write(&path, "jobs = \n").unwrap();
+    hup(&gw);
+    gw.wait_line("could not read the settings again");
+    for (name, key) in &f.keys {
+        assert_eq!(
+            f.iam.keys(name)[0].id,
+            key.id,
+            "{name} rotated in a dry run"
+        );
+    }
+    std::fs::write(&path, &settings).unwrap();
+    hup(&gw);
+    gw.wait_line("settings and plugin read again");
+    gw.wait_line("2 rotated");
+    sigterm(&gw.child);
+    let (code, stderr) = gw.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    f.assert_converged("ann");
+    f.assert_converged("ben");
+    f.assert_no_leak(&stderr);
+}

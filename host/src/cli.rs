@@ -1,4 +1,4 @@
-//! The command line: `run`, `config` and `info`.
+//! The command line: its commands and flags, and the options they make.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +14,9 @@ use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault: a JSON file, or Keeper.
 #[derive(Debug, Parser)]
-#[command(name = "rotate-host", version, about, long_about = None)]
+// A flag given twice takes its last value: a `--config` file's settings come
+// first, so the command line's own win.
+#[command(name = "rotate-host", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// How log lines on standard error look: `text`, or `json` (one JSON
     /// object a line, with its level). Filtered by RUST_LOG.
@@ -51,7 +53,20 @@ pub enum Command {
     /// failed; 2 bad flags or an unusable vault.
     Due(DueArgs),
     /// Run a `due` pass, then sleep --interval seconds, until SIGTERM or SIGINT.
+    ///
+    /// SIGHUP re-reads --config and the plugin between passes; a running
+    /// pass finishes on what it started with.
     Gateway(GatewayArgs),
+    /// Check a gateway config file (TOML, one key per long flag of `gateway`)
+    /// without running anything: exit 0 if `gateway --config FILE` would start.
+    CheckConfig {
+        /// The config file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Refuse a config file that group or others can read, instead of warning.
+        #[arg(long)]
+        strict_permissions: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -65,8 +80,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     /// The plugin component (.wasm), compiled once for the whole process.
-    #[arg(value_name = "GUEST.wasm")]
-    pub guest: PathBuf,
+    #[arg(value_name = "GUEST.wasm", required_unless_present = "config")]
+    pub guest: Option<PathBuf>,
+    /// Read settings from this TOML file: one key per long flag (`jobs = 8`,
+    /// `allow-host = [...]`) and `guest` for the plugin. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     /// Rotate records whose key is this old, when neither the record nor its
@@ -434,8 +453,12 @@ impl FleetArgs {
             self.rps,
         )));
         let vault_options = self.vault_options.options();
+        let guest = self
+            .guest
+            .clone()
+            .ok_or("no plugin given: pass GUEST.wasm, or set `guest` in the --config file")?;
         Ok(FleetOptions {
-            guest: self.guest.clone(),
+            guest,
             vault: self.source.source(&vault_options)?,
             vault_options,
             limits,

@@ -3,7 +3,12 @@
 
 use crate::exit::Exit;
 use crate::sandbox::engine::CallError;
+use std::ffi::OsString;
 use std::io::Write;
+
+use clap::{CommandFactory, Parser};
+
+use crate::config_file::ConfigFile;
 use std::time::Duration;
 
 use crate::cli::*;
@@ -24,8 +29,21 @@ pub fn execute(cli: Cli) -> Exit {
         Command::Run(args) => run_command(args),
         Command::Config(args) => config_command(args),
         Command::Info(args) => info_command(args),
-        Command::Due(args) => due_command(args),
-        Command::Gateway(args) => gateway_command(args),
+        Command::Due(args) => match with_config(args, "due", |c| match c {
+            Command::Due(a) => Some(a),
+            _ => None,
+        }) {
+            Ok(args) => due_command(args),
+            Err(e) => usage_error(&e),
+        },
+        Command::Gateway(args) => match with_config(args, "gateway", gateway_args) {
+            Ok(args) => gateway_command(args),
+            Err(e) => usage_error(&e),
+        },
+        Command::CheckConfig {
+            file,
+            strict_permissions,
+        } => check_config(&file, strict_permissions),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "rotate-host", &mut std::io::stdout());
@@ -41,6 +59,110 @@ pub fn execute(cli: Cli) -> Exit {
                 }
             }
         }
+    }
+}
+
+fn gateway_args(c: Command) -> Option<GatewayArgs> {
+    match c {
+        Command::Gateway(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// A fleet command's arguments, or, with `--config`, the command line parsed
+/// again with the file's settings put in first (so the flags win).
+fn with_config<T: HasFleet>(
+    args: T,
+    sub: &str,
+    pick: fn(Command) -> Option<T>,
+) -> Result<T, String> {
+    let Some(path) = args.fleet().config.clone() else {
+        return Ok(args);
+    };
+    let strict = args.fleet().vault_options.strict_permissions;
+    let file = ConfigFile::read(&path, sub, strict).map_err(|e| e.to_string())?;
+    let real: Vec<OsString> = std::env::args_os().collect();
+    reparse(&file, &real, sub).map(|c| pick(c.command).expect("the same subcommand"))
+}
+
+/// `real` with `file`'s settings merged in, parsed.
+fn reparse(file: &ConfigFile, real: &[OsString], sub: &str) -> Result<Cli, String> {
+    let shown = crate::text::printable(&file.path().display().to_string());
+    let bad = |e: clap::Error| {
+        let text = e.render().to_string();
+        let line = text.lines().next().unwrap_or_default();
+        format!(
+            "config file {shown} with the command line: {}",
+            crate::text::printable(line.strip_prefix("error: ").unwrap_or(line))
+        )
+    };
+    let given = Cli::command().try_get_matches_from(real).map_err(bad)?;
+    let given = given
+        .subcommand_matches(sub)
+        .expect("the subcommand that is running");
+    Cli::try_parse_from(file.merged(real, sub, given)).map_err(bad)
+}
+
+/// `check-config FILE`: reads and checks the file as `gateway --config FILE`
+/// would, options included, and runs nothing.
+fn check_config(path: &std::path::Path, strict: bool) -> Exit {
+    let checked = ConfigFile::read(path, "gateway", strict)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            let real: Vec<OsString> = ["rotate-host", "gateway", "--config"]
+                .map(OsString::from)
+                .into_iter()
+                .chain([path.as_os_str().to_os_string()])
+                .collect();
+            let cli = reparse(&file, &real, "gateway")?;
+            let args = gateway_args(cli.command).expect("gateway");
+            args.fleet.options()?;
+            Ok(file.len())
+        });
+    match checked {
+        Ok(n) => {
+            println!(
+                "config file {} is valid: {n} setting(s)",
+                crate::text::printable(&path.display().to_string())
+            );
+            Exit::Ok
+        }
+        Err(e) => usage_error(&e),
+    }
+}
+
+/// What SIGHUP does: the command line (and its `--config` file, read again)
+/// parsed again, and the fleet built from it, the plugin compiled anew.
+fn reloader(config: Option<std::path::PathBuf>, strict: bool) -> crate::gateway::Reload {
+    let real: Vec<OsString> = std::env::args_os().collect();
+    std::sync::Arc::new(move || {
+        let cli = match &config {
+            Some(path) => {
+                let file = ConfigFile::read(path, "gateway", strict).map_err(|e| e.to_string())?;
+                reparse(&file, &real, "gateway")?
+            }
+            None => Cli::try_parse_from(&real).map_err(|e| e.to_string())?,
+        };
+        let args = gateway_args(cli.command).expect("gateway");
+        let fleet = Fleet::new(args.fleet.options()?).map_err(|e| e.to_string())?;
+        Ok((fleet, Duration::from_secs(args.interval)))
+    })
+}
+
+/// A command that takes the fleet's flags.
+trait HasFleet {
+    fn fleet(&self) -> &FleetArgs;
+}
+
+impl HasFleet for DueArgs {
+    fn fleet(&self) -> &FleetArgs {
+        &self.fleet
+    }
+}
+
+impl HasFleet for GatewayArgs {
+    fn fleet(&self) -> &FleetArgs {
+        &self.fleet
     }
 }
 
@@ -239,9 +361,13 @@ fn gateway_command(args: GatewayArgs) -> Exit {
         .metrics
         .map(|a| (a, std::sync::Arc::new(Metrics::default())));
     let interval = Duration::from_secs(args.interval);
+    let reload = reloader(
+        args.fleet.config.clone(),
+        args.fleet.vault_options.strict_permissions,
+    );
     match crate::sandbox::runtime::block_on_workers(
         jobs,
-        crate::gateway::gateway(fleet, interval, metrics),
+        crate::gateway::gateway(fleet, interval, metrics, reload),
     ) {
         Ok(()) => Exit::Ok,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -14,12 +15,14 @@ use crate::metrics::Metrics;
 /// `rotate-host gateway`: a pass every `interval` until SIGTERM or SIGINT.
 /// A signal stops new rotations; those running finish, and it exits 0.
 pub async fn gateway(
-    fleet: Fleet,
-    interval: Duration,
+    mut fleet: Fleet,
+    mut interval: Duration,
     metrics: Option<(SocketAddr, Arc<Metrics>)>,
+    reload: Reload,
 ) -> Result<(), FleetError> {
     let wake = Arc::new(Notify::new());
-    watch_signals(fleet.clone(), wake.clone())?;
+    let hangup = Arc::new(AtomicBool::new(false));
+    watch_signals(fleet.clone(), wake.clone(), hangup.clone())?;
     let metrics = match metrics {
         Some((addr, m)) => {
             crate::metrics::serve(addr, m.clone())
@@ -53,17 +56,57 @@ pub async fn gateway(
         if fleet.stopping() {
             return Ok(());
         }
+        if hangup.swap(false, Ordering::SeqCst) {
+            let reload = reload.clone();
+            match tokio::task::spawn_blocking(move || reload()).await {
+                Ok(Ok((fresh, every))) => {
+                    fleet = fresh.sharing_stop(&fleet);
+                    interval = every;
+                    tracing::info!(
+                        "SIGHUP: settings and plugin read again; the next pass uses them"
+                    );
+                }
+                Ok(Err(e)) => tracing::error!(
+                    "SIGHUP: could not read the settings again ({}); the gateway keeps the ones it runs with",
+                    crate::text::printable(&e)
+                ),
+                Err(_) => tracing::error!(
+                    "SIGHUP: reading the settings again panicked; the gateway keeps the ones it runs with"
+                ),
+            }
+        }
     }
 }
 
+/// Builds the fleet and the interval again from the command line and its
+/// config file (SIGHUP).
+pub type Reload = Arc<dyn Fn() -> Result<(Fleet, Duration), String> + Send + Sync>;
+
 /// The first SIGTERM or SIGINT stops new rotations and wakes the loop; a
-/// second exits at once (crash safety covers a rotation cut short).
-fn watch_signals(fleet: Fleet, wake: Arc<Notify>) -> Result<(), FleetError> {
+/// second exits at once (crash safety covers a rotation cut short). SIGHUP
+/// asks for a reload between passes.
+fn watch_signals(
+    fleet: Fleet,
+    wake: Arc<Notify>,
+    hangup: Arc<AtomicBool>,
+) -> Result<(), FleetError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| FleetError::Usage(format!("could not watch for SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| FleetError::Usage(format!("could not watch for SIGINT: {e}")))?;
+    let watch = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| FleetError::Usage(format!("could not watch for {name}: {e}")))
+    };
+    let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = watch(SignalKind::hangup(), "SIGHUP")?;
+    let woken = wake.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP received: reading the settings and the plugin again after this pass"
+            );
+            hangup.store(true, Ordering::SeqCst);
+            woken.notify_one();
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}

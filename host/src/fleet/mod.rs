@@ -262,6 +262,12 @@ impl Fleet {
             .err()
     }
 
+    /// This fleet, stopped when `old` is: a reload keeps the signal handler's flag.
+    pub fn sharing_stop(mut self, old: &Fleet) -> Self {
+        self.stopping = old.stopping.clone();
+        self
+    }
+
     /// Stops new rotations; running ones finish.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
