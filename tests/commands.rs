@@ -116,6 +116,21 @@ fn config_creates_a_usable_record() {
     ]);
     bad.expect(2, &["--field number 1 has no '='"]);
     s.assert_no_leak(&bad);
+    // A Keeper folder for a file vault is a mistake, not something to ignore.
+    let bad = rotate_host(&[
+        "config",
+        GUEST_WASM,
+        "--vault",
+        &vault_path,
+        "-t",
+        "x",
+        "--no-input",
+        "--ksm-folder",
+        "folder1",
+        "--field",
+        "IAM Username=alice",
+    ]);
+    bad.expect(2, &["--ksm-folder", "this vault is a file"]);
     assert_eq!(before, s.vault.bytes());
 }
 

@@ -80,3 +80,21 @@ fn completions_and_the_manual_page_cover_every_command() {
         out.stdout
     );
 }
+
+/// The sample settings shipped in `deploy/` pass `check-config`, once the file
+/// has the mode its own `strict-permissions = true` asks for.
+#[test]
+fn the_shipped_gateway_settings_pass_check_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gateway.toml");
+    std::fs::copy(shipped, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = rotate_host(&["check-config", copy.to_str().unwrap()]);
+    out.expect(2, &["mode 0644", "chmod 600"]);
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = rotate_host(&["check-config", copy.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("is valid"), "{}", out.stdout);
+}

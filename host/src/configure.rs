@@ -53,11 +53,17 @@ pub enum ConfigError {
     Missing(String),
     #[error("could not read the answer: {0}")]
     Prompt(std::io::Error),
+    #[cfg(feature = "ksm")]
     #[error(
         "with --ksm-config, pass --ksm-folder UID: the shared folder of the KSM application to \
          create the config record in"
     )]
     NoFolder,
+    #[error(
+        "--ksm-folder names a Keeper shared folder, and this vault is a file: drop \
+         --ksm-folder, or pass --ksm-config instead of --vault"
+    )]
+    FolderForFile,
 }
 
 impl ConfigError {
@@ -75,6 +81,9 @@ impl ConfigError {
 
 /// Creates the record and returns its UID.
 pub fn configure(opts: &ConfigOptions) -> Result<String, ConfigError> {
+    if matches!(opts.vault, VaultSource::File(_)) && opts.ksm_folder.is_some() {
+        return Err(ConfigError::FolderForFile);
+    }
     let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
     let (info, schema) = plugin.describe()?;
     let mut values = given_values(&opts.fields, &schema)?;

@@ -18,6 +18,7 @@ pub mod labels {
     pub const LAST_ROTATED: &str = "Last Rotated";
     pub const PENDING: &str = "Rotation Pending";
     /// On the PAM user record, while a rotation runs (vaults without a lock).
+    #[cfg(feature = "ksm")]
     pub const LEASE: &str = "Rotation Lease";
     /// On the PAM user record: `ID SINCE` per credential deactivated by a rotation.
     pub const DEACTIVATED: &str = "Deactivated Keys";
