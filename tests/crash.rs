@@ -116,6 +116,33 @@ fn a_file_size_limit_fails_the_store_and_rolls_back_whatever_sigxfsz_does() {
     }
 }
 
+/// A failed store whose rollback fails too (IAM refuses the delete): exit 1,
+/// the vault and the old key as they were, the message names the new key as a
+/// leftover, and the next run deletes it and rotates.
+#[test]
+fn a_failed_store_whose_rollback_fails_leaves_a_leftover_the_next_run_removes() {
+    let s = fake_setup();
+    let before = s.vault.bytes();
+    s.iam.fail(
+        "DeleteAccessKey",
+        test_support::fake_iam::FaultKind::AccessDenied,
+        usize::MAX,
+    );
+    let out = run_with_small_files(&s, true);
+    out.expect(1, &["could not be stored", "failed too", "as a leftover"]);
+    assert_eq!(before, s.vault.bytes(), "the vault changed");
+    let keys = s.iam.keys("alice");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().any(|k| k.id == s.old.id), "the old key is gone");
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    s.assert_no_leak(&out);
+
+    s.iam.clear_faults();
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_converged(&s.iam, &s.vault);
+}
+
 /// The user guide's setup, where one IAM user holds both the signing key and
 /// the vault's key: `rotate` must delete the vault's key to make room. Killed
 /// while that delete is in flight, the vault names a deleted key (the one
@@ -215,10 +242,53 @@ fn killed_before_the_rename() {
         assert_vault_at_rest(&s.vault);
         assert_vault_key_exists(&s.iam, &s.vault, "alice");
         s.assert_no_leak(&out);
+        // The kill left the rewrite's temporary file beside the vault, with
+        // the new secret in it; the next run removes it.
+        let left = temporaries(&s.vault);
+        let new_secrets: Vec<String> = s
+            .iam
+            .all_secrets()
+            .into_iter()
+            .filter(|secret| !String::from_utf8_lossy(&before).contains(secret.as_str()))
+            .collect();
+        assert!(
+            left.iter().any(|t| {
+                let text = std::fs::read_to_string(t).unwrap_or_default();
+                new_secrets
+                    .iter()
+                    .any(|secret| text.contains(secret.as_str()))
+            }),
+            "{syscalls}: no temporary file holds the new secret: {left:?}"
+        );
         let again = run(&s.vault, "user1", "cfg1", &[]);
         assert_eq!(again.code, 0, "{syscalls}: {}", again.all());
         assert_converged(&s.iam, &s.vault);
+        assert_eq!(
+            temporaries(&s.vault),
+            Vec::<std::path::PathBuf>::new(),
+            "{syscalls}"
+        );
     }
+}
+
+/// The temporary files a rewrite of `vault` makes (`.NAME.XXXXXX.tmp`), left
+/// beside it.
+fn temporaries(vault: &test_support::vault::VaultFile) -> Vec<std::path::PathBuf> {
+    let name = vault
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::read_dir(vault.path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            file.starts_with(&format!(".{name}.")) && file.ends_with(".tmp")
+        })
+        .collect()
 }
 
 /// Killed at the folder's fsync, after the rename: the vault already holds the

@@ -228,6 +228,40 @@ fn a_failed_final_delete_keeps_the_old_key_and_exits_3() {
     assert!(!s.iam.keys("alice").iter().any(|k| k.id == s.old.id));
 }
 
+/// `finalize` cut short by `--timeout`: IAM throttles every delete of the old
+/// key, and the plugin's retries stop at the call's deadline. Exit 3, the vault
+/// holds the new key and IAM still has both; the next run finishes.
+#[test]
+fn a_finalize_cut_short_by_the_timeout_keeps_both_keys_and_exits_3() {
+    let s = fake_setup();
+    s.iam
+        .fail("DeleteAccessKey", FaultKind::Throttle, usize::MAX);
+    let out = run(&s.vault, "user1", "cfg1", &["--timeout", "3"]);
+    out.expect(
+        3,
+        &[
+            "is stored in the vault",
+            "could not be deleted",
+            "--timeout",
+        ],
+    );
+    let keys = s.iam.keys("alice");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().any(|k| k.id == s.old.id), "the old key is gone");
+    assert_ne!(
+        s.vault.field("user1", "aws_access_key_id").unwrap(),
+        s.old.id
+    );
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    assert_vault_at_rest(&s.vault);
+    s.assert_no_leak(&out);
+
+    s.iam.clear_faults();
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_converged(&s.iam, &s.vault);
+}
+
 /// IAM's read-after-write lag: the listing after an ambiguous create does not
 /// show the key it made yet. The plugin cannot see the stray, the second
 /// create hits the two-key limit, and the run fails with nothing stored; the

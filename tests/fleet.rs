@@ -204,20 +204,29 @@ fn vault_text_in_the_report_is_escaped() {
     assert!(out.stdout.contains("\\u{202e}"), "{}", out.stdout);
 }
 
-/// A record without a schedule of its own takes its config record's.
+/// A record without a schedule of its own takes its config record's, in the
+/// config's `Rotation Timezone`: the daily instant chosen here passed an hour
+/// ago in Tokyo and is eight hours away in UTC.
 #[test]
 fn the_config_records_schedule_applies_when_the_record_has_none() {
+    use chrono::Timelike;
+    let now = chrono::Utc::now();
+    // Tokyo is UTC+9 all year.
+    let hour = ((now - chrono::Duration::hours(1)).hour() + 9) % 24;
+    let schedule = format!("0 {hour} * * *");
+    let two_hours_ago =
+        (now - chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let users: &[(&str, &[(&str, &str)])] = &[
+        ("ann", &[("Last Rotated", &two_hours_ago)]),
+        (
+            "ben",
+            &[("Last Rotated", &ago(10)), ("Rotation Max Age Days", "30")],
+        ),
+    ];
     let f = fleet(
+        users,
         &[
-            ("ann", &[("Last Rotated", &ago(10))]),
-            (
-                "ben",
-                &[("Last Rotated", &ago(10)), ("Rotation Max Age Days", "30")],
-            ),
-        ],
-        // Every day at 00:00 in Tokyo: an instant passed in the last ten days.
-        &[
-            ("Rotation Schedule", "0 0 * * *"),
+            ("Rotation Schedule", &schedule),
             ("Rotation Timezone", "Asia/Tokyo"),
         ],
     );
@@ -225,6 +234,10 @@ fn the_config_records_schedule_applies_when_the_record_has_none() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(uids(&v, "rotated"), ["u-ann"]);
     assert_eq!(uids(&v, "not_due"), ["u-ben"]);
+    // The same schedule in UTC: ann's next instant has not come yet.
+    let utc = fleet(users, &[("Rotation Schedule", &schedule)]);
+    let (_, v) = due_json(&utc, &[]);
+    assert_eq!(uids(&v, "not_due"), ["u-ann", "u-ben"], "{v}");
     // --max-age-days applies when neither sets a schedule.
     let g = fleet(&[("cat", &[("Last Rotated", &ago(10))])], &[]);
     let (_, v) = due_json(&g, &["--max-age-days", "30"]);
@@ -357,6 +370,17 @@ fn the_rate_cap_spaces_requests_across_jobs() {
         "{} requests in {span:?}",
         log.len()
     );
+    // And they are spaced, not a burst then a pause: any five in a row take
+    // at least 0.4 s (0.3 s here, for a request that left its slot late).
+    let mut at: Vec<Instant> = log.iter().map(|e| e.at).collect();
+    at.sort();
+    for five in at.windows(5) {
+        let span = five[4] - five[0];
+        assert!(
+            span >= Duration::from_millis(300),
+            "five requests in {span:?}"
+        );
+    }
 }
 
 /// Killed mid-pass with four jobs: every key a record holds exists, and the
@@ -613,17 +637,24 @@ impl Watched {
     }
 }
 
-/// SIGTERM while a rotation is in flight: it finishes (stored and finalized),
-/// no other starts, and the gateway exits 0.
+/// SIGTERM or SIGINT while a rotation is in flight: it finishes (stored and
+/// finalized), no other starts, and the gateway exits 0.
 #[test]
-fn sigterm_lets_the_running_rotation_finish_and_starts_no_more() {
+fn a_stop_signal_lets_the_running_rotation_finish_and_starts_no_more() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        stop_signal_lets_the_running_rotation_finish(signal);
+    }
+}
+
+fn stop_signal_lets_the_running_rotation_finish(signal: i32) {
     let f = fleet(&[("ann", &[]), ("ben", &[]), ("cat", &[])], &[]);
     let arrived = f.iam.hold("CreateAccessKey");
     let mut gw = Watched::new(start_gateway(&f, free_port(), &["--jobs", "1"]));
     arrived
         .recv_timeout(Duration::from_secs(120))
         .expect("no rotation started");
-    sigterm(&gw.child);
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(gw.child.id() as i32, signal) }, 0);
     gw.wait_line("signal received");
     f.iam.release();
     let (code, stderr) = gw.finish();
@@ -876,6 +907,43 @@ fn an_audit_log_of_another_user_or_readable_by_others_is_treated_like_such_a_vau
     let out = due(&f.vault, &["--audit", a]);
     out.expect(2, &["is owned by uid 65534, not this user"]);
     assert_eq!(f.iam.log().len(), sent, "nothing was sent");
+}
+
+/// An audit log that is a symbolic link, or a FIFO, is refused before anything
+/// is sent, and what the link points at is not written.
+#[test]
+fn an_audit_log_that_is_a_link_or_a_fifo_is_refused() {
+    let f = fleet(&[("ann", &[])], &[]);
+    let target = f.vault.folder().join("elsewhere.jsonl");
+    std::fs::write(&target, "").unwrap();
+    let link = f.vault.folder().join("audit.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = due(&f.vault, &["--audit", link.to_str().unwrap()]);
+    out.expect(
+        2,
+        &[
+            "could not open the audit log",
+            "is a symbolic link",
+            "--audit",
+        ],
+    );
+    assert!(f.iam.log().is_empty(), "a request was sent");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "the link's target was written"
+    );
+
+    let fifo = f.vault.folder().join("fifo.jsonl");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = due(&f.vault, &["--audit", fifo.to_str().unwrap()]);
+    out.expect(
+        2,
+        &["could not open the audit log", "FIFO", "not a regular file"],
+    );
+    assert!(f.iam.log().is_empty(), "a request was sent");
 }
 
 /// One local client cannot stall `/healthz`: idle connections past the cap and

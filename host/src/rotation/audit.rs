@@ -82,8 +82,13 @@ impl AuditLog {
             .custom_flags(crate::fsguard::SAFE_OPEN)
             .open(path)
             .map_err(|e| {
+                let what = match e.raw_os_error() {
+                    Some(libc::ELOOP) => "it is a symbolic link, which could point the host's writes anywhere".to_string(),
+                    Some(libc::ENXIO) => "it is a FIFO or a device, not a regular file".to_string(),
+                    _ => e.to_string(),
+                };
                 format!(
-                    "could not open the audit log {shown}: {e}; pass a regular file you can write to --audit"
+                    "could not open the audit log {shown}: {what}; pass a regular file you can write to --audit"
                 )
             })?;
         let meta = file
