@@ -25,6 +25,9 @@ use crate::text::printable;
 /// The largest config file read: a real one is a few hundred bytes.
 const MAX_BYTES: u64 = 1 << 20;
 
+/// The most values one key takes (a list of origins or of config UIDs).
+const MAX_VALUES: usize = 256;
+
 /// Keys whose values are paths, taken from the file's folder when relative.
 const PATH_KEYS: &[&str] = &[
     "guest",
@@ -217,6 +220,9 @@ fn setting(sub: &str, key: &str, value: &toml::Value, base: &Path) -> Result<Set
     }
     let many = matches!(arg.get_action(), clap::ArgAction::Append);
     let values: Vec<String> = match value {
+        toml::Value::Array(items) if items.len() > MAX_VALUES => {
+            return Err(format!("has {} values; at most {MAX_VALUES}", items.len()));
+        }
         toml::Value::Array(items) if many => items.iter().map(scalar).collect::<Result<_, _>>()?,
         toml::Value::Array(_) => return Err("takes one value, not a list".into()),
         other => vec![scalar(other)?],
