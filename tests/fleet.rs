@@ -1105,6 +1105,13 @@ fn a_config_file_sets_a_pass_and_flags_override_it() {
         &format!("guest = {GUEST_WASM:?}\nvault = \"missing.json\"\ndry-run = true\njobs = 2\n"),
     );
     let config = path.to_str().unwrap();
+    // The gateway's own keys are passed over by `due`, so one file serves both.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}interval = 30\nmetrics = \"127.0.0.1:9\"\n"),
+    )
+    .unwrap();
     let out = rotate_host(&["due", "--config", config]);
     out.expect(2, &["missing.json", "does not exist"]);
 
@@ -1192,15 +1199,26 @@ fn a_bad_config_file_exits_2_naming_the_key_and_its_line() {
 }
 
 /// A config file that others may read is warned about, and refused under
-/// --strict-permissions or its own `strict-permissions = true`.
+/// --strict-permissions or its own `strict-permissions = true`; one that
+/// group or others may change is refused; group read is the /etc norm.
 #[test]
 fn a_config_file_readable_by_others_is_warned_about_or_refused() {
     use std::os::unix::fs::PermissionsExt;
     let f = fleet(&[("ann", &[])], &[]);
     let vault = f.vault.path.to_str().unwrap();
     let path = config_file(&f, &format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\n"));
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = path.to_str().unwrap();
+    let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o640);
+    let out = rotate_host(&["check-config", config, "--strict-permissions"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.stderr.contains("readable"), "{}", out.stderr);
+    for writable in [0o660, 0o602] {
+        mode(writable);
+        let out = rotate_host(&["check-config", config]);
+        out.expect(2, &["can be changed by group or others", "chmod go-w"]);
+    }
+    mode(0o644);
     let out = rotate_host(&["check-config", config]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(
@@ -1210,14 +1228,14 @@ fn a_config_file_readable_by_others_is_warned_about_or_refused() {
         out.stderr
     );
     let out = rotate_host(&["check-config", config, "--strict-permissions"]);
-    out.expect(2, &["mode 0644", "chmod 600"]);
+    out.expect(2, &["readable by others (mode 0644)", "chmod o-r"]);
     std::fs::write(
         &path,
         format!("guest = {GUEST_WASM:?}\nvault = {vault:?}\nstrict-permissions = true\n"),
     )
     .unwrap();
     let out = rotate_host(&["due", "--config", config]);
-    out.expect(2, &["mode 0644", "chmod 600"]);
+    out.expect(2, &["readable by others (mode 0644)"]);
     assert_eq!(
         f.iam.keys("ann")[0].id,
         f.keys[0].1.id,

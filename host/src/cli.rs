@@ -14,9 +14,7 @@ use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault: a JSON file, or Keeper.
 #[derive(Debug, Parser)]
-// A flag given twice takes its last value: a `--config` file's settings come
-// first, so the command line's own win.
-#[command(name = "rotate-host", version, about, long_about = None, args_override_self = true)]
+#[command(name = "rotate-host", version, about, long_about = None)]
 pub struct Cli {
     /// How log lines on standard error look: `text`, or `json` (one JSON
     /// object a line, with its level). Filtered by RUST_LOG.
@@ -58,7 +56,8 @@ pub enum Command {
     /// pass finishes on what it started with.
     Gateway(GatewayArgs),
     /// Check a gateway config file (TOML, one key per long flag of `gateway`)
-    /// without running anything: exit 0 if `gateway --config FILE` would start.
+    /// and the plugin it names, without running anything. The vault, the
+    /// audit log and the metrics port are not opened.
     CheckConfig {
         /// The config file.
         #[arg(value_name = "FILE")]

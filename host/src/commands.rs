@@ -116,7 +116,10 @@ fn check_config(path: &std::path::Path, strict: bool) -> Exit {
                 .collect();
             let cli = reparse(&file, &real, "gateway")?;
             let args = gateway_args(cli.command).expect("gateway");
-            args.fleet.options()?;
+            metrics_allowed(&args)?;
+            let opts = args.fleet.options()?;
+            Plugin::load(&opts.guest, opts.limits, opts.cache_dir.as_deref())
+                .map_err(|e| e.to_string())?;
             Ok(file.len())
         });
     match checked {
@@ -128,6 +131,17 @@ fn check_config(path: &std::path::Path, strict: bool) -> Exit {
             Exit::Ok
         }
         Err(e) => usage_error(&e),
+    }
+}
+
+/// Refuses to serve metrics beyond loopback unless asked to.
+fn metrics_allowed(args: &GatewayArgs) -> Result<(), String> {
+    match args.metrics {
+        Some(addr) if !addr.ip().is_loopback() && !args.metrics_public => Err(format!(
+            "--metrics {addr} is not a loopback address: metrics would be served to the network; \
+             use 127.0.0.1:PORT, or pass --metrics-public"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -344,14 +358,12 @@ fn due_command(args: DueArgs) -> Exit {
 }
 
 fn gateway_command(args: GatewayArgs) -> Exit {
-    if let Some(addr) = args.metrics
-        && !addr.ip().is_loopback()
-        && !args.metrics_public
-    {
-        return usage_error(&format!(
-            "--metrics {addr} is not a loopback address: metrics would be served to the network; \
-             use 127.0.0.1:PORT, or pass --metrics-public"
-        ));
+    // SIGHUP's default would kill the gateway while it starts (a reload
+    // right after a start); the gateway's own handler replaces this.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    if let Err(e) = metrics_allowed(&args) {
+        return usage_error(&e);
     }
     let (fleet, jobs) = match fleet(&args.fleet) {
         Ok(f) => f,

@@ -5,9 +5,11 @@
 //!
 //! Every value is checked by the same parser as its flag, so an error names
 //! the key and its line. Relative paths are taken from the file's folder.
-//! The file is the operator's, so it is treated like the vault: a file that
-//! others may read or change is warned about (refused under
-//! `--strict-permissions`), and one owned by another user is refused.
+//! The file is the operator's and picks the plugin, so one owned by another
+//! user than this one or root, or one that group or others may change, is
+//! refused; one others may read is warned about (refused under
+//! `--strict-permissions`). `due` passes over the gateway-only keys, so one
+//! file serves both.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -24,6 +26,9 @@ use crate::text::printable;
 
 /// The largest config file read: a real one is a few hundred bytes.
 const MAX_BYTES: u64 = 1 << 20;
+
+/// Keys of `gateway` that `due` has no flag for.
+const GATEWAY_ONLY: &[&str] = &["interval", "metrics", "metrics-public"];
 
 /// The most values one key takes (a list of origins or of config UIDs).
 const MAX_VALUES: usize = 256;
@@ -50,11 +55,16 @@ pub enum ConfigFileError {
         why: String,
     },
     #[error(
-        "config file {file} is readable or writable by group or others (mode {mode:04o}): it \
-         says which plugin runs and whom the host's identity is lent to; run `chmod 600 {file}`, \
-         or drop --strict-permissions to only be warned"
+        "config file {file} is readable by others (mode {mode:04o}): it says which plugin runs \
+         and whom the host's identity is lent to; run `chmod o-r {file}`, or drop \
+         --strict-permissions to only be warned"
     )]
     Insecure { file: String, mode: u32 },
+    #[error(
+        "config file {file} can be changed by group or others (mode {mode:04o}): it says which \
+         plugin runs and whom the host's identity is lent to; run `chmod go-w {file}`"
+    )]
+    Writable { file: String, mode: u32 },
     #[error(
         "config file {file} is owned by uid {uid}, not this user or root: its owner could choose \
          the plugin this gateway runs; use a file of this user's or root's"
@@ -82,17 +92,24 @@ impl ConfigFile {
     /// Reads `path` and checks every key against the flags of subcommand `sub`.
     pub fn read(path: &Path, sub: &str, strict: bool) -> Result<Self, ConfigFileError> {
         let file = printable(&path.display().to_string());
-        let text = read_private(path, &file)?;
+        let (text, meta) = read_checked(path, &file)?;
         let table: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> =
             toml::from_str(&text).map_err(|e| ConfigFileError::At {
                 file: file.clone(),
                 line: line_of(&text, e.span().map_or(0, |s| s.start)),
                 why: format!("not valid TOML: {}", printable(e.message())),
             })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let mut settings = Vec::new();
         let mut strict_in_file = false;
         for (key, value) in &table {
+            // One file serves both: `due` passes over what only the gateway takes.
+            if sub == "due" && GATEWAY_ONLY.contains(&key.get_ref().as_str()) {
+                continue;
+            }
             let at = |why: String| ConfigFileError::At {
                 file: file.clone(),
                 line: line_of(&text, key.span().start),
@@ -103,7 +120,21 @@ impl ConfigFile {
                 key.get_ref() == "strict-permissions" && value.get_ref().as_bool() == Some(true);
             settings.push(setting);
         }
-        check_mode(path, &file, strict || strict_in_file)?;
+        // Others may read it (group may: `0640 root:rotate-host` is how /etc
+        // keeps a service's settings, and a systemd credential reads as 0440).
+        if meta.mode() & 0o004 != 0 {
+            let what = format!("config file {file}");
+            crate::fsguard::private_or_warn(
+                &meta,
+                &what,
+                "the gateway's settings",
+                strict || strict_in_file,
+            )
+            .map_err(|mode| ConfigFileError::Insecure {
+                file: file.clone(),
+                mode,
+            })?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             settings,
@@ -116,8 +147,9 @@ impl ConfigFile {
     pub fn merged(&self, real: &[OsString], sub: &str, given: &ArgMatches) -> Vec<OsString> {
         let at = real
             .iter()
+            .skip(1)
             .position(|a| a == sub)
-            .map_or(real.len(), |i| i + 1);
+            .map_or(real.len(), |i| i + 2);
         let mut out = real[..at].to_vec();
         for s in &self.settings {
             let overridden = matches!(
@@ -143,13 +175,15 @@ impl ConfigFile {
     }
 }
 
-/// The file's text, read once from one open file that must be a regular file.
-fn read_private(path: &Path, file: &str) -> Result<String, ConfigFileError> {
+/// The file's text and what it is, from one open file: a regular file, this
+/// user's or root's, that no one else may change.
+fn read_checked(path: &Path, file: &str) -> Result<(String, std::fs::Metadata), ConfigFileError> {
     let read = |why: String| ConfigFileError::Read {
         file: file.to_string(),
         why,
     };
     let (handle, meta) = crate::fsguard::open_regular(path).map_err(|e| read(e.to_string()))?;
+    check_owner(&meta, file)?;
     if meta.len() > MAX_BYTES {
         return Err(read(format!("it is over {MAX_BYTES} bytes")));
     }
@@ -161,16 +195,12 @@ fn read_private(path: &Path, file: &str) -> Result<String, ConfigFileError> {
     if text.len() as u64 > MAX_BYTES {
         return Err(read(format!("it is over {MAX_BYTES} bytes")));
     }
-    Ok(text)
+    Ok((text, meta))
 }
 
-/// Refuses a file of another user, and warns about (or, under `strict`,
-/// refuses) one that group or others may read or write.
-fn check_mode(path: &Path, file: &str, strict: bool) -> Result<(), ConfigFileError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigFileError::Read {
-        file: file.to_string(),
-        why: e.to_string(),
-    })?;
+/// Refuses a file of another user than this one or root, and one that group
+/// or others may change: it picks the plugin and whom the identity is lent to.
+fn check_owner(meta: &std::fs::Metadata, file: &str) -> Result<(), ConfigFileError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me && meta.uid() != 0 {
@@ -179,13 +209,14 @@ fn check_mode(path: &Path, file: &str, strict: bool) -> Result<(), ConfigFileErr
             uid: meta.uid(),
         });
     }
-    let what = format!("config file {file}");
-    crate::fsguard::private_or_warn(&meta, &what, "the gateway's settings", strict).map_err(
-        |mode| ConfigFileError::Insecure {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigFileError::Writable {
             file: file.to_string(),
             mode,
-        },
-    )
+        });
+    }
+    Ok(())
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -235,10 +266,12 @@ fn setting(sub: &str, key: &str, value: &toml::Value, base: &Path) -> Result<Set
             v
         };
         check_value(sub, key, arg.is_positional(), &v)?;
-        if !arg.is_positional() {
-            args.push(format!("--{key}").into());
+        // Attached, so a value that starts with '-' (a Keeper UID may) stays a value.
+        if arg.is_positional() {
+            args.push(v.into());
+        } else {
+            args.push(format!("--{key}={v}").into());
         }
-        args.push(v.into());
     }
     Ok(Setting { id, args })
 }
@@ -264,10 +297,10 @@ fn check_value(sub: &str, key: &str, positional: bool, value: &str) -> Result<()
     ];
     if positional {
         argv.push("--".into());
+        argv.push(value.into());
     } else {
-        argv.push(format!("--{key}").into());
+        argv.push(format!("--{key}={value}").into());
     }
-    argv.push(value.into());
     match Cli::command().try_get_matches_from(argv) {
         Ok(_) => Ok(()),
         // A flag that needs another (`gateway-credentials-for`): the whole file is parsed later.
@@ -312,7 +345,13 @@ mod tests {
     fn values_are_checked_by_their_flags_parser() {
         let base = Path::new("/etc/rotate-host");
         let jobs = setting("gateway", "jobs", &toml::Value::Integer(8), base).unwrap();
-        assert_eq!(jobs.args, vec![OsString::from("--jobs"), "8".into()]);
+        assert_eq!(jobs.args, vec![OsString::from("--jobs=8")]);
+        let uid = toml::Value::Array(vec![toml::Value::String("-AbC".into())]);
+        let lent = setting("gateway", "gateway-credentials-for", &uid, base).unwrap();
+        assert_eq!(
+            lent.args,
+            vec![OsString::from("--gateway-credentials-for=-AbC")]
+        );
         let err = setting("gateway", "jobs", &toml::Value::Integer(100), base).unwrap_err();
         assert!(err.contains("100"), "{err}");
         let err = setting("gateway", "nope", &toml::Value::Integer(1), base).unwrap_err();
@@ -327,7 +366,10 @@ mod tests {
             base,
         )
         .unwrap();
-        assert_eq!(vault.args[1], OsString::from("/etc/rotate-host/v.json"));
+        assert_eq!(
+            vault.args[0],
+            OsString::from("--vault=/etc/rotate-host/v.json")
+        );
         let off = setting("gateway", "dry-run", &toml::Value::Boolean(false), base).unwrap();
         assert!(off.args.is_empty());
         assert!(setting("gateway", "dry-run", &toml::Value::Integer(1), base).is_err());

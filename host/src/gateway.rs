@@ -58,7 +58,12 @@ pub async fn gateway(
         }
         if hangup.swap(false, Ordering::SeqCst) {
             let reload = reload.clone();
-            match tokio::task::spawn_blocking(move || reload()).await {
+            let reloaded = tokio::task::spawn_blocking(move || reload()).await;
+            // A SIGTERM that came while the plugin compiled: no pass starts.
+            if fleet.stopping() {
+                return Ok(());
+            }
+            match reloaded {
                 Ok(Ok((fresh, every))) => {
                     fleet = fresh.sharing_stop(&fleet);
                     interval = every;
