@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use test_support::fake_iam::{FakeIam, Key};
+use test_support::fake_iam::{FakeIam, FaultKind, Key};
 use test_support::vault::{VaultFile, fleet_member};
 
 /// The fake with a rotator managing `users`, each with one key; a vault with
@@ -866,6 +866,81 @@ fn an_audit_append_past_the_file_size_limit_is_cut_back_and_counted() {
     });
     stop_gateway(child);
     assert_eq!(std::fs::read_to_string(&audit).unwrap(), filler);
+}
+
+/// A pass's other outcomes in the report, the exit code and the audit log: a
+/// dry run writes `planned` lines; a failed record `failed` (exit 1); a
+/// record whose old key could not be deleted is rotated but `not_finalized`
+/// (exit 3, the new key stored, both keys in IAM).
+#[test]
+fn a_pass_reports_and_audits_planned_failed_and_not_finalized_records() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let audit = f.vault.folder().join("audit.jsonl");
+    let a = audit.to_str().unwrap();
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let (out, v) = due_json(&f, &["--audit", a, "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(uids(&v, "planned"), ["u-ann", "u-ben"]);
+    let planned = lines();
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    assert!(
+        planned
+            .iter()
+            .all(|l| l["outcome"] == "planned" && l["exit_code"] == 0),
+        "{planned:?}"
+    );
+
+    f.iam.fail("CreateAccessKey", FaultKind::AccessDenied, 1);
+    f.iam
+        .fail("DeleteAccessKey", FaultKind::AccessDenied, usize::MAX);
+    let (out, v) = due_json(&f, &["--audit", a, "--jobs", "1"]);
+    assert_eq!(
+        out.code,
+        1,
+        "a failed record makes the pass fail: {}",
+        out.all()
+    );
+    // Whichever record created first met the refusal.
+    let (failed, rotated) = (uids(&v, "failed"), uids(&v, "rotated"));
+    assert_eq!((failed.len(), rotated.len()), (1, 1), "{v}");
+    assert_ne!(failed[0], rotated[0]);
+    assert_eq!(v["rotated"][0]["exit_code"], 3, "{v}");
+    let name = rotated[0].strip_prefix("u-").unwrap();
+    assert_eq!(f.iam.keys(name).len(), 2, "{name}'s old key was deleted");
+    assert_record_key_exists(&f.iam, &f.vault, &rotated[0], name);
+    let all = lines();
+    let outcome = |uid: &str| {
+        all[2..]
+            .iter()
+            .find(|l| l["record_uid"] == uid)
+            .map(|l| (l["outcome"].clone(), l["exit_code"].clone()))
+    };
+    assert_eq!(
+        outcome(&failed[0]),
+        Some((json!("failed"), json!(1))),
+        "{all:?}"
+    );
+    assert_eq!(
+        outcome(&rotated[0]),
+        Some((json!("not_finalized"), json!(3))),
+        "{all:?}"
+    );
+    f.assert_no_leak(&std::fs::read_to_string(&audit).unwrap());
+
+    // Only a not-finalized record: the pass exits 3.
+    let fresh = fleet(&[("cat", &[])], &[]);
+    fresh
+        .iam
+        .fail("DeleteAccessKey", FaultKind::AccessDenied, usize::MAX);
+    let (out, _) = due_json(&fresh, &[]);
+    assert_eq!(out.code, 3, "{}", out.all());
 }
 
 /// An existing audit log owned by another user is refused; one others can read
