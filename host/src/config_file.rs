@@ -103,6 +103,9 @@ impl ConfigFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
+        // Built once: each value is checked against this subcommand's flags.
+        let cli = Cli::command();
+        let sub_cmd = cli.find_subcommand(sub).expect("a fleet subcommand");
         let mut settings = Vec::new();
         let mut strict_in_file = false;
         for (key, value) in &table {
@@ -115,7 +118,7 @@ impl ConfigFile {
                 line: line_of(&text, key.span().start),
                 why: format!("'{}': {why}", printable(key.get_ref())),
             };
-            let setting = setting(sub, key.get_ref(), value.get_ref(), base).map_err(at)?;
+            let setting = setting(sub_cmd, key.get_ref(), value.get_ref(), base).map_err(at)?;
             strict_in_file |=
                 key.get_ref() == "strict-permissions" && value.get_ref().as_bool() == Some(true);
             settings.push(setting);
@@ -229,9 +232,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The flags a key stands for, each value checked by its flag's own parser.
-fn setting(sub: &str, key: &str, value: &toml::Value, base: &Path) -> Result<Setting, String> {
-    let cmd = Cli::command();
-    let sub_cmd = cmd.find_subcommand(sub).expect("a fleet subcommand");
+fn setting(
+    sub_cmd: &clap::Command,
+    key: &str,
+    value: &toml::Value,
+    base: &Path,
+) -> Result<Setting, String> {
     let arg = sub_cmd
         .get_arguments()
         .find(|a| {
@@ -265,7 +271,7 @@ fn setting(sub: &str, key: &str, value: &toml::Value, base: &Path) -> Result<Set
         } else {
             v
         };
-        check_value(sub, key, arg.is_positional(), &v)?;
+        check_value(sub_cmd, key, arg.is_positional(), &v)?;
         // Attached, so a value that starts with '-' (a Keeper UID may) stays a value.
         if arg.is_positional() {
             args.push(v.into());
@@ -288,20 +294,20 @@ fn scalar(value: &toml::Value) -> Result<String, String> {
 }
 
 /// Parses `value` as the flag alone would be parsed, for its error.
-fn check_value(sub: &str, key: &str, positional: bool, value: &str) -> Result<(), String> {
-    let mut argv: Vec<OsString> = vec![
-        "rotate-host".into(),
-        sub.into(),
-        "--config".into(),
-        "-".into(),
-    ];
+fn check_value(
+    sub_cmd: &clap::Command,
+    key: &str,
+    positional: bool,
+    value: &str,
+) -> Result<(), String> {
+    let mut argv: Vec<OsString> = vec![sub_cmd.get_name().into(), "--config".into(), "-".into()];
     if positional {
         argv.push("--".into());
         argv.push(value.into());
     } else {
         argv.push(format!("--{key}={value}").into());
     }
-    match Cli::command().try_get_matches_from(argv) {
+    match sub_cmd.clone().try_get_matches_from(argv) {
         Ok(_) => Ok(()),
         // A flag that needs another (`gateway-credentials-for`): the whole file is parsed later.
         Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
@@ -341,26 +347,30 @@ mod tests {
         assert_eq!(line_of("a", 99), 1);
     }
 
+    fn gateway() -> clap::Command {
+        Cli::command().find_subcommand("gateway").unwrap().clone()
+    }
+
     #[test]
     fn values_are_checked_by_their_flags_parser() {
         let base = Path::new("/etc/rotate-host");
-        let jobs = setting("gateway", "jobs", &toml::Value::Integer(8), base).unwrap();
+        let jobs = setting(&gateway(), "jobs", &toml::Value::Integer(8), base).unwrap();
         assert_eq!(jobs.args, vec![OsString::from("--jobs=8")]);
         let uid = toml::Value::Array(vec![toml::Value::String("-AbC".into())]);
-        let lent = setting("gateway", "gateway-credentials-for", &uid, base).unwrap();
+        let lent = setting(&gateway(), "gateway-credentials-for", &uid, base).unwrap();
         assert_eq!(
             lent.args,
             vec![OsString::from("--gateway-credentials-for=-AbC")]
         );
-        let err = setting("gateway", "jobs", &toml::Value::Integer(100), base).unwrap_err();
+        let err = setting(&gateway(), "jobs", &toml::Value::Integer(100), base).unwrap_err();
         assert!(err.contains("100"), "{err}");
-        let err = setting("gateway", "nope", &toml::Value::Integer(1), base).unwrap_err();
+        let err = setting(&gateway(), "nope", &toml::Value::Integer(1), base).unwrap_err();
         assert!(
             err.starts_with("unknown key") && err.contains("interval"),
             "{err}"
         );
         let vault = setting(
-            "gateway",
+            &gateway(),
             "vault",
             &toml::Value::String("v.json".into()),
             base,
@@ -370,9 +380,9 @@ mod tests {
             vault.args[0],
             OsString::from("--vault=/etc/rotate-host/v.json")
         );
-        let off = setting("gateway", "dry-run", &toml::Value::Boolean(false), base).unwrap();
+        let off = setting(&gateway(), "dry-run", &toml::Value::Boolean(false), base).unwrap();
         assert!(off.args.is_empty());
-        assert!(setting("gateway", "dry-run", &toml::Value::Integer(1), base).is_err());
-        assert!(setting("gateway", "jobs", &toml::Value::Array(vec![]), base).is_err());
+        assert!(setting(&gateway(), "dry-run", &toml::Value::Integer(1), base).is_err());
+        assert!(setting(&gateway(), "jobs", &toml::Value::Array(vec![]), base).is_err());
     }
 }
