@@ -186,38 +186,74 @@ fn killed_during_rotates_delete_in_the_guide_setup() {
     assert_no_leak(&again.all(), &iam.all_secrets());
 }
 
+/// The guide's setup, killed once `rotate` deleted the vault's key and
+/// created the new one (its answer held at the fake): IAM holds the signing
+/// key and a key whose secret nobody has, the vault a deleted key. The next
+/// run refuses with both keys named (design §12, limit 2) and touches no key;
+/// once the operator deletes the stray key, a run converges.
+#[test]
+fn killed_after_the_create_in_the_guide_setup_the_next_run_names_both_keys() {
+    let GuideSetup {
+        iam,
+        vault,
+        client,
+        rotated,
+    } = guide_setup("aws_access_key_id");
+    let arrived = iam.hold("CreateAccessKey");
+    let path = vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &iam);
+    assert_eq!(out.code, -1, "the run was meant to be killed");
+    assert_eq!(
+        vault.field("user1", "aws_access_key_id"),
+        Some(rotated.id.clone())
+    );
+    let keys = iam.keys("alice");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let stray = keys.iter().find(|k| k.id != client.id).unwrap().id.clone();
+    assert_ne!(stray, rotated.id);
+    let calls = iam.calls().len();
+
+    let again = run(&vault, "user1", "cfg1", &[]);
+    // The Client ID is a `secret` field, so its id is masked: it is named by its role.
+    again.expect(1, &["the config's Client ID", &stray]);
+    assert_no_leak(&again.all(), &iam.all_secrets());
+    assert_eq!(
+        iam.log()[calls..]
+            .iter()
+            .filter(|c| c.action != "GetUser" && c.action != "ListAccessKeys")
+            .map(|c| c.action.as_str())
+            .collect::<Vec<_>>(),
+        Vec::<&str>::new(),
+        "the refusing run changed a key"
+    );
+    assert_eq!(iam.keys("alice").len(), 2);
+
+    iam.delete_key("alice", &stray);
+    let fixed = run(&vault, "user1", "cfg1", &[]);
+    assert_eq!(fixed.code, 0, "{}", fixed.all());
+    assert_vault_key_exists(&iam, &vault, "alice");
+    assert!(iam.keys("alice").iter().any(|k| k.id == client.id));
+}
+
 /// `rotate-host run` under strace, killed with SIGKILL when it enters the
 /// `when`-th call of one of `syscalls`: a crash at an exact point of the store.
 fn killed_at_syscall(s: &FakeSetup, syscalls: &str, when: u32) -> Outcome {
     let path = s.vault.path.to_str().unwrap();
-    let inject = format!("inject={syscalls}:signal=KILL:when={when}");
-    let out = std::process::Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            &format!("trace={syscalls}"),
-            "-e",
-            &inject,
-        ])
-        .arg(BIN)
-        .args([
-            "run",
-            GUEST_WASM,
-            "--vault",
-            path,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-            "--no-cache",
-        ])
-        .env("RUST_LOG", "trace")
-        .output()
-        .expect("strace (Debian package strace; .ci/run installs it)");
-    out.into()
+    let args = [
+        "run",
+        GUEST_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--no-cache",
+    ];
+    under_strace(syscalls, &format!("signal=KILL:when={when}"), &args)
 }
 
 /// Killed before the temporary file is synced, and as the rename starts: the
@@ -244,7 +280,7 @@ fn killed_before_the_rename() {
         s.assert_no_leak(&out);
         // The kill left the rewrite's temporary file beside the vault, with
         // the new secret in it; the next run removes it.
-        let left = temporaries(&s.vault);
+        let left = s.vault.temporaries();
         let new_secrets: Vec<String> = s
             .iam
             .all_secrets()
@@ -264,31 +300,11 @@ fn killed_before_the_rename() {
         assert_eq!(again.code, 0, "{syscalls}: {}", again.all());
         assert_converged(&s.iam, &s.vault);
         assert_eq!(
-            temporaries(&s.vault),
+            s.vault.temporaries(),
             Vec::<std::path::PathBuf>::new(),
             "{syscalls}"
         );
     }
-}
-
-/// The temporary files a rewrite of `vault` makes (`.NAME.XXXXXX.tmp`), left
-/// beside it.
-fn temporaries(vault: &test_support::vault::VaultFile) -> Vec<std::path::PathBuf> {
-    let name = vault
-        .path
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    std::fs::read_dir(vault.path.parent().unwrap())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let file = p.file_name().unwrap().to_string_lossy();
-            file.starts_with(&format!(".{name}.")) && file.ends_with(".tmp")
-        })
-        .collect()
 }
 
 /// Killed at the folder's fsync, after the rename: the vault already holds the

@@ -40,38 +40,11 @@ fn matrix(action: &str) {
         let before = s.vault.bytes();
         let out = run(&s.vault, "user1", "cfg1", &["--http-timeout", "1"]);
         let case = format!("{action} x {kind:?}");
-
-        s.assert_no_leak(&out); // I3
-        assert_vault_key_exists(&s.iam, &s.vault, "alice"); // I1
-        assert_vault_at_rest(&s.vault); // I4
         let mut expected = expected_code(action, kind);
         if action == "DeleteAccessKey" && kind == FaultKind::AccessDenied {
             expected = 1; // denied while making room: nothing was created
         }
-        assert_eq!(out.code, expected, "{case}: {}", out.all());
-        match out.code {
-            0 => assert_converged(&s.iam, &s.vault),
-            1 => {
-                assert_eq!(
-                    before,
-                    s.vault.bytes(),
-                    "{case}: a failed run changed the vault"
-                );
-                assert!(
-                    s.iam.keys("alice").iter().any(|k| k.id == s.old.id),
-                    "{case}: I2"
-                );
-            }
-            3 => {
-                assert_ne!(
-                    before,
-                    s.vault.bytes(),
-                    "{case}: exit 3 means the new key is stored"
-                );
-                assert!(out.stderr.contains("run again"), "{case}: {}", out.stderr);
-            }
-            _ => unreachable!(),
-        }
+        check_case(&s, &out, &case, expected, &before);
         // I5: after a create that may have run, the keys are listed and the
         // stray one deleted before anything else; throttling is turned away
         // unprocessed and may be repeated as is.
@@ -96,13 +69,88 @@ fn matrix(action: &str) {
                 );
             }
         }
-
-        s.iam.clear_faults();
-        let again = run(&s.vault, "user1", "cfg1", &[]);
-        assert_eq!(again.code, 0, "{case}, second run: {}", again.all());
-        assert_converged(&s.iam, &s.vault);
-        s.assert_no_leak(&again);
+        converges_after(&s, &case);
     }
+}
+
+/// Every fault on the second `ListAccessKeys`, the one that looks for the key
+/// an ambiguous create may have made: a transient one is retried and the
+/// rotation converges; a denied list fails the run with nothing stored, and
+/// the next run converges.
+#[test]
+fn a_fault_on_the_list_after_an_ambiguous_create() {
+    for kind in FaultKind::all(HELD) {
+        let s = fake_setup();
+        s.iam
+            .fail("CreateAccessKey", FaultKind::ResetAfterProcessing, 1);
+        let times = if kind == FaultKind::AccessDenied {
+            usize::MAX
+        } else {
+            1
+        };
+        s.iam.fail_after("ListAccessKeys", 1, kind, times);
+        let before = s.vault.bytes();
+        let out = run(&s.vault, "user1", "cfg1", &["--http-timeout", "1"]);
+        let case = format!("second ListAccessKeys x {kind:?}");
+        let calls = s.iam.calls();
+        let create = calls.iter().position(|c| c == "CreateAccessKey").unwrap();
+        assert_eq!(
+            calls[..create]
+                .iter()
+                .filter(|c| *c == "ListAccessKeys")
+                .count(),
+            1,
+            "{case}: the fault must hit the list after the create: {calls:?}"
+        );
+        let expected = if kind == FaultKind::AccessDenied {
+            1
+        } else {
+            0
+        };
+        check_case(&s, &out, &case, expected, &before);
+        converges_after(&s, &case);
+    }
+}
+
+/// I1-I4 after one faulted run that exited `expected`: nothing leaked, the
+/// vault's key exists, and a failed run changed nothing.
+fn check_case(s: &FakeSetup, out: &Outcome, case: &str, expected: i32, before: &[u8]) {
+    s.assert_no_leak(out); // I3
+    assert_vault_key_exists(&s.iam, &s.vault, "alice"); // I1
+    assert_vault_at_rest(&s.vault); // I4
+    assert_eq!(out.code, expected, "{case}: {}", out.all());
+    match out.code {
+        0 => assert_converged(&s.iam, &s.vault),
+        1 => {
+            assert_eq!(
+                before,
+                s.vault.bytes(),
+                "{case}: a failed run changed the vault"
+            );
+            assert!(
+                s.iam.keys("alice").iter().any(|k| k.id == s.old.id),
+                "{case}: I2"
+            );
+        }
+        3 => {
+            assert_ne!(
+                before,
+                s.vault.bytes(),
+                "{case}: exit 3 means the new key is stored"
+            );
+            assert!(out.stderr.contains("run again"), "{case}: {}", out.stderr);
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// A second, fault-free run converges.
+fn converges_after(s: &FakeSetup, case: &str) {
+    s.iam.clear_faults();
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{case}, second run: {}", again.all());
+    assert_converged(&s.iam, &s.vault);
+    s.assert_no_leak(&again);
 }
 
 #[test]

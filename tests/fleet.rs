@@ -323,6 +323,54 @@ fn twin_records_of_one_user_fail_together() {
     f.assert_recorded_keys_exist();
 }
 
+/// A store that fails inside a pass (the vault's rename fails with ENOSPC,
+/// injected by strace): that record is rolled back, and the next record's
+/// save writes it as it was, never the key its rollback deleted (I1).
+#[test]
+fn a_failed_store_in_a_pass_is_not_written_by_the_next_save() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    let path = f.vault.path.to_str().unwrap();
+    let out = under_strace(
+        "rename,renameat,renameat2",
+        "error=ENOSPC:when=1",
+        &[
+            "due",
+            GUEST_WASM,
+            "--vault",
+            path,
+            "--json",
+            "--jobs",
+            "1",
+            "--no-cache",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.all());
+    f.assert_no_leak(&out.all());
+    let v: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    assert_eq!(uids(&v, "failed"), ["u-ann"]);
+    assert_eq!(uids(&v, "rotated"), ["u-ben"]);
+    let ann = &f.keys[0].1;
+    assert_eq!(
+        f.vault.field("u-ann", "aws_access_key_id"),
+        Some(ann.id.clone())
+    );
+    assert_eq!(
+        f.iam.keys("ann").iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&ann.id],
+        "the failed store's key was not rolled back"
+    );
+    assert_eq!(
+        f.iam.count("DeleteAccessKey"),
+        2,
+        "ann's rollback, ben's finalize"
+    );
+    f.assert_converged("ben");
+    f.assert_recorded_keys_exist();
+    assert_vault_at_rest(&f.vault);
+    assert_eq!(f.vault.temporaries(), Vec::<std::path::PathBuf>::new());
+}
+
 /// A record without a login rotates the user its config names: with a record
 /// of that user under the same config, both fail together.
 #[test]
@@ -589,54 +637,6 @@ fn the_gateway_rotates_on_its_interval_and_serves_metrics() {
     f.assert_no_leak(&stderr);
 }
 
-/// A running gateway's standard error, read line by line as it comes, so a
-/// test can wait for what the gateway says instead of sleeping.
-struct Watched {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Watched {
-    fn new(mut child: Child) -> Self {
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: vec![],
-        }
-    }
-
-    /// Blocks until a line containing `needle` arrives (or panics after two minutes).
-    fn wait_line(&mut self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.seen.iter().any(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with '{needle}' in:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Waits for the exit; returns its code and everything it wrote to stderr.
-    fn finish(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        (status.code(), self.seen.join("\n"))
-    }
-}
-
 /// SIGTERM or SIGINT while a rotation is in flight: it finishes (stored and
 /// finalized), no other starts, and the gateway exits 0.
 #[test]
@@ -736,32 +736,43 @@ fn a_second_signal_exits_at_once_and_the_next_pass_converges() {
     f.assert_converged("ann");
 }
 
-/// `run` is the on-demand path: it waits for the gateway's lock and the
-/// gateway for its, so no record is rotated twice at once.
+/// `run` is the on-demand path: while a gateway pass holds the vault lock
+/// (its `CreateAccessKey` answer held at the fake), a `run` of a record says
+/// it waits for the lock and sends nothing; released, both finish and no key
+/// is lost.
 #[test]
-fn run_races_the_gateway_without_losing_a_key() {
+fn a_run_waits_for_the_gateways_pass_and_no_key_is_lost() {
     let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
-    let port = free_port();
-    let child = start_gateway(&f, port, &[]);
-    for _ in 0..3 {
-        let out = rotate_host(&[
-            "run",
-            GUEST_WASM,
-            "--vault",
-            f.vault.path.to_str().unwrap(),
-            "-u",
-            "u-ann",
-            "-c",
-            "cfg1",
-        ]);
-        assert_eq!(out.code, 0, "{}", out.all());
-        f.assert_no_leak(&out.all());
-        f.assert_recorded_keys_exist();
-    }
-    wait_for(port, "a pass", |t| {
-        metric(t, "rotate_host_passes_total").unwrap_or(0) >= 2
-    });
-    f.assert_no_leak(&stop_gateway(child));
+    let arrived = f.iam.hold("CreateAccessKey");
+    let gw = Watched::new(start_gateway(&f, free_port(), &["--jobs", "1"]));
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the pass never created a key");
+    let calls = f.iam.calls().len();
+    let path = f.vault.path.to_str().unwrap();
+    let mut run = Watched::new(
+        command(&[
+            "run", GUEST_WASM, "--vault", path, "-u", "u-ann", "-c", "cfg1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    run.wait_line("waiting for the vault lock");
+    assert_eq!(
+        f.iam.calls().len(),
+        calls,
+        "the run reached IAM while the pass held the lock"
+    );
+    f.iam.release();
+    let (code, stderr) = run.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    f.assert_no_leak(&stderr);
+    sigterm(&gw.child);
+    let (code, stderr) = gw.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    f.assert_no_leak(&stderr);
     f.assert_converged("ann");
     f.assert_converged("ben");
 }

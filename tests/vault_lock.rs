@@ -30,9 +30,11 @@ fn a_locked_vault_fails_clearly_after_waiting() {
     assert!(s.iam.calls().is_empty());
 }
 
-/// Two runs on one vault at once, for two users: neither update is lost.
+/// Two runs on one vault, forced to overlap: the first holds the lock while
+/// its `CreateAccessKey` answer is held at the fake; the second says it waits
+/// for the lock and sends nothing until the first ends; neither update is lost.
 #[test]
-fn concurrent_runs_on_one_vault_lose_no_update() {
+fn a_second_run_waits_for_the_lock_and_loses_no_update() {
     let s = fake_setup();
     s.iam.add_user("bob", &[]);
     s.iam.add_user("rotator2", &["bob"]);
@@ -51,19 +53,34 @@ fn concurrent_runs_on_one_vault_lose_no_update() {
     });
 
     let path = s.vault.path.to_str().unwrap().to_string();
-    let children: Vec<_> = [("user1", "cfg1"), ("user2", "cfg2")]
-        .iter()
-        .map(|(u, c)| {
-            command(&["run", GUEST_WASM, "--vault", &path, "-u", u, "-c", c])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out: Outcome = child.wait_with_output().unwrap().into();
-        assert_eq!(out.code, 0, "{}", out.all());
+    let start = |user: &str, config: &str| {
+        Watched::new(
+            command(&[
+                "run", GUEST_WASM, "--vault", &path, "-u", user, "-c", config,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        )
+    };
+    let arrived = s.iam.hold("CreateAccessKey");
+    let first = start("user1", "cfg1");
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the first run never created its key");
+    let calls = s.iam.calls().len();
+    let mut second = start("user2", "cfg2");
+    second.wait_line("waiting for the vault lock");
+    assert_eq!(
+        s.iam.calls().len(),
+        calls,
+        "the second run reached IAM while the first held the lock"
+    );
+    s.iam.release();
+    for run in [first, second] {
+        let (code, stderr) = run.finish();
+        assert_eq!(code, Some(0), "{stderr}");
     }
     assert_converged(&s.iam, &s.vault);
     assert_record_converged(&s.iam, &s.vault, "user2", "bob");

@@ -158,7 +158,7 @@ pub fn plan(
             retire: None,
         });
     }
-    let list = describe_keys(keys);
+    let list = describe_keys(keys, signer);
     let recorded = vault.map_or("no key".to_string(), |v| {
         format!("{v}, which IAM does not have")
     });
@@ -228,7 +228,8 @@ fn beside_vault_key(
 }
 
 /// `ID (Status, created DATE) and ID (...)`, for a refusal.
-fn describe_keys(keys: &[AccessKey]) -> String {
+/// The signer's id may be masked (a `secret` field): it is named by its role.
+fn describe_keys(keys: &[AccessKey], signer: &str) -> String {
     keys.iter()
         .map(|k| {
             // Dates as IAM gives them: date arithmetic would not fit the component's size budget.
@@ -241,7 +242,12 @@ fn describe_keys(keys: &[AccessKey]) -> String {
                 KeyStatus::Active => "Active",
                 KeyStatus::Inactive => "Inactive",
             };
-            format!("{} ({status}, {created})", k.id)
+            let role = if k.id == signer {
+                ", the config's Client ID"
+            } else {
+                ""
+            };
+            format!("{} ({status}, {created}{role})", k.id)
         })
         .collect::<Vec<_>>()
         .join(" and ")

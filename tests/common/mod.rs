@@ -11,7 +11,7 @@ use test_support::moto::Moto;
 use test_support::vault::{VaultFile, config_record, pam_user};
 
 #[allow(unused_imports)]
-pub use test_artifacts::{GUEST_WASM, HOSTILE_WASM, MANY_MEMORIES_WASM};
+pub use test_artifacts::*;
 #[allow(unused_imports)]
 pub use test_support::{assert_no_leak, assert_no_secrets};
 
@@ -62,7 +62,19 @@ impl From<Output> for Outcome {
 /// `rotate-host ARGS` at `RUST_LOG=trace`, so every test also checks I3 at the
 /// most verbose level.
 pub fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    wrapped(&[], args)
+}
+
+/// `command`, run by `wrapper` (a program and its arguments) if any.
+fn wrapped(wrapper: &[&str], args: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(BIN);
+            cmd
+        }
+        None => Command::new(BIN),
+    };
     cmd.args(args)
         .env("RUST_LOG", "trace")
         .env("ROTATE_HOST_CACHE_DIR", cache_dir())
@@ -76,6 +88,29 @@ pub fn command(args: &[&str]) -> Command {
         cmd.env_remove(k);
     }
     cmd
+}
+
+/// `rotate-host ARGS` under strace, which does `inject` (say
+/// `error=ENOSPC:when=1` or `signal=KILL:when=2`) at a call of one of
+/// `syscalls`: a real kernel error, or a kill at an exact point.
+pub fn under_strace(syscalls: &str, inject: &str, args: &[&str]) -> Outcome {
+    let trace = format!("trace={syscalls}");
+    let inject = format!("inject={syscalls}:{inject}");
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        &trace,
+        "-e",
+        &inject,
+    ];
+    wrapped(&strace, args)
+        .output()
+        .expect("strace (Debian package strace; .ci/run installs it)")
+        .into()
 }
 
 /// Starts `rotate-host ARGS`, waits until the fake signals that the held call
@@ -110,6 +145,54 @@ pub fn kill_when(
     let out: Outcome = child.wait_with_output().expect("wait").into();
     release();
     out
+}
+
+/// A running `rotate-host`'s standard error, read line by line as it comes, so a
+/// test can wait for what the gateway says instead of sleeping.
+pub struct Watched {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    pub fn new(mut child: std::process::Child) -> Self {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Blocks until a line containing `needle` arrives (or panics after two minutes).
+    pub fn wait_line(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with '{needle}' in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits for the exit; returns its code and everything it wrote to stderr.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        (status.code(), self.seen.join("\n"))
+    }
 }
 
 pub fn rotate_host(args: &[&str]) -> Outcome {

@@ -46,10 +46,21 @@ pub(super) fn lock(path: &Path, timeout: Duration) -> Result<File, VaultError> {
         return Err(not_regular(kind_of(&meta)));
     }
     let started = Instant::now();
+    let mut told = false;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
             Err(fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
+                // Say once why nothing happens: an operator's `run` may wait
+                // for a whole gateway pass.
+                if !told {
+                    tracing::info!(
+                        vault = ?path,
+                        timeout = ?timeout,
+                        "the vault is locked by another rotate-host run; waiting for the vault lock"
+                    );
+                    told = true;
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(fs::TryLockError::WouldBlock) => {

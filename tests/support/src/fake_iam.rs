@@ -87,6 +87,8 @@ pub enum Tamper {
 struct Fault {
     action: String,
     kind: FaultKind,
+    /// Calls of `action` to let through before the fault starts.
+    skip: usize,
     remaining: usize,
 }
 
@@ -253,6 +255,16 @@ impl FakeIam {
         }
     }
 
+    /// Deletes a key, as an administrator would in the console.
+    pub fn delete_key(&self, user: &str, key_id: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.users
+            .get_mut(user)
+            .unwrap()
+            .keys
+            .retain(|k| k.id != key_id);
+    }
+
     /// The user's keys now.
     pub fn keys(&self, user: &str) -> Vec<Key> {
         self.state.lock().unwrap().users[user].keys.clone()
@@ -260,9 +272,15 @@ impl FakeIam {
 
     /// Fails the next `times` calls of `action` with `kind`.
     pub fn fail(&self, action: &str, kind: FaultKind, times: usize) {
+        self.fail_after(action, 0, kind, times);
+    }
+
+    /// Lets the next `skip` calls of `action` through, then fails `times` with `kind`.
+    pub fn fail_after(&self, action: &str, skip: usize, kind: FaultKind, times: usize) {
         self.state.lock().unwrap().faults.push(Fault {
             action: action.into(),
             kind,
+            skip,
             remaining: times,
         });
     }
@@ -452,9 +470,13 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
                 .faults
                 .iter_mut()
                 .find(|f| f.action == action && f.remaining > 0);
-            f.map(|f| {
+            f.and_then(|f| {
+                if f.skip > 0 {
+                    f.skip -= 1;
+                    return None;
+                }
                 f.remaining -= 1;
-                f.kind
+                Some(f.kind)
             })
         };
         let tampers: Vec<Tamper> = state

@@ -11,6 +11,26 @@ pub struct VaultFile {
 }
 
 impl VaultFile {
+    /// The temporary files a rewrite of the vault makes (`.NAME.XXXXXX.tmp`),
+    /// left beside it.
+    pub fn temporaries(&self) -> Vec<std::path::PathBuf> {
+        let name = self
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        std::fs::read_dir(self.path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let file = p.file_name().unwrap().to_string_lossy();
+                file.starts_with(&format!(".{name}.")) && file.ends_with(".tmp")
+            })
+            .collect()
+    }
+
     /// Writes `{"records": records}`, mode 0600 as a vault should be.
     pub fn new(records: Vec<Value>) -> Self {
         Self::raw(&serde_json::to_vec_pretty(&json!({ "records": records })).unwrap())
