@@ -88,6 +88,102 @@ fn assert_stopped_by_the_timeout(vault: &VaultFile) {
     assert_eq!(before, vault.bytes(), "the vault changed");
 }
 
+/// `info` and `config-schema` take no config, so these components loop there
+/// whatever the record says: `run` (which calls both) and `info` stop them.
+#[test]
+fn a_plugin_spinning_in_info_or_config_schema_is_stopped_by_the_timeout() {
+    for (wasm, call) in [
+        (SPIN_IN_INFO_WASM, "info"),
+        (SPIN_IN_CONFIG_SCHEMA_WASM, "config-schema"),
+    ] {
+        let vault = hostile_vault("unknown", &[]);
+        let before = vault.bytes();
+        let out = run_component(wasm, &vault, &["--timeout", "2"]);
+        out.expect(
+            1,
+            &[
+                &format!("`{call}`"),
+                "ran past its time limit of 2s (--timeout)",
+            ],
+        );
+        assert_eq!(before, vault.bytes(), "{call}: the vault changed");
+        let out = rotate_host(&["info", wasm, "--timeout", "2"]);
+        out.expect(
+            1,
+            &[
+                &format!("`{call}`"),
+                "ran past its time limit of 2s (--timeout)",
+            ],
+        );
+    }
+}
+
+/// A core instance whose start function loops forever: instantiation itself
+/// is stopped by the time limit.
+#[test]
+fn a_plugin_spinning_while_it_is_instantiated_is_stopped_by_the_timeout() {
+    let vault = hostile_vault("unknown", &[]);
+    let before = vault.bytes();
+    let out = run_component(SPIN_AT_START_WASM, &vault, &["--timeout", "2"]);
+    out.expect(
+        1,
+        &["`instantiate`", "ran past its time limit of 2s (--timeout)"],
+    );
+    assert_eq!(before, vault.bytes(), "the vault changed");
+}
+
+/// `finalize` looping forever after the new key is stored: stopped, exit 3,
+/// and the vault holds the new key for the next run to finish with.
+#[test]
+fn a_plugin_spinning_in_finalize_is_stopped_and_the_run_exits_3() {
+    let vault = hostile_vault("finalize-spin", &[]);
+    let out = run_hostile(&vault, &["--timeout", "2"]);
+    out.expect(
+        3,
+        &["`finalize`", "ran past its time limit of 2s (--timeout)"],
+    );
+    assert_eq!(
+        vault.field("user1", "aws_access_key_id").as_deref(),
+        Some("AKIAHOSTILE000000002")
+    );
+}
+
+/// `rollback` looping forever after a failed store (the vault's rename fails
+/// with ENOSPC, injected by strace): stopped, exit 1, the vault as it was.
+#[test]
+fn a_plugin_spinning_in_rollback_is_stopped_and_the_vault_is_unchanged() {
+    let vault = hostile_vault("rollback-spin", &[]);
+    let before = vault.bytes();
+    let path = vault.path.to_str().unwrap();
+    let out = under_strace(
+        "rename,renameat,renameat2",
+        "error=ENOSPC:when=1",
+        &[
+            "run",
+            HOSTILE_WASM,
+            "--vault",
+            path,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+            "--timeout",
+            "2",
+            "--no-cache",
+        ],
+    );
+    out.expect(
+        1,
+        &[
+            "could not be stored",
+            "failed too",
+            "ran past its time limit of 2s",
+        ],
+    );
+    assert_no_secrets(&out.all(), &[SECRET]);
+    assert_eq!(before, vault.bytes(), "the vault changed");
+}
+
 #[test]
 fn a_plugin_asleep_forever_is_stopped_by_the_timeout() {
     assert_stopped_by_the_timeout(&hostile_vault("sleep", &[]));
@@ -140,6 +236,27 @@ fn memory_is_capped_across_all_memories_and_instances() {
     // With room for them all, the same component runs.
     let out = run_component(MANY_MEMORIES_WASM, &vault, &["--memory-mib", "128"]);
     out.expect(2, &["unknown behaviour 'unknown'"]);
+}
+
+/// Tables count against the memory budget: a table of 5,000,000 elements
+/// (80 MiB at 16 bytes each) is refused under 64 MiB and allowed under 128.
+#[test]
+fn a_huge_table_counts_against_the_memory_cap() {
+    let vault = hostile_vault("unknown", &[]);
+    let out = run_component(BIG_TABLE_WASM, &vault, &["--memory-mib", "64"]);
+    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib)"]);
+    let out = run_component(BIG_TABLE_WASM, &vault, &["--memory-mib", "128"]);
+    out.expect(2, &["unknown behaviour 'unknown'"]);
+}
+
+/// More than 64 core instances are refused when the plugin is instantiated.
+#[test]
+fn more_than_64_core_instances_are_refused() {
+    let vault = hostile_vault("unknown", &[]);
+    let before = vault.bytes();
+    let out = run_component(MANY_INSTANCES_WASM, &vault, &[]);
+    out.expect(1, &["at most 64 core instances", "instance count too high"]);
+    assert_eq!(before, vault.bytes(), "the vault changed");
 }
 
 #[test]

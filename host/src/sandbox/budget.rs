@@ -4,6 +4,10 @@ use wasmtime::ResourceLimiter;
 
 /// Counted against the memory budget for each table element (a pointer and its type).
 const TABLE_ELEMENT_BYTES: usize = 16;
+/// At most this many core instances, tables and memories in one plugin instance.
+pub(super) const MAX_INSTANCES: usize = 64;
+pub(super) const MAX_TABLES: usize = 64;
+pub(super) const MAX_MEMORIES: usize = 64;
 
 /// One memory budget for everything a plugin instance allocates: every linear
 /// memory and table of every core instance counts against the same total.
@@ -54,12 +58,12 @@ impl ResourceLimiter for MemoryBudget {
     }
 
     fn instances(&self) -> usize {
-        64
+        MAX_INSTANCES
     }
     fn tables(&self) -> usize {
-        64
+        MAX_TABLES
     }
     fn memories(&self) -> usize {
-        64
+        MAX_MEMORIES
     }
 }

@@ -20,7 +20,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::sandbox::allowlist::{AllowList, NetworkPolicy};
 use crate::sandbox::bindings;
-use crate::sandbox::budget::MemoryBudget;
+use crate::sandbox::budget::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryBudget};
 use crate::sandbox::cache;
 use crate::sandbox::http::{HttpConfig, Outbound};
 use crate::sandbox::instance::{HostState, Instance};
@@ -95,6 +95,12 @@ pub enum SandboxError {
     },
     #[error("the plugin crashed in `{call}`: {why}. This is a bug in the plugin")]
     Trap { call: &'static str, why: String },
+    #[error(
+        "the plugin needs more than the sandbox allows ({why}): at most {MAX_INSTANCES} core \
+         instances, {MAX_TABLES} tables and {MAX_MEMORIES} memories. It cannot run here; ask its \
+         author for a smaller build"
+    )]
+    TooLarge { why: String },
     #[error("the plugin declares an invalid allowed host: {0}")]
     AllowList(#[from] crate::sandbox::allowlist::PatternError),
     #[error("the WebAssembly engine failed: {0}")]
@@ -320,6 +326,11 @@ impl Plugin {
                     call: "instantiate",
                     limit_mib: self.limits.memory_bytes >> 20,
                 });
+            }
+            // wasmtime's words for a count past the limiter's `instances`,
+            // `tables` or `memories` (a test notices if they change).
+            Ok(Err(e)) if e.to_string().starts_with("resource limit exceeded") => {
+                return Err(SandboxError::TooLarge { why: e.to_string() });
             }
             // The plugin's start code trapped: a bug in the plugin, not the wrong file.
             Ok(Err(e)) if e.downcast_ref::<wasmtime::Trap>().is_some() => {

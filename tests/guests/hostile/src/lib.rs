@@ -4,8 +4,11 @@
 //! the URL in `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL`
 //! (allowed), `header` sends the header named in `target` to it, `ambient`
 //! tries files, environment and sockets, `panic-secret` panics with the config's
-//! Client Secret, `log-secret` logs it and returns it in an error, and `smuggle`
-//! puts it, encoded, in a URL, a header, a log line and an error.
+//! Client Secret, `log-secret` logs it and returns it in an error, `smuggle`
+//! puts it, encoded, in a URL, a header, a log line and an error, and
+//! `finalize-spin` and `rollback-spin` rotate, then loop forever in that call.
+//! `info` and `config-schema` take no config: the features `spin-in-info` and
+//! `spin-in-config-schema` build a component that loops forever there.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -65,8 +68,35 @@ fn get_with(url: String, headers: Vec<(String, String)>) -> String {
     }
 }
 
+/// Loops forever, doing nothing the compiler may remove.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// A well-formed new key, for the behaviours that misbehave after `rotate`.
+fn a_new_key() -> wit::Rotation {
+    wit::Rotation {
+        fields: vec![wit::OutputField {
+            label: "aws_access_key_id".into(),
+            aliases: vec![],
+            kind: wit::ValueKind::Text,
+            value: "AKIAHOSTILE000000002".into(),
+        }],
+        created: Some("AKIAHOSTILE000000002".into()),
+        retire: vec![],
+        deleted: vec![],
+        notes: vec![],
+    }
+}
+
 impl bindings::Guest for Hostile {
     fn info() -> wit::PluginInfo {
+        if cfg!(feature = "spin-in-info") {
+            spin();
+        }
         wit::PluginInfo {
             name: "Hostile".into(),
             summary: "misbehaves".into(),
@@ -92,6 +122,9 @@ impl bindings::Guest for Hostile {
     }
 
     fn config_schema() -> Vec<wit::ConfigItem> {
+        if cfg!(feature = "spin-in-config-schema") {
+            spin();
+        }
         vec![wit::ConfigItem {
             id: "endpoint".into(),
             label: "AWS Endpoint URL".into(),
@@ -107,12 +140,8 @@ impl bindings::Guest for Hostile {
     fn rotate(ctx: wit::Context) -> Result<wit::Rotation, wit::PluginError> {
         let secret = value(&ctx.config, "Client Secret");
         match value(&ctx.config, "behaviour").as_str() {
-            "spin" => {
-                let mut n = 0u64;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            }
+            "spin" => spin(),
+            "finalize-spin" | "rollback-spin" => Ok(a_new_key()),
             "hog" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -199,14 +228,23 @@ impl bindings::Guest for Hostile {
     }
 
     /// Reports what it was asked to retire.
-    fn finalize(_: wit::Context, done: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
+    fn finalize(
+        ctx: wit::Context,
+        done: wit::Rotation,
+    ) -> Result<wit::Finalized, wit::PluginError> {
+        if value(&ctx.config, "behaviour") == "finalize-spin" {
+            spin();
+        }
         Err(wit::PluginError::Failed(format!(
             "asked to retire [{}]",
             done.retire.join(",")
         )))
     }
 
-    fn rollback(_: wit::Context, _: wit::Rotation) -> Result<(), wit::PluginError> {
+    fn rollback(ctx: wit::Context, _: wit::Rotation) -> Result<(), wit::PluginError> {
+        if value(&ctx.config, "behaviour") == "rollback-spin" {
+            spin();
+        }
         Ok(())
     }
 
