@@ -314,6 +314,38 @@ fn the_configured_endpoint_is_reachable() {
     );
 }
 
+/// A redirect is handed to the plugin as it is, never followed: the server
+/// it points to, outside the allowlist, gets no request.
+#[test]
+fn redirects_are_not_followed() {
+    let (target, target_hits) = serve_status(200, b"followed".to_vec(), Duration::ZERO);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let location = format!("{target}/next");
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes());
+        }
+    });
+    let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
+    let out = run_hostile(&vault, &[]);
+    assert!(
+        out.stderr.contains("status 302 with 0 bytes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
+
 #[test]
 fn response_bodies_are_capped() {
     let url = serve(vec![b'x'; 2 << 20], Duration::ZERO);
@@ -342,6 +374,7 @@ fn requests_time_out() {
 #[test]
 fn no_ambient_authority() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let vault = hostile_vault("ambient", &[("text", "target", &target)]);
     let out = common::command(&[
@@ -361,6 +394,12 @@ fn no_ambient_authority() {
     out.expect(1, &["files: Err("]);
     assert!(out.stderr.contains("env: 0;"), "{}", out.stderr);
     assert!(out.stderr.contains("socket: Err("), "{}", out.stderr);
+    assert!(out.stderr.contains("lookup: Err("), "{}", out.stderr);
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "the plugin's socket reached the listener"
+    );
 }
 
 /// Secrets a plugin logs, returns or panics with are masked by the host.
@@ -429,13 +468,21 @@ fn plain_http_to_a_name_needs_the_operators_opt_in() {
 }
 
 #[test]
-fn host_owned_headers_are_refused_before_any_io() {
+fn all_12_host_owned_headers_are_refused_before_any_io() {
+    // Every header the host owns, in mixed case as a plugin may send it.
     for header in [
         "Host",
-        "transfer-encoding",
         "Connection",
+        "Keep-Alive",
         "proxy-authorization",
+        "Proxy-Authenticate",
+        "proxy-connection",
+        "TE",
+        "trailer",
+        "transfer-encoding",
+        "Upgrade",
         "content-length",
+        "Expect",
     ] {
         let (url, hits) = serve_status(200, b"hello".to_vec(), Duration::ZERO);
         let vault = hostile_vault(

@@ -3,7 +3,7 @@
 //! `hammer` retries `AWS Endpoint URL` with a ten-minute backoff, `foreign` calls
 //! the URL in `target` (not in its allowlist), `fetch` reads `AWS Endpoint URL`
 //! (allowed), `header` sends the header named in `target` to it, `ambient`
-//! tries files, environment and sockets, `panic-secret` panics with the config's
+//! tries files, environment, sockets and name lookups, `panic-secret` panics with the config's
 //! Client Secret, `log-secret` logs it and returns it in an error, `smuggle`
 //! puts it, encoded, in a URL, a header, a log line and an error, and
 //! `finalize-spin` and `rollback-spin` rotate, then loop forever in that call.
@@ -187,8 +187,11 @@ impl bindings::Guest for Hostile {
                 )
                 .map(|_| ())
                 .map_err(|e| e.kind());
+                let lookup = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80))
+                    .map(|a| a.count())
+                    .map_err(|e| e.kind());
                 Err(wit::PluginError::Failed(format!(
-                    "files: {files:?}; env: {env}; socket: {socket:?}"
+                    "files: {files:?}; env: {env}; socket: {socket:?}; lookup: {lookup:?}"
                 )))
             }
             // Asks the host to retire every id it is told another record holds.
