@@ -30,12 +30,43 @@ fn plain_rotation() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    // The order of the flow: store before delete is visible in the calls.
+    // The new key is proved to work before the old one is deleted.
     let calls = s.iam.calls();
     let create = calls.iter().position(|c| c == "CreateAccessKey").unwrap();
     let verify = calls.iter().position(|c| c == "GetCallerIdentity").unwrap();
     let delete = calls.iter().position(|c| c == "DeleteAccessKey").unwrap();
     assert!(create < verify && verify < delete, "{calls:?}");
+    s.assert_no_leak(&out);
+}
+
+/// Store before delete (I1): while the old key's `DeleteAccessKey` answer is
+/// held at the fake (the delete done), the vault already holds the new key,
+/// and IAM has it.
+#[test]
+fn the_vault_holds_the_new_key_before_the_old_one_is_deleted() {
+    let s = fake_setup();
+    let arrived = s.iam.hold("DeleteAccessKey");
+    let path = s.vault.path.to_str().unwrap();
+    let child = command(&[
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the old key was never deleted");
+    let held = s.vault.field("user1", "aws_access_key_id").unwrap();
+    assert_ne!(
+        held, s.old.id,
+        "the vault still held the old key as it was deleted"
+    );
+    assert_key_exists(&s.iam, "alice", &held);
+    s.iam.release();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
     s.assert_no_leak(&out);
 }
 

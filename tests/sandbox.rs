@@ -76,8 +76,9 @@ fn serve_status(status: u16, body: Vec<u8>, delay: Duration) -> (String, Arc<Ato
 }
 
 /// Runs the hostile plugin with `--timeout 2` and checks that it was stopped by
-/// that limit, soon after: at most 1 s late, plus the process's own start-up
-/// on a loaded machine. `scripts/bench` measures the real overshoot (~20 ms).
+/// that limit: the whole run, start-up and compile included, within 5 s, so a
+/// host that ignored the limit fails. `scripts/bench` measures the real
+/// overshoot (~20 ms).
 fn assert_stopped_by_the_timeout(vault: &VaultFile) {
     let before = vault.bytes();
     let started = Instant::now();

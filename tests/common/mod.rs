@@ -59,6 +59,20 @@ impl From<Output> for Outcome {
     }
 }
 
+/// Records that `test` did not run here, and why: `scripts/test` lists every
+/// such test after its summary, so a skip is never mistaken for a pass.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&list)
+        .expect("open the list of skipped tests");
+    writeln!(file, "{test}: {why}").expect("write the list of skipped tests");
+    eprintln!("skipped {test}: {why}");
+}
+
 /// `rotate-host ARGS` at `RUST_LOG=trace`, so every test also checks I3 at the
 /// most verbose level.
 pub fn command(args: &[&str]) -> Command {

@@ -124,6 +124,8 @@ struct State {
     calls: Vec<String>,
     folders: Vec<(String, [u8; 32])>,
     show_staged: bool,
+    /// Per record: the data of every update accepted, staged or not, in order.
+    writes: HashMap<String, Vec<Value>>,
 }
 
 /// The host name the fake answers for. The SDK always connects to port 443
@@ -250,6 +252,12 @@ impl FakeKsm {
 
     pub fn revision(&self, uid: &str) -> i64 {
         self.state.lock().unwrap().records[uid].revision
+    }
+
+    /// The data of every update of `uid` the fake accepted, staged or not, in order.
+    pub fn writes(&self, uid: &str) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        s.writes.get(uid).cloned().unwrap_or_default()
     }
 
     /// Whether a rotation transaction is open on `uid`.
@@ -522,6 +530,8 @@ fn handle(
             else {
                 return refuse("bad_request", "record data could not be decrypted");
             };
+            s.writes.entry(uid.clone()).or_default().push(data.clone());
+            let r = s.records.get_mut(&uid).expect("checked above");
             match payload["transactionType"].as_str() {
                 Some(t) if !t.is_empty() => r.staged = Some(data),
                 _ => {
