@@ -238,6 +238,48 @@ fn killed_after_the_create_in_the_guide_setup_the_next_run_names_both_keys() {
     assert!(iam.keys("alice").iter().any(|k| k.id == client.id));
 }
 
+/// The deactivate mode, killed once `finalize`'s `UpdateAccessKey` took
+/// effect (its answer held): the old key is inactive but in no ledger, the
+/// vault's new key exists (I1); the next run deletes the unrecorded inactive
+/// key to make room, and records the key it deactivates.
+#[test]
+fn killed_between_update_access_key_and_the_ledger_save() {
+    let s = fake_setup();
+    s.vault.edit(|doc| {
+        let cfg = doc["records"][0].take();
+        doc["records"][0] =
+            test_support::vault::with_custom(cfg, &[("Old Key Action", "deactivate")]);
+    });
+    let arrived = s.iam.hold("UpdateAccessKey");
+    let path = s.vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &s.iam);
+    assert_eq!(out.code, -1, "the run was meant to be killed");
+    let new = s.vault.field("user1", "aws_access_key_id").unwrap();
+    assert_ne!(new, s.old.id);
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    let old = s
+        .iam
+        .keys("alice")
+        .into_iter()
+        .find(|k| k.id == s.old.id)
+        .unwrap();
+    assert!(!old.active, "the deactivation did not take effect");
+    assert_eq!(s.vault.field("user1", "Deactivated Keys"), None);
+
+    let again = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    s.assert_no_leak(&again);
+    let keys = s.iam.keys("alice");
+    assert!(!keys.iter().any(|k| k.id == s.old.id), "{keys:?}");
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    let ledger = s.vault.field("user1", "Deactivated Keys").unwrap();
+    assert!(ledger.contains(&new), "{ledger}");
+    assert!(keys.iter().any(|k| k.id == new && !k.active), "{keys:?}");
+}
+
 /// `rotate-host run` under strace, killed with SIGKILL when it enters the
 /// `when`-th call of one of `syscalls`: a crash at an exact point of the store.
 fn killed_at_syscall(s: &FakeSetup, syscalls: &str, when: u32) -> Outcome {

@@ -333,3 +333,110 @@ fn a_stray_key_hidden_by_listing_lag_is_removed_by_the_next_run() {
     assert_eq!(again.code, 0, "{}", again.all());
     assert_converged(&s.iam, &s.vault);
 }
+
+/// `fake_setup` in the deactivate mode (`Old Key Action` = `deactivate`).
+fn deactivating_setup() -> FakeSetup {
+    let s = fake_setup();
+    s.vault.edit(|doc| {
+        let cfg = doc["records"][0].take();
+        doc["records"][0] =
+            test_support::vault::with_custom(cfg, &[("Old Key Action", "deactivate")]);
+    });
+    s
+}
+
+/// The deactivate mode's `UpdateAccessKey` crossed with every fault: a
+/// transient one is retried (the call is idempotent) and the old key ends
+/// inactive and in the ledger; a denied one exits 3 with the new key stored
+/// and the old one still active; a second run finishes in every case.
+#[test]
+fn update_access_key() {
+    for kind in FaultKind::all(HELD) {
+        let s = deactivating_setup();
+        let times = if kind == FaultKind::AccessDenied {
+            usize::MAX
+        } else {
+            1
+        };
+        s.iam.fail("UpdateAccessKey", kind, times);
+        let out = run(&s.vault, "user1", "cfg1", &["--http-timeout", "1"]);
+        let case = format!("UpdateAccessKey x {kind:?}");
+        s.assert_no_leak(&out); // I3
+        assert_vault_key_exists(&s.iam, &s.vault, "alice"); // I1
+        assert_vault_at_rest(&s.vault); // I4
+        let new = s.vault.field("user1", "aws_access_key_id").unwrap();
+        assert_ne!(new, s.old.id, "{case}: the new key was not stored");
+        let old_active = |s: &FakeSetup| {
+            s.iam
+                .keys("alice")
+                .iter()
+                .find(|k| k.id == s.old.id)
+                .map(|k| k.active)
+        };
+        let ledger = || {
+            s.vault
+                .field("user1", "Deactivated Keys")
+                .unwrap_or_default()
+        };
+        if kind == FaultKind::AccessDenied {
+            out.expect(3, &["iam:UpdateAccessKey"]);
+            assert_eq!(old_active(&s), Some(true), "{case}");
+            assert!(!ledger().contains(&s.old.id), "{case}: {}", ledger());
+            s.iam.clear_faults();
+            let again = run(&s.vault, "user1", "cfg1", &[]);
+            assert_eq!(again.code, 0, "{case}, second run: {}", again.all());
+            s.assert_no_leak(&again);
+        } else {
+            assert_eq!(out.code, 0, "{case}: {}", out.all());
+        }
+        let keys = s.iam.keys("alice");
+        assert!(
+            keys.iter().filter(|k| k.active).count() == 1 && keys.len() == 2,
+            "{case}: {keys:?}"
+        );
+        let current = s.vault.field("user1", "aws_access_key_id").unwrap();
+        assert!(keys.iter().any(|k| k.id == current && k.active), "{case}");
+        let inactive = keys.iter().find(|k| !k.active).unwrap();
+        assert!(ledger().contains(&inactive.id), "{case}: {}", ledger());
+    }
+}
+
+/// A purge that fails (its `ListAccessKeys` denied) does not stop the due
+/// rotation behind it: the rotation lists again, makes room with the expired
+/// inactive key, and the failed purge is reported.
+#[test]
+fn a_failed_purge_does_not_block_a_due_rotation() {
+    let s = deactivating_setup();
+    let expired = s.iam.add_key("alice", "2020-01-01T00:00:00Z");
+    s.iam.deactivate("alice", &expired.id);
+    s.vault.edit(|doc| {
+        let user = doc["records"][1].take();
+        let line = format!("{} 2020-01-02T00:00:00Z", expired.id);
+        doc["records"][1] = test_support::vault::with_custom(user, &[("Deactivated Keys", &line)]);
+    });
+    s.iam.fail("ListAccessKeys", FaultKind::AccessDenied, 1);
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    s.assert_no_leak(&out);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("purge failed") && out.stdout.contains("the next run tries again"),
+        "{}",
+        out.stdout
+    );
+    let calls = s.iam.calls();
+    assert!(calls.contains(&"CreateAccessKey".to_string()), "{calls:?}");
+    let new = s.vault.field("user1", "aws_access_key_id").unwrap();
+    assert_ne!(new, s.old.id);
+    assert_vault_key_exists(&s.iam, &s.vault, "alice");
+    let keys = s.iam.keys("alice");
+    assert!(!keys.iter().any(|k| k.id == expired.id), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.id == s.old.id && !k.active),
+        "{keys:?}"
+    );
+    let ledger = s.vault.field("user1", "Deactivated Keys").unwrap();
+    assert!(
+        ledger.contains(&s.old.id) && !ledger.contains(&expired.id),
+        "{ledger}"
+    );
+}

@@ -196,6 +196,52 @@ fn a_rotation_against_keeper_stores_the_new_key_in_a_rotation_transaction() {
     s.assert_no_leak(&out);
 }
 
+/// The deactivate mode against Keeper: the old key is deactivated, not
+/// deleted, and the ledger (`Deactivated Keys`) is saved to the Keeper record;
+/// once its grace period is over, a pass purges it and Keeper forgets it.
+#[test]
+fn deactivate_with_keeper_records_the_key_and_a_later_pass_purges_it() {
+    let s = setup();
+    let config = data(with_custom(
+        config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)),
+        &[
+            ("Old Key Action", "deactivate"),
+            ("Inactive Grace Days", "0"),
+        ],
+    ));
+    s.ksm.add_record("cfg1", config);
+    let user = fleet_member(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+        "cfg1",
+        &[],
+    );
+    s.ksm.add_record("user1", data(user));
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_no_leak(&out);
+    let new = s.vault_key();
+    let keys = s.iam.keys("alice");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.id == s.old.id && !k.active),
+        "{keys:?}"
+    );
+    let ledger = s.ksm.field("user1", "Deactivated Keys").unwrap();
+    assert!(ledger.starts_with(&s.old.id), "{ledger}");
+
+    // With no grace, the entry has expired: the pass purges the key.
+    let cfg = s.config_path();
+    let out = s.output(&["due", GUEST_WASM, "--ksm-config", &cfg]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_no_leak(&out);
+    assert_eq!(s.iam_keys(), vec![new.clone()]);
+    assert_eq!(s.vault_key(), new);
+    assert_eq!(s.ksm.field("user1", "Deactivated Keys"), None);
+    s.assert_at_rest();
+}
+
 #[test]
 fn the_config_may_come_from_ksm_config_as_base64() {
     let s = setup();
