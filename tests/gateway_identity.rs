@@ -15,7 +15,7 @@ use std::process::Command;
 use common::*;
 use test_support::metadata::{FakeMetadata, Served};
 use test_support::moto::Moto;
-use test_support::vault::{VaultFile, config_record, pam_user};
+use test_support::vault::{VaultFile, config_record, fleet_member, pam_user};
 
 struct Setup {
     moto: Moto,
@@ -63,7 +63,12 @@ fn run_with(s: &Setup, vault: &VaultFile, env: &[(&str, &str)], extra: &[&str]) 
         "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
     ];
     args.extend(extra);
-    if extra.contains(&"--gateway-credentials") {
+    host_with(s, args, env)
+}
+
+/// `rotate-host ARGS` in an empty AWS environment plus `env`.
+fn host_with<'a>(s: &'a Setup, mut args: Vec<&'a str>, env: &[(&str, &str)]) -> Outcome {
+    if args.contains(&"--gateway-credentials") {
         args.extend(["--allow-host", s.moto.url.as_str()]);
     }
     let mut cmd: Command = command(&args);
@@ -249,7 +254,16 @@ fn imds_v2_credentials_come_after_the_token_handshake() {
         !requests.iter().any(|r| r.ends_with(" 401")),
         "{requests:?}"
     );
-    assert_unseen(&vault, &out, &[&served.secret, &served.token], &[&s.old.1]);
+    assert_unseen(
+        &vault,
+        &out,
+        &[
+            &served.secret,
+            &served.token,
+            test_support::metadata::IMDS_TOKEN,
+        ],
+        &[&s.old.1],
+    );
 }
 
 /// Credentials in the records win: the host's (here unusable) identity is not used.
@@ -315,4 +329,100 @@ fn an_empty_credential_chain_says_what_it_tried() {
     );
     assert_eq!(vault.bytes(), before);
     assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
+}
+
+/// An AWS profile's `credential_process`: the key it prints signs the rotation.
+#[test]
+fn a_credential_process_supplies_the_signing_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    s.moto.user_with("procrotator", Some("alice"), &[]);
+    let key = s.moto.create_key("procrotator");
+    let script = s.home.path().join("creds.sh");
+    let answer = serde_json::json!({"Version": 1, "AccessKeyId": key.0, "SecretAccessKey": key.1});
+    std::fs::write(&script, format!("#!/bin/sh\necho '{answer}'\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = s.home.path().join("config");
+    std::fs::write(
+        &config,
+        format!("[default]\ncredential_process = {}\n", script.display()),
+    )
+    .unwrap();
+    let vault = vault(&s, &[]);
+    let env = [("AWS_CONFIG_FILE", config.to_str().unwrap())];
+    let out = run_with(&s, &vault, &env, &["--gateway-credentials"]);
+    assert_rotated(&s, &vault, &out);
+    assert_eq!(signer(&out), key.0);
+    assert_unseen(&vault, &out, &[&key.1], &[&s.old.1]);
+}
+
+/// Two records rotated in one pass with the host's identity from the ECS
+/// endpoint: a credential that lapses within five minutes is fetched again
+/// for the second rotation, one good until 2099 is fetched once.
+#[test]
+fn a_host_credential_about_to_lapse_is_fetched_again() {
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(4))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (expiration, fetches) in [(soon.as_str(), 2), ("2099-01-01T00:00:00Z", 1)] {
+        let s = setup();
+        s.moto.user("bob", None);
+        let bob_old = s.moto.create_key("bob");
+        let served = role_credentials(&s, "ecs-role");
+        let ecs = FakeMetadata::ecs_until(served.clone(), "ecs-token-7", expiration);
+        let uri = format!("{}/creds", ecs.url);
+        let vault = VaultFile::new(vec![
+            config_record(
+                "cfg1",
+                &[
+                    ("text", "AWS Region", "us-east-1"),
+                    ("url", "AWS Endpoint URL", s.moto.url.as_str()),
+                    ("text", "Retry Deadline Seconds", "5"),
+                ],
+            ),
+            fleet_member(
+                "u-alice",
+                "alice",
+                Some(("aws_access_key_id", &s.old.0)),
+                "cfg1",
+                &[],
+            ),
+            fleet_member(
+                "u-bob",
+                "bob",
+                Some(("aws_access_key_id", &bob_old.0)),
+                "cfg1",
+                &[],
+            ),
+        ]);
+        let path = vault.path.to_str().unwrap();
+        let env = [
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-token-7"),
+        ];
+        let args = vec![
+            "due",
+            GUEST_WASM,
+            "--vault",
+            path,
+            "--jobs",
+            "1",
+            "--gateway-credentials",
+            "--gateway-credentials-for",
+            "cfg1",
+        ];
+        let out = host_with(&s, args, &env);
+        assert_eq!(out.code, 0, "{expiration}: {}", out.all());
+        assert!(out.stdout.contains("2 rotated, 0 failed"), "{}", out.stdout);
+        assert_eq!(
+            ecs.requests(),
+            vec!["GET /creds 200"; fetches],
+            "{expiration}"
+        );
+        assert_unseen(
+            &vault,
+            &out,
+            &[&served.secret, &served.token, "ecs-token-7"],
+            &[&s.old.1, &bob_old.1],
+        );
+    }
 }

@@ -27,13 +27,20 @@ pub struct FakeMetadata {
     thread: Option<JoinHandle<()>>,
 }
 
-const IMDS_TOKEN: &str = "imds-session-token-0123456789";
+/// The session token the IMDSv2 fake hands out (a secret, for leak scans).
+pub const IMDS_TOKEN: &str = "imds-session-token-0123456789";
 const ROLE: &str = "rotator-instance-role";
 
 impl FakeMetadata {
     /// ECS: `GET /creds` with `Authorization: auth` answers the credential.
     pub fn ecs(creds: Served, auth: &str) -> Self {
+        Self::ecs_until(creds, auth, FAR_FUTURE)
+    }
+
+    /// `ecs`, its credential expiring at `expiration` (RFC 3339).
+    pub fn ecs_until(creds: Served, auth: &str, expiration: &str) -> Self {
         let auth = auth.to_string();
+        let expiration = expiration.to_string();
         Self::start(move |method, path, header| {
             if method != Method::Get || path != "/creds" {
                 return (404, String::new(), None);
@@ -41,7 +48,7 @@ impl FakeMetadata {
             if header("authorization").as_deref() != Some(auth.as_str()) {
                 return (401, "missing or wrong authorization token".into(), None);
             }
-            (200, credential_json(&creds), None)
+            (200, credential_json(&creds, &expiration), None)
         })
     }
 
@@ -61,7 +68,7 @@ impl FakeMetadata {
                 // No trailing newline: the SDK uses the body as the role name.
                 "/latest/meta-data/iam/security-credentials/" => (200, ROLE.into(), None),
                 p if p == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => {
-                    (200, credential_json(&creds), None)
+                    (200, credential_json(&creds, FAR_FUTURE), None)
                 }
                 _ => (404, String::new(), None),
             }
@@ -124,7 +131,9 @@ impl Drop for FakeMetadata {
     }
 }
 
-fn credential_json(c: &Served) -> String {
+const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
+
+fn credential_json(c: &Served, expiration: &str) -> String {
     json!({
         "Code": "Success",
         "LastUpdated": "2026-11-26T00:00:00Z",
@@ -132,7 +141,7 @@ fn credential_json(c: &Served) -> String {
         "AccessKeyId": c.key_id,
         "SecretAccessKey": c.secret,
         "Token": c.token,
-        "Expiration": "2099-01-01T00:00:00Z",
+        "Expiration": expiration,
     })
     .to_string()
 }
