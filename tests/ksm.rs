@@ -326,6 +326,156 @@ fn exactly_one_vault_and_no_weakening_environment() {
     assert_eq!(s.iam.calls(), Vec::<String>::new());
 }
 
+/// `KSM_HOSTNAME` would send the application's requests to another host than
+/// its config names: refused before anything is sent.
+#[test]
+fn ksm_hostname_in_the_environment_is_refused() {
+    let s = setup();
+    let config = s.config_path();
+    let out: Outcome = s
+        .command(&[
+            "run",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+        ])
+        .env("KSM_HOSTNAME", "elsewhere.example.com")
+        .output()
+        .unwrap()
+        .into();
+    out.expect(
+        2,
+        &["KSM_HOSTNAME is set", "put the hostname in the config"],
+    );
+    assert!(s.ksm.calls().is_empty());
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
+}
+
+/// A KSM config others may read holds the application's private key: a run
+/// warns and names the fix; `--strict-permissions` refuses it, sending nothing.
+#[test]
+fn a_readable_ksm_config_is_warned_about_and_refused_when_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    let config = s.config_path();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let strict = s.run(&["--strict-permissions"]);
+    strict.expect(2, &[&config, "(mode 0644)", "chmod 600"]);
+    assert!(s.ksm.calls().is_empty());
+    assert_eq!(s.vault_key(), s.old.id);
+    let warned = s.run(&[]);
+    warned.expect(0, &[&config, "(mode 0644)", "chmod 600"]);
+    s.assert_at_rest();
+}
+
+/// The SDK keeps what it learns (the server's key id, the app key) in the
+/// config; the host hands it an in-memory copy, so the file is never rewritten.
+#[test]
+fn the_ksm_config_file_is_never_rewritten() {
+    let s = setup();
+    let config = s.config_path();
+    let before = std::fs::read(&config).unwrap();
+    let modified = std::fs::metadata(&config).unwrap().modified().unwrap();
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().modified().unwrap(),
+        modified
+    );
+    let files: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), 2, "nothing new beside the config: {files:?}");
+}
+
+/// Someone edits the record while `finalize` runs: the marker's removal
+/// reads the record again and keeps the edit.
+#[test]
+fn a_marker_update_keeps_an_edit_made_meanwhile() {
+    let s = setup();
+    let user = data(fleet_member(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+        "cfg1",
+        &[],
+    ));
+    s.ksm.add_record("user1", user);
+    let arrived = s.iam.hold("DeleteAccessKey");
+    let config = s.config_path();
+    let child = s
+        .command(&["due", GUEST_WASM, "--ksm-config", &config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        s.ksm.field("user1", "Rotation Pending").as_deref(),
+        Some("finalize")
+    );
+    s.ksm.touch("user1");
+    s.iam.release();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    let record = s.ksm.record("user1").unwrap();
+    assert_eq!(record["notes"], "edited by someone else");
+    assert_eq!(s.ksm.field("user1", "Rotation Pending"), None);
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    s.assert_at_rest();
+}
+
+/// `gateway` against Keeper: its first pass rotates the due record, and
+/// SIGTERM ends it with exit 0.
+#[test]
+fn the_gateway_rotates_keeper_records() {
+    let s = setup();
+    let user = data(fleet_member(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &s.old.id)),
+        "cfg1",
+        &[],
+    ));
+    s.ksm.add_record("user1", user);
+    let config = s.config_path();
+    let mut gw = Watched::new(
+        s.command(&[
+            "gateway",
+            GUEST_WASM,
+            "--ksm-config",
+            &config,
+            "--interval",
+            "3600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    gw.wait_line("1 rotated, 0 failed");
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(gw.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let (code, stderr) = gw.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_ne!(s.vault_key(), s.old.id);
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    s.assert_at_rest();
+    let mut secrets = vec![s.rotator.secret.clone(), s.old.secret.clone()];
+    secrets.extend(s.iam.all_secrets());
+    secrets.extend(s.ksm.config_secrets());
+    assert_no_leak(&stderr, &secrets);
+}
+
 /// Storing fails: the new key is deleted again; Keeper and IAM are as before.
 #[test]
 fn a_failed_store_rolls_the_new_key_back() {

@@ -148,7 +148,7 @@ pub enum VaultError {
     )]
     TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error(
-        "vault {path} is readable or writable by group or others (mode {mode:04o}) and holds secrets; run `chmod 600 {path}`, or drop --strict-permissions to only be warned"
+        "{path} is readable or writable by group or others (mode {mode:04o}) and holds secrets; run `chmod 600 {path}`, or drop --strict-permissions to only be warned"
     )]
     Insecure { path: PathBuf, mode: u32 },
     #[error(
