@@ -791,7 +791,7 @@ fn a_run_waits_for_the_gateways_pass_and_no_key_is_lost() {
 }
 
 #[test]
-fn metrics_listen_on_loopback_unless_told_otherwise() {
+fn metrics_listen_on_loopback_unless_metrics_public_is_passed() {
     let f = fleet(&[("ann", &[])], &[]);
     let out = rotate_host(&[
         "gateway",
@@ -803,6 +803,24 @@ fn metrics_listen_on_loopback_unless_told_otherwise() {
     ]);
     out.expect(2, &["not a loopback address", "--metrics-public"]);
     assert!(f.iam.calls().is_empty());
+
+    // With --metrics-public it serves on every address, loopback included.
+    let port = free_port();
+    let any = format!("0.0.0.0:{port}");
+    let path = f.vault.path.to_str().unwrap();
+    let args = ["gateway", GUEST_WASM, "--vault", path, "--interval", "3600"];
+    let child = command(&args)
+        .args(["--metrics", &any, "--metrics-public"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(port, "the first pass", |t| {
+        metric(t, "rotate_host_passes_total").is_some_and(|n| n >= 1)
+    });
+    let stderr = stop_gateway(child);
+    assert!(stderr.contains(&format!("addr={any}")), "{stderr}");
+    f.assert_converged("ann");
 }
 
 /// `command(args)` with files limited to `limit` bytes (`ulimit -f`) and

@@ -433,3 +433,38 @@ fn a_record_cannot_choose_the_provider_that_signs() {
     assert_eq!(iam.calls(), Vec::<String>::new());
     assert_eq!(ids(&iam.keys("alice")), std::slice::from_ref(&k1.id));
 }
+
+/// The provider the config names signs a pass's rotation: the config holds
+/// no key of its own, its `Rotation Provider` names `prov1`, and a member
+/// naming the same provider is rotated with `prov1`'s key.
+#[test]
+fn in_a_pass_the_provider_the_config_names_signs() {
+    let (iam, rotator) = setup();
+    let k1 = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let mut cfg = fake_config_without(
+        &iam.url,
+        &rotator,
+        &["IAM Username", "Client ID", "Client Secret"],
+    );
+    cfg.push(("text".into(), "Rotation Scope".into(), "alice".into()));
+    cfg.push(("text".into(), "Rotation Provider".into(), "prov1".into()));
+    let vault = VaultFile::new(vec![
+        config_from("cfg1", &cfg),
+        test_support::vault::provider_record("prov1", &rotator.id, &rotator.secret, "us-east-1"),
+        user(
+            "user1",
+            "alice",
+            Some(&k1),
+            &[("Rotation Config", "cfg1"), ("Rotation Provider", "prov1")],
+        ),
+    ]);
+    let out = due(&vault, &["--json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_no_leak(&out.all(), &[rotator.secret.clone()]);
+    assert_record_converged(&iam, &vault, "user1", "alice");
+    assert!(
+        out.stderr.contains(&format!("as {} ->", rotator.id)),
+        "the provider's key did not sign:\n{}",
+        out.stderr
+    );
+}

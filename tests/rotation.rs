@@ -327,6 +327,54 @@ fn rotates_over_https_with_a_private_ca() {
     s.assert_no_leak(&out);
 }
 
+/// The plugin's HTTPS goes through the proxy `HTTPS_PROXY` names (a
+/// `CONNECT` tunnel, TLS end to end); plain http never does.
+#[test]
+fn plugin_https_goes_through_https_proxy_and_plain_http_does_not() {
+    let proxy = test_support::proxy::ConnectProxy::start();
+    let ca = test_support::tls::TestCa::new();
+    let s = setup_on(test_support::fake_iam::FakeIam::start_tls(&ca));
+    let ca_file = s.vault.folder().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let path = s.vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out: Outcome = command(&args)
+        .args(["--ca-file", ca_file.to_str().unwrap()])
+        .env("HTTPS_PROXY", &proxy.url)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
+    s.assert_no_leak(&out);
+    let endpoint = s.iam.url.trim_start_matches("https://").to_string();
+    let targets = proxy.targets();
+    assert!(
+        !targets.is_empty() && targets.iter().all(|t| *t == endpoint),
+        "{targets:?}"
+    );
+
+    let plain = fake_setup();
+    let path = plain.vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out: Outcome = command(&args)
+        .env("HTTPS_PROXY", &proxy.url)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&plain.iam, &plain.vault);
+    assert_eq!(
+        proxy.targets(),
+        targets,
+        "plain http went through the proxy"
+    );
+}
+
 /// Without the CA, the handshake fails: nothing is sent, nothing is retried, and
 /// the message says how to fix it.
 #[test]
