@@ -460,7 +460,7 @@ fn in_a_pass_the_provider_the_config_names_signs() {
     ]);
     let out = due(&vault, &["--json"]);
     assert_eq!(out.code, 0, "{}", out.all());
-    assert_no_leak(&out.all(), &[rotator.secret.clone()]);
+    assert_no_leak(&out.all(), std::slice::from_ref(&rotator.secret));
     assert_record_converged(&iam, &vault, "user1", "alice");
     assert!(
         out.stderr.contains(&format!("as {} ->", rotator.id)),
