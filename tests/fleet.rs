@@ -371,6 +371,71 @@ fn a_failed_store_in_a_pass_is_not_written_by_the_next_save() {
     assert_eq!(f.vault.temporaries(), Vec::<std::path::PathBuf>::new());
 }
 
+/// IAM user names are unique without regard to case (the fake finds them
+/// so): records for `ann` and `ANN` under one config are one user's twins,
+/// and fail together before anything is sent.
+#[test]
+fn twin_records_whose_logins_differ_in_case_fail_together() {
+    let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
+    f.vault.edit(|doc| {
+        // A new record for the same user, holding no key yet.
+        let mut twin = doc["records"][1].clone();
+        twin["uid"] = json!("u-ANN");
+        twin["fields"][0]["value"] = json!(["ANN"]);
+        twin["custom"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["label"] != "aws_access_key_id");
+        doc["records"].as_array_mut().unwrap().push(twin);
+    });
+    let (out, v) = due_json(&f, &["--jobs", "4"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(uids(&v, "failed"), ["u-ANN", "u-ann"]);
+    let error = v["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("would rotate the same credential (login 'ann'"),
+        "{error}"
+    );
+    assert_eq!(uids(&v, "rotated"), ["u-ben"]);
+    assert!(
+        !f.iam
+            .log()
+            .iter()
+            .any(|c| c.user.eq_ignore_ascii_case("ann")),
+        "something was sent for ann"
+    );
+    f.assert_recorded_keys_exist();
+}
+
+/// A fake IAM that throttles past 10 requests a second, as IAM does under
+/// load without any injected fault: eight records at eight jobs are
+/// throttled, retried, and all rotate; with `--rps 8` none is throttled.
+#[test]
+fn iams_own_rate_limit_is_retried_through_and_rps_stays_under_it() {
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal"];
+    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
+    for (rps, throttled) in [(None, true), (Some("8"), false)] {
+        let f = fleet(&users, &[]);
+        f.iam.rate_limit(10);
+        let mut extra = vec!["--jobs", "8"];
+        if let Some(rps) = rps {
+            extra.extend(["--rps", rps]);
+        }
+        let (out, v) = due_json(&f, &extra);
+        assert_eq!(out.code, 0, "{}", out.all());
+        assert_eq!(uids(&v, "rotated").len(), names.len(), "{v}");
+        assert_eq!(
+            f.iam.throttled() > 0,
+            throttled,
+            "{rps:?}: {}",
+            f.iam.throttled()
+        );
+        for name in names {
+            f.assert_converged(name);
+        }
+    }
+}
+
 /// A record without a login rotates the user its config names: with a record
 /// of that user under the same config, both fail together.
 #[test]

@@ -392,3 +392,67 @@ fn an_untrusted_certificate_fails_at_once_and_clearly() {
     assert!(s.iam.calls().is_empty());
     assert_eq!(before, s.vault.bytes());
 }
+
+/// Temporary credentials sign only with their session token: from the config
+/// record's `Session Token`, and from the host's identity (`AWS_SESSION_TOKEN`).
+/// A wrong token is refused by IAM, and nothing changes.
+#[test]
+fn temporary_credentials_sign_with_their_session_token() {
+    let iam = test_support::fake_iam::FakeIam::start();
+    iam.add_user("alice", &[]);
+    iam.add_user("rotator", &["alice"]);
+    let session = iam.add_session_key("rotator");
+    let token = session.token.clone().unwrap();
+    let mut secrets = iam.all_secrets();
+    secrets.push(token.clone());
+
+    for (given, works) in [(token.as_str(), true), ("FakeSessionToken/wrong", false)] {
+        let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
+        let mut cfg = fake_config(&iam.url, &session);
+        cfg.push(("secret".into(), "Session Token".into(), given.into()));
+        let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &old.id)));
+        let before = vault.bytes();
+        let out = run(&vault, "user1", "cfg1", &[]);
+        assert_no_leak(&out.all(), &secrets);
+        if works {
+            assert_eq!(out.code, 0, "{}", out.all());
+            assert_record_converged(&iam, &vault, "user1", "alice");
+        } else {
+            out.expect(1, &["InvalidClientTokenId"]);
+            assert_eq!(before, vault.bytes());
+            assert_eq!(iam.keys("alice"), vec![old]);
+        }
+        iam.keys("alice")
+            .iter()
+            .for_each(|k| iam.delete_key("alice", &k.id));
+    }
+
+    let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let cfg = fake_config_without(&iam.url, &session, &["Client ID", "Client Secret"]);
+    let vault = vault_with(&cfg, "alice", Some(("aws_access_key_id", &old.id)));
+    let path = vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let home = tempfile::tempdir().unwrap();
+    let absent = home.path().join("absent");
+    let mut cmd = command(&args);
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
+        cmd.env_remove(k);
+    }
+    let out: Outcome = cmd
+        .args(["--gateway-credentials", "--allow-host", &iam.url])
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &absent)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &absent)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", &session.id)
+        .env("AWS_SECRET_ACCESS_KEY", &session.secret)
+        .env("AWS_SESSION_TOKEN", &token)
+        .output()
+        .unwrap()
+        .into();
+    assert_no_leak(&out.all(), &secrets);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_record_converged(&iam, &vault, "user1", "alice");
+}

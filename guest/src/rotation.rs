@@ -61,7 +61,8 @@ pub fn rotate(t: &impl Transport, ctx: &Context) -> Result<Rotation, PluginError
         .filter(|id| plan.make_room.deletes() != Some(**id))
         .map(|id| id.to_string())
         .collect();
-    let (key_id, secret) = create(&iam, &settings, &existing, vault_key_deleted).map_err(|e| {
+    let made_room = plan.make_room.deletes().is_some();
+    let (key_id, secret) = create(&iam, &settings, &existing, made_room).map_err(|e| {
         if vault_key_deleted {
             e.context(format!(
                 "the vault's old key {} was deleted to make room, and creating its successor failed; \
@@ -175,7 +176,7 @@ fn create<T: Transport>(
     iam: &Iam<'_, T>,
     settings: &Settings,
     before: &[String],
-    after_deleting_vault_key: bool,
+    after_making_room: bool,
 ) -> Result<(String, Secret), PluginError> {
     let started = iam.elapsed();
     let mut attempt = 0;
@@ -200,7 +201,7 @@ fn create<T: Transport>(
         }
         // IAM is eventually consistent: right after the delete that made room, it
         // may still count two keys.
-        let limit_lag = after_deleting_vault_key && err.code() == Some("LimitExceeded");
+        let limit_lag = after_making_room && err.code() == Some("LimitExceeded");
         let pause = limit_lag
             .then(|| iam.next_pause(&settings.retry, attempt, started))
             .flatten();

@@ -38,11 +38,16 @@ pub enum FaultKind {
     MalformedXml,
     /// 403 `AccessDenied`; not carried out.
     AccessDenied,
+    /// 503 with an HTML page, as a load balancer in front of the service
+    /// answers: no AWS error in it; not carried out.
+    HtmlUnavailable,
+    /// 429 with a plain-text body, as a proxy in front answers; not carried out.
+    TooManyRequests,
 }
 
 impl FaultKind {
     /// Every kind, for fault matrices (the timeout is meant to outlast the client's).
-    pub fn all(timeout: Duration) -> [FaultKind; 7] {
+    pub fn all(timeout: Duration) -> [FaultKind; 9] {
         [
             Self::Throttle,
             Self::ServerError,
@@ -51,6 +56,8 @@ impl FaultKind {
             Self::Timeout(timeout),
             Self::MalformedXml,
             Self::AccessDenied,
+            Self::HtmlUnavailable,
+            Self::TooManyRequests,
         ]
     }
 }
@@ -99,6 +106,8 @@ pub struct Key {
     pub secret: String,
     pub active: bool,
     pub created: String,
+    /// A temporary credential's session token: requests must carry it.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +157,17 @@ struct State {
     /// Uses this recent are not reported yet by `GetAccessKeyLastUsed`
     /// (IAM's last-use data is not real time).
     use_lag: Duration,
+    /// How many `CreateAccessKey` calls after a `DeleteAccessKey` still count
+    /// the deleted key against the two-key quota.
+    limit_lag: usize,
+    /// User name to the creates that still count a just-deleted key.
+    ghosts: HashMap<String, usize>,
+    /// At most this many requests a second; the rest get IAM's `Throttling`.
+    rate: Option<usize>,
+    /// When the requests of the last second arrived.
+    window: std::collections::VecDeque<std::time::Instant>,
+    /// How many requests the rate limit turned away.
+    throttled: usize,
 }
 
 /// An answer to hold back: the fake signals `arrived`, then waits on `release`.
@@ -211,6 +231,41 @@ impl FakeIam {
                 manages: manages.iter().map(|s| s.to_string()).collect(),
             },
         );
+    }
+
+    /// Temporary credentials of `user` (an `ASIA` id and a session token), as
+    /// STS hands out: a request signed with them must carry the token.
+    pub fn add_session_key(&self, user: &str) -> Key {
+        let mut s = self.state.lock().unwrap();
+        let mut key = new_key(&mut s, "2024-01-01T00:00:00Z");
+        key.id = key.id.replacen("AKIA", "ASIA", 1);
+        let token = format!("FakeSessionToken/{}", key.secret);
+        s.issued.push(token.clone());
+        key.token = Some(token);
+        s.users
+            .get_mut(user)
+            .expect("user exists")
+            .keys
+            .push(key.clone());
+        key
+    }
+
+    /// From now on, after a `DeleteAccessKey`, the next `creates`
+    /// `CreateAccessKey` calls for that user still count the deleted key
+    /// (IAM's eventual consistency): with two keys left they fail `LimitExceeded`.
+    pub fn limit_lag(&self, creates: usize) {
+        self.state.lock().unwrap().limit_lag = creates;
+    }
+
+    /// From now on, at most `per_second` requests a second are served; the
+    /// rest are turned away unprocessed with IAM's `400 Throttling`.
+    pub fn rate_limit(&self, per_second: usize) {
+        self.state.lock().unwrap().rate = Some(per_second);
+    }
+
+    /// How many requests the rate limit turned away.
+    pub fn throttled(&self) -> usize {
+        self.state.lock().unwrap().throttled
     }
 
     /// Creates a key for `user`, as an administrator would.
@@ -413,6 +468,7 @@ fn new_key(s: &mut State, created: &str) -> Key {
         secret,
         active: true,
         created: created.into(),
+        token: None,
     }
 }
 
@@ -491,9 +547,16 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
             Tamper::DenyWithMessage(m) => Some(m.clone()),
             _ => None,
         });
+        let over_rate = over_rate(&mut state.lock().unwrap());
         let (status, body) = match fault {
+            _ if over_rate => error(400, "Throttling", "Rate exceeded"),
             None if deny.is_some() => error(403, "AccessDenied", deny.as_deref().unwrap_or("")),
             Some(FaultKind::Throttle) => error(400, "Throttling", "Rate exceeded"),
+            Some(FaultKind::HtmlUnavailable) => (
+                503,
+                "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>".into(),
+            ),
+            Some(FaultKind::TooManyRequests) => (429, "Too Many Requests\n".into()),
             Some(FaultKind::ServerError) => error(500, "InternalFailure", "injected failure"),
             Some(FaultKind::AccessDenied) => error(403, "AccessDenied", "injected denial"),
             Some(FaultKind::ResetBeforeProcessing) => return,
@@ -529,8 +592,13 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
                 body.resize((*bytes).max(body.len()), b' ');
             }
         }
+        let content_type = match fault {
+            Some(FaultKind::HtmlUnavailable) => "text/html",
+            Some(FaultKind::TooManyRequests) => "text/plain",
+            _ => "text/xml",
+        };
         let head = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         let out = reader.get_mut();
@@ -543,6 +611,27 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
             return;
         }
     }
+}
+
+/// Whether the rate limit turns this request away; counts it if so.
+fn over_rate(s: &mut State) -> bool {
+    let Some(rate) = s.rate else {
+        return false;
+    };
+    let now = std::time::Instant::now();
+    while s
+        .window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        s.window.pop_front();
+    }
+    if s.window.len() >= rate {
+        s.throttled += 1;
+        return true;
+    }
+    s.window.push_back(now);
+    false
 }
 
 /// Escapes text for an XML element; control characters become character references.
@@ -653,15 +742,34 @@ fn handle(
         u.keys
             .iter()
             .find(|k| k.id == auth.key_id && k.active)
-            .map(|k| (name.clone(), k.secret.clone()))
+            .map(|k| (name.clone(), k.secret.clone(), k.token.clone()))
     });
-    let Some((signer, secret)) = signer else {
+    let Some((signer, secret, token)) = signer else {
         return error(
             403,
             "InvalidClientTokenId",
             "The security token included in the request is invalid.",
         );
     };
+    // Temporary credentials: the session token must come, and be signed.
+    if let Some(token) = token {
+        let sent = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-amz-security-token")
+            .map(|(_, v)| v.as_str());
+        let signed = auth
+            .signed_headers
+            .iter()
+            .any(|h| h == "x-amz-security-token");
+        if sent != Some(token.as_str()) || !signed {
+            return error(
+                403,
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            );
+        }
+    }
     if let Err(refusal) = sigv4::verify(&auth, &secret, &expected, &req.headers, &req.body) {
         return refused(refusal, &auth, &expected, req);
     }
@@ -699,7 +807,16 @@ fn handle(
             ),
         );
     }
-    let target = params.get("UserName").cloned().unwrap_or(signer.clone());
+    // IAM user names are unique without regard to case, and found so.
+    let target = match params.get("UserName") {
+        Some(asked) => s
+            .users
+            .keys()
+            .find(|name| name.eq_ignore_ascii_case(asked))
+            .cloned()
+            .unwrap_or_else(|| asked.clone()),
+        None => signer.clone(),
+    };
     let allowed = signer == target || s.users[&signer].manages.contains(&target);
     if !s.users.contains_key(&target) {
         return error(
@@ -774,7 +891,17 @@ fn handle(
             )
         }
         "CreateAccessKey" => {
-            if s.users[&target].keys.len() >= 2 {
+            let ghost = match s.ghosts.get_mut(&target) {
+                Some(left) => {
+                    *left -= 1;
+                    if *left == 0 {
+                        s.ghosts.remove(&target);
+                    }
+                    1
+                }
+                None => 0,
+            };
+            if s.users[&target].keys.len() + ghost >= 2 {
                 return error(
                     409,
                     "LimitExceeded",
@@ -816,6 +943,10 @@ fn handle(
                 Some(i) => {
                     before_change(&mut s, &target);
                     s.users.get_mut(&target).unwrap().keys.remove(i);
+                    if s.limit_lag > 0 {
+                        let lag = s.limit_lag;
+                        s.ghosts.insert(target.clone(), lag);
+                    }
                     (
                         200,
                         "<DeleteAccessKeyResponse><ResponseMetadata/></DeleteAccessKeyResponse>"
@@ -1029,6 +1160,7 @@ mod tests {
             secret: field(&body, "SecretAccessKey").unwrap().into(),
             active: true,
             created: String::new(),
+            token: None,
         }
     }
 
