@@ -496,29 +496,39 @@ fn a_failed_store_rolls_the_new_key_back() {
 
 /// Someone edits the record between the read and the store: it is not
 /// overwritten; the new key is deleted again (what keeps two gateways on one
-/// Keeper vault from losing a key).
+/// Keeper vault from losing a key). Keeper documents no code for a stale
+/// revision, so both ways are tried: words the host does not know (it sees
+/// the record read again at a later revision), and words naming the revision.
 #[test]
 fn a_revision_conflict_is_not_overwritten() {
-    let s = setup();
-    let arrived = s.iam.hold("CreateAccessKey");
-    let child = s.spawn_run();
-    arrived.recv_timeout(Duration::from_secs(120)).unwrap();
-    s.ksm.touch("user1");
-    s.iam.release();
-    let out: Outcome = child.wait_with_output().unwrap().into();
-    out.expect(1, &["changed in Keeper since it was read", "deleted again"]);
-    // The only rollback is the one taking the lease sends for a dead
-    // writer's transaction, before the first update: the refused stage opened
-    // none, and one open may be another run's (design §11).
-    let calls = s.ksm.calls();
-    let last_rollback = calls.iter().rposition(|c| c == "rollback_secret_update");
-    let first_update = calls.iter().position(|c| c == "update_secret");
-    assert!(last_rollback < first_update, "{calls:?}");
-    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
-    let record = s.ksm.record("user1").unwrap();
-    assert_eq!(record["notes"], "edited by someone else");
-    assert_eq!(s.vault_key(), s.old.id);
-    s.assert_at_rest();
+    for named in [false, true] {
+        let s = setup();
+        if named {
+            s.ksm
+                .stale_answer("out_of_sync", "the record's revision does not match");
+        }
+        let arrived = s.iam.hold("CreateAccessKey");
+        let child = s.spawn_run();
+        arrived.recv_timeout(Duration::from_secs(120)).unwrap();
+        s.ksm.touch("user1");
+        s.iam.release();
+        let out: Outcome = child.wait_with_output().unwrap().into();
+        out.expect(1, &["changed in Keeper since it was read", "deleted again"]);
+        let calls = s.ksm.calls();
+        let last_rollback = calls.iter().rposition(|c| c == "rollback_secret_update");
+        let first_update = calls.iter().position(|c| c == "update_secret");
+        if named {
+            // The only rollback is the one taking the lease sends for a dead
+            // writer's transaction: the refused stage opened none, and one
+            // open may be another run's (design §11).
+            assert!(last_rollback < first_update, "{calls:?}");
+        }
+        assert_eq!(s.iam_keys(), vec![s.old.id.clone()], "named: {named}");
+        let record = s.ksm.record("user1").unwrap();
+        assert_eq!(record["notes"], "edited by someone else");
+        assert_eq!(s.vault_key(), s.old.id);
+        s.assert_at_rest();
+    }
 }
 
 /// Completing the transaction fails cleanly: it is rolled back, and so is the key.
@@ -565,6 +575,104 @@ fn an_ambiguous_completion_deletes_nothing_and_the_next_run_converges() {
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(s.iam_keys(), vec![s.vault_key()]);
     s.assert_at_rest();
+}
+
+/// Row 3 of design §11: the completion takes effect but its answer is lost,
+/// and the rollback that follows answers success (Keeper does not say what a
+/// rollback after a commit does). Readers see the new key, so it is stored:
+/// `finalize` retires the old one, exit 0.
+#[test]
+fn a_lost_completion_answer_whose_rollback_succeeds_counts_as_stored() {
+    let s = setup();
+    s.ksm.fail("finalize_secret_update", Fault::After);
+    s.ksm.rollback_always_succeeds();
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_no_leak(&out);
+    assert_ne!(s.vault_key(), s.old.id);
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    s.assert_at_rest();
+}
+
+/// The stage takes effect but its answer is lost: the host rolls it back,
+/// reads the record, sees the old data, and deletes the new key (exit 1);
+/// nothing stays staged.
+#[test]
+fn a_lost_staging_answer_is_rolled_back_with_the_key() {
+    let s = setup();
+    s.ksm.fail("update_secret", Fault::Pass);
+    s.ksm.fail("update_secret", Fault::After);
+    let out = s.run(&[]);
+    out.expect(1, &["storing the new credential failed", "deleted again"]);
+    s.assert_no_leak(&out);
+    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
+    assert_eq!(s.vault_key(), s.old.id);
+    let staged: Vec<_> = s.ksm.writes("user1");
+    assert!(
+        staged.len() >= 2,
+        "the stage never reached the fake: {staged:?}"
+    );
+    s.assert_at_rest();
+}
+
+/// A config whose private key is not the one the application bound: Keeper
+/// refuses every request as badly signed, and nothing is sent to IAM.
+#[test]
+fn a_config_with_another_private_key_is_refused_as_badly_signed() {
+    let s = setup();
+    write_config(&s.dir, &s.ksm.config_with_foreign_key());
+    let out = s.run(&[]);
+    out.expect(2, &["Signature is invalid", "one-time token"]);
+    assert_eq!(s.ksm.calls(), ["get_secret"]);
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
+    assert_eq!(s.vault_key(), s.old.id);
+}
+
+/// A record shared read-only: refused before any key is created, naming
+/// the record and the fix; Keeper and IAM as they were.
+#[test]
+fn a_read_only_record_is_refused_before_anything_is_created() {
+    let s = setup();
+    s.ksm.read_only("user1");
+    let before = s.ksm.revision("user1");
+    let out = s.run(&[]);
+    out.expect(2, &["'user1'", "read-only", "edit"]);
+    assert_eq!(s.iam.count("CreateAccessKey"), 0);
+    assert_eq!(s.iam_keys(), vec![s.old.id.clone()]);
+    assert_eq!(s.ksm.revision("user1"), before);
+    assert!(
+        !s.ksm.calls().iter().any(|c| c == "update_secret"),
+        "{:?}",
+        s.ksm.calls()
+    );
+}
+
+/// A record shared through two folders comes back twice, and a config
+/// shared directly comes with its key under the application key: the
+/// record is rotated once, not refused as holding another record's key.
+#[test]
+fn a_record_shared_twice_is_rotated_once() {
+    let s = setup();
+    s.ksm.share_in_folder("user1", "shared-folder-2");
+    let config = data(config_from("cfg1", &fake_config(&s.iam.url, &s.rotator)));
+    s.ksm.add_record_direct("cfg1", config);
+    let out = s.run(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    s.assert_no_leak(&out);
+    assert_eq!(s.iam.count("CreateAccessKey"), 1);
+    assert_eq!(s.iam_keys(), vec![s.vault_key()]);
+    s.assert_at_rest();
+}
+
+/// An answer the SDK cannot read makes it panic (here `expiresOn: null`):
+/// the host turns that into an error, and nothing is sent to IAM.
+#[test]
+fn a_panic_in_the_sdk_becomes_an_error() {
+    let s = setup();
+    s.ksm.null_expiry();
+    let out = s.run(&[]);
+    out.expect(1, &["reading records failed", "could not read"]);
+    assert_eq!(s.iam.calls(), Vec::<String>::new());
 }
 
 /// `finalize` fails after the store: the transaction is already complete, so

@@ -359,6 +359,10 @@ impl KsmVault {
     /// - It is there after a rollback that worked: it was committed, so stored.
     /// - It is there and the rollback failed, or nothing can be read: unknown,
     ///   so the caller must delete nothing.
+    ///
+    /// Not there, with a revision past the one our update named: someone
+    /// changed the record meanwhile, whatever words Keeper used (it documents
+    /// no code for a stale revision).
     fn settle(
         &mut self,
         change: &Change,
@@ -366,6 +370,7 @@ impl KsmVault {
         e: &KSMRError,
     ) -> Result<(), VaultError> {
         let uid = change.uid.as_str();
+        let sent = self.find(uid).and_then(|r| r.revision);
         tracing::warn!(record = ?crate::text::printable(uid), "{action} in Keeper failed ({}); rolling back and reading the record again", ksm_text(e));
         let rolled_back = self.complete(uid, true).is_ok();
         let uncertain = || VaultError::KsmUncertain {
@@ -375,7 +380,11 @@ impl KsmVault {
         if self.refresh(uid).is_err() {
             return Err(uncertain());
         }
+        let moved = self.find(uid).and_then(|r| r.revision) > sent;
         match (self.holds(change), rolled_back) {
+            (false, _) if moved => Err(VaultError::KsmConflict {
+                uid: uid.to_string(),
+            }),
             (false, _) => Err(ksm_error(action, e)),
             (true, true) => Ok(()),
             (true, false) => Err(uncertain()),
@@ -397,16 +406,25 @@ impl KsmVault {
     /// an edit someone made meanwhile is refused, not overwritten.
     fn store_plain(&mut self, change: &Change) -> Result<(), VaultError> {
         let record = self.changed(change)?;
+        let sent = record.revision;
         let sm = self.sm();
-        off_runtime(|| sm.update_secret(record.clone())).map_err(|e| {
+        if let Err(e) = off_runtime(|| sm.update_secret(record.clone())) {
+            let conflict = VaultError::KsmConflict {
+                uid: change.uid.clone(),
+            };
             if is_conflict(&e) {
-                VaultError::KsmConflict {
-                    uid: change.uid.clone(),
-                }
+                return Err(conflict);
+            }
+            // Keeper's words for a stale revision are undocumented: a record
+            // read again at a later revision says it.
+            let moved = self.refresh(&change.uid).is_ok()
+                && self.find(&change.uid).and_then(|r| r.revision) > sent;
+            return Err(if moved {
+                conflict
             } else {
                 ksm_error("updating the record", &e)
-            }
-        })?;
+            });
+        }
         self.refresh(&change.uid)
     }
 
@@ -471,6 +489,11 @@ impl Vault for KsmVault {
         // The lease is judged on the record as it is now, not as the pass
         // first read it: another writer may have taken it since.
         self.refresh(uid)?;
+        if !self.find(uid).is_some_and(|r| r.is_editable) {
+            return Err(VaultError::KsmReadOnly {
+                uid: crate::text::printable(uid),
+            });
+        }
         self.refuse_others(uid, Some(&lease.owner))?;
         let leased = |owner: &str, until: &str| VaultError::Leased {
             uid: crate::text::printable(uid),
@@ -554,8 +577,11 @@ fn ksm_text(e: &KSMRError) -> String {
 }
 
 fn ksm_error(action: &'static str, e: &KSMRError) -> VaultError {
-    VaultError::Ksm {
-        action,
-        why: ksm_text(e),
+    let why = ksm_text(e);
+    // Keeper's server answers a bad signature or an unknown client so
+    // (403 `access_denied`, recorded in Keeper's sdk/fake_data.json).
+    if why.contains("Signature is invalid") {
+        return VaultError::KsmBadSignature { why };
     }
+    VaultError::Ksm { action, why }
 }

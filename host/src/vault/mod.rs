@@ -211,6 +211,19 @@ pub enum VaultError {
     )]
     Ksm { action: &'static str, why: String },
     #[error(
+        "Keeper refused this KSM application's requests as badly signed ({why}): the KSM \
+         config's private key is not the one its device was bound with, or the device was \
+         removed from the application. Nothing was changed. Redeem a new one-time token (README, \
+         'Keeper Secrets Manager') and pass the config it writes"
+    )]
+    KsmBadSignature { why: String },
+    #[error(
+        "record '{uid}' is shared with this KSM application read-only, so a new credential could \
+         not be stored: nothing was created. Give the application edit rights on the record's \
+         shared folder (Can Edit), then run again"
+    )]
+    KsmReadOnly { uid: String },
+    #[error(
         "record '{uid}' changed in Keeper since it was read (its revision moved): it was not \
          overwritten. Someone or another gateway edited it; run again"
     )]

@@ -5,10 +5,24 @@
 //! - the SDK wraps each request's AES key (the transmission key) for the
 //!   server's P-256 key, which the test config names (`serverPublicKey`, the
 //!   custom-key setting Keeper uses for its IL5 environment); the fake unwraps
-//!   it by ECDH, decrypts the request and encrypts its answer with it;
+//!   it by ECDH, decrypts the request and encrypts its answer with it. Keeper's
+//!   built-in key ids cannot be faked: their private halves are Keeper's;
+//! - each request is signed with the client's private key (ECDSA P-256,
+//!   SHA-256, DER, over the wrapped transmission key and the encrypted
+//!   payload); the fake knows the public key bound to the config's `clientId`
+//!   and answers a bad signature or an unknown client as Keeper's server does
+//!   (403 `access_denied`, "Signature is invalid", recorded in Keeper's
+//!   `sdk/fake_data.json`);
 //! - records are encrypted as Keeper does: data under a per-record key, that
-//!   key under the application key (AES-256-GCM, nonce first);
-//! - records keep revisions: an update naming an old revision is refused;
+//!   key under the application key when the record is shared directly, or
+//!   under its shared folder's key, itself under the application key. Records
+//!   come through a shared folder unless added directly, as in Keeper's
+//!   recorded answers, and a record in two folders comes twice;
+//! - a record may be shared read-only (`isEditable` false): its updates are
+//!   refused with `access_denied`;
+//! - records keep revisions: an update naming an old revision is refused.
+//!   Keeper documents no code for this; the fake's answer names neither
+//!   `out_of_sync` nor a revision unless a test asks (`stale_answer`);
 //! - the rotation transaction stages an update; `finalize_secret_update`
 //!   commits it, `rollback_secret_update` drops it, and a second update while
 //!   one is open is refused. Keeper does not document what readers see
@@ -35,9 +49,9 @@ use sha2::{Digest, Sha256};
 
 use crate::tls::TestCa;
 
-/// The answer Keeper's service gives to an update of a stale revision. The
-/// real code is not documented; the host recognises it by its words.
-pub const CONFLICT_CODE: &str = "out_of_sync";
+/// The fake's default answer to an update of a stale revision: Keeper
+/// documents none, so it is one the host does not recognise as a conflict.
+const STALE: (&str, &str) = ("bad_request", "the record was changed by another client");
 
 fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
@@ -105,6 +119,22 @@ struct Stored {
     data: Value,
     revision: i64,
     staged: Option<Value>,
+    /// The shared folders it comes through; none: shared directly.
+    folders: Vec<String>,
+    editable: bool,
+}
+
+impl Stored {
+    fn new(key: [u8; 32], data: Value, folders: Vec<String>) -> Self {
+        Self {
+            key,
+            data,
+            revision: 1,
+            staged: None,
+            folders,
+            editable: true,
+        }
+    }
 }
 
 impl Stored {
@@ -126,7 +156,19 @@ struct State {
     show_staged: bool,
     /// Per record: the data of every update accepted, staged or not, in order.
     writes: HashMap<String, Vec<Value>>,
+    /// `clientId` to the public key the client bound when it redeemed its token.
+    clients: HashMap<String, PublicKey>,
+    /// The answer to a stale revision, when a test names one.
+    stale: Option<(String, String)>,
+    /// A rollback with no transaction open answers success (what Keeper does
+    /// is undocumented; by default it is refused).
+    rollback_always_succeeds: bool,
+    /// `get_secret` answers `expiresOn: null`, which the SDK cannot read.
+    null_expiry: bool,
 }
+
+/// The shared folder `add_record` shares records through.
+pub const DEFAULT_FOLDER: &str = "shared-folder-1";
 
 /// The host name the fake answers for. The SDK always connects to port 443
 /// of the config's host, so the test reaches the fake as an HTTPS proxy
@@ -141,6 +183,7 @@ pub struct FakeKsm {
     /// The config's `hostname`.
     pub host: String,
     app_key: [u8; 32],
+    client_id: String,
     client_key: SecretKey,
     server_key: SecretKey,
     state: Arc<Mutex<State>>,
@@ -155,7 +198,16 @@ impl FakeKsm {
         let proxy = format!("http://{}", listener.local_addr().unwrap());
         let server_key = secret_key();
         let app_key = random::<32>();
-        let state = Arc::new(Mutex::new(State::default()));
+        let client_id = STANDARD.encode(random::<32>());
+        let client_key = secret_key();
+        let mut bound = State::default();
+        bound
+            .clients
+            .insert(client_id.clone(), client_key.public_key());
+        bound
+            .folders
+            .push((DEFAULT_FOLDER.to_string(), random::<32>()));
+        let state = Arc::new(Mutex::new(bound));
         let (shared, key, tls) = (state.clone(), server_key.clone(), ca.server.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -178,7 +230,8 @@ impl FakeKsm {
             proxy,
             host: HOST.into(),
             app_key,
-            client_key: secret_key(),
+            client_id,
+            client_key,
             server_key,
             state,
             releases: Arc::default(),
@@ -191,7 +244,7 @@ impl FakeKsm {
         let point = self.server_key.public_key().to_encoded_point(false);
         json!({
             "hostname": self.host,
-            "clientId": STANDARD.encode(random::<32>()),
+            "clientId": self.client_id,
             "privateKey": STANDARD.encode(self.client_key.to_pkcs8_der().unwrap().as_bytes()),
             "appKey": STANDARD.encode(self.app_key),
             "serverPublicKeyId": "10",
@@ -211,18 +264,64 @@ impl FakeKsm {
         ]
     }
 
-    /// Adds a record shared with the application: `data` is Keeper's record
-    /// data (`type`, `title`, `fields`, `custom`).
+    /// The config with the application's private key replaced by another
+    /// one, as a config copied from another application would be.
+    pub fn config_with_foreign_key(&self) -> Value {
+        let mut c = self.config();
+        c["privateKey"] = json!(STANDARD.encode(secret_key().to_pkcs8_der().unwrap().as_bytes()));
+        c
+    }
+
+    /// Adds a record shared with the application through its shared folder
+    /// (`DEFAULT_FOLDER`), the README's setup: `data` is Keeper's record data
+    /// (`type`, `title`, `fields`, `custom`).
     pub fn add_record(&self, uid: &str, data: Value) {
-        self.state.lock().unwrap().records.insert(
-            uid.into(),
-            Stored {
-                key: random::<32>(),
-                data,
-                revision: 1,
-                staged: None,
-            },
-        );
+        self.insert(uid, data, vec![DEFAULT_FOLDER.to_string()]);
+    }
+
+    /// Adds a record shared with the application directly, not in a folder.
+    pub fn add_record_direct(&self, uid: &str, data: Value) {
+        self.insert(uid, data, vec![]);
+    }
+
+    fn insert(&self, uid: &str, data: Value, folders: Vec<String>) {
+        self.state
+            .lock()
+            .unwrap()
+            .records
+            .insert(uid.into(), Stored::new(random::<32>(), data, folders));
+    }
+
+    /// Shares record `uid` through shared folder `folder` too (added if new):
+    /// Keeper then returns it once per folder.
+    pub fn share_in_folder(&self, uid: &str, folder: &str) {
+        let mut s = self.state.lock().unwrap();
+        if !s.folders.iter().any(|(f, _)| f == folder) {
+            s.folders.push((folder.into(), random::<32>()));
+        }
+        let r = s.records.get_mut(uid).expect("record exists");
+        r.folders.push(folder.into());
+    }
+
+    /// Record `uid` is shared read-only: `isEditable` false, updates refused.
+    pub fn read_only(&self, uid: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.records.get_mut(uid).expect("record exists").editable = false;
+    }
+
+    /// A stale revision is refused with this code and message.
+    pub fn stale_answer(&self, code: &str, message: &str) {
+        self.state.lock().unwrap().stale = Some((code.into(), message.into()));
+    }
+
+    /// A rollback with no transaction open answers success.
+    pub fn rollback_always_succeeds(&self) {
+        self.state.lock().unwrap().rollback_always_succeeds = true;
+    }
+
+    /// `get_secret` answers with `expiresOn: null`.
+    pub fn null_expiry(&self) {
+        self.state.lock().unwrap().null_expiry = true;
     }
 
     /// Adds a shared folder the application may create records in.
@@ -334,6 +433,8 @@ fn accept_connect(mut stream: std::net::TcpStream) -> Option<std::net::TcpStream
 struct Request {
     path: String,
     transmission_key: Option<String>,
+    /// `Authorization: Signature BASE64`: the DER signature.
+    signature: Option<String>,
     body: Vec<u8>,
 }
 
@@ -343,7 +444,7 @@ fn read_request(reader: &mut impl BufRead) -> Option<Request> {
         return None;
     }
     let path = line.split_whitespace().nth(1)?.to_string();
-    let (mut len, mut transmission_key) = (0, None);
+    let (mut len, mut transmission_key, mut signature) = (0, None, None);
     loop {
         let mut h = String::new();
         reader.read_line(&mut h).ok()?;
@@ -355,6 +456,9 @@ fn read_request(reader: &mut impl BufRead) -> Option<Request> {
         match k.trim().to_ascii_lowercase().as_str() {
             "content-length" => len = v.trim().parse().ok()?,
             "transmissionkey" => transmission_key = Some(v.trim().to_string()),
+            "authorization" => {
+                signature = v.trim().strip_prefix("Signature ").map(str::to_string);
+            }
             _ => {}
         }
     }
@@ -363,6 +467,7 @@ fn read_request(reader: &mut impl BufRead) -> Option<Request> {
     Some(Request {
         path,
         transmission_key,
+        signature,
         body,
     })
 }
@@ -402,6 +507,34 @@ fn transmission_key(header: &str, server_key: &SecretKey) -> Option<Vec<u8>> {
     open(&key, &wrapped[65..])
 }
 
+/// Whether the request is signed by the key bound to its `clientId`: ECDSA
+/// P-256 over the wrapped transmission key and the encrypted payload.
+fn signed_by_client(req: &Request, payload: &Value, state: &Mutex<State>) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    let Some(key) = payload["clientId"]
+        .as_str()
+        .and_then(|id| state.lock().unwrap().clients.get(id).copied())
+    else {
+        return false;
+    };
+    let wrapped = req
+        .transmission_key
+        .as_deref()
+        .and_then(|h| STANDARD.decode(h).ok());
+    let signature = req
+        .signature
+        .as_deref()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .and_then(|der| p256::ecdsa::Signature::from_der(&der).ok());
+    let (Some(wrapped), Some(signature)) = (wrapped, signature) else {
+        return false;
+    };
+    let signed = [wrapped.as_slice(), req.body.as_slice()].concat();
+    p256::ecdsa::VerifyingKey::from(key)
+        .verify(&signed, &signature)
+        .is_ok()
+}
+
 fn error(code: &str, message: &str) -> (u16, Vec<u8>) {
     (
         400,
@@ -430,6 +563,21 @@ fn answer(
     else {
         return error("bad_request", "the payload could not be decrypted");
     };
+    if !signed_by_client(req, &payload, state) {
+        state.lock().unwrap().calls.push(endpoint.clone());
+        return (
+            403,
+            json!({
+                "path": format!("https://{HOST}/api/rest/sm/v1/{endpoint}, POST"),
+                "additional_info": "",
+                "location": "default exception manager - api validation exception",
+                "error": "access_denied",
+                "message": "Signature is invalid",
+            })
+            .to_string()
+            .into_bytes(),
+        );
+    }
     let held = {
         let mut s = state.lock().unwrap();
         s.calls.push(endpoint.clone());
@@ -491,33 +639,23 @@ fn handle(
             let wanted: Option<Vec<&str>> = payload["requestedRecords"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect());
-            let show_staged = s.show_staged;
-            let records: Vec<Value> = s
-                .records
-                .iter()
-                .filter(|(uid, _)| wanted.as_ref().is_none_or(|w| w.contains(&uid.as_str())))
-                .map(|(uid, r)| {
-                    json!({
-                        "recordUid": uid,
-                        "recordKey": STANDARD.encode(seal(app_key, &r.key)),
-                        "data": STANDARD.encode(seal(&r.key, r.visible(show_staged).to_string().as_bytes())),
-                        "revision": r.revision,
-                        "isEditable": true,
-                        "files": null,
-                    })
-                })
-                .collect();
-            (200, Some(json!({"records": records, "folders": []})))
+            (200, Some(secrets(s, wanted.as_deref(), app_key)))
         }
         "update_secret" => {
             let Some(r) = s.records.get_mut(&uid) else {
                 return refuse("not_found", "no such record");
             };
-            if payload["revision"].as_i64() != Some(r.revision) {
-                return refuse(
-                    CONFLICT_CODE,
-                    "the record's revision does not match: it changed",
+            if !r.editable {
+                return (
+                    403,
+                    Some(
+                        json!({"error": "access_denied", "message": "the application may not edit this record"}),
+                    ),
                 );
+            }
+            if payload["revision"].as_i64() != Some(r.revision) {
+                let (code, message) = s.stale.clone().unwrap_or((STALE.0.into(), STALE.1.into()));
+                return refuse(&code, &message);
             }
             if r.staged.is_some() {
                 return refuse("transaction_in_progress", "a rotation transaction is open");
@@ -554,6 +692,7 @@ fn handle(
                 r.staged = None;
                 (200, None)
             }
+            Some(_) if s.rollback_always_succeeds => (200, None),
             _ => refuse("not_found", "no open transaction"),
         },
         "get_folders" => {
@@ -591,17 +730,67 @@ fn handle(
             let (Some(key), Some(data)) = (key, data) else {
                 return refuse("bad_request", "record key or data could not be decrypted");
             };
-            s.records.insert(
-                uid,
-                Stored {
-                    key: key.try_into().unwrap_or([0; 32]),
-                    data,
-                    revision: 1,
-                    staged: None,
-                },
-            );
+            let folder = folder.to_string();
+            let key = key.try_into().unwrap_or([0; 32]);
+            s.records.insert(uid, Stored::new(key, data, vec![folder]));
             (200, None)
         }
         other => refuse("unknown_endpoint", other),
     }
+}
+
+/// `get_secret`'s answer, shaped as Keeper's recorded ones: each record once
+/// per way it is shared, its key under the application key (shared directly)
+/// or under its folder's key; `records` is null when none is shared directly.
+fn secrets(s: &State, wanted: Option<&[&str]>, app_key: &[u8; 32]) -> Value {
+    let chosen = |uid: &String| wanted.is_none_or(|w| w.contains(&uid.as_str()));
+    let entry = |uid: &str, r: &Stored, key_of_key: &[u8]| {
+        json!({
+            "recordUid": uid,
+            "recordKey": STANDARD.encode(seal(key_of_key, &r.key)),
+            "data": STANDARD.encode(seal(&r.key, r.visible(s.show_staged).to_string().as_bytes())),
+            "revision": r.revision,
+            "isEditable": r.editable,
+            "files": null,
+        })
+    };
+    let direct: Vec<Value> = s
+        .records
+        .iter()
+        .filter(|(uid, r)| chosen(uid) && r.folders.is_empty())
+        .map(|(uid, r)| entry(uid, r, app_key))
+        .collect();
+    let folders: Vec<Value> = s
+        .folders
+        .iter()
+        .filter_map(|(folder, folder_key)| {
+            let records: Vec<Value> = s
+                .records
+                .iter()
+                .filter(|(uid, r)| chosen(uid) && r.folders.contains(folder))
+                .map(|(uid, r)| entry(uid, r, folder_key))
+                .collect();
+            (!records.is_empty()).then(|| {
+                json!({
+                    "folderUid": folder,
+                    "folderKey": STANDARD.encode(seal(app_key, folder_key)),
+                    "data": null,
+                    "parent": null,
+                    "isEditable": true,
+                    "records": records,
+                })
+            })
+        })
+        .collect();
+    let app_data = seal(app_key, br#"{"title":"rotate-host tests","type":"app"}"#);
+    json!({
+        "appData": URL_SAFE_NO_PAD.encode(app_data),
+        "encryptedAppKey": null,
+        "appOwnerPublicKey": null,
+        "folders": folders,
+        "records": if direct.is_empty() { Value::Null } else { Value::Array(direct) },
+        "expiresOn": if s.null_expiry { Value::Null } else { json!(0) },
+        "warnings": null,
+        "extra": null,
+    })
 }
