@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::file_lock::lock;
-use super::json_index::{Member, Slot, index, minify};
+use super::json_index::{Member, Slot, index, is_minified, minify};
 use super::keeper_shape::{apply_fields, remove_label, to_record};
 use super::{Change, Vault, VaultError, VaultOptions};
 use crate::record::Record;
@@ -44,6 +44,10 @@ pub struct FileVault {
     /// With symlinks resolved: what is locked and replaced.
     real: PathBuf,
     text: String,
+    /// `text` has no whitespace between tokens: a rewrite copies its raw
+    /// parts as they are instead of minifying them again (a pass rewrites
+    /// the file once per group commit).
+    compact: bool,
     members: Vec<(String, Member)>,
     records: Vec<Slot>,
     by_uid: HashMap<String, usize>,
@@ -293,6 +297,7 @@ impl FileVault {
                 path: path.to_path_buf(),
                 real,
                 text: String::new(),
+                compact: true,
                 members: vec![("records".into(), Member::Records)],
                 records: vec![],
                 by_uid: HashMap::new(),
@@ -309,6 +314,7 @@ impl FileVault {
         Ok(Self {
             path: path.to_path_buf(),
             real,
+            compact: is_minified(text.trim_end()),
             text,
             members,
             records,
@@ -413,7 +419,7 @@ impl FileVault {
     /// Writes the vault, compact: a temporary file beside the real file, with
     /// its owner, group and mode (0600 for a new vault), fsync, rename, fsync of
     /// the folder. A failure leaves the old file as it was.
-    pub fn persist(&self) -> Result<(), VaultError> {
+    pub fn persist(&mut self) -> Result<(), VaultError> {
         let err = |source| VaultError::Write {
             path: self.path.clone(),
             source,
@@ -438,10 +444,19 @@ impl FileVault {
             file.set_permissions(fs::Permissions::from_mode(o.mode))
                 .map_err(err)?;
         }
-        let mut out = BufWriter::new(tmp.as_file_mut());
-        self.write_compact(&mut out).map_err(err)?;
-        out.flush().map_err(err)?;
-        drop(out);
+        // A file that is not compact yet is written through memory once, and
+        // what was written becomes the text the next rewrites copy from.
+        let mut adopted = None;
+        if self.compact {
+            let mut out = BufWriter::new(tmp.as_file_mut());
+            self.write_compact(&mut out).map_err(err)?;
+            out.flush().map_err(err)?;
+        } else {
+            let mut written = Vec::with_capacity(self.text.len());
+            self.write_compact(&mut written).map_err(err)?;
+            tmp.as_file_mut().write_all(&written).map_err(err)?;
+            adopted = Some(written);
+        }
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&self.real).map_err(|e| err(e.error))?;
         // The new file is in place: from here on, failing would make the caller
@@ -454,7 +469,32 @@ impl FileVault {
             );
         }
         tracing::debug!(path = %self.path.display(), "vault saved");
+        if let Some(written) = adopted {
+            self.adopt(written);
+        }
         Ok(())
+    }
+
+    /// Makes the file just written, compact, the text records are read and
+    /// copied from. Its index cannot fail (this host wrote it); if it did,
+    /// the old text stays, which is only slower.
+    fn adopt(&mut self, written: Vec<u8>) {
+        let Ok(text) = String::from_utf8(written) else {
+            return;
+        };
+        if let Ok((members, records, by_uid)) = index(&text) {
+            (self.text, self.members, self.records, self.by_uid) = (text, members, records, by_uid);
+            self.compact = true;
+        }
+    }
+
+    /// Raw text as a rewrite writes it: minified, or as it is once compact.
+    fn copy_raw(&self, range: std::ops::Range<usize>, out: &mut impl Write) -> io::Result<()> {
+        if self.compact {
+            out.write_all(&self.text.as_bytes()[range])
+        } else {
+            minify(&self.text[range], out)
+        }
     }
 
     fn write_compact(&self, out: &mut impl Write) -> io::Result<()> {
@@ -466,7 +506,7 @@ impl FileVault {
             serde_json::to_writer(&mut *out, key)?;
             out.write_all(b":")?;
             match member {
-                Member::Raw(range) => minify(&self.text[range.clone()], out)?,
+                Member::Raw(range) => self.copy_raw(range.clone(), out)?,
                 Member::Records => {
                     out.write_all(b"[")?;
                     for (j, slot) in self.records.iter().enumerate() {
@@ -475,7 +515,7 @@ impl FileVault {
                         }
                         match slot {
                             Slot::Changed(v) => serde_json::to_writer(&mut *out, v)?,
-                            Slot::Raw(range) => minify(&self.text[range.clone()], out)?,
+                            Slot::Raw(range) => self.copy_raw(range.clone(), out)?,
                         }
                     }
                     out.write_all(b"]")?;
@@ -623,6 +663,36 @@ mod tests {
                 "\n"
             )
         );
+    }
+
+    /// A pretty vault is minified by its first rewrite and then copied from
+    /// the compact text: a second rewrite in the same run writes exactly what
+    /// minifying the original would, with both changes.
+    #[test]
+    fn after_its_first_rewrite_a_vault_is_copied_not_minified_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = "{\n  \"records\": [\n    {\"uid\": \"a\", \"type\": \"pamUser\", \"n\": 1.50, \"s\": \"x  y\\\" z\"},\n    {\"uid\": \"b\", \"type\": \"pamUser\", \"fields\": [ ]}\n  ],\n  \"v\": [ 1, 2 ]\n}\n";
+        let p = write(dir.path(), body);
+        let mut v = FileVault::open(&p, &t()).unwrap();
+        assert!(!v.compact);
+        v.set_fields("a", &[field("k1", ValueKind::Text, "one")])
+            .unwrap();
+        v.persist().unwrap();
+        assert!(v.compact, "the rewrite was not adopted");
+        let first = fs::read_to_string(&p).unwrap();
+        assert!(is_minified(first.trim_end()), "{first}");
+        v.set_fields("b", &[field("k2", ValueKind::Text, "two")])
+            .unwrap();
+        v.persist().unwrap();
+        drop(v);
+        let second = fs::read_to_string(&p).unwrap();
+        assert!(second.contains(r#""n":1.50,"s":"x  y\" z""#), "{second}");
+        assert!(second.trim_end().ends_with(r#""v":[1,2]}"#), "{second}");
+        let doc: Value = serde_json::from_str(&second).unwrap();
+        assert_eq!(doc["records"][0]["custom"][0]["value"][0], "one");
+        assert_eq!(doc["records"][1]["custom"][0]["value"][0], "two");
+        // A vault that is compact already is copied from the start.
+        assert!(FileVault::open(&p, &t()).unwrap().compact);
     }
 
     #[test]

@@ -47,6 +47,27 @@ pub(super) fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&bytes[start..])
 }
 
+/// Whether `json` has no whitespace between tokens: `minify` would copy it
+/// unchanged, so a rewrite may copy it as it is.
+pub(super) fn is_minified(json: &str) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            return false;
+        }
+    }
+    true
+}
+
 pub(super) type Index = (Vec<(String, Member)>, Vec<Slot>, HashMap<String, usize>);
 
 /// Indexes the file: its top-level members, each record's raw text and UID.
