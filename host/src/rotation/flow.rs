@@ -126,11 +126,12 @@ async fn rotate_once(
     // Between plugin calls: after a purge, no rotation starts once stopping.
     // A key `rotate` created is always stored and finalized.
     run.not_stopping()?;
+    let under_way = core.writer.rotating();
     let rotation = run.rotate().await?;
     if job.dry_run {
         return Ok(run.report);
     }
-    let created = run.store(&rotation).await?;
+    let created = run.store(&rotation, under_way).await?;
     run.finalize(&rotation, created).await
 }
 
@@ -312,6 +313,7 @@ impl<'a> InFlight<'a> {
     async fn store(
         &mut self,
         rotation: &crate::sandbox::plugin::Rotation,
+        under_way: crate::vault::writer::Rotating<'_>,
     ) -> Result<String, RunError> {
         let job = self.job;
         let Some(created) = self.report.created.clone() else {
@@ -335,7 +337,10 @@ impl<'a> InFlight<'a> {
             remove.extend(retire::ledger_removal(&self.ledger));
         }
         let writer = self.core.writer;
-        if let Err(source) = writer.store_rotation(&job.user_uid, fields, remove).await {
+        if let Err(source) = writer
+            .store_rotation(&job.user_uid, fields, remove, under_way)
+            .await
+        {
             if source.is_uncertain() {
                 // The key may be in the vault now: deleting it could lock the user out.
                 return Err(RunError::StoreUncertain { created, source });

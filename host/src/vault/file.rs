@@ -539,6 +539,10 @@ impl Vault for FileVault {
         (format!("vault {}", self.path.display()), "")
     }
 
+    fn rewrites_whole(&self) -> bool {
+        true
+    }
+
     /// Every change in one atomic rewrite. If the rewrite fails, the records go
     /// back to how they were, so a later save never writes a failed change.
     fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>> {

@@ -107,6 +107,12 @@ pub trait Vault: Send {
     /// Writes `batch` and returns each change's outcome; `Ok` means durable.
     /// A change that failed is not visible in later reads or writes.
     fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>>;
+
+    /// Whether each save rewrites the whole vault, so that saves are worth
+    /// gathering (the file vault); Keeper updates one record per call.
+    fn rewrites_whole(&self) -> bool {
+        false
+    }
 }
 
 impl dyn Vault + '_ {

@@ -4,10 +4,21 @@
 //! pass over K due records costs far fewer than K rewrites; KSM sends one
 //! update per record. Each store returns only once its fields are durable, so
 //! `finalize` never runs before its key is saved (I1, I2).
+//!
+//! A file vault rewrites the whole file per save, so a save waits a little
+//! (at most `LINGER`) for the rotations whose `rotate` is under way to queue
+//! their stores too: with `--jobs J`, a pass then costs about K / J rewrites
+//! instead of nearly K. The wait is bounded, so a plugin that hangs delays
+//! the others' stores by `LINGER` at most, never by its own time limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+
+/// The longest a save waits for rotations under way to queue their stores.
+const LINGER: Duration = Duration::from_millis(250);
 
 use crate::record::StoreField;
 use crate::vault::{Change, Vault, VaultError};
@@ -23,25 +34,57 @@ struct Queued {
 pub struct VaultWriter {
     vault: tokio::sync::Mutex<Box<dyn Vault>>,
     queue: Mutex<Vec<Queued>>,
+    /// Saves wait for rotations under way (a file vault: each save rewrites it).
+    lingers: bool,
+    /// Rotations between the start of `rotate` and their store.
+    rotating: AtomicUsize,
+    /// Woken when one of them queues its store or ends without one.
+    progress: Notify,
+}
+
+/// A rotation under way, from `rotate` to its store: saves wait for it
+/// (bounded). Dropped without a store (a failed or dry `rotate`), it stops
+/// counting.
+pub struct Rotating<'a> {
+    writer: &'a VaultWriter,
+}
+
+impl Drop for Rotating<'_> {
+    fn drop(&mut self) {
+        self.writer.rotating.fetch_sub(1, Ordering::SeqCst);
+        self.writer.progress.notify_waiters();
+    }
 }
 
 impl VaultWriter {
     pub fn new(vault: Box<dyn Vault>) -> Self {
         Self {
+            lingers: vault.rewrites_whole(),
             vault: tokio::sync::Mutex::new(vault),
             queue: Mutex::new(Vec::new()),
+            rotating: AtomicUsize::new(0),
+            progress: Notify::new(),
         }
+    }
+
+    /// Marks a rotation under way until its store is queued.
+    pub fn rotating(&self) -> Rotating<'_> {
+        self.rotating.fetch_add(1, Ordering::SeqCst);
+        Rotating { writer: self }
     }
 
     /// Stores a rotation's new credential: sets `fields` and removes the fields
     /// labelled `remove` on record `uid`, and returns once they are saved.
+    /// `under_way` stops counting once the store is queued.
     pub async fn store_rotation(
         &self,
         uid: &str,
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
+        under_way: Rotating<'_>,
     ) -> Result<(), Arc<VaultError>> {
-        self.submit(uid, fields, remove, true).await
+        self.submit(uid, fields, remove, true, Some(under_way))
+            .await
     }
 
     /// Like `store_rotation`, for fields that carry no credential (markers, ledgers).
@@ -51,7 +94,7 @@ impl VaultWriter {
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
     ) -> Result<(), Arc<VaultError>> {
-        self.submit(uid, fields, remove, false).await
+        self.submit(uid, fields, remove, false, None).await
     }
 
     async fn submit(
@@ -60,6 +103,7 @@ impl VaultWriter {
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
         rotation: bool,
+        under_way: Option<Rotating<'_>>,
     ) -> Result<(), Arc<VaultError>> {
         let (done, result) = oneshot::channel();
         self.queue.lock().expect("queue lock").push(Queued {
@@ -71,8 +115,30 @@ impl VaultWriter {
             },
             done: Some(done),
         });
+        drop(under_way);
+        self.linger().await;
         self.commit().await;
         result.await.expect("every queued store is answered")
+    }
+
+    /// Waits, at most `LINGER`, until no rotation is between `rotate` and
+    /// its store, so that their stores share this save.
+    async fn linger(&self) {
+        if !self.lingers {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            let woken = self.progress.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.rotating.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// `Vault::lease` for record `uid`; returns it read again if one was written.
@@ -149,5 +215,92 @@ impl VaultWriter {
             }
         }
         Some(failed.map_or(Ok(()), Err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, ValueKind};
+    use crate::secret::Secret;
+    use crate::vault::VaultOptions;
+    use crate::vault::file::FileVault;
+
+    /// The real file vault, its saves counted.
+    struct Counted {
+        inner: FileVault,
+        saves: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Vault for Counted {
+        fn uids(&self) -> Vec<String> {
+            self.inner.uids()
+        }
+        fn record(&self, uid: &str) -> Option<Record> {
+            Vault::record(&self.inner, uid)
+        }
+        fn missing(&self) -> (String, &'static str) {
+            self.inner.missing()
+        }
+        fn save(&mut self, batch: &[Change]) -> Vec<Result<(), Arc<VaultError>>> {
+            self.saves.lock().unwrap().push(batch.len());
+            self.inner.save(batch)
+        }
+        fn rewrites_whole(&self) -> bool {
+            self.inner.rewrites_whole()
+        }
+    }
+
+    fn writer(dir: &std::path::Path) -> (VaultWriter, Arc<Mutex<Vec<usize>>>) {
+        let path = dir.join("vault.json");
+        std::fs::write(
+            &path,
+            r#"{"records":[{"uid":"a","type":"pamUser"},{"uid":"b","type":"pamUser"}]}"#,
+        )
+        .unwrap();
+        let saves = Arc::default();
+        let inner = FileVault::open(&path, &VaultOptions::default()).unwrap();
+        let vault = Counted {
+            inner,
+            saves: Arc::clone(&saves),
+        };
+        (VaultWriter::new(Box::new(vault)), saves)
+    }
+
+    fn key(value: &str) -> Vec<StoreField> {
+        vec![StoreField {
+            label: "k".into(),
+            aliases: vec![],
+            kind: ValueKind::Text,
+            value: Secret::new(value),
+        }]
+    }
+
+    /// A store waits for a rotation under way and shares its save.
+    #[tokio::test]
+    async fn a_store_shares_the_save_of_a_rotation_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, saves) = writer(dir.path());
+        let (first, second) = (w.rotating(), w.rotating());
+        let a = w.store_rotation("a", key("1"), vec![], first);
+        let b = w.store_rotation("b", key("2"), vec![], second);
+        let (a, b) = tokio::join!(a, b);
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(*saves.lock().unwrap(), [2]);
+    }
+
+    /// A rotation that never stores holds a save back for the linger, then
+    /// the save goes ahead alone.
+    #[tokio::test]
+    async fn a_save_waits_out_the_linger_for_a_rotation_that_never_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, saves) = writer(dir.path());
+        let stuck = w.rotating();
+        let mine = w.rotating();
+        let started = tokio::time::Instant::now();
+        w.store_rotation("a", key("1"), vec![], mine).await.unwrap();
+        assert!(started.elapsed() >= LINGER);
+        assert_eq!(*saves.lock().unwrap(), [1]);
+        drop(stuck);
     }
 }
