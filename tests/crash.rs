@@ -143,6 +143,18 @@ fn a_failed_store_whose_rollback_fails_leaves_a_leftover_the_next_run_removes() 
     assert_converged(&s.iam, &s.vault);
 }
 
+/// The guide's setup, its run killed once `action` took effect at the fake.
+fn guide_setup_killed_at(action: &str) -> (GuideSetup, Outcome) {
+    let setup = guide_setup("aws_access_key_id");
+    let arrived = setup.iam.hold(action);
+    let path = setup.vault.path.to_str().unwrap();
+    let args = [
+        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
+    ];
+    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &setup.iam);
+    (setup, out)
+}
+
 /// The user guide's setup, where one IAM user holds both the signing key and
 /// the vault's key: `rotate` must delete the vault's key to make room. Killed
 /// while that delete is in flight, the vault names a deleted key (the one
@@ -150,18 +162,15 @@ fn a_failed_store_whose_rollback_fails_leaves_a_leftover_the_next_run_removes() 
 /// creates and stores a new key and converges.
 #[test]
 fn killed_during_rotates_delete_in_the_guide_setup() {
-    let GuideSetup {
-        iam,
-        vault,
-        client,
-        rotated,
-    } = guide_setup("aws_access_key_id");
-    let arrived = iam.hold("DeleteAccessKey");
-    let path = vault.path.to_str().unwrap();
-    let args = [
-        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
-    ];
-    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &iam);
+    let (
+        GuideSetup {
+            iam,
+            vault,
+            client,
+            rotated,
+        },
+        out,
+    ) = guide_setup_killed_at("DeleteAccessKey");
     assert_eq!(out.code, -1, "the run was meant to be killed");
     assert_vault_at_rest(&vault);
     assert_eq!(
@@ -193,18 +202,15 @@ fn killed_during_rotates_delete_in_the_guide_setup() {
 /// once the operator deletes the stray key, a run converges.
 #[test]
 fn killed_after_the_create_in_the_guide_setup_the_next_run_names_both_keys() {
-    let GuideSetup {
-        iam,
-        vault,
-        client,
-        rotated,
-    } = guide_setup("aws_access_key_id");
-    let arrived = iam.hold("CreateAccessKey");
-    let path = vault.path.to_str().unwrap();
-    let args = [
-        "run", GUEST_WASM, "--vault", path, "-u", "user1", "-c", "cfg1",
-    ];
-    let out = kill_when_arrived(&args, arrived, Duration::ZERO, &iam);
+    let (
+        GuideSetup {
+            iam,
+            vault,
+            client,
+            rotated,
+        },
+        out,
+    ) = guide_setup_killed_at("CreateAccessKey");
     assert_eq!(out.code, -1, "the run was meant to be killed");
     assert_eq!(
         vault.field("user1", "aws_access_key_id"),

@@ -80,6 +80,21 @@ impl Fleet {
     }
 }
 
+/// Adds a copy of ann's record (the vault's second) as `uid`, holding no
+/// key, with `fields` for its standard fields.
+fn add_keyless_copy_of_ann(f: &Fleet, uid: &str, fields: Value) {
+    f.vault.edit(|doc| {
+        let mut twin = doc["records"][1].clone();
+        twin["uid"] = json!(uid);
+        twin["fields"] = fields;
+        twin["custom"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["label"] != "aws_access_key_id");
+        doc["records"].as_array_mut().unwrap().push(twin);
+    });
+}
+
 fn due(vault: &VaultFile, extra: &[&str]) -> Outcome {
     let mut args = vec!["due", GUEST_WASM, "--vault", vault.path.to_str().unwrap()];
     args.extend(extra);
@@ -377,17 +392,9 @@ fn a_failed_store_in_a_pass_is_not_written_by_the_next_save() {
 #[test]
 fn twin_records_whose_logins_differ_in_case_fail_together() {
     let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
-    f.vault.edit(|doc| {
-        // A new record for the same user, holding no key yet.
-        let mut twin = doc["records"][1].clone();
-        twin["uid"] = json!("u-ANN");
-        twin["fields"][0]["value"] = json!(["ANN"]);
-        twin["custom"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|c| c["label"] != "aws_access_key_id");
-        doc["records"].as_array_mut().unwrap().push(twin);
-    });
+    // A new record for the same user, holding no key yet.
+    let fields = json!([{"type": "login", "value": ["ANN"]}, {"type": "password", "value": [""]}]);
+    add_keyless_copy_of_ann(&f, "u-ANN", fields);
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert_eq!(uids(&v, "failed"), ["u-ANN", "u-ann"]);
@@ -441,16 +448,7 @@ fn iams_own_rate_limit_is_retried_through_and_rps_stays_under_it() {
 #[test]
 fn a_login_less_record_and_its_configs_user_fail_together() {
     let f = fleet(&[("ann", &[])], &[("IAM Username", "ann")]);
-    f.vault.edit(|doc| {
-        let mut twin = doc["records"][1].clone();
-        twin["uid"] = json!("u-ann-nologin");
-        twin["fields"] = json!([]);
-        twin["custom"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|c| c["label"] != "aws_access_key_id");
-        doc["records"].as_array_mut().unwrap().push(twin);
-    });
+    add_keyless_copy_of_ann(&f, "u-ann-nologin", json!([]));
     let (out, v) = due_json(&f, &["--jobs", "4"]);
     assert_eq!(out.code, 1, "{}", out.all());
     assert_eq!(uids(&v, "failed"), ["u-ann", "u-ann-nologin"]);

@@ -129,6 +129,19 @@ impl Setup {
         .unwrap()
     }
 
+    /// user1 joins the fleet of cfg1, in place (one record per key: a second
+    /// holder would be refused).
+    fn join_fleet(&self, extra: &[(&str, &str)]) {
+        let member = fleet_member(
+            "user1",
+            "alice",
+            Some(("aws_access_key_id", &self.old.id)),
+            "cfg1",
+            extra,
+        );
+        self.ksm.add_record("user1", data(member));
+    }
+
     /// The key id Keeper's readers see on the PAM user record.
     fn vault_key(&self) -> String {
         self.ksm.field("user1", "aws_access_key_id").unwrap()
@@ -210,14 +223,7 @@ fn deactivate_with_keeper_records_the_key_and_a_later_pass_purges_it() {
         ],
     ));
     s.ksm.add_record("cfg1", config);
-    let user = fleet_member(
-        "user1",
-        "alice",
-        Some(("aws_access_key_id", &s.old.id)),
-        "cfg1",
-        &[],
-    );
-    s.ksm.add_record("user1", data(user));
+    s.join_fleet(&[]);
     let out = s.run(&[]);
     assert_eq!(out.code, 0, "{}", out.all());
     s.assert_no_leak(&out);
@@ -399,14 +405,7 @@ fn the_ksm_config_file_is_never_rewritten() {
 #[test]
 fn a_marker_update_keeps_an_edit_made_meanwhile() {
     let s = setup();
-    let user = data(fleet_member(
-        "user1",
-        "alice",
-        Some(("aws_access_key_id", &s.old.id)),
-        "cfg1",
-        &[],
-    ));
-    s.ksm.add_record("user1", user);
+    s.join_fleet(&[]);
     let arrived = s.iam.hold("DeleteAccessKey");
     let config = s.config_path();
     let child = s
@@ -436,14 +435,7 @@ fn a_marker_update_keeps_an_edit_made_meanwhile() {
 #[test]
 fn the_gateway_rotates_keeper_records() {
     let s = setup();
-    let user = data(fleet_member(
-        "user1",
-        "alice",
-        Some(("aws_access_key_id", &s.old.id)),
-        "cfg1",
-        &[],
-    ));
-    s.ksm.add_record("user1", user);
+    s.join_fleet(&[]);
     let config = s.config_path();
     let mut gw = Watched::new(
         s.command(&[
@@ -753,15 +745,7 @@ fn killed_with_the_transaction_open_readers_seeing_the_staged_key() {
 #[test]
 fn a_due_pass_rotates_keeper_records() {
     let s = setup();
-    // user1 joins the fleet (one record per key: a second holder would be refused).
-    let user = data(fleet_member(
-        "user1",
-        "alice",
-        Some(("aws_access_key_id", &s.old.id)),
-        "cfg1",
-        &[],
-    ));
-    s.ksm.add_record("user1", user);
+    s.join_fleet(&[]);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
     assert_eq!(out.code, 0, "{}", out.all());
@@ -1009,14 +993,7 @@ fn a_pass_skips_a_record_leased_by_another_writer() {
     let until = (chrono::Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let lease = format!("elsewhere:1:00 {until}");
-    let member = data(fleet_member(
-        "user1",
-        "alice",
-        Some(("aws_access_key_id", &s.old.id)),
-        "cfg1",
-        &[("Rotation Lease", &lease)],
-    ));
-    s.ksm.add_record("user1", member);
+    s.join_fleet(&[("Rotation Lease", &lease)]);
     let config = s.config_path();
     let out = s.output(&["due", GUEST_WASM, "--ksm-config", &config]);
     assert_eq!(out.code, 0, "{}", out.all());

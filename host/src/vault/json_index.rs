@@ -23,13 +23,10 @@ pub(super) enum Slot {
     Changed(Value),
 }
 
-/// Writes already-validated JSON without the whitespace between tokens: every
-/// other byte, numbers and string escapes included, is copied as it is. This is
-/// what keeps an untouched record byte-exact, and a rewrite linear in the file.
-pub(super) fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
-    let bytes = json.as_bytes();
-    let (mut in_string, mut escaped, mut start) = (false, false, 0);
-    for (i, &b) in bytes.iter().enumerate() {
+/// The positions of the whitespace between tokens of already-validated JSON.
+fn gaps(json: &str) -> impl Iterator<Item = usize> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    json.bytes().enumerate().filter_map(move |(i, b)| {
         if in_string {
             match b {
                 _ if escaped => escaped = false,
@@ -40,9 +37,21 @@ pub(super) fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
         } else if b == b'"' {
             in_string = true;
         } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.write_all(&bytes[start..i])?;
-            start = i + 1;
+            return Some(i);
         }
+        None
+    })
+}
+
+/// Writes already-validated JSON without the whitespace between tokens: every
+/// other byte, numbers and string escapes included, is copied as it is. This is
+/// what keeps an untouched record byte-exact, and a rewrite linear in the file.
+pub(super) fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
+    let bytes = json.as_bytes();
+    let mut start = 0;
+    for i in gaps(json) {
+        out.write_all(&bytes[start..i])?;
+        start = i + 1;
     }
     out.write_all(&bytes[start..])
 }
@@ -50,22 +59,7 @@ pub(super) fn minify(json: &str, out: &mut impl Write) -> io::Result<()> {
 /// Whether `json` has no whitespace between tokens: `minify` would copy it
 /// unchanged, so a rewrite may copy it as it is.
 pub(super) fn is_minified(json: &str) -> bool {
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in json.as_bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            return false;
-        }
-    }
-    true
+    gaps(json).next().is_none()
 }
 
 pub(super) type Index = (Vec<(String, Member)>, Vec<Slot>, HashMap<String, usize>);

@@ -242,12 +242,7 @@ impl FakeIam {
         let token = format!("FakeSessionToken/{}", key.secret);
         s.issued.push(token.clone());
         key.token = Some(token);
-        s.users
-            .get_mut(user)
-            .expect("user exists")
-            .keys
-            .push(key.clone());
-        key
+        give(&mut s, user, key)
     }
 
     /// From now on, after a `DeleteAccessKey`, the next `creates`
@@ -272,12 +267,7 @@ impl FakeIam {
     pub fn add_key(&self, user: &str, created: &str) -> Key {
         let mut s = self.state.lock().unwrap();
         let key = new_key(&mut s, created);
-        s.users
-            .get_mut(user)
-            .expect("user exists")
-            .keys
-            .push(key.clone());
-        key
+        give(&mut s, user, key)
     }
 
     /// Records that a consumer used `key_id` at `at` with `service`, as IAM
@@ -432,6 +422,16 @@ impl FakeIam {
     pub fn arn(user: &str) -> String {
         format!("arn:aws:iam::{ACCOUNT}:user/{user}")
     }
+}
+
+/// Gives `key` to `user`; returns it.
+fn give(s: &mut State, user: &str, key: Key) -> Key {
+    s.users
+        .get_mut(user)
+        .expect("user exists")
+        .keys
+        .push(key.clone());
+    key
 }
 
 /// Remembers `user`'s keys as they are before a change, for `list_lag`.
