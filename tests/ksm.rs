@@ -94,7 +94,8 @@ impl Setup {
         self.command(args).output().unwrap().into()
     }
 
-    fn run(&self, extra: &[&str]) -> Outcome {
+    /// `run` of user1 under cfg1 with the KSM config, and `extra`.
+    fn run_command(&self, extra: &[&str]) -> Command {
         let config = self.config_path();
         let mut args = vec![
             "run",
@@ -107,26 +108,20 @@ impl Setup {
             "cfg1",
         ];
         args.extend(extra);
-        self.command(&args).output().unwrap().into()
+        self.command(&args)
+    }
+
+    fn run(&self, extra: &[&str]) -> Outcome {
+        self.run_command(extra).output().unwrap().into()
     }
 
     /// `run` on user1, started and left running, its output piped.
     fn spawn_run(&self) -> std::process::Child {
-        let config = self.config_path();
-        self.command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        self.run_command(&[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// user1 joins the fleet of cfg1, in place (one record per key: a second
@@ -308,16 +303,7 @@ fn exactly_one_vault_and_no_weakening_environment() {
     let neither = s.output(&["run", GUEST_WASM, "-u", "user1", "-c", "cfg1"]);
     neither.expect(2, &["--vault FILE", "--ksm-config FILE"]);
     let unsafe_tls: Outcome = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
+        .run_command(&[])
         .env("KSM_SKIP_VERIFY", "true")
         .output()
         .unwrap()
@@ -337,18 +323,8 @@ fn exactly_one_vault_and_no_weakening_environment() {
 #[test]
 fn ksm_hostname_in_the_environment_is_refused() {
     let s = setup();
-    let config = s.config_path();
     let out: Outcome = s
-        .command(&[
-            "run",
-            GUEST_WASM,
-            "--ksm-config",
-            &config,
-            "-u",
-            "user1",
-            "-c",
-            "cfg1",
-        ])
+        .run_command(&[])
         .env("KSM_HOSTNAME", "elsewhere.example.com")
         .output()
         .unwrap()
@@ -700,17 +676,7 @@ fn killed_with_the_transaction_open(readers_see_staged: bool) {
     let arrived: Receiver<()> = s.ksm.hold("finalize_secret_update");
     // When let go after the kill, the held completion never takes effect.
     s.ksm.fail("finalize_secret_update", Fault::Before);
-    let config = s.config_path();
-    let cmd = s.command(&[
-        "run",
-        GUEST_WASM,
-        "--ksm-config",
-        &config,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-    ]);
+    let cmd = s.run_command(&[]);
     let out = kill_when(cmd, arrived, Duration::from_millis(50), || s.ksm.release());
     assert_eq!(out.code, -1, "{}", out.all());
     assert!(s.ksm.open_transaction("user1"));
@@ -1017,17 +983,7 @@ fn a_pass_skips_a_record_leased_by_another_writer() {
 fn a_killed_writers_lease_is_taken_over_on_the_same_host() {
     let s = setup();
     let arrived = s.iam.hold("CreateAccessKey");
-    let config = s.config_path();
-    let cmd = s.command(&[
-        "run",
-        GUEST_WASM,
-        "--ksm-config",
-        &config,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-    ]);
+    let cmd = s.run_command(&[]);
     let killed = kill_when(cmd, arrived, std::time::Duration::ZERO, || s.iam.release());
     assert_eq!(killed.code, -1, "{}", killed.all());
     assert!(
