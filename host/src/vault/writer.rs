@@ -5,11 +5,12 @@
 //! update per record. Each store returns only once its fields are durable, so
 //! `finalize` never runs before its key is saved (I1, I2).
 //!
-//! A file vault rewrites the whole file per save, so a save waits a little
-//! (at most `LINGER`) for the rotations whose `rotate` is under way to queue
-//! their stores too: with `--jobs J`, a pass then costs about K / J rewrites
-//! instead of nearly K. The wait is bounded, so a plugin that hangs delays
-//! the others' stores by `LINGER` at most, never by its own time limit.
+//! A file vault rewrites the whole file per save, so a new key's store waits
+//! a little (at most `LINGER`, and only until its own change is saved) for the
+//! rotations whose `rotate` is under way to queue their stores too: with
+//! `--jobs J`, a pass then costs about K / J rewrites instead of nearly K. The
+//! wait is bounded, so a plugin that hangs delays the others' stores by
+//! `LINGER` at most, never by its own time limit. Markers and ledgers do not wait.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,7 +117,14 @@ impl VaultWriter {
             done: Some(done),
         });
         drop(under_way);
-        self.linger().await;
+        let mut result = result;
+        if rotation {
+            // Another store's save may write this one meanwhile: then it is done.
+            tokio::select! {
+                saved = &mut result => return saved.expect("every queued store is answered"),
+                () = self.linger() => {}
+            }
+        }
         self.commit().await;
         result.await.expect("every queued store is answered")
     }
