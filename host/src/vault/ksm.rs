@@ -380,7 +380,7 @@ impl KsmVault {
         if self.refresh(uid).is_err() {
             return Err(uncertain());
         }
-        let moved = self.find(uid).and_then(|r| r.revision) > sent;
+        let moved = self.moved_past(uid, sent);
         match (self.holds(change), rolled_back) {
             (false, _) if moved => Err(VaultError::KsmConflict {
                 uid: uid.to_string(),
@@ -389,6 +389,12 @@ impl KsmVault {
             (true, true) => Ok(()),
             (true, false) => Err(uncertain()),
         }
+    }
+
+    /// Whether record `uid`, as last read, is at a later revision than `sent`:
+    /// someone changed it since an update that named `sent`.
+    fn moved_past(&self, uid: &str, sent: Option<i64>) -> bool {
+        self.find(uid).and_then(|r| r.revision) > sent
     }
 
     /// Whether Keeper's copy of the record carries every field of `change`.
@@ -417,8 +423,7 @@ impl KsmVault {
             }
             // Keeper's words for a stale revision are undocumented: a record
             // read again at a later revision says it.
-            let moved = self.refresh(&change.uid).is_ok()
-                && self.find(&change.uid).and_then(|r| r.revision) > sent;
+            let moved = self.refresh(&change.uid).is_ok() && self.moved_past(&change.uid, sent);
             return Err(if moved {
                 conflict
             } else {
