@@ -426,3 +426,57 @@ fn a_host_credential_about_to_lapse_is_fetched_again() {
         );
     }
 }
+
+#[test]
+fn a_plugin_from_a_folder_is_lent_the_identity_only_where_its_section_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    s.moto.user_with("envrotator", Some("alice"), &[]);
+    let key = s.moto.create_key("envrotator");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", key.0.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", key.1.as_str()),
+    ];
+    let mut doc = vault(&s, &[("text", "Use Gateway Credentials", "true")]).json();
+    doc["records"][1] = fleet_member(
+        "user1",
+        "alice",
+        Some(("aws_access_key_id", &s.old.0)),
+        "cfg1",
+        &[],
+    );
+    let vault = VaultFile::new(doc["records"].as_array().unwrap().clone());
+    let before = vault.bytes();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(GUEST_WASM, plugins.path().join("aws.wasm")).unwrap();
+    let settings = |section: &str| {
+        let path = s.home.path().join("gateway.toml");
+        let body = format!(
+            "plugins = \"{}\"\nvault = \"{}\"\ngateway-credentials = true\n\
+             gateway-credentials-for = [\"cfg1\"]\nallow-host = [\"{}\"]\n{section}",
+            plugins.path().display(),
+            vault.path.display(),
+            s.moto.url
+        );
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    let refused = host_with(&s, vec!["due", "--config", &settings("")], &env);
+    refused.expect(1, &[]);
+    assert!(
+        refused.stdout.contains("gateway-credentials = true")
+            && refused.stdout.contains("[plugin.\"AWS Secret Key\"]"),
+        "{}",
+        refused.all()
+    );
+    assert_eq!(vault.bytes(), before);
+    assert_eq!(s.moto.keys("alice"), vec![s.old.0.clone()]);
+
+    let granted = settings("[plugin.\"AWS Secret Key\"]\ngateway-credentials = true\n");
+    let out = host_with(&s, vec!["due", "--config", &granted], &env);
+    assert_rotated(&s, &vault, &out);
+    assert_eq!(signer(&out), key.0);
+    assert_unseen(&vault, &out, &[&key.1], &[&s.old.1]);
+}

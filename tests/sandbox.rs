@@ -84,7 +84,7 @@ fn assert_stopped_by_the_timeout(vault: &VaultFile) {
     let started = Instant::now();
     let out = run_hostile(vault, &["--timeout", "2"]);
     let took = started.elapsed();
-    out.expect(1, &["ran past its time limit of 2s (--timeout)"]);
+    out.expect(1, &["ran past its time limit of 2s (--timeout"]);
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(before, vault.bytes(), "the vault changed");
 }
@@ -104,7 +104,7 @@ fn a_plugin_spinning_in_info_or_config_schema_is_stopped_by_the_timeout() {
             1,
             &[
                 &format!("`{call}`"),
-                "ran past its time limit of 2s (--timeout)",
+                "ran past its time limit of 2s (--timeout",
             ],
         );
         assert_eq!(before, vault.bytes(), "{call}: the vault changed");
@@ -113,7 +113,7 @@ fn a_plugin_spinning_in_info_or_config_schema_is_stopped_by_the_timeout() {
             1,
             &[
                 &format!("`{call}`"),
-                "ran past its time limit of 2s (--timeout)",
+                "ran past its time limit of 2s (--timeout",
             ],
         );
     }
@@ -128,7 +128,7 @@ fn a_plugin_spinning_while_it_is_instantiated_is_stopped_by_the_timeout() {
     let out = run_component(SPIN_AT_START_WASM, &vault, &["--timeout", "2"]);
     out.expect(
         1,
-        &["`instantiate`", "ran past its time limit of 2s (--timeout)"],
+        &["`instantiate`", "ran past its time limit of 2s (--timeout"],
     );
     assert_eq!(before, vault.bytes(), "the vault changed");
 }
@@ -141,7 +141,7 @@ fn a_plugin_spinning_in_finalize_is_stopped_and_the_run_exits_3() {
     let out = run_hostile(&vault, &["--timeout", "2"]);
     out.expect(
         3,
-        &["`finalize`", "ran past its time limit of 2s (--timeout)"],
+        &["`finalize`", "ran past its time limit of 2s (--timeout"],
     );
     assert_eq!(
         vault.field("user1", "aws_access_key_id").as_deref(),
@@ -233,7 +233,7 @@ fn a_slow_request_ends_inside_the_calls_time_limit() {
 fn memory_is_capped_across_all_memories_and_instances() {
     let vault = hostile_vault("unknown", &[]);
     let out = run_component(MANY_MEMORIES_WASM, &vault, &["--memory-mib", "64"]);
-    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib)"]);
+    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib"]);
     // With room for them all, the same component runs.
     let out = run_component(MANY_MEMORIES_WASM, &vault, &["--memory-mib", "128"]);
     out.expect(2, &["unknown behaviour 'unknown'"]);
@@ -245,7 +245,7 @@ fn memory_is_capped_across_all_memories_and_instances() {
 fn a_huge_table_counts_against_the_memory_cap() {
     let vault = hostile_vault("unknown", &[]);
     let out = run_component(BIG_TABLE_WASM, &vault, &["--memory-mib", "64"]);
-    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib)"]);
+    out.expect(1, &["more than 64 MiB of memory in all (--memory-mib"]);
     let out = run_component(BIG_TABLE_WASM, &vault, &["--memory-mib", "128"]);
     out.expect(2, &["unknown behaviour 'unknown'"]);
 }
@@ -266,7 +266,7 @@ fn an_endless_loop_is_stopped() {
     let before = vault.bytes();
     let started = Instant::now();
     let out = run_hostile(&vault, &["--timeout", "1"]);
-    out.expect(1, &["ran past its time limit of 1s (--timeout)"]);
+    out.expect(1, &["ran past its time limit of 1s (--timeout"]);
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "took {:?}",

@@ -1,5 +1,6 @@
 //! The command line: its commands and flags, and the options they make.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::rotation::identity::Lending;
 use crate::sandbox::allowlist::{AllowedOrigin, NetworkPolicy};
 use crate::sandbox::engine::Limits;
 use crate::sandbox::http::{HttpConfig, read_ca_file};
+use crate::sandbox::plugin_set::{PluginPolicy, PluginSource};
 use crate::vault::{VaultOptions, VaultSource};
 
 /// Runs credential-rotation plugins (WASI 0.2 components) in a sandbox against a vault: a JSON file, or Keeper.
@@ -78,11 +80,21 @@ pub enum Command {
 /// The fleet's flags, shared by `due` and `gateway`.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// The plugin component (.wasm), compiled once for the whole process.
-    #[arg(value_name = "GUEST.wasm", required_unless_present = "config")]
+    /// The plugin component (.wasm), compiled once for the whole process; it
+    /// serves every config record.
+    #[arg(
+        value_name = "GUEST.wasm",
+        required_unless_present_any = ["config", "plugins"],
+        conflicts_with = "plugins"
+    )]
     pub guest: Option<PathBuf>,
+    /// A folder of plugin components, each compiled once: a config record's
+    /// 'SaaS Type' picks the plugin of that name.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
     /// Read settings from this TOML file: one key per long flag (`jobs = 8`,
-    /// `allow-host = [...]`) and `guest` for the plugin. Flags override it.
+    /// `allow-host = [...]`), `guest` for the plugin, and a `[plugin.NAME]`
+    /// section of policy per plugin. Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -91,7 +103,7 @@ pub struct FleetArgs {
     /// config record sets a schedule [1-36500].
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=36_500))]
     pub max_age_days: i64,
-    /// Rotations at once [1-64].
+    /// Rotations at once, per plugin [1-64].
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: u64,
     /// The plugins' outbound requests per second, across all jobs [1-10000].
@@ -163,8 +175,16 @@ pub struct GatewayArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plugin component (.wasm).
-    #[arg(value_name = "GUEST.wasm")]
-    pub guest: PathBuf,
+    #[arg(
+        value_name = "GUEST.wasm",
+        required_unless_present = "plugins",
+        conflicts_with = "plugins"
+    )]
+    pub guest: Option<PathBuf>,
+    /// A folder of plugin components: the config record's 'SaaS Type' picks
+    /// the plugin of that name.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     /// UID of the PAM user record whose credential is rotated.
@@ -419,6 +439,7 @@ impl SandboxArgs {
             },
             network: NetworkPolicy {
                 operator: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
+                section: None,
                 allow_http: self.allow_http,
             },
         })
@@ -435,8 +456,29 @@ impl SandboxArgs {
     }
 }
 
+/// The plugins a command names: one file, or `--plugins DIR`.
+pub(crate) fn plugin_source(
+    guest: Option<&PathBuf>,
+    plugins: Option<&PathBuf>,
+) -> Result<PluginSource, String> {
+    match (guest, plugins) {
+        (Some(file), None) => Ok(PluginSource::File(file.clone())),
+        (None, Some(dir)) => Ok(PluginSource::Dir(dir.clone())),
+        (None, None) => Err(
+            "no plugin given: pass GUEST.wasm or --plugins DIR (or set `guest` or `plugins` in \
+             the --config file)"
+                .into(),
+        ),
+        (Some(_), Some(_)) => Err("pass GUEST.wasm or --plugins DIR, not both".into()),
+    }
+}
+
 impl FleetArgs {
-    pub(crate) fn options(&self) -> Result<FleetOptions, String> {
+    /// The fleet's options; `policies` are the config file's plugin sections.
+    pub(crate) fn options(
+        &self,
+        policies: BTreeMap<String, PluginPolicy>,
+    ) -> Result<FleetOptions, String> {
         if self.lend.gateway_credentials && self.lend.gateway_credentials_for.is_empty() {
             // In a pass, any record editor could create a config record that
             // borrows it, with a scope of its own choosing.
@@ -452,12 +494,9 @@ impl FleetArgs {
             self.rps,
         )));
         let vault_options = self.vault_options.options();
-        let guest = self
-            .guest
-            .clone()
-            .ok_or("no plugin given: pass GUEST.wasm, or set `guest` in the --config file")?;
         Ok(FleetOptions {
-            guest,
+            plugins: plugin_source(self.guest.as_ref(), self.plugins.as_ref())?,
+            policies,
             vault: self.source.source(&vault_options)?,
             vault_options,
             limits,

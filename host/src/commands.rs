@@ -21,6 +21,8 @@ use crate::rotation::audit::AuditLog;
 use crate::rotation::audit::audit_entry;
 use crate::rotation::run::{RunOptions, run};
 use crate::sandbox::engine::Plugin;
+use crate::sandbox::plugin_set::{PluginPolicy, PluginSet};
+use std::collections::BTreeMap;
 
 /// Runs a parsed command line and returns the exit code.
 pub fn execute(cli: Cli) -> Exit {
@@ -33,11 +35,11 @@ pub fn execute(cli: Cli) -> Exit {
             Command::Due(a) => Some(a),
             _ => None,
         }) {
-            Ok(args) => due_command(args),
+            Ok((args, policies)) => due_command(args, policies),
             Err(e) => usage_error(&e),
         },
         Command::Gateway(args) => match with_config(args, "gateway", gateway_args) {
-            Ok(args) => gateway_command(args),
+            Ok((args, policies)) => gateway_command(args, policies),
             Err(e) => usage_error(&e),
         },
         Command::CheckConfig {
@@ -69,20 +71,28 @@ fn gateway_args(c: Command) -> Option<GatewayArgs> {
     }
 }
 
+/// The plugin sections of a config file, by plugin name.
+type Policies = BTreeMap<String, PluginPolicy>;
+
 /// A fleet command's arguments, or, with `--config`, the command line parsed
-/// again with the file's settings put in first (so the flags win).
+/// again with the file's settings put in first (so the flags win), and the
+/// file's plugin sections.
 fn with_config<T: HasFleet>(
     args: T,
     sub: &str,
     pick: fn(Command) -> Option<T>,
-) -> Result<T, String> {
+) -> Result<(T, Policies), String> {
     let Some(path) = args.fleet().config.clone() else {
-        return Ok(args);
+        return Ok((args, Policies::new()));
     };
     let strict = args.fleet().vault_options.strict_permissions;
     let file = ConfigFile::read(&path, sub, strict).map_err(|e| e.to_string())?;
     let real: Vec<OsString> = std::env::args_os().collect();
-    reparse(&file, &real, sub).map(|c| pick(c.command).expect("the same subcommand"))
+    let cli = reparse(&file, &real, sub)?;
+    Ok((
+        pick(cli.command).expect("the same subcommand"),
+        file.policies().clone(),
+    ))
 }
 
 /// `real` with `file`'s settings merged in, parsed.
@@ -117,9 +127,15 @@ fn check_config(path: &std::path::Path, strict: bool) -> Exit {
             let cli = reparse(&file, &real, "gateway")?;
             let args = gateway_args(cli.command).expect("gateway");
             metrics_allowed(&args)?;
-            let opts = args.fleet.options()?;
-            Plugin::load(&opts.guest, opts.limits, opts.cache_dir.as_deref())
-                .map_err(|e| e.to_string())?;
+            let opts = args.fleet.options(file.policies().clone())?;
+            crate::sandbox::runtime::block_on(PluginSet::load(
+                &opts.plugins,
+                &opts.limits,
+                opts.jobs,
+                &opts.policies,
+                opts.cache_dir.as_deref(),
+            ))
+            .map_err(|e| e.to_string())?;
             Ok(file.len())
         });
     match checked {
@@ -146,19 +162,22 @@ fn metrics_allowed(args: &GatewayArgs) -> Result<(), String> {
 }
 
 /// What SIGHUP does: the command line (and its `--config` file, read again)
-/// parsed again, and the fleet built from it, the plugin compiled anew.
+/// parsed again, and the fleet built from it, the plugins compiled anew.
 fn reloader(config: Option<std::path::PathBuf>, strict: bool) -> crate::gateway::Reload {
     let real: Vec<OsString> = std::env::args_os().collect();
     std::sync::Arc::new(move || {
-        let cli = match &config {
+        let (cli, policies) = match &config {
             Some(path) => {
                 let file = ConfigFile::read(path, "gateway", strict).map_err(|e| e.to_string())?;
-                reparse(&file, &real, "gateway")?
+                (reparse(&file, &real, "gateway")?, file.policies().clone())
             }
-            None => Cli::try_parse_from(&real).map_err(|e| e.to_string())?,
+            None => (
+                Cli::try_parse_from(&real).map_err(|e| e.to_string())?,
+                Policies::new(),
+            ),
         };
         let args = gateway_args(cli.command).expect("gateway");
-        let fleet = Fleet::new(args.fleet.options()?).map_err(|e| e.to_string())?;
+        let fleet = Fleet::new(args.fleet.options(policies)?).map_err(|e| e.to_string())?;
         Ok((fleet, Duration::from_secs(args.interval)))
     })
 }
@@ -195,8 +214,12 @@ fn run_command(args: RunArgs) -> Exit {
         Ok(v) => v,
         Err(e) => return usage_error(&e),
     };
+    let plugins = match plugin_source(args.guest.as_ref(), args.plugins.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
     let opts = RunOptions {
-        guest: args.guest,
+        plugins,
         vault,
         user_uid: args.user,
         config_uid: args.config,
@@ -278,8 +301,8 @@ fn info_command(args: InfoArgs) -> Exit {
     };
     let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
         .map_err(CallError::from)
-        .and_then(|p| p.describe());
-    let (info, schema) = match described {
+        .and_then(|p| Ok((p.describe()?, p.digest().to_string())));
+    let ((info, schema), digest) = match described {
         Ok(d) => d,
         Err(e) => {
             print_error(&e.to_string());
@@ -287,7 +310,7 @@ fn info_command(args: InfoArgs) -> Exit {
         }
     };
     if args.json {
-        let body = serde_json::json!({"info": info, "config_schema": schema});
+        let body = serde_json::json!({"info": info, "config_schema": schema, "sha256": digest});
         println!(
             "{}",
             serde_json::to_string_pretty(&body).expect("serialisable")
@@ -298,6 +321,7 @@ fn info_command(args: InfoArgs) -> Exit {
     println!("{}", info.summary);
     println!("can rollback: {}", info.can_rollback);
     println!("may reach: {}", info.allowed_hosts.join(", "));
+    println!("sha256: {digest}");
     println!("\nconfig record fields:");
     for item in &schema {
         let default = item
@@ -318,9 +342,9 @@ fn info_command(args: InfoArgs) -> Exit {
     Exit::Ok
 }
 
-/// The plugin compiled once and the fleet's options, or the exit code.
-fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), Exit> {
-    let opts = args.options().map_err(|e| usage_error(&e))?;
+/// The plugins compiled once and the fleet's options, or the exit code.
+fn fleet(args: &FleetArgs, policies: Policies) -> Result<(Fleet, usize), Exit> {
+    let opts = args.options(policies).map_err(|e| usage_error(&e))?;
     let jobs = opts.jobs;
     let fleet = Fleet::new(opts).map_err(|e| {
         print_error(&e.to_string());
@@ -329,8 +353,8 @@ fn fleet(args: &FleetArgs) -> Result<(Fleet, usize), Exit> {
     Ok((fleet, jobs))
 }
 
-fn due_command(args: DueArgs) -> Exit {
-    let (fleet, jobs) = match fleet(&args.fleet) {
+fn due_command(args: DueArgs, policies: Policies) -> Exit {
+    let (fleet, jobs) = match fleet(&args.fleet, policies) {
         Ok(f) => f,
         Err(code) => return code,
     };
@@ -357,7 +381,7 @@ fn due_command(args: DueArgs) -> Exit {
     }
 }
 
-fn gateway_command(args: GatewayArgs) -> Exit {
+fn gateway_command(args: GatewayArgs, policies: Policies) -> Exit {
     // SIGHUP's default would kill the gateway while it starts (a reload
     // right after a start); the gateway's own handler replaces this.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -365,7 +389,7 @@ fn gateway_command(args: GatewayArgs) -> Exit {
     if let Err(e) = metrics_allowed(&args) {
         return usage_error(&e);
     }
-    let (fleet, jobs) = match fleet(&args.fleet) {
+    let (fleet, jobs) = match fleet(&args.fleet, policies) {
         Ok(f) => f,
         Err(code) => return code,
     };

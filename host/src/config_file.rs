@@ -1,6 +1,7 @@
 //! `--config FILE`: the fleet's settings in TOML, one key per long flag of
 //! `due` and `gateway` (`jobs = 8`, `allow-host = ["https://iam.amazonaws.com"]`,
-//! `vault = "vault.json"`, and `guest` for the plugin). A flag given on the
+//! `vault = "vault.json"`, and `guest` for the plugin), and a `[plugin.NAME]`
+//! section of policy per plugin (`plugin_sections`). A flag given on the
 //! command line, or through its environment variable, overrides the file.
 //!
 //! Every value is checked by the same parser as its flag, so an error names
@@ -22,7 +23,10 @@ use clap::parser::{ArgMatches, ValueSource};
 use thiserror::Error;
 
 use crate::cli::Cli;
+use crate::sandbox::plugin_set::PluginPolicy;
 use crate::text::printable;
+
+mod plugin_sections;
 
 /// The largest config file read: a real one is a few hundred bytes.
 const MAX_BYTES: u64 = 1 << 20;
@@ -36,6 +40,7 @@ const MAX_VALUES: usize = 256;
 /// Keys whose values are paths, taken from the file's folder when relative.
 const PATH_KEYS: &[&str] = &[
     "guest",
+    "plugins",
     "vault",
     "ksm-config",
     "audit",
@@ -86,6 +91,8 @@ struct Setting {
 pub struct ConfigFile {
     path: PathBuf,
     settings: Vec<Setting>,
+    /// `[plugin.NAME]` sections, by name.
+    policies: BTreeMap<String, PluginPolicy>,
 }
 
 impl ConfigFile {
@@ -106,11 +113,19 @@ impl ConfigFile {
         // Built once: each value is checked against this subcommand's flags.
         let cli = Cli::command();
         let sub_cmd = cli.find_subcommand(sub).expect("a fleet subcommand");
+        let policies =
+            plugin_sections::policies(&text).map_err(|(at, why)| ConfigFileError::At {
+                file: file.clone(),
+                line: line_of(&text, at),
+                why,
+            })?;
         let mut settings = Vec::new();
         let mut strict_in_file = false;
         for (key, value) in &table {
             // One file serves both: `due` passes over what only the gateway takes.
-            if sub == "due" && GATEWAY_ONLY.contains(&key.get_ref().as_str()) {
+            if sub == "due" && GATEWAY_ONLY.contains(&key.get_ref().as_str())
+                || key.get_ref() == "plugin"
+            {
                 continue;
             }
             let at = |why: String| ConfigFileError::At {
@@ -141,7 +156,13 @@ impl ConfigFile {
         Ok(Self {
             path: path.to_path_buf(),
             settings,
+            policies,
         })
+    }
+
+    /// Its `[plugin.NAME]` sections, by plugin name.
+    pub fn policies(&self) -> &BTreeMap<String, PluginPolicy> {
+        &self.policies
     }
 
     /// The command line `real` with the file's settings put in after the
@@ -172,9 +193,9 @@ impl ConfigFile {
         &self.path
     }
 
-    /// How many settings it makes.
+    /// How many settings it makes, a plugin's section counting as one.
     pub fn len(&self) -> usize {
-        self.settings.len()
+        self.settings.len() + self.policies.len()
     }
 }
 
@@ -330,7 +351,8 @@ fn unknown_key(sub: &clap::Command) -> String {
         .collect();
     keys.insert(0, "guest".into());
     format!(
-        "unknown key: the keys are the long flags of `rotate-host {}`: {}",
+        "unknown key: the keys are the long flags of `rotate-host {}` and [plugin.NAME] \
+         sections: {}",
         sub.get_name(),
         keys.join(", ")
     )

@@ -33,14 +33,18 @@ use crate::rotation::identity::{GatewayIdentity, Lending};
 use crate::rotation::job::fleet_records;
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::vetting::{self, VetError};
-use crate::sandbox::engine::{Limits, Plugin, SandboxError};
+use crate::sandbox::engine::{Limits, SandboxError};
+use crate::sandbox::plugin_set::{PluginPolicy, PluginSet, PluginSetError, PluginSource};
 use crate::vault::writer::VaultWriter;
 use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
 
 /// What `due` and `gateway` were asked to do.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
-    pub guest: PathBuf,
+    /// One plugin file, or a folder of them (`--plugins`).
+    pub plugins: PluginSource,
+    /// `[plugin.NAME]` sections of the config file, by plugin name.
+    pub policies: BTreeMap<String, PluginPolicy>,
     pub vault: VaultSource,
     pub vault_options: VaultOptions,
     pub limits: Limits,
@@ -65,6 +69,8 @@ pub enum FleetError {
     #[error("{0}")]
     Plugin(#[from] crate::sandbox::engine::CallError),
     #[error("{0}")]
+    Plugins(#[from] PluginSetError),
+    #[error("{0}")]
     Usage(String),
 }
 
@@ -76,6 +82,7 @@ impl FleetError {
             Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
             Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
             Self::Plugin(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Plugins(e) => Exit::usage_if(e.is_bad_input()),
             Self::Usage(_) => Exit::Usage,
         }
     }
@@ -84,7 +91,7 @@ impl FleetError {
 /// Everything one pass shares.
 #[derive(Clone)]
 pub struct Fleet {
-    plugin: Arc<Plugin>,
+    plugins: Arc<PluginSet>,
     identity: Arc<GatewayIdentity>,
     opts: FleetOptions,
     audit: Option<Arc<AuditLog>>,
@@ -93,7 +100,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Compiles (or loads) the plugin once for every pass, and opens the audit log.
+    /// Compiles (or loads) each plugin once for every pass, and opens the audit log.
     pub fn new(opts: FleetOptions) -> Result<Self, FleetError> {
         let audit = opts
             .audit
@@ -102,9 +109,15 @@ impl Fleet {
             .transpose()
             .map_err(FleetError::Usage)?
             .map(Arc::new);
-        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+        let plugins = crate::sandbox::runtime::block_on(PluginSet::load(
+            &opts.plugins,
+            &opts.limits,
+            opts.jobs,
+            &opts.policies,
+            opts.cache_dir.as_deref(),
+        ))?;
         Ok(Self {
-            plugin: Arc::new(plugin),
+            plugins: Arc::new(plugins),
             identity: Arc::new(GatewayIdentity::new(opts.lending.clone())),
             opts,
             audit,
@@ -112,8 +125,9 @@ impl Fleet {
         })
     }
 
-    /// One pass: every due record, `--jobs` at a time; records that name the
-    /// same user under the same config one after another.
+    /// One pass: every due record, each plugin's `jobs` at a time (so one
+    /// plugin's stuck rotations hold up none of another's); records of one
+    /// login one after another.
     pub async fn pass(&self) -> Result<PassReport, FleetError> {
         let started = Instant::now();
         let opts = self.opts.clone();
@@ -127,7 +141,13 @@ impl Fleet {
         let writer = Arc::new(VaultWriter::new(vault));
 
         let groups = by_login(work);
-        let permits = Arc::new(Semaphore::new(self.opts.jobs.max(1)));
+        let permits: Arc<Vec<Semaphore>> = Arc::new(
+            self.plugins
+                .members()
+                .iter()
+                .map(|m| Semaphore::new(m.jobs))
+                .collect(),
+        );
         let mut tasks = JoinSet::new();
         for (_, group) in groups {
             let (fleet, writer, permits) = (self.clone(), writer.clone(), permits.clone());
@@ -135,14 +155,17 @@ impl Fleet {
             tasks.spawn(async move {
                 let mut done = Vec::new();
                 for w in group {
-                    let _permit = permits.acquire().await.expect("the semaphore stays open");
+                    let _permit = permits[w.plugin]
+                        .acquire()
+                        .await
+                        .expect("the semaphore stays open");
                     if fleet.stopping.load(Ordering::SeqCst) {
                         done.push(Err(w.job.user_uid));
                         continue;
                     }
                     let started = Instant::now();
                     let core = Rotator {
-                        plugin: &fleet.plugin,
+                        plugin: &fleet.plugins.members()[w.plugin].plugin,
                         writer: &writer,
                         identity: &fleet.identity,
                         holdings: holdings.clone(),
@@ -193,23 +216,30 @@ impl Fleet {
         work: Vec<Work>,
         report: &mut PassReport,
     ) -> Result<(Vec<Work>, Arc<Holdings>), FleetError> {
-        let info = self.plugin.info().await?;
+        let id_fields = self.plugins.credential_id_fields().await?;
         // One record at a time: a vault is never held in memory twice.
         let holdings = Arc::new(Holdings::default());
         let mut failed: BTreeMap<String, VetError> = BTreeMap::new();
         let mut good = BTreeMap::new();
-        let mut subjects = vetting::Subjects::new(&self.plugin, &self.identity);
+        let mut subjects: Vec<_> = self
+            .plugins
+            .members()
+            .iter()
+            .map(|m| vetting::Subjects::new(&m.plugin, &self.identity))
+            .collect();
         for uid in vault.uids() {
             let Some(record) = vault.record(&uid) else {
                 continue;
             };
-            holdings.add_record(&record, &info.credential_id_fields);
+            holdings.add_record(&record, &id_fields);
             let Some((uid, records)) = fleet_records(vault, record) else {
                 continue;
             };
-            let checked = match vetting::check_config(&records.user, &records.config, true) {
-                Ok(()) => subjects.of(&records).await.and_then(|s| {
-                    vetting::check_scope(&uid, &s, &records.config, true).map(|()| s)
+            let checked = match vetting::check_config(&records.user, &records.config, true)
+                .and_then(|()| vetting::plugin_for(&self.plugins, &uid, &records.config))
+            {
+                Ok(i) => subjects[i].of(&records).await.and_then(|s| {
+                    vetting::check_scope(&uid, &s, &records.config, true).map(|()| (s, i))
                 }),
                 Err(e) => Err(e),
             };
@@ -222,9 +252,14 @@ impl Fleet {
                 }
             }
         }
-        failed.extend(vetting::duplicates(
-            good.iter().map(|(u, s)| (u.as_str(), s)),
-        ));
+        // Per plugin: a plugin's subjects cannot fail another plugin's records.
+        for i in 0..self.plugins.members().len() {
+            failed.extend(vetting::duplicates(
+                good.iter()
+                    .filter(|(_, (_, p))| *p == i)
+                    .map(|(u, (s, _))| (u.as_str(), s)),
+            ));
+        }
         let entry = |uid: &str, e: &VetError| {
             let mut entry = Entry::new(uid);
             entry.exit_code = Some(e.exit());
@@ -240,7 +275,10 @@ impl Fleet {
             .into_iter()
             .filter(|w| !failed.contains_key(&w.job.user_uid))
             .map(|mut w| {
-                w.subject = good.remove(&w.job.user_uid);
+                if let Some((s, i)) = good.remove(&w.job.user_uid) {
+                    w.subject = Some(s);
+                    w.plugin = i;
+                }
                 w
             })
             .collect();
@@ -283,12 +321,13 @@ impl Fleet {
 /// through: two routes to one IAM user (two signing keys, two spellings of
 /// the endpoint) could otherwise delete each other's new key. Logins of
 /// different accounts that happen to match only wait.
-fn by_login(work: Vec<Work>) -> BTreeMap<String, Vec<Work>> {
-    let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+fn by_login(work: Vec<Work>) -> BTreeMap<(usize, String), Vec<Work>> {
+    let mut groups: BTreeMap<(usize, String), Vec<Work>> = BTreeMap::new();
     for w in work {
+        // Per plugin, so a plugin naming another's logins cannot queue them behind its own.
         let key = match &w.subject {
-            Some(s) => s.login.clone(),
-            None => format!("\u{0}{}", w.job.user_uid),
+            Some(s) => (w.plugin, s.login.clone()),
+            None => (w.plugin, format!("\u{0}{}", w.job.user_uid)),
         };
         groups.entry(key).or_default().push(w);
     }

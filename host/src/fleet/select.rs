@@ -23,6 +23,8 @@ pub(super) struct Work {
     pub(super) login: Option<String>,
     /// What it rotates, once vetted.
     pub(super) subject: Option<Subject>,
+    /// Which of the set's plugins rotates it, once vetted.
+    pub(super) plugin: usize,
     /// When it is due, if not now (it then only retires old keys).
     pub(super) next_due: Option<String>,
 }
@@ -122,6 +124,7 @@ fn consider(
         Ok(provider) => Some(Work {
             login: user.value_of_type("login").map(str::to_lowercase),
             subject: None,
+            plugin: 0,
             next_due,
             job,
             records: Records {

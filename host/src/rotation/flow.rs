@@ -165,7 +165,11 @@ impl<'a> InFlight<'a> {
         let holdings = &core.holdings;
         let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
         let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
-        let host_credential = if core.identity.wanted(&config).map_err(RunError::BadField)? {
+        let host_credential = if core
+            .identity
+            .wanted(&config, core.plugin)
+            .map_err(RunError::BadField)?
+        {
             Some(core.identity.credential().await?)
         } else {
             None

@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use crate::fields::{BadField, labels};
 use crate::record::Record;
+use crate::sandbox::engine::Plugin;
 use crate::sandbox::plugin::HostCredential;
 use crate::secret::Secret;
 
@@ -74,13 +75,15 @@ impl GatewayIdentity {
         }
     }
 
-    /// Whether a rotation under `config` is lent the identity. The operator
-    /// lends it (`--gateway-credentials`, perhaps limited to named configs); a
-    /// config's `Use Gateway Credentials` can decline it, and asking for it
+    /// Whether a rotation under `config`, run by `plugin`, is lent the
+    /// identity. The operator lends it (`--gateway-credentials`, perhaps
+    /// limited to named configs, and only to plugins its policy lets have it);
+    /// a config's `Use Gateway Credentials` can decline it, and asking for it
     /// where it is not lent is an error rather than a silent fallback.
-    pub fn wanted(&self, config: &Record) -> Result<bool, BadField> {
-        let lent = self.lend.enabled
+    pub fn wanted(&self, config: &Record, plugin: &Plugin) -> Result<bool, BadField> {
+        let for_config = self.lend.enabled
             && (self.lend.only.is_empty() || self.lend.only.contains(&config.uid));
+        let lent = for_config && plugin.lendable();
         let asked = match config.value(labels::GATEWAY_CREDENTIALS) {
             None => None,
             Some(v) => Some(crate::fields::parse_bool(v).ok_or_else(|| BadField {
@@ -94,6 +97,18 @@ impl GatewayIdentity {
         };
         match asked {
             Some(false) => Ok(false),
+            Some(true) if for_config && !lent => Err(BadField {
+                field: labels::GATEWAY_CREDENTIALS,
+                why: format!(
+                    "in record '{}' asks for the host's own AWS identity, which the operator's \
+                     policy does not lend to plugin '{}' (a plugin from a --plugins folder has it \
+                     only where its section of the config file says so): the operator can set \
+                     `gateway-credentials = true` in [plugin.\"{}\"], or give the config its own key",
+                    crate::text::printable(&config.uid),
+                    crate::text::printable(plugin.name().unwrap_or("?")),
+                    crate::text::printable(plugin.name().unwrap_or("?")),
+                ),
+            }),
             Some(true) if !lent => Err(BadField {
                 field: labels::GATEWAY_CREDENTIALS,
                 why: format!(

@@ -105,6 +105,8 @@ pub enum RunError {
     Vault(Arc<VaultError>),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
+    #[error("{0}")]
+    Plugins(#[from] crate::sandbox::plugin_set::PluginSetError),
     #[error("{0}; nothing was changed")]
     BadField(BadField),
     #[error("{0}")]
@@ -195,6 +197,7 @@ impl RunError {
         match self {
             Self::Vault(e) => Exit::usage_if(e.is_bad_input()),
             Self::Sandbox(e) => Exit::usage_if(e.is_bad_input()),
+            Self::Plugins(e) => Exit::usage_if(e.is_bad_input()),
             Self::BadField(_) | Self::SharedCredential { .. } | Self::LentToRecordOrigin { .. } => {
                 Exit::Usage
             }

@@ -1,6 +1,7 @@
 //! `rotate-host run`: one record, vetted against the whole vault, rotated
 //! under the vault's lock.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -11,14 +12,16 @@ use crate::rotation::identity::{GatewayIdentity, Lending};
 use crate::rotation::job::{Job, Records, fleet_records};
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::vetting::{self};
-use crate::sandbox::engine::{Limits, Plugin};
+use crate::sandbox::engine::Limits;
+use crate::sandbox::plugin_set::{PluginSet, PluginSource};
 use crate::vault::writer::VaultWriter;
 use crate::vault::{Vault, VaultOptions, VaultSource};
 
 /// What `rotate-host run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub guest: PathBuf,
+    /// One plugin file, or a folder whose plugin the config's `SaaS Type` picks.
+    pub plugins: PluginSource,
     pub vault: VaultSource,
     pub user_uid: String,
     pub config_uid: String,
@@ -35,7 +38,14 @@ pub struct RunOptions {
 pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     crate::sandbox::runtime::block_on(async {
         // Compile before taking the lock: others wait on it for no reason otherwise.
-        let plugin = Plugin::load(&opts.guest, opts.limits.clone(), opts.cache_dir.as_deref())?;
+        let plugins = PluginSet::load(
+            &opts.plugins,
+            &opts.limits,
+            1,
+            &BTreeMap::new(),
+            opts.cache_dir.as_deref(),
+        )
+        .await?;
         let identity = GatewayIdentity::new(opts.lending.clone());
         let job = Job {
             user_uid: opts.user_uid.clone(),
@@ -49,10 +59,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         let vault = opts.vault.open(&opts.vault_options)?;
         let records = Records::read(vault.as_ref(), &job)?;
         vetting::check_config(&records.user, &records.config, false)?;
-        let holdings = vet_run(&plugin, &identity, vault.as_ref(), &job, &records).await?;
+        let mine = vetting::plugin_for(&plugins, &job.user_uid, &records.config)?;
+        let holdings = vet_run(&plugins, mine, &identity, vault.as_ref(), &job, &records).await?;
         let writer = VaultWriter::new(vault);
         let core = Rotator {
-            plugin: &plugin,
+            plugin: &plugins.members()[mine].plugin,
             writer: &writer,
             identity: &identity,
             holdings,
@@ -66,14 +77,15 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
 /// holds which credential (I6), the config's scope, and that no fleet record
 /// rotates the same credential as this one.
 async fn vet_run(
-    plugin: &Plugin,
+    plugins: &PluginSet,
+    plugin: usize,
     identity: &GatewayIdentity,
     vault: &dyn Vault,
     job: &Job,
     records: &Records,
 ) -> Result<Arc<Holdings>, RunError> {
-    let info = plugin.info().await?;
-    let mut subjects = vetting::Subjects::new(plugin, identity);
+    let id_fields = plugins.credential_id_fields().await?;
+    let mut subjects = vetting::Subjects::new(&plugins.members()[plugin].plugin, identity);
     let mine = subjects.of(records).await?;
     vetting::check_scope(&job.user_uid, &mine, &records.config, false)?;
     // One record at a time: a vault is never held in memory twice.
@@ -82,13 +94,18 @@ async fn vet_run(
         let Some(record) = vault.record(&uid) else {
             continue;
         };
-        holdings.add_record(&record, &info.credential_id_fields);
+        holdings.add_record(&record, &id_fields);
         if uid == job.user_uid {
             continue;
         }
         let Some((_, theirs)) = fleet_records(vault, record) else {
             continue;
         };
+        // Only the same plugin's records compete: another plugin's subjects
+        // are its own words and cannot fail this record.
+        if vetting::plugin_for(plugins, &uid, &theirs.config).ok() != Some(plugin) {
+            continue;
+        }
         if let Ok(s) = subjects.of(&theirs).await
             && let Some(e) =
                 vetting::duplicates([(job.user_uid.as_str(), &mine), (uid.as_str(), &s)])

@@ -21,6 +21,7 @@ use crate::rotation::job::Records;
 use crate::sandbox::engine::{CallError, Plugin};
 use crate::sandbox::instance::Instance;
 use crate::sandbox::plugin::{Context, HostCredential, PluginError, Subject};
+use crate::sandbox::plugin_set::PluginSet;
 use crate::secret::Secret;
 use crate::text::printable;
 
@@ -86,6 +87,17 @@ pub enum VetError {
         provider: String,
         config: String,
     },
+    #[error(
+        "record '{uid}' uses config record '{config}', {why}, and with --plugins the 'SaaS Type' \
+         picks the plugin (the folder's plugins: {known}). Nothing was changed; set 'SaaS Type' \
+         in '{config}' to one of them, or add its plugin to the folder"
+    )]
+    NoPlugin {
+        uid: String,
+        config: String,
+        why: String,
+        known: String,
+    },
     #[error("{0}; nothing was changed")]
     Field(crate::fields::BadField),
     #[error("{0}")]
@@ -146,6 +158,20 @@ pub fn check_config(
         }),
         _ => Ok(()),
     }
+}
+
+/// The index in `set` of the plugin that serves `config` (its `SaaS Type`).
+pub fn plugin_for(set: &PluginSet, uid: &str, config: &Record) -> Result<usize, VetError> {
+    set.for_type(config.value(SAAS_TYPE))
+        .map_err(|none| VetError::NoPlugin {
+            uid: printable(uid),
+            config: printable(&config.uid),
+            why: match none.saas_type {
+                Some(t) => format!("whose '{SAAS_TYPE}' '{t}' names no plugin"),
+                None => format!("which has no '{SAAS_TYPE}'"),
+            },
+            known: none.known,
+        })
 }
 
 /// Checks `subject` against the config's `Rotation Scope`. Without one, a
@@ -262,7 +288,7 @@ impl<'a> Subjects<'a> {
         }
         let lent = self
             .identity
-            .wanted(&records.config)
+            .wanted(&records.config, self.plugin)
             .map_err(VetError::Field)?;
         let ctx = Context {
             user: records.user.clone(),

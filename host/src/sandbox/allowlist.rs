@@ -248,21 +248,28 @@ impl AllowedOrigin {
 pub struct NetworkPolicy {
     /// `--allow-host`: when set, a destination must also match one of these.
     pub operator: Option<Vec<AllowedOrigin>>,
+    /// `allow-host` in the plugin's `[plugin.NAME]` section of the config
+    /// file: when set, a destination must match one of these as well.
+    pub section: Option<Vec<AllowedOrigin>>,
     /// `--allow-http`: plain `http://` to hosts other than loopback addresses.
     pub allow_http: bool,
 }
 
 impl NetworkPolicy {
-    /// Whether the operator's `--allow-host` list names `origin` (an exact
-    /// origin, as `AllowedOrigin::of_url` makes). False without a list.
+    /// Whether one of the operator's lists (`--allow-host`, or the plugin's
+    /// section) names `origin` (an exact origin, as `AllowedOrigin::of_url`
+    /// makes). False without a list.
     pub fn operator_allows(&self, origin: &AllowedOrigin) -> bool {
         let HostPattern::Exact(host) = &origin.host else {
             return false;
         };
-        self.operator.as_ref().is_some_and(|list| {
-            list.iter()
-                .any(|o| o.matches(origin.scheme, host, origin.port))
-        })
+        [&self.operator, &self.section]
+            .into_iter()
+            .flatten()
+            .any(|list| {
+                list.iter()
+                    .any(|o| o.matches(origin.scheme, host, origin.port))
+            })
     }
 }
 
@@ -314,6 +321,13 @@ impl AllowList {
         {
             return Err(format!(
                 "{origin} is outside the operator's --allow-host list"
+            ));
+        }
+        if let Some(section) = &self.policy.section
+            && !section.iter().any(|o| o.matches(scheme, host, port))
+        {
+            return Err(format!(
+                "{origin} is outside the allow-host list of this plugin's section in the config file"
             ));
         }
         Ok(())
@@ -470,7 +484,7 @@ mod tests {
                     "https://sts.eu-west-1.amazonaws.com",
                     "https://evil.example.com",
                 ])),
-                allow_http: false,
+                ..NetworkPolicy::default()
             },
         );
         assert!(allows(&list, "https://sts.eu-west-1.amazonaws.com/"));
@@ -480,5 +494,22 @@ mod tests {
         assert!(err.contains("--allow-host"), "{err}");
         // The operator cannot widen what the plugin declared.
         assert!(!allows(&list, "https://evil.example.com/"));
+    }
+
+    #[test]
+    fn a_plugins_section_narrows_the_operators_list_further() {
+        let policy = NetworkPolicy {
+            operator: Some(origins(&["https://*.amazonaws.com"])),
+            section: Some(origins(&["https://iam.amazonaws.com"])),
+            ..NetworkPolicy::default()
+        };
+        let list = AllowList::new(origins(&["https://*.amazonaws.com"]), policy.clone());
+        assert!(allows(&list, "https://iam.amazonaws.com/"));
+        let err = list
+            .check(&Url::parse("https://sts.amazonaws.com/").unwrap())
+            .unwrap_err();
+        assert!(err.contains("section"), "{err}");
+        let named = AllowedOrigin::of_url("https://iam.amazonaws.com/").unwrap();
+        assert!(policy.operator_allows(&named));
     }
 }

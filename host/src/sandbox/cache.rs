@@ -32,6 +32,14 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 /// Compiles `bytes`, or loads the result of an earlier compilation from `dir`.
+/// The SHA-256 of `bytes` in lowercase hex: a plugin's digest, as pins name it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn load(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> wasmtime::Result<Component> {
     let Some((dir, key)) = dir
         .and_then(usable_dir)
@@ -43,15 +51,7 @@ pub fn load(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> wasmtime::Resu
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
-    let digest = Sha256::digest(bytes);
-    let name = format!(
-        "{}-{:016x}.cwasm",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-        engine_hash.finish()
-    );
+    let name = format!("{}-{:016x}.cwasm", sha256_hex(bytes), engine_hash.finish());
     let path = dir.join(name);
     match read_entry(&path, &key) {
         Ok(None) => {}

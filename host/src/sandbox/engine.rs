@@ -83,11 +83,11 @@ pub enum SandboxError {
     )]
     WrongWorld { path: PathBuf, why: String },
     #[error(
-        "the plugin's `{call}` ran past its time limit of {limit:?} (--timeout) and was stopped; raise --timeout if the service is slow"
+        "the plugin's `{call}` ran past its time limit of {limit:?} (--timeout, or `timeout` in its [plugin.NAME] section) and was stopped; raise it if the service is slow"
     )]
     Timeout { call: &'static str, limit: Duration },
     #[error(
-        "the plugin's `{call}` tried to use more than {limit_mib} MiB of memory in all (--memory-mib) and was stopped; raise --memory-mib if it needs more"
+        "the plugin's `{call}` tried to use more than {limit_mib} MiB of memory in all (--memory-mib, or `memory-mib` in its [plugin.NAME] section) and was stopped; raise it if the plugin needs more"
     )]
     MemoryLimit {
         call: &'static str,
@@ -188,6 +188,30 @@ pub struct Plugin {
     limits: Limits,
     /// `info`, asked once per process.
     info: tokio::sync::OnceCell<PluginInfo>,
+    /// The component file's SHA-256, lowercase hex.
+    digest: String,
+    /// Whether the operator lets it be lent the host's own identity.
+    lendable: bool,
+}
+
+/// The process's one engine: every plugin compiles and runs on it, under
+/// one epoch ticker.
+fn shared_engine() -> Result<Engine, SandboxError> {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine.clone());
+    }
+    let mut config = Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    // Copy-on-write memory images pay off when instantiating many times; a
+    // run instantiates once, and the images' memfds count against RLIMIT_FSIZE.
+    config.memory_init_cow(false);
+    let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
+    let shared = ENGINE.get_or_init(|| {
+        start_epoch_ticker(&engine);
+        engine
+    });
+    Ok(shared.clone())
 }
 
 impl Plugin {
@@ -215,14 +239,7 @@ impl Plugin {
                 why: "it does not start with the WebAssembly magic bytes".into(),
             });
         }
-        let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
-        // Copy-on-write memory images pay off when instantiating many times; a
-        // run instantiates once, and the images' memfds count against RLIMIT_FSIZE.
-        config.memory_init_cow(false);
-        let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
-        start_epoch_ticker(&engine);
-
+        let engine = shared_engine()?;
         let started = std::time::Instant::now();
         let component =
             cache::load(&engine, &bytes, cache_dir).map_err(|e| SandboxError::NotComponent {
@@ -251,12 +268,42 @@ impl Plugin {
             pre,
             limits,
             info: tokio::sync::OnceCell::new(),
+            digest: cache::sha256_hex(&bytes),
+            lendable: true,
         })
     }
 
     /// The limits every instance of this plugin runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The same plugin under the operator's `limits`, lendable the host's
+    /// identity or not (its section of the config file).
+    pub fn under(mut self, limits: Limits, lendable: bool) -> Self {
+        self.limits = limits;
+        self.lendable = lendable;
+        self
+    }
+
+    /// Its `info` name, once `info` has been asked.
+    pub fn name(&self) -> Option<&str> {
+        self.info.get().map(|i| i.name.as_str())
+    }
+
+    /// The component file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The component file's SHA-256, lowercase hex, as a pin names it.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether the operator lets it be lent the host's own identity.
+    pub fn lendable(&self) -> bool {
+        self.lendable
     }
 
     /// What the plugin says about itself, from a throwaway instance, once.

@@ -1,6 +1,7 @@
 //! What a plugin may do: the engine that compiles and runs components, the
 //! bindings between WIT and host types, the imports it is given (HTTP through
-//! the allowlist, logging, holdings) and the compile cache.
+//! the allowlist, logging, holdings), the compile cache, and the set of
+//! plugins a process runs under the operator's policy.
 
 pub mod allowlist;
 pub mod bindings;
@@ -11,4 +12,5 @@ pub mod http;
 mod imports;
 pub mod instance;
 pub mod plugin;
+pub mod plugin_set;
 pub mod runtime;

@@ -107,12 +107,21 @@ impl bindings::Guest for Hostile {
         }
     }
 
-    /// Each record is its own subject, so hostile records never collide.
+    /// Each record is its own subject, so hostile records never collide,
+    /// unless the config says whose subject to claim.
     fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
         if value(&ctx.config, "behaviour") == "subject-leak" {
             let secret = value(&ctx.config, "Client Secret");
             log::log(log::Level::Error, &format!("subject sees {secret}"));
             return Err(wit::PluginError::Failed(format!("leaked {secret}")));
+        }
+        // Claims another plugin's subject, `SERVICE|LOGIN`, to collide with its records.
+        if let Some((service, login)) = value(&ctx.config, "subject-as").split_once('|') {
+            return Ok(wit::Subject {
+                service: service.into(),
+                login: login.into(),
+                fixed_by_config: true,
+            });
         }
         Ok(wit::Subject {
             service: "hostile".into(),
