@@ -24,13 +24,17 @@ pub struct PatternError {
 pub enum Scheme {
     Http,
     Https,
+    /// A TCP connection (`tcp.connect`), to an exact host and port.
+    Tcp,
 }
 
 impl Scheme {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Https => "https",
+    fn of(scheme: &str) -> Option<Self> {
+        match scheme {
+            "https" => Some(Self::Https),
+            "http" => Some(Self::Http),
+            "tcp" => Some(Self::Tcp),
+            _ => None,
         }
     }
 }
@@ -106,8 +110,10 @@ fn split_origin(pattern: &str) -> Result<(Scheme, &str, Option<&str>), &'static 
         (Scheme::Https, r)
     } else if let Some(r) = pattern.strip_prefix("http://") {
         (Scheme::Http, r)
+    } else if let Some(r) = pattern.strip_prefix("tcp://") {
+        (Scheme::Tcp, r)
     } else {
-        return Err("the scheme must be http or https");
+        return Err("the scheme must be http, https or tcp");
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains(['/', '?', '#', '@']) {
@@ -163,6 +169,11 @@ impl AllowedOrigin {
             })?;
         let wildcards: Vec<bool> = parsed.iter().map(Label::is_wildcard).collect();
         let any_wildcard = wildcards.iter().any(|w| *w);
+        if scheme == Scheme::Tcp && (any_wildcard || port_part.is_none()) {
+            return Err(err(
+                "a tcp destination is one exact host and its port, like 'tcp://db.example.com:5432'",
+            ));
+        }
         if any_wildcard && (labels.len() < 3 || wildcards[labels.len() - 2..].iter().any(|w| *w)) {
             return Err(err(
                 "the last two labels of a wildcard host must be literal",
@@ -175,20 +186,20 @@ impl AllowedOrigin {
             .map(|(l, w)| if *w { "wildcard" } else { l })
             .collect();
         let port = port_part.map(|p| format!(":{p}")).unwrap_or_default();
-        let url = Url::parse(&format!(
-            "{}://{}{port}/",
-            scheme.as_str(),
-            literal.join(".")
-        ))
-        .map_err(|_| err("the host or port is malformed"))?;
+        // Parsed as https whatever the scheme: the url crate normalises hosts
+        // (case, IDNA, IPv6) of special schemes only.
+        let url = Url::parse(&format!("https://{}{port}/", literal.join(".")))
+            .map_err(|_| err("the host or port is malformed"))?;
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| err("the host is missing"))?
             .to_string();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| err("the port is malformed"))?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let port = match scheme {
+            Scheme::Http if port_part.is_none() => 80,
+            _ => port,
+        };
         let host = if any_wildcard {
             HostPattern::Labels(
                 with_wildcards(&host, parsed).ok_or_else(|| err("the host is malformed"))?,
@@ -202,27 +213,24 @@ impl AllowedOrigin {
     /// The origin of a base URL such as an `AWS Endpoint URL`: exactly its
     /// scheme, host and port.
     pub fn of_url(url: &str) -> Result<Self, PatternError> {
-        let parsed = Url::parse(url).map_err(|_| PatternError {
+        let err = |why| PatternError {
             pattern: url.to_string(),
-            why: "it is not a URL",
-        })?;
-        let scheme = match parsed.scheme() {
-            "https" => Scheme::Https,
-            "http" => Scheme::Http,
-            _ => {
-                return Err(PatternError {
-                    pattern: url.to_string(),
-                    why: "the scheme must be http or https",
-                });
-            }
+            why,
         };
+        let parsed = Url::parse(url).map_err(|_| err("it is not a URL"))?;
+        let scheme =
+            Scheme::of(parsed.scheme()).ok_or(err("the scheme must be http, https or tcp"))?;
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or(PatternError {
-                pattern: url.to_string(),
-                why: "the host is missing",
-            })?;
+            .ok_or(err("the host is missing"))?;
+        if scheme == Scheme::Tcp {
+            // Normalised as a pattern is: the url crate leaves non-special hosts as written.
+            let port = parsed
+                .port()
+                .ok_or(err("a tcp destination needs its port"))?;
+            return Self::parse(&format!("tcp://{host}:{port}"));
+        }
         Ok(Self {
             scheme,
             host: HostPattern::Exact(host.to_string()),
@@ -286,6 +294,21 @@ impl AllowList {
         Self { plugin, policy }
     }
 
+    /// Checks a TCP destination, before any name lookup or connection.
+    pub fn check_tcp(&self, host: &str, port: u16) -> Result<(), String> {
+        let bracketed = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let origin = AllowedOrigin::parse(&format!("tcp://{bracketed}:{port}"))
+            .map_err(|e| e.to_string())?;
+        let HostPattern::Exact(host) = &origin.host else {
+            return Err("a tcp destination is one exact host".into());
+        };
+        self.permitted(Scheme::Tcp, host, port, &format!("tcp://{host}:{port}"))
+    }
+
     /// Checks `url`; the error says what was refused, why, and who can change it.
     pub fn check(&self, url: &Url) -> Result<(), String> {
         let scheme = match url.scheme() {
@@ -311,6 +334,11 @@ impl AllowList {
                  --allow-http"
             ));
         }
+        self.permitted(scheme, host, port, &origin)
+    }
+
+    /// Whether the plugin's list and every operator list allow the destination.
+    fn permitted(&self, scheme: Scheme, host: &str, port: u16, origin: &str) -> Result<(), String> {
         if !self.plugin.iter().any(|o| o.matches(scheme, host, port)) {
             return Err(format!(
                 "{origin} is neither among the origins the plugin declares nor the config's endpoint"
@@ -511,5 +539,27 @@ mod tests {
         assert!(err.contains("section"), "{err}");
         let named = AllowedOrigin::of_url("https://iam.amazonaws.com/").unwrap();
         assert!(policy.operator_allows(&named));
+    }
+
+    #[test]
+    fn tcp_destinations_are_exact_hosts_and_ports() {
+        for bad in ["tcp://db.example.com", "tcp://*.example.com:5432"] {
+            assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
+        }
+        let o = AllowedOrigin::of_url("tcp://DB.Example.com:5432").unwrap();
+        assert_eq!(o.host, HostPattern::Exact("db.example.com".into()));
+        assert!(AllowedOrigin::of_url("tcp://db.example.com").is_err());
+        let list = AllowList::new(
+            origins(&["tcp://db.example.com:5432", "https://db.example.com"]),
+            NetworkPolicy::default(),
+        );
+        assert!(list.check_tcp("DB.example.com", 5432).is_ok());
+        assert!(list.check_tcp("db.example.com", 5433).is_err());
+        assert!(list.check_tcp("db.example.com", 443).is_err());
+        assert!(list.check_tcp("other.example.com", 5432).is_err());
+        // An https pattern never opens raw TCP, nor a tcp one HTTP.
+        assert!(!allows(&list, "https://db.example.com:5432/"));
+        let v6 = AllowList::new(origins(&["tcp://[::1]:5432"]), NetworkPolicy::default());
+        assert!(v6.check_tcp("::1", 5432).is_ok());
     }
 }

@@ -16,16 +16,33 @@ mod generated {
         // then stop a plugin blocked in it. Exports are async for the same reason.
         imports: {
             "pam:rotation/outbound.send": async | trappable,
+            "pam:rotation/tcp": async | trappable,
             default: trappable,
         },
         exports: { default: async },
+        with: { "pam:rotation/tcp.connection": crate::sandbox::tcp::Connection },
     });
 }
 
 pub use generated::pam::rotation::{
-    holdings as wit_holdings, log as wit_log, outbound as wit_outbound, types as wit,
+    holdings as wit_holdings, log as wit_log, outbound as wit_outbound, tcp as wit_tcp,
+    types as wit,
 };
 pub use generated::{Plugin, PluginPre};
+
+impl From<crate::sandbox::tcp::TcpError> for wit_tcp::TcpError {
+    fn from(e: crate::sandbox::tcp::TcpError) -> Self {
+        use crate::sandbox::tcp::TcpError as E;
+        match e {
+            E::NotAllowed(s) => Self::DestinationNotAllowed(s),
+            E::ConnectFailed(s) => Self::ConnectFailed(s),
+            E::TlsFailed(s) => Self::TlsFailed(s),
+            E::Timeout(s) => Self::Timeout(s),
+            E::ConnectionLost(s) => Self::ConnectionLost(s),
+            E::TooMuchData(n) => Self::TooMuchData(n),
+        }
+    }
+}
 
 impl From<wit::PluginInfo> for PluginInfo {
     fn from(i: wit::PluginInfo) -> Self {

@@ -31,7 +31,6 @@ pub fn default_dir() -> Option<PathBuf> {
         .map(|base| base.join("rotate-host"))
 }
 
-/// Compiles `bytes`, or loads the result of an earlier compilation from `dir`.
 /// The SHA-256 of `bytes` in lowercase hex: a plugin's digest, as pins name it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -40,6 +39,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Compiles `bytes`, or loads the result of an earlier compilation from `dir`.
 pub fn load(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> wasmtime::Result<Component> {
     let Some((dir, key)) = dir
         .and_then(usable_dir)

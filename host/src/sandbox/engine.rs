@@ -29,7 +29,7 @@ use crate::sandbox::runtime::block_on;
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
-pub const WORLD: &str = "pam:rotation/plugin@0.4.0";
+pub const WORLD: &str = "pam:rotation/plugin@0.5.0";
 
 /// The largest plugin file read: the AWS plugin is under 400 KiB.
 const MAX_PLUGIN_BYTES: u64 = 256 << 20;
@@ -346,6 +346,7 @@ impl Plugin {
             deadline: None,
             holdings: Arc::default(),
             holder: String::new(),
+            tcp_open: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);

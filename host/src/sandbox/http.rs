@@ -12,6 +12,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use url::Url;
 
 use crate::sandbox::allowlist::AllowList;
+use crate::sandbox::tcp::{Connection, TcpError};
 
 /// A request from the guest.
 #[derive(Debug, Clone)]
@@ -148,6 +149,10 @@ pub struct Outbound {
     http: Agent,
     max_response_bytes: u64,
     pub(crate) rate: Option<Arc<RateLimiter>>,
+    connect_timeout: Duration,
+    ca_certs: Option<Arc<Vec<Certificate<'static>>>>,
+    /// The TLS client config for `tcp` connections, made at the first `start-tls`.
+    tcp_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl Outbound {
@@ -190,7 +195,35 @@ impl Outbound {
             http,
             max_response_bytes: config.max_response_bytes,
             rate: config.rate.clone(),
+            connect_timeout: config.connect_timeout,
+            ca_certs: config.ca_certs.clone(),
+            tcp_tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the allowlist lets the plugin open `host:port`.
+    pub fn check_tcp(&self, host: &str, port: u16) -> Result<(), String> {
+        self.allow.check_tcp(host, port)
+    }
+
+    /// Checks a `tcp.connect` destination, then opens it. Blocks.
+    pub fn connect(&self, host: &str, port: u16) -> Result<Connection, TcpError> {
+        self.check_tcp(host, port).map_err(TcpError::NotAllowed)?;
+        Connection::open(host, port, self.connect_timeout, self.max_response_bytes)
+    }
+
+    /// How long one `tcp` call may wait: `--http-timeout`, within `left` of the plugin's call.
+    pub fn tcp_limit(&self, left: Option<Duration>) -> Duration {
+        left.map_or(self.timeout, |l| l.min(self.timeout))
+    }
+
+    /// The TLS client config of `start-tls`, on the same roots as HTTPS.
+    pub fn tcp_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tcp_tls
+            .get_or_init(|| {
+                crate::sandbox::tcp::tls_config(self.ca_certs.as_deref().map(|v| &v[..]))
+            })
+            .clone()
     }
 
     /// Checks the destination and the headers, then sends; the whole request

@@ -53,6 +53,8 @@ pub struct HostState {
     /// Who holds which credential in the vault, and the record this instance rotates (I6).
     pub(crate) holdings: Arc<Holdings>,
     pub(crate) holder: String,
+    /// `tcp` connections open now.
+    pub(crate) tcp_open: usize,
 }
 
 impl WasiView for HostState {

@@ -7,6 +7,9 @@
 //! Client Secret, `log-secret` logs it and returns it in an error, `smuggle`
 //! puts it, encoded, in a URL, a header, a log line and an error, and
 //! `finalize-spin` and `rollback-spin` rotate, then loop forever in that call.
+//! `tcp` connects to `target` (`host:port`) through the `tcp` import, sends a
+//! line and reads to the end (`tcp-tls` after `start-tls`; `tcp-many` opens
+//! connections until one is refused), reporting what came back in its error.
 //! `info` and `config-schema` take no config: the features `spin-in-info` and
 //! `spin-in-config-schema` build a component that loops forever there.
 
@@ -16,7 +19,7 @@ mod bindings {
     wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 }
 
-use bindings::pam::rotation::{log, outbound, types as wit};
+use bindings::pam::rotation::{log, outbound, tcp, types as wit};
 
 struct Hostile;
 
@@ -89,6 +92,43 @@ fn a_new_key() -> wit::Rotation {
         retire: vec![],
         deleted: vec![],
         notes: vec![],
+    }
+}
+
+/// What a `tcp` behaviour saw: the bytes that came back, or the error.
+fn tcp_exchange(behaviour: &str, target: &str) -> String {
+    let Some((host, port)) = target.rsplit_once(':') else {
+        return format!("target '{target}' is not host:port");
+    };
+    let port: u16 = port.parse().unwrap_or(0);
+    let outcome = (|| -> Result<Vec<u8>, tcp::TcpError> {
+        if behaviour == "tcp-many" {
+            let mut open = Vec::new();
+            loop {
+                open.push(tcp::connect(host, port)?);
+            }
+        }
+        let conn = tcp::connect(host, port)?;
+        if behaviour == "tcp-tls" {
+            conn.start_tls()?;
+        }
+        conn.send(b"ping\n")?;
+        let mut got = Vec::new();
+        loop {
+            let chunk = conn.receive(65_536)?;
+            if chunk.is_empty() {
+                return Ok(got);
+            }
+            got.extend(chunk);
+        }
+    })();
+    match outcome {
+        Ok(bytes) => format!(
+            "tcp got {} bytes: {}",
+            bytes.len(),
+            String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
+        ),
+        Err(e) => format!("tcp error: {e:?}"),
     }
 }
 
@@ -228,6 +268,10 @@ impl bindings::Guest for Hostile {
                 }
                 Err(wit::PluginError::Failed("chattered".into()))
             }
+            "tcp" | "tcp-tls" | "tcp-many" => Err(wit::PluginError::Failed(tcp_exchange(
+                &value(&ctx.config, "behaviour"),
+                &value(&ctx.config, "target"),
+            ))),
             "panic-secret" => panic!("leaking {secret}"),
             "log-secret" => {
                 log::log(log::Level::Error, &format!("the secret is {secret}"));
