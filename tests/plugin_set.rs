@@ -298,7 +298,8 @@ fn a_spinning_plugin_is_stopped_at_its_sections_time_limit_and_the_others_rotate
 }
 
 #[test]
-fn a_plugin_folder_with_what_is_not_a_plugin_or_one_name_twice_is_refused_naming_the_files() {
+fn a_plugin_folder_with_what_is_not_a_plugin_one_name_twice_or_open_to_others_is_refused_naming_the_files()
+ {
     let a = aws(&["ann"]);
     let vault = VaultFile::new(a.records.clone());
     let before = vault.bytes();
@@ -343,6 +344,18 @@ fn a_plugin_folder_with_what_is_not_a_plugin_or_one_name_twice_is_refused_naming
         }
         assert_eq!(vault.bytes(), before, "{case}");
     }
+    // What decides what runs is the operator's alone: no links, nothing others may change.
+    let links = plugin_dir();
+    std::os::unix::fs::symlink(GUEST_WASM, links.path().join("link.wasm")).unwrap();
+    due_with(links.path(), &vault, &[]).expect(2, &["link.wasm (a symbolic link)"]);
+    let open = plugin_dir();
+    let file = open.path().join("hostile.wasm");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    due_with(open.path(), &vault, &[]).expect(2, &["hostile.wasm (group or others may change it"]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    due_with(open.path(), &vault, &[]).expect(2, &["group or others may change it (mode 0777)"]);
+    assert_eq!(vault.bytes(), before);
     assert_eq!(a.iam.calls().len(), 0, "nothing was sent");
 }
 
@@ -370,7 +383,7 @@ fn a_pinned_plugin_of_another_build_is_refused_naming_both_digests() {
     ));
     let cfg = cfg.to_str().unwrap();
     let out = due_with(dir.path(), &vault, &["--config", cfg]);
-    out.expect(2, &[&real, &wrong, "aws.wasm", "was not run"]);
+    out.expect(2, &[&real, &wrong, "aws.wasm", "nothing starts"]);
     assert_eq!(vault.bytes(), before);
     rotate_host(&["check-config", cfg]).expect(2, &[&real, &wrong]);
 
@@ -458,4 +471,33 @@ fn another_plugins_claimed_subject_fails_none_of_this_plugins_records() {
     let r = report(&out);
     a.assert_rotated(&vault);
     assert!(failure(&r, "claim").contains("unknown behaviour"), "{r:#}");
+}
+
+#[test]
+fn a_plugin_spinning_in_subject_is_given_up_on_after_three_stops() {
+    let dir = plugin_dir();
+    let mut a = aws(&["yan"]);
+    for i in 1..=5 {
+        let config = format!("cfg-spin-{i}");
+        a.records
+            .push(hostile_config(&config, "subject-spin", &a.iam.url));
+        a.records
+            .push(hostile_member(&format!("spin-{i}"), &config));
+    }
+    let vault = VaultFile::new(a.records.clone());
+    let (_d, cfg) = config_file("[plugin.Hostile]\ntimeout = 1\n");
+    let out = due_with(dir.path(), &vault, &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let r = report(&out);
+    a.assert_rotated(&vault);
+    let errors: Vec<String> = (1..=5).map(|i| failure(&r, &format!("spin-{i}"))).collect();
+    let timed_out = errors
+        .iter()
+        .filter(|e| e.contains("`subject` ran past its time limit of 1s"))
+        .count();
+    let given_up = errors
+        .iter()
+        .filter(|e| e.contains("stopped at its time or memory limit 3 times"))
+        .count();
+    assert_eq!((timed_out, given_up), (3, 2), "{errors:#?}");
 }

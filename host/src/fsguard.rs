@@ -39,6 +39,23 @@ pub fn private_or_warn(meta: &Metadata, what: &str, holds: &str, strict: bool) -
     Ok(())
 }
 
+/// Why a file or folder that decides what the host runs is not the
+/// operator's alone: owned by a user other than this one or root, or open to
+/// changes by group or others.
+pub fn not_operators(meta: &Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "owned by uid {}, not this user or root",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o022 != 0).then(|| format!("group or others may change it (mode {mode:04o})"))
+}
+
 /// What a file that is not a regular file is, for messages.
 pub fn kind_of(meta: &Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;

@@ -71,13 +71,22 @@ impl Holdings {
 
 /// Ids in `record`'s credential fields.
 fn field_ids<'a>(record: &'a Record, id_fields: &'a [String]) -> impl Iterator<Item = String> + 'a {
+    // A secret is never an id: else a plugin naming `password` among its id
+    // fields could test guesses at every record's secrets through
+    // `held-elsewhere`. A label decides (Keeper keeps a `Client ID` in a
+    // field of type secret); an unlabelled field, its type.
     let named = move |f: &crate::record::Field| {
-        id_fields.iter().any(|want| {
-            f.kind.eq_ignore_ascii_case(want)
-                || f.label
-                    .as_deref()
-                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(want))
-        })
+        let secret = match f.label.as_deref() {
+            Some(label) => crate::text::looks_secret(label),
+            None => crate::text::looks_secret(&f.kind),
+        };
+        !secret
+            && id_fields.iter().any(|want| {
+                f.kind.eq_ignore_ascii_case(want)
+                    || f.label
+                        .as_deref()
+                        .is_some_and(|l| l.trim().eq_ignore_ascii_case(want))
+            })
     };
     record
         .fields
@@ -113,6 +122,25 @@ mod tests {
 
     fn record(uid: &str, fields: &[(&str, &str, &str)]) -> Record {
         Record::for_test(uid, fields)
+    }
+
+    #[test]
+    fn a_secret_is_never_an_id_whatever_the_plugin_names() {
+        let fields = vec![
+            "password".to_string(),
+            "Client Secret".into(),
+            "Client ID".into(),
+        ];
+        let r = record(
+            "a",
+            &[
+                ("password", "", "hunter2"),
+                ("secret", "Client Secret", "s3cret"),
+                ("secret", "Client ID", "AKIAC"),
+            ],
+        );
+        let ids: Vec<String> = field_ids(&r, &fields).collect();
+        assert_eq!(ids, ["AKIAC"]);
     }
 
     #[test]

@@ -72,6 +72,13 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// Whether a field's type or label says it holds a secret: a secret, a
+/// password or a token, in any case.
+pub fn looks_secret(s: &str) -> bool {
+    let s = s.to_ascii_lowercase();
+    s.contains("secret") || s.contains("password") || s.contains("token")
+}
+
 #[cfg(test)]
 mod tests {
     use super::printable;

@@ -63,10 +63,7 @@ pub fn secrets(
     config: &Record,
     provider: Option<&Record>,
 ) -> Vec<String> {
-    let looks_secret = |s: &str| {
-        let s = s.to_ascii_lowercase();
-        s.contains("secret") || s.contains("password") || s.contains("token")
-    };
+    let looks_secret = crate::text::looks_secret;
     let schema_says = |label: Option<&str>| {
         let label = label?;
         schema

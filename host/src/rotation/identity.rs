@@ -101,9 +101,10 @@ impl GatewayIdentity {
                 field: labels::GATEWAY_CREDENTIALS,
                 why: format!(
                     "in record '{}' asks for the host's own AWS identity, which the operator's \
-                     policy does not lend to plugin '{}' (a plugin from a --plugins folder has it \
-                     only where its section of the config file says so): the operator can set \
-                     `gateway-credentials = true` in [plugin.\"{}\"], or give the config its own key",
+                     policy does not lend to plugin '{}': a plugin from a --plugins folder has it \
+                     only in a pass whose config file sets `gateway-credentials = true` in \
+                     [plugin.\"{}\"] (`run --plugins` lends it to none; `run GUEST.wasm` can), \
+                     or the config can have its own key",
                     crate::text::printable(&config.uid),
                     crate::text::printable(plugin.name().unwrap_or("?")),
                     crate::text::printable(plugin.name().unwrap_or("?")),

@@ -241,13 +241,25 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// How long one `subject` call (and its instance's start) may take: the
+/// answer is a pure function of the records, and a pass waits for it.
+const SUBJECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `subject` instances a pass replaces per plugin after they ran out of time
+/// or memory; after that, the plugin's remaining records fail without a
+/// call, so a plugin that spins there delays the pass by a bounded time
+/// however many records name it. A trap is quick and costs one record only.
+const SUBJECT_STOPS: usize = 3;
+
 /// Works out records' subjects one at a time on one instance that can reach
-/// nothing (a stopped instance is replaced for the next record), so a vault
-/// is never held in memory whole for this.
+/// nothing (a stopped instance is replaced for the next record, up to
+/// `SUBJECT_STOPS` times), so a vault is never held in memory whole for this.
 pub struct Subjects<'a> {
     plugin: &'a Plugin,
     identity: &'a GatewayIdentity,
     instance: Option<Instance>,
+    /// Instances stopped so far.
+    stops: usize,
     /// The config schema, for the secrets to mask (I3).
     schema: Vec<crate::sandbox::plugin::ConfigItem>,
 }
@@ -258,6 +270,7 @@ impl<'a> Subjects<'a> {
             plugin,
             identity,
             instance: None,
+            stops: 0,
             schema: vec![],
         }
     }
@@ -266,13 +279,27 @@ impl<'a> Subjects<'a> {
     pub async fn of(&mut self, records: &Records) -> Result<Subject, VetError> {
         // A stopped instance is replaced for the next record: one record that
         // makes the plugin trap fails alone.
+        if self.stops >= SUBJECT_STOPS {
+            return Err(VetError::Sandbox(
+                format!(
+                    "the plugin's `subject` was stopped at its time or memory limit \
+                     {SUBJECT_STOPS} times in this pass, so its other records are not vetted \
+                     until the next; this is a bug in the plugin"
+                ),
+                false,
+            ));
+        }
         if self.instance.is_none() {
-            let mut fresh = self
-                .plugin
-                .instantiate()
-                .await
-                .map_err(|e| sandbox(&e.into()))?;
-            self.schema = fresh.config_schema().await.map_err(|e| sandbox(&e))?;
+            let started = async {
+                let mut fresh = self.plugin.instantiate_within(SUBJECT_TIMEOUT).await?;
+                let schema = fresh.config_schema().await?;
+                Ok::<_, CallError>((fresh, schema))
+            };
+            let (fresh, schema) = started.await.map_err(|e| {
+                self.count_stop(&e);
+                sandbox(&e)
+            })?;
+            self.schema = schema;
             self.instance = Some(fresh);
         }
         let instance = self.instance.as_mut().expect("just made");
@@ -309,8 +336,15 @@ impl<'a> Subjects<'a> {
             Err(CallError::Refused { error, .. }) => Err(VetError::Plugin(error)),
             Err(e) => {
                 self.instance = None;
+                self.count_stop(&e);
                 Err(sandbox(&e))
             }
+        }
+    }
+
+    fn count_stop(&mut self, e: &CallError) {
+        if matches!(e, CallError::Stopped(_)) {
+            self.stops += 1;
         }
     }
 }

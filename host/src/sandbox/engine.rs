@@ -324,6 +324,17 @@ impl Plugin {
 
     /// A fresh instance in its own store. It can reach nothing until `allow` is called.
     pub async fn instantiate(&self) -> Result<Instance, SandboxError> {
+        self.instantiate_within(self.limits.call_timeout).await
+    }
+
+    /// `instantiate`, with every call of the instance (instantiation
+    /// included) held to `call_timeout` or the plugin's own, the shorter.
+    pub async fn instantiate_within(
+        &self,
+        call_timeout: Duration,
+    ) -> Result<Instance, SandboxError> {
+        let mut limits = self.limits.clone();
+        limits.call_timeout = limits.call_timeout.min(call_timeout);
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         // No preopens, no environment, no arguments, no sockets, no name lookups.
         let wasi = WasiCtx::builder()
@@ -336,12 +347,12 @@ impl Plugin {
             wasi,
             table: ResourceTable::new(),
             budget: MemoryBudget {
-                limit: self.limits.memory_bytes,
+                limit: limits.memory_bytes,
                 used: 0,
                 refused: false,
             },
             stderr,
-            outbound: Arc::new(Outbound::new(AllowList::default(), &self.limits.http)),
+            outbound: Arc::new(Outbound::new(AllowList::default(), &limits.http)),
             redactor: Redactor::default(),
             deadline: None,
             holdings: Arc::default(),
@@ -356,23 +367,20 @@ impl Plugin {
         store.data_mut().table.set_max_capacity(MAX_HANDLES);
         // Yield to the executor at every tick, so the call's timeout can fire.
         store.epoch_deadline_async_yield_and_update(1);
-        let instantiated = tokio::time::timeout(
-            self.limits.call_timeout,
-            self.pre.instantiate_async(&mut store),
-        )
-        .await;
+        let instantiated =
+            tokio::time::timeout(limits.call_timeout, self.pre.instantiate_async(&mut store)).await;
         let bindings = match instantiated {
             Ok(Ok(b)) => b,
             Err(_) => {
                 return Err(SandboxError::Timeout {
                     call: "instantiate",
-                    limit: self.limits.call_timeout,
+                    limit: limits.call_timeout,
                 });
             }
             Ok(Err(_)) if store.data().budget.refused => {
                 return Err(SandboxError::MemoryLimit {
                     call: "instantiate",
-                    limit_mib: self.limits.memory_bytes >> 20,
+                    limit_mib: limits.memory_bytes >> 20,
                 });
             }
             // wasmtime's words for a count past the limiter's `instances`,
@@ -397,7 +405,7 @@ impl Plugin {
         Ok(Instance {
             store,
             bindings,
-            limits: self.limits.clone(),
+            limits: limits.clone(),
             stopped: false,
         })
     }

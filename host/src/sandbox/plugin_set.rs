@@ -75,14 +75,16 @@ pub enum PluginSetError {
         second: String,
     },
     #[error(
-        "plugin {file} names itself '{name}': a SaaS Type could never pick it (an empty name, or \
-         spaces around it); ask its author for a fixed build"
+        "plugin {file} names itself '{name}', which a SaaS Type cannot name safely: a name is \
+         1 to 64 printable ASCII characters with no spaces around them; ask its author for a \
+         fixed build"
     )]
     BadName { file: String, name: String },
     #[error(
         "plugin {file} ('{name}') has SHA-256 {got}, but its section of the config file pins \
-         {want}: it is not the build the operator approved, and was not run. If it is the build \
-         you mean to run, set `sha256 = \"{got}\"` in [plugin.\"{name}\"]"
+         {want}: it is not the build the operator approved, so nothing starts (it was compiled \
+         and asked its name in the sandbox, nothing more). If it is the build you mean to run, \
+         set `sha256 = \"{got}\"` in [plugin.\"{name}\"]"
     )]
     Pin {
         file: String,
@@ -171,7 +173,7 @@ impl PluginSet {
                 })?
                 .name
                 .clone();
-            if name.trim().is_empty() || name.trim() != name {
+            if !good_name(&name) {
                 return Err(PluginSetError::BadName {
                     file: shown(plugin.path()),
                     name: printable(&name),
@@ -301,7 +303,9 @@ fn apply(
 }
 
 /// The folder's plugin files, sorted by name. Files starting with '.' are
-/// passed over (an editor's); everything else must be a `.wasm` file.
+/// passed over (an editor's); everything else must be a `.wasm` file. The
+/// folder and its files decide what runs, so they must be the operator's
+/// alone, like the config file: no links, nothing others may change.
 fn components_in(dir: &Path) -> Result<Vec<PathBuf>, PluginSetError> {
     let err = |why: String| PluginSetError::Dir {
         dir: shown(dir),
@@ -311,19 +315,31 @@ fn components_in(dir: &Path) -> Result<Vec<PathBuf>, PluginSetError> {
     if !meta.is_dir() {
         return Err(err("it is not a folder".into()));
     }
+    if let Some(why) = crate::fsguard::not_operators(&meta) {
+        return Err(err(format!(
+            "it is {why}, and its contents decide what this host runs"
+        )));
+    }
     let mut files = Vec::new();
     let mut bad = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| err(e.to_string()))? {
         let entry = entry.map_err(|e| err(e.to_string()))?;
-        let name = entry.file_name();
-        if name.as_encoded_bytes().starts_with(b".") {
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
             continue;
         }
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "wasm") {
-            files.push(path);
-        } else {
-            bad.push(format!("{} (not a .wasm file)", shown(&path)));
+        // The entry itself, not what a link points at.
+        let problem = match entry.metadata() {
+            Err(e) => Some(e.to_string()),
+            Ok(m) if !m.is_file() => Some(crate::fsguard::kind_of(&m).to_string()),
+            Ok(_) if path.extension().is_none_or(|e| e != "wasm") => {
+                Some("not a .wasm file".into())
+            }
+            Ok(m) => crate::fsguard::not_operators(&m),
+        };
+        match problem {
+            Some(why) => bad.push(format!("{} ({why})", shown(&path))),
+            None => files.push(path),
         }
     }
     if !bad.is_empty() {
@@ -338,6 +354,15 @@ fn components_in(dir: &Path) -> Result<Vec<PathBuf>, PluginSetError> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether a plugin's name can be told apart from every other in a `SaaS
+/// Type` and in messages: printable ASCII, no spaces around, at most 64 bytes.
+fn good_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.trim() == name
+        && name.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
 fn shown(path: &Path) -> String {

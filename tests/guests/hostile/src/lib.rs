@@ -150,6 +150,9 @@ impl bindings::Guest for Hostile {
     /// Each record is its own subject, so hostile records never collide,
     /// unless the config says whose subject to claim.
     fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
+        if value(&ctx.config, "behaviour") == "subject-spin" {
+            spin();
+        }
         if value(&ctx.config, "behaviour") == "subject-leak" {
             let secret = value(&ctx.config, "Client Secret");
             log::log(log::Level::Error, &format!("subject sees {secret}"));
