@@ -1334,7 +1334,7 @@ fn a_bad_config_file_exits_2_naming_the_key_and_its_line() {
         ),
         (
             "allow-host = [\"ftp://x\"]\n",
-            &["line 1", "'allow-host'", "http or https"],
+            &["line 1", "'allow-host'", "http, https or tcp"],
         ),
         ("jobs = [1, 2]\n", &["line 1", "'jobs'", "one value"]),
     ];

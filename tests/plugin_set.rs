@@ -501,3 +501,26 @@ fn a_plugin_spinning_in_subject_is_given_up_on_after_three_stops() {
         .count();
     assert_eq!((timed_out, given_up), (3, 2), "{errors:#?}");
 }
+
+#[test]
+fn info_lists_every_plugin_of_a_folder_with_its_file_and_digest() {
+    let dir = plugin_dir();
+    let out = rotate_host(&["info", "--plugins", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let listed: Value = serde_json::from_str(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|p| p["info"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["AWS Secret Key", HOSTILE]);
+    assert_eq!(listed[0]["sha256"], digest_of(GUEST_WASM));
+    assert_eq!(listed[1]["sha256"], digest_of(HOSTILE_WASM));
+    assert!(listed[0]["file"].as_str().unwrap().ends_with("/aws.wasm"));
+
+    let text = rotate_host(&["info", "--plugins", dir.path().to_str().unwrap()]);
+    assert_eq!(text.code, 0, "{}", text.all());
+    for needle in ["AWS Secret Key", "Hostile 0", "hostile.wasm", "sha256: "] {
+        assert!(text.stdout.contains(needle), "{needle} in {}", text.stdout);
+    }
+}

@@ -258,8 +258,15 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// The plugin component (.wasm).
-    #[arg(value_name = "GUEST.wasm")]
-    pub guest: PathBuf,
+    #[arg(
+        value_name = "GUEST.wasm",
+        required_unless_present = "plugins",
+        conflicts_with = "plugins"
+    )]
+    pub guest: Option<PathBuf>,
+    /// Every plugin of a folder, as `--plugins` loads them (names, files, digests).
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

@@ -2,7 +2,6 @@
 //! the exit code.
 
 use crate::exit::Exit;
-use crate::sandbox::engine::CallError;
 use std::ffi::OsString;
 use std::io::Write;
 
@@ -20,8 +19,8 @@ use crate::output::{print_error, print_run};
 use crate::rotation::audit::AuditLog;
 use crate::rotation::audit::audit_entry;
 use crate::rotation::run::{RunOptions, run};
-use crate::sandbox::engine::Plugin;
-use crate::sandbox::plugin_set::{PluginPolicy, PluginSet};
+use crate::sandbox::plugin::{ConfigItem, PluginInfo};
+use crate::sandbox::plugin_set::{Member, PluginPolicy, PluginSet, PluginSource};
 use std::collections::BTreeMap;
 
 /// Runs a parsed command line and returns the exit code.
@@ -299,31 +298,72 @@ fn info_command(args: InfoArgs) -> Exit {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
-    let described = Plugin::load(&args.guest, limits, args.sandbox.cache_dir().as_deref())
-        .map_err(CallError::from)
-        .and_then(|p| Ok((p.describe()?, p.digest().to_string())));
-    let ((info, schema), digest) = match described {
-        Ok(d) => d,
+    let source = match plugin_source(args.guest.as_ref(), args.plugins.as_ref()) {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e),
+    };
+    let cache_dir = args.sandbox.cache_dir();
+    let loaded = crate::sandbox::runtime::block_on(PluginSet::load(
+        &source,
+        &limits,
+        1,
+        &Policies::new(),
+        cache_dir.as_deref(),
+    ));
+    let set = match loaded {
+        Ok(set) => set,
         Err(e) => {
             print_error(&e.to_string());
             return Exit::usage_if(e.is_bad_input());
         }
     };
+    let mut described = Vec::new();
+    for m in set.members() {
+        match m.plugin.describe() {
+            Ok((info, schema)) => described.push((m, info, schema)),
+            Err(e) => {
+                print_error(&e.to_string());
+                return Exit::usage_if(e.is_bad_input());
+            }
+        }
+    }
     if args.json {
-        let body = serde_json::json!({"info": info, "config_schema": schema, "sha256": digest});
+        let one = |(m, info, schema): &(&Member, PluginInfo, Vec<ConfigItem>)| {
+            serde_json::json!({"info": info, "config_schema": schema,
+                "sha256": m.plugin.digest(), "file": m.plugin.path()})
+        };
+        let body = match source {
+            PluginSource::File(_) => one(&described[0]),
+            PluginSource::Dir(_) => serde_json::Value::Array(described.iter().map(one).collect()),
+        };
         println!(
             "{}",
             serde_json::to_string_pretty(&body).expect("serialisable")
         );
         return Exit::Ok;
     }
+    for (i, (m, info, schema)) in described.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_info(m, info, schema);
+    }
+    Exit::Ok
+}
+
+/// `info`'s text for one plugin.
+fn print_info(m: &Member, info: &PluginInfo, schema: &[ConfigItem]) {
     println!("{} {}", info.name, info.version);
     println!("{}", info.summary);
+    println!(
+        "file: {}",
+        crate::text::printable(&m.plugin.path().display().to_string())
+    );
+    println!("sha256: {}", m.plugin.digest());
     println!("can rollback: {}", info.can_rollback);
     println!("may reach: {}", info.allowed_hosts.join(", "));
-    println!("sha256: {digest}");
     println!("\nconfig record fields:");
-    for item in &schema {
+    for item in schema {
         let default = item
             .default_value
             .as_deref()
@@ -339,7 +379,6 @@ fn info_command(args: InfoArgs) -> Exit {
             item.desc
         );
     }
-    Exit::Ok
 }
 
 /// The plugins compiled once and the fleet's options, or the exit code.

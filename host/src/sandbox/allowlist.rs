@@ -12,7 +12,7 @@ use url::{Host, Url};
 /// An origin pattern could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
-    "'{pattern}' is not an allowed-host pattern like 'https://iam.amazonaws.com', 'https://sts.{{region}}.amazonaws.com' or 'http://127.0.0.1:8080': {why}"
+    "'{pattern}' is not an allowed-host pattern like 'https://iam.amazonaws.com', 'https://sts.{{region}}.amazonaws.com', 'http://127.0.0.1:8080' or 'tcp://db.example.com:5432': {why}"
 )]
 pub struct PatternError {
     pub pattern: String,
