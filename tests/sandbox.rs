@@ -36,10 +36,7 @@ fn run_hostile(vault: &VaultFile, extra: &[&str]) -> Outcome {
 }
 
 fn run_component(wasm: &str, vault: &VaultFile, extra: &[&str]) -> Outcome {
-    let path = vault.path.to_str().unwrap();
-    let mut args = vec!["run", wasm, "--vault", path, "-u", "user1", "-c", "cfg1"];
-    args.extend(extra);
-    let out = rotate_host(&args);
+    let out = run_plugin(wasm, vault, "user1", "cfg1", extra);
     assert_no_secrets(&out.all(), &[SECRET]);
     out
 }

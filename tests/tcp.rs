@@ -32,19 +32,7 @@ fn vault(behaviour: &str, target: &str, endpoint: &str) -> VaultFile {
 }
 
 fn run(vault: &VaultFile, extra: &[&str]) -> Outcome {
-    let path = vault.path.to_str().unwrap();
-    let mut args = vec![
-        "run",
-        HOSTILE_WASM,
-        "--vault",
-        path,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-    ];
-    args.extend(extra);
-    rotate_host(&args)
+    run_plugin(HOSTILE_WASM, vault, "user1", "cfg1", extra)
 }
 
 /// A server that runs `serve` on each connection, and counts them.

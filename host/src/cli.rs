@@ -174,17 +174,8 @@ pub struct GatewayArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The plugin component (.wasm).
-    #[arg(
-        value_name = "GUEST.wasm",
-        required_unless_present = "plugins",
-        conflicts_with = "plugins"
-    )]
-    pub guest: Option<PathBuf>,
-    /// A folder of plugin components: the config record's 'SaaS Type' picks
-    /// the plugin of that name.
-    #[arg(long, value_name = "DIR")]
-    pub plugins: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugin: PluginArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     /// UID of the PAM user record whose credential is rotated.
@@ -229,6 +220,28 @@ pub struct RunArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// One plugin file, or a folder of them (`run` and `info`).
+#[derive(Debug, Args)]
+pub struct PluginArgs {
+    /// The plugin component (.wasm).
+    #[arg(
+        value_name = "GUEST.wasm",
+        required_unless_present = "plugins",
+        conflicts_with = "plugins"
+    )]
+    pub guest: Option<PathBuf>,
+    /// A folder of plugin components: a config record's 'SaaS Type' picks
+    /// the plugin of that name.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+}
+
+impl PluginArgs {
+    pub(crate) fn source(&self) -> Result<PluginSource, String> {
+        plugin_source(self.guest.as_ref(), self.plugins.as_ref())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// The plugin component (.wasm).
@@ -257,16 +270,8 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The plugin component (.wasm).
-    #[arg(
-        value_name = "GUEST.wasm",
-        required_unless_present = "plugins",
-        conflicts_with = "plugins"
-    )]
-    pub guest: Option<PathBuf>,
-    /// Every plugin of a folder, as `--plugins` loads them (names, files, digests).
-    #[arg(long, value_name = "DIR")]
-    pub plugins: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugin: PluginArgs,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

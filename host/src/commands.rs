@@ -213,7 +213,7 @@ fn run_command(args: RunArgs) -> Exit {
         Ok(v) => v,
         Err(e) => return usage_error(&e),
     };
-    let plugins = match plugin_source(args.guest.as_ref(), args.plugins.as_ref()) {
+    let plugins = match args.plugin.source() {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
@@ -298,7 +298,7 @@ fn info_command(args: InfoArgs) -> Exit {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
-    let source = match plugin_source(args.guest.as_ref(), args.plugins.as_ref()) {
+    let source = match args.plugin.source() {
         Ok(s) => s,
         Err(e) => return usage_error(&e),
     };

@@ -215,8 +215,19 @@ pub fn rotate_host(args: &[&str]) -> Outcome {
 
 /// `rotate-host run GUEST --vault V -u USER -c CONFIG EXTRA...`
 pub fn run(vault: &VaultFile, user: &str, config: &str, extra: &[&str]) -> Outcome {
+    run_plugin(GUEST_WASM, vault, user, config, extra)
+}
+
+/// `rotate-host run WASM --vault V -u USER -c CONFIG EXTRA...`
+pub fn run_plugin(
+    wasm: &str,
+    vault: &VaultFile,
+    user: &str,
+    config: &str,
+    extra: &[&str],
+) -> Outcome {
     let path = vault.path.to_str().unwrap();
-    let mut args = vec!["run", GUEST_WASM, "--vault", path, "-u", user, "-c", config];
+    let mut args = vec!["run", wasm, "--vault", path, "-u", user, "-c", config];
     args.extend(extra);
     rotate_host(&args)
 }
