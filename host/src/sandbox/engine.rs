@@ -335,30 +335,7 @@ impl Plugin {
     ) -> Result<Instance, SandboxError> {
         let mut limits = self.limits.clone();
         limits.call_timeout = limits.call_timeout.min(call_timeout);
-        let stderr = MemoryOutputPipe::new(STDERR_CAP);
-        // No preopens, no environment, no arguments, no sockets, no name lookups.
-        let wasi = WasiCtx::builder()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            budget: MemoryBudget {
-                limit: limits.memory_bytes,
-                used: 0,
-                refused: false,
-            },
-            stderr,
-            outbound: Arc::new(Outbound::new(AllowList::default(), &limits.http)),
-            redactor: Redactor::default(),
-            deadline: None,
-            holdings: Arc::default(),
-            holder: String::new(),
-            tcp_open: 0,
-        };
+        let state = fresh_state(&limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
         // What one import call may hand the host (a request, a log line): the
@@ -408,6 +385,35 @@ impl Plugin {
             limits: limits.clone(),
             stopped: false,
         })
+    }
+}
+
+/// What a new instance may touch: a WASI context with no preopens, no
+/// environment, no arguments, no sockets and no name lookups, its budget,
+/// and an outbound side that reaches nothing until `Instance::allow`.
+fn fresh_state(limits: &Limits) -> HostState {
+    let stderr = MemoryOutputPipe::new(STDERR_CAP);
+    let wasi = WasiCtx::builder()
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    HostState {
+        wasi,
+        table: ResourceTable::new(),
+        budget: MemoryBudget {
+            limit: limits.memory_bytes,
+            used: 0,
+            refused: false,
+        },
+        stderr,
+        outbound: Arc::new(Outbound::new(AllowList::default(), &limits.http)),
+        redactor: Redactor::default(),
+        deadline: None,
+        holdings: Arc::default(),
+        holder: String::new(),
+        tcp_open: 0,
     }
 }
 
