@@ -165,25 +165,8 @@ fn each_record_is_rotated_by_the_plugin_its_saas_type_names() {
     }
 
     // `run` picks the same way.
-    let args = |user: &str, config: &str| -> Vec<String> {
-        [
-            "run",
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--vault",
-            vault.path.to_str().unwrap(),
-            "-u",
-            user,
-            "-c",
-            config,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let run = |user: &str, config: &str| {
-        let a = args(user, config);
-        rotate_host(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let plugins = format!("--plugins={}", dir.path().display());
+    let run = |user: &str, config: &str| run_plugin(&plugins, &vault, user, config, &[]);
     run("h-1", "cfg-h").expect(2, &["unknown behaviour 'no-such-behaviour'"]);
     run("o-1", "cfg-okta").expect(2, &["'Okta' names no plugin"]);
     let before = vault.field("u-ann", "aws_access_key_id").unwrap();
