@@ -101,6 +101,8 @@ pub struct Fleet {
 
 impl Fleet {
     /// Compiles (or loads) each plugin once for every pass, and opens the audit log.
+    /// It asks each plugin's `info` on a runtime of its own, so call it from
+    /// blocking code (a command, or `spawn_blocking`), never from async code.
     pub fn new(opts: FleetOptions) -> Result<Self, FleetError> {
         let audit = opts
             .audit

@@ -194,7 +194,7 @@ impl PluginSet {
             source: source.clone(),
             members,
         };
-        if let Some(name) = policies.keys().find(|n| set.named(n).is_none()) {
+        if let Some(name) = policies.keys().find(|n| set.index_of(n).is_none()) {
             return Err(PluginSetError::UnknownSection {
                 name: printable(name),
                 known: set.known(),
@@ -210,11 +210,7 @@ impl PluginSet {
             return Ok(0);
         }
         saas_type
-            .and_then(|t| {
-                self.members
-                    .iter()
-                    .position(|m| m.name.eq_ignore_ascii_case(t.trim()))
-            })
+            .and_then(|t| self.index_of(t.trim()))
             .ok_or_else(|| NoPlugin {
                 saas_type: saas_type.map(printable),
                 known: self.known(),
@@ -239,10 +235,11 @@ impl PluginSet {
         Ok(fields)
     }
 
-    fn named(&self, name: &str) -> Option<&Member> {
+    /// The member called `name`, in any case.
+    fn index_of(&self, name: &str) -> Option<usize> {
         self.members
             .iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
+            .position(|m| m.name.eq_ignore_ascii_case(name))
     }
 
     fn known(&self) -> String {
