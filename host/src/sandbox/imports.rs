@@ -24,11 +24,7 @@ impl wit_outbound::Host for HostState {
             rate.acquire().await;
         }
         let started = std::time::Instant::now();
-        // A request may use three quarters of what is left of the call, so that
-        // a plugin whose request timed out still has time to clean up (I5).
-        let limit = self
-            .deadline
-            .map(|d| d.saturating_duration_since(started).mul_f64(0.75));
+        let limit = self.io_left();
         // ureq blocks; on its own thread, the call's timeout can still end the plugin.
         let result = tokio::task::spawn_blocking(move || outbound.send(request, limit)).await?;
         let ms = started.elapsed().as_millis() as u64;
