@@ -241,7 +241,9 @@ impl From<wit::Rotation> for Rotation {
                     aliases: f.aliases,
                     kind: match f.kind {
                         wit::ValueKind::Text => ValueKind::Text,
-                        wit::ValueKind::Secret => ValueKind::Secret,
+                        // The AWS plugin stores no password: its own
+                        // rotations come back as it gave them.
+                        wit::ValueKind::Secret | wit::ValueKind::Password => ValueKind::Secret,
                     },
                     value: Secret::new(f.value),
                 })
@@ -274,6 +276,7 @@ impl From<Rotation> for wit::Rotation {
             retire: r.retire,
             deleted: r.deleted,
             notes: r.notes,
+            staged: false,
         }
     }
 }

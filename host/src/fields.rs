@@ -17,6 +17,9 @@ pub mod labels {
     pub const TIMEZONE: &str = "Rotation Timezone";
     pub const LAST_ROTATED: &str = "Last Rotated";
     pub const PENDING: &str = "Rotation Pending";
+    /// On the PAM user record: the fields of a staged rotation not yet made
+    /// live (a password set at the service in `finalize`), as JSON.
+    pub const STAGED: &str = "Rotation Staged";
     /// On the PAM user record, while a rotation runs (vaults without a lock).
     #[cfg(feature = "ksm")]
     pub const LEASE: &str = "Rotation Lease";
@@ -32,6 +35,26 @@ pub mod labels {
     pub const SCOPE: &str = "Rotation Scope";
     /// On the config record: lend the host's own AWS identity to the plugin.
     pub const GATEWAY_CREDENTIALS: &str = "Use Gateway Credentials";
+}
+
+/// Whether `label` names a field the host keeps on the PAM user record: a
+/// plugin may not store it, or it could point the record at another config
+/// or forge its schedule.
+pub fn is_host_label(label: &str) -> bool {
+    const OWN: &[&str] = &[
+        labels::CONFIG,
+        labels::PROVIDER,
+        labels::ENABLED,
+        labels::SCHEDULE,
+        labels::MAX_AGE_DAYS,
+        labels::TIMEZONE,
+        labels::LAST_ROTATED,
+        labels::PENDING,
+        labels::STAGED,
+        "Rotation Lease",
+        labels::DEACTIVATED,
+    ];
+    OWN.iter().any(|own| label.trim().eq_ignore_ascii_case(own))
 }
 
 /// A field the host could not use: the record is refused (in a pass, it

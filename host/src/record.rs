@@ -56,6 +56,8 @@ impl Record {
 pub enum ValueKind {
     Text,
     Secret,
+    /// The record's `password` field.
+    Password,
 }
 
 /// A field the plugin asks the host to store in the PAM user record.

@@ -45,7 +45,8 @@ pub struct FleetEntry {
     pub provider_uid: Option<String>,
     pub schedule: Schedule,
     pub last_rotated: Option<DateTime<Utc>>,
-    /// An earlier rotation stored its key but did not finish.
+    /// An earlier rotation stored its key, or staged its credential, but did
+    /// not finish.
     pub pending: bool,
 }
 
@@ -126,7 +127,7 @@ pub fn member(
         provider_uid: user.value(labels::PROVIDER).map(str::to_string),
         schedule,
         last_rotated,
-        pending: user.value(labels::PENDING).is_some(),
+        pending: user.value(labels::PENDING).is_some() || user.value(labels::STAGED).is_some(),
     })))
 }
 

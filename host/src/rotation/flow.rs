@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 
-use crate::fields::{labels, stamp};
+use crate::fields::{is_host_label, labels, stamp};
 use crate::holdings::Holdings;
 use crate::record::{StoreField, ValueKind};
 use crate::rotation::exposure::{allow_list, lent_origins_allowed, secrets};
@@ -15,6 +15,7 @@ use crate::rotation::identity::GatewayIdentity;
 use crate::rotation::job::{Job, Records};
 use crate::rotation::report::{Outcome, RunError, RunReport};
 use crate::rotation::retire;
+use crate::rotation::staged;
 use crate::rotation::usage::Policy;
 use crate::sandbox::engine::Plugin;
 use crate::sandbox::instance::Instance;
@@ -131,6 +132,10 @@ async fn rotate_once(
     if job.dry_run {
         return Ok(run.report);
     }
+    if rotation.staged {
+        run.stage(&rotation, under_way).await?;
+        return run.finalize_staged(&rotation).await;
+    }
     let created = run.store(&rotation, under_way).await?;
     run.finalize(&rotation, created).await
 }
@@ -164,6 +169,7 @@ impl<'a> InFlight<'a> {
         } = records;
         let holdings = &core.holdings;
         let mut ledger = Ledger::read(&user, &config).map_err(RunError::BadField)?;
+        let staged = staged::read(&user).map_err(RunError::BadField)?;
         let ignored = ledger.set_aside(|id| holdings.others(id, &job.user_uid));
         let host_credential = if core
             .identity
@@ -192,6 +198,9 @@ impl<'a> InFlight<'a> {
         for secret in secrets(&schema, &user, &config, provider.as_ref()) {
             instance.add_secret(&secret);
         }
+        for f in staged.iter().filter(|f| f.kind != ValueKind::Text) {
+            instance.add_secret(f.value.expose());
+        }
         if let Some(h) = &host_credential {
             instance.add_secret(h.secret.expose());
             if let Some(t) = &h.session_token {
@@ -210,6 +219,7 @@ impl<'a> InFlight<'a> {
             dry_run: job.dry_run,
             host_credential,
             deactivated: ledger.for_plugin(Utc::now()),
+            staged,
         };
         Ok(Self {
             core,
@@ -290,12 +300,14 @@ impl<'a> InFlight<'a> {
         let uid = self.job.user_uid.as_str();
         tracing::info!(plugin = %self.plugin_name, user = ?printable(uid), dry_run = self.job.dry_run, "rotating");
         let rotation = self.instance.rotate(&self.ctx).await?;
-        for f in rotation
-            .fields
-            .iter()
-            .filter(|f| f.kind == ValueKind::Secret)
-        {
+        for f in rotation.fields.iter().filter(|f| f.kind != ValueKind::Text) {
             self.instance.add_secret(f.value.expose());
+        }
+        let names = rotation.fields.iter().flat_map(|f| std::iter::once(&f.label).chain(&f.aliases));
+        if let Some(label) = names.clone().find(|l| is_host_label(l)) {
+            return Err(RunError::HostField {
+                label: printable(label),
+            });
         }
         let holdings = &self.core.holdings;
         if let Some(created) = &rotation.created {
@@ -330,12 +342,14 @@ impl<'a> InFlight<'a> {
         tracing::info!(user = ?user, key = %created, "new key created; storing it before anything is deleted");
         let mut fields = rotation.fields.clone();
         fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
-        let mut remove = if job.mark_pending {
+        // A plain rotation supersedes anything staged (and a forged staged
+        // field cannot keep the record due).
+        let mut remove = vec![labels::STAGED];
+        if job.mark_pending {
             fields.push(text_field(labels::PENDING, "finalize"));
-            vec![]
         } else {
-            vec![labels::PENDING]
-        };
+            remove.push(labels::PENDING);
+        }
         if self.ledger.forget(&rotation.deleted) {
             fields.extend(retire::ledger_fields(&self.ledger));
             remove.extend(retire::ledger_removal(&self.ledger));
@@ -389,6 +403,56 @@ impl<'a> InFlight<'a> {
             Err(e) => e.to_string(),
         };
         Err(RunError::NotFinalized { created, why })
+    }
+}
+
+impl InFlight<'_> {
+    /// A staged rotation's first store (design §13): the new credential goes
+    /// into `Rotation Staged`, beside the live one, which still works. Nothing
+    /// is set at the service yet, so a failed store needs no rollback.
+    async fn stage(
+        &mut self,
+        rotation: &crate::sandbox::plugin::Rotation,
+        under_way: crate::vault::writer::Rotating<'_>,
+    ) -> Result<(), RunError> {
+        let job = self.job;
+        let mut fields = vec![staged::field(&rotation.fields)];
+        let mut remove = vec![];
+        if job.mark_pending {
+            fields.push(text_field(labels::PENDING, "finalize"));
+        } else {
+            remove.push(labels::PENDING);
+        }
+        let user = printable(&job.user_uid);
+        tracing::info!(user = ?user, "new credential made; staging it in the vault before the service gets it");
+        self.core
+            .writer
+            .store_rotation(&job.user_uid, fields, remove, under_way)
+            .await
+            .map_err(|source| RunError::StageFailed { source })?;
+        tracing::info!(user = ?user, "new credential staged");
+        Ok(())
+    }
+
+    /// A staged rotation's `finalize` sets the staged credential at the
+    /// service and proves it; only then is it made live, with `Last Rotated`,
+    /// and `Rotation Staged` removed in the same save.
+    async fn finalize_staged(
+        mut self,
+        rotation: &crate::sandbox::plugin::Rotation,
+    ) -> Result<RunReport, RunError> {
+        let done = (self.instance.finalize(&self.ctx, rotation).await)
+            .map_err(|e| RunError::StagedNotFinished { why: e.to_string() })?;
+        let mut fields = rotation.fields.clone();
+        fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
+        let mut remove = vec![labels::STAGED];
+        remove.extend(self.job.mark_pending.then_some(labels::PENDING));
+        (self.core.writer.store(&self.job.user_uid, fields, remove).await)
+            .map_err(|source| RunError::PromoteFailed { source })?;
+        tracing::info!(user = ?printable(&self.job.user_uid), "new credential set at the service and stored");
+        self.report.notes.extend(done.notes);
+        self.report.retired = done.retired;
+        Ok(self.report)
     }
 }
 

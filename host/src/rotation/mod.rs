@@ -11,5 +11,6 @@ pub mod job;
 pub mod report;
 pub mod retire;
 pub mod run;
+pub mod staged;
 pub mod usage;
 pub mod vetting;

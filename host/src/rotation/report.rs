@@ -40,7 +40,11 @@ impl Outcome {
     pub fn of(result: &Result<RunReport, RunError>) -> Self {
         match result {
             Ok(r) => r.status,
-            Err(RunError::NotFinalized { .. }) => Self::NotFinalized,
+            Err(
+                RunError::NotFinalized { .. }
+                | RunError::StagedNotFinished { .. }
+                | RunError::PromoteFailed { .. },
+            ) => Self::NotFinalized,
             Err(RunError::Stopping) => Self::Skipped,
             Err(RunError::Vault(e)) if matches!(**e, VaultError::Leased { .. }) => Self::Skipped,
             Err(_) => Self::Failed,
@@ -138,6 +142,27 @@ pub enum RunError {
     },
     #[error("the new key {created} is stored in the vault, but the rotation did not finish: {why}")]
     NotFinalized { created: String, why: String },
+    #[error(
+        "the new credential could not be staged in the vault: {source}. Nothing was changed at \
+         the service; the vault's credential still works"
+    )]
+    StageFailed { source: Arc<VaultError> },
+    #[error(
+        "the new credential is staged in the vault's 'Rotation Staged' field, but the rotation did \
+         not finish: {why}. The service may already have it: run again, and the next run \
+         finishes the rotation with the staged value"
+    )]
+    StagedNotFinished { why: String },
+    #[error(
+        "the service has the new credential, but making it live in the vault failed: {source}. \
+         It is kept in the 'Rotation Staged' field: run again, and the next run finishes with it"
+    )]
+    PromoteFailed { source: Arc<VaultError> },
+    #[error(
+        "the plugin asked to store field '{label}', which the host keeps on the record; nothing \
+         was stored. A plugin that does this is broken or hostile: do not run it"
+    )]
+    HostField { label: String },
     #[error("{0}")]
     Vetting(#[from] VetError),
     #[error(
@@ -206,7 +231,10 @@ impl RunError {
                 error: PluginError::InvalidConfig(_),
                 ..
             } => Exit::Usage,
-            Self::NotFinalized { .. } | Self::StoreUncertain { .. } => Exit::NotFinalized,
+            Self::NotFinalized { .. }
+            | Self::StoreUncertain { .. }
+            | Self::StagedNotFinished { .. }
+            | Self::PromoteFailed { .. } => Exit::NotFinalized,
             _ => Exit::Failed,
         }
     }

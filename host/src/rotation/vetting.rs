@@ -330,6 +330,7 @@ impl<'a> Subjects<'a> {
                 session_token: None,
             }),
             deactivated: vec![],
+            staged: vec![],
         };
         match instance.subject(&ctx).await {
             Ok(s) => Ok(s),

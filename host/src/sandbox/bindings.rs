@@ -106,6 +106,7 @@ impl From<wit::ValueKind> for ValueKind {
         match k {
             wit::ValueKind::Text => Self::Text,
             wit::ValueKind::Secret => Self::Secret,
+            wit::ValueKind::Password => Self::Password,
         }
     }
 }
@@ -115,6 +116,7 @@ impl From<ValueKind> for wit::ValueKind {
         match k {
             ValueKind::Text => Self::Text,
             ValueKind::Secret => Self::Secret,
+            ValueKind::Password => Self::Password,
         }
     }
 }
@@ -122,20 +124,34 @@ impl From<ValueKind> for wit::ValueKind {
 impl From<wit::Rotation> for Rotation {
     fn from(r: wit::Rotation) -> Self {
         Self {
-            fields: r
-                .fields
-                .into_iter()
-                .map(|f| StoreField {
-                    label: f.label,
-                    aliases: f.aliases,
-                    kind: f.kind.into(),
-                    value: Secret::new(f.value),
-                })
-                .collect(),
+            fields: r.fields.into_iter().map(Into::into).collect(),
             created: r.created,
             retire: r.retire,
             deleted: r.deleted,
             notes: r.notes,
+            staged: r.staged,
+        }
+    }
+}
+
+impl From<wit::OutputField> for StoreField {
+    fn from(f: wit::OutputField) -> Self {
+        Self {
+            label: f.label,
+            aliases: f.aliases,
+            kind: f.kind.into(),
+            value: Secret::new(f.value),
+        }
+    }
+}
+
+impl From<&StoreField> for wit::OutputField {
+    fn from(f: &StoreField) -> Self {
+        Self {
+            label: f.label.clone(),
+            aliases: f.aliases.clone(),
+            kind: f.kind.into(),
+            value: f.value.expose().to_string(),
         }
     }
 }
@@ -143,20 +159,12 @@ impl From<wit::Rotation> for Rotation {
 impl From<&Rotation> for wit::Rotation {
     fn from(r: &Rotation) -> Self {
         Self {
-            fields: r
-                .fields
-                .iter()
-                .map(|f| wit::OutputField {
-                    label: f.label.clone(),
-                    aliases: f.aliases.clone(),
-                    kind: f.kind.into(),
-                    value: f.value.expose().to_string(),
-                })
-                .collect(),
+            fields: r.fields.iter().map(Into::into).collect(),
             created: r.created.clone(),
             retire: r.retire.clone(),
             deleted: r.deleted.clone(),
             notes: r.notes.clone(),
+            staged: r.staged,
         }
     }
 }
@@ -251,6 +259,7 @@ pub fn context(c: &crate::sandbox::plugin::Context, deadline: std::time::Duratio
                 expired: d.expired,
             })
             .collect(),
+        staged: c.staged.iter().map(Into::into).collect(),
     }
 }
 

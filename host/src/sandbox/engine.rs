@@ -29,7 +29,7 @@ use crate::sandbox::runtime::block_on;
 use crate::secret::Redactor;
 
 /// The WIT package a plugin must implement.
-pub const WORLD: &str = "pam:rotation/plugin@0.5.0";
+pub const WORLD: &str = "pam:rotation/plugin@0.6.0";
 
 /// The largest plugin file read: the AWS plugin is under 400 KiB.
 const MAX_PLUGIN_BYTES: u64 = 256 << 20;

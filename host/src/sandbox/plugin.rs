@@ -65,6 +65,9 @@ pub struct Rotation {
     /// Credentials `rotate` deleted to make room.
     pub deleted: Vec<String>,
     pub notes: Vec<String>,
+    /// The new credential takes effect only in `finalize` (a password): it is
+    /// stored as staged first, and made live after `finalize` (design §13).
+    pub staged: bool,
 }
 
 /// A plugin's refusal, handed back through WIT. The message stands alone: it
@@ -150,4 +153,6 @@ pub struct Context {
     pub dry_run: bool,
     pub host_credential: Option<HostCredential>,
     pub deactivated: Vec<Deactivated>,
+    /// Fields an unfinished staged rotation left, to finish with.
+    pub staged: Vec<crate::record::StoreField>,
 }

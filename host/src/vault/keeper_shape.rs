@@ -13,6 +13,7 @@ use crate::secret::Secret;
 /// in `url`, long text in `multiline`, the rest in `text`.
 pub fn field_type(kind: ValueKind, item: Option<ItemType>) -> &'static str {
     match (kind, item) {
+        (ValueKind::Password, _) => "password",
         (ValueKind::Secret, _) | (_, Some(ItemType::Secret)) => "secret",
         (_, Some(ItemType::Url)) => "url",
         (_, Some(ItemType::Multiline)) => "multiline",
@@ -21,20 +22,32 @@ pub fn field_type(kind: ValueKind, item: Option<ItemType>) -> &'static str {
 }
 
 /// Sets `fields` on a Keeper-shaped record: every field labelled with the label
-/// or an alias (any case) is replaced and relabelled; if there is none, a custom
-/// field is added. Nothing else in the record changes.
+/// or an alias (any case) is replaced and relabelled, and so is an unlabelled
+/// field whose type is the label (Keeper's standard `password` field, which
+/// stays unlabelled); if there is none, a custom field is added. Nothing else
+/// in the record changes.
 pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
     for f in fields {
         let names = std::iter::once(&f.label).chain(&f.aliases);
+        let unlabelled = |v: &Value| v.get("label").and_then(Value::as_str).is_none_or(|l| l.trim().is_empty());
         let matches = |v: &Value| {
-            v.get("label")
+            let by_label = v
+                .get("label")
                 .and_then(Value::as_str)
-                .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)))
+                .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)));
+            let by_type = unlabelled(v)
+                && v.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(&f.label));
+            by_label || by_type
         };
         let new_field = |old: Option<&Value>| {
+            let keep_unlabelled = old.is_some_and(unlabelled);
             let mut obj = old.and_then(Value::as_object).cloned().unwrap_or_default();
             obj.insert("type".into(), json!(field_type(f.kind, None)));
-            obj.insert("label".into(), json!(f.label));
+            if !keep_unlabelled {
+                obj.insert("label".into(), json!(f.label));
+            }
             obj.insert("value".into(), json!([f.value.expose()]));
             Value::Object(obj)
         };

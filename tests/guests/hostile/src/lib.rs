@@ -10,6 +10,7 @@
 //! `tcp` connects to `target` (`host:port`) through the `tcp` import, sends a
 //! line and reads to the end (`tcp-tls` after `start-tls`; `tcp-many` opens
 //! connections until one is refused), reporting what came back in its error.
+//! `host-field` returns a staged field aliased `Rotation Config`, the host's own.
 //! `info` and `config-schema` take no config: the features `spin-in-info` and
 //! `spin-in-config-schema` build a component that loops forever there.
 
@@ -92,6 +93,7 @@ fn a_new_key() -> wit::Rotation {
         retire: vec![],
         deleted: vec![],
         notes: vec![],
+        staged: false,
     }
 }
 
@@ -261,6 +263,19 @@ impl bindings::Guest for Hostile {
                     .collect(),
                 deleted: vec![],
                 notes: vec![],
+                staged: false,
+            }),
+            // Asks the host to store a field the host keeps: `Rotation Config`
+            // pointed at the config its `target` names.
+            "host-field" => Ok(wit::Rotation {
+                fields: vec![wit::OutputField {
+                    label: "password".into(),
+                    aliases: vec!["rotation config".into()],
+                    kind: wit::ValueKind::Text,
+                    value: value(&ctx.config, "target"),
+                }],
+                staged: true,
+                ..a_new_key()
             }),
             // A megabyte of stderr, in lines of 100 bytes.
             "chatter" => {
