@@ -37,6 +37,13 @@ const GUESTS: &[Guest] = &[
         doc: "The AWS plugin.",
     },
     Guest {
+        package: "postgres-password-rotation",
+        stem: "postgres_password_rotation",
+        features: "",
+        constant: "POSTGRES_WASM",
+        doc: "The PostgreSQL plugin.",
+    },
+    Guest {
         package: "hostile-guest",
         stem: "hostile_guest",
         features: "",

@@ -4,6 +4,7 @@ pub mod fake_iam;
 pub mod fake_ksm;
 pub mod metadata;
 pub mod moto;
+pub mod postgres;
 pub mod proxy;
 pub mod sigv4;
 pub mod tls;

@@ -11,6 +11,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub struct TestCa {
     pub ca_pem: String,
     pub server: Arc<ServerConfig>,
+    /// The server certificate and its key, as PEM (for servers that read files).
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -42,6 +45,8 @@ impl TestCa {
         Self {
             ca_pem: ca.pem(),
             server: Arc::new(server),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::transport::{HttpRequest, HttpResponse, Level, SendError, Transport};
 use crate::{endpoints, error::PluginError, rotation, settings};
 
 mod bindings {
-    wit_bindgen::generate!({ world: "plugin", path: "../wit" });
+    wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 }
 
 use bindings::Guest;

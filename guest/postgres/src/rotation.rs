@@ -1,0 +1,147 @@
+//! The flow: `rotate` checks the role and makes the new password (changing
+//! nothing), `finalize` sets it with a SCRAM-SHA-256 verifier and proves that
+//! it logs in and the old one does not. Both are safe to run again with the
+//! same staged password after a crash (design §13).
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+use crate::settings::{Changer, Settings};
+use crate::wire::{Login, NetError, Network, PgError, Session};
+use crate::{Failure, Kind, Secret};
+
+/// What `rotate` decided.
+pub struct Rotated {
+    /// The password to stage: none on a dry run.
+    pub password: Option<Secret>,
+    pub notes: Vec<String>,
+}
+
+/// The plugin's words for a session's failure, with what to do next.
+fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
+    let at = s.service();
+    match e {
+        PgError::Net(NetError::NotAllowed(m)) => Failure::new(Kind::InvalidConfig, format!("{what}: {at} is not allowed ({m})")),
+        PgError::Net(NetError::Tls(m)) => Failure::new(Kind::Failed, format!("{what}: TLS to {at} failed ({m}): give the host the server's CA with --ca-file, or set '{}' to 'disable' on a trusted network", crate::settings::TLS)),
+        PgError::Net(e @ (NetError::Connect(_) | NetError::Timeout(_) | NetError::Lost(_) | NetError::TooMuch(_))) => {
+            Failure::new(Kind::Unavailable, format!("{what}: {at}: {e:?}; try again later"))
+        }
+        PgError::NoTls => Failure::new(Kind::Failed, format!("{what}: {at} does not offer TLS: turn on ssl in postgresql.conf, or set '{}' to 'disable' on a trusted network", crate::settings::TLS)),
+        PgError::Method(m) => Failure::new(Kind::Failed, format!("{what}: {at} asked for '{m}' authentication; this plugin logs in with scram-sha-256 only: use scram-sha-256 in pg_hba.conf (and password_encryption)")),
+        PgError::Protocol(m) => Failure::new(Kind::Failed, format!("{what}: {at} broke the protocol ({m})")),
+        PgError::Server { code, message } => {
+            let kind = match code.as_str() {
+                "28P01" | "28000" | "42501" => Kind::Denied,
+                "42704" => Kind::NotFound,
+                "3D000" => Kind::InvalidConfig,
+                c if c.starts_with("53") || c.starts_with("57") || c.starts_with("08") => Kind::Unavailable,
+                _ => Kind::Failed,
+            };
+            Failure::new(kind, format!("{what}: {at} answered {code}: {message}"))
+        }
+    }
+}
+
+fn login<'a>(s: &'a Settings, user: &'a str, password: &'a Secret) -> Login<'a> {
+    Login {
+        host: &s.host,
+        port: s.port,
+        tls: s.tls,
+        database: &s.database,
+        user,
+        password,
+    }
+}
+
+/// Logs in as whoever changes the password. Itself: with the vault's
+/// password, or, when the server refuses it, with `staged` (an earlier run
+/// set it). Returns the session and whether `staged` is already set.
+fn changer<N: Network>(
+    net: &N,
+    s: &Settings,
+    staged: Option<&Secret>,
+) -> Result<(Session<N::Stream>, bool), Failure> {
+    match &s.changer {
+        Changer::Admin { login: user, password } => Session::open(net, &login(s, user, password))
+            .map(|x| (x, false))
+            .map_err(|e| failure(&format!("logging in as admin role '{user}'"), s, e)),
+        Changer::Itself => {
+            let current = s.current.as_ref().expect("settings require it");
+            match Session::open(net, &login(s, &s.role, current)) {
+                Ok(x) => Ok((x, false)),
+                Err(PgError::Server { code, .. }) if code == "28P01" && staged.is_some() => {
+                    Session::open(net, &login(s, &s.role, staged.expect("checked")))
+                        .map(|x| (x, true))
+                        .map_err(|e| failure(&format!("logging in as role '{}' with the staged password", s.role), s, e))
+                }
+                Err(e) => Err(failure(&format!("logging in as role '{}' with the vault's password", s.role), s, e)),
+            }
+        }
+    }
+}
+
+/// Checks that the role exists and may log in, then makes a password to the
+/// policy with `fill` (WASI random). Changes nothing. With `staged`, an
+/// earlier run's password, it hands that back, so the run finishes it.
+pub fn rotate<N: Network>(
+    net: &N,
+    s: &Settings,
+    staged: Option<Secret>,
+    dry_run: bool,
+    fill: &mut dyn FnMut(&mut [u8]),
+) -> Result<Rotated, Failure> {
+    if let Some(p) = staged {
+        let note = format!("finishing the rotation of role '{}' that an earlier run staged", s.role);
+        return Ok(Rotated { password: (!dry_run).then_some(p), notes: vec![note] });
+    }
+    let (mut session, _) = changer(net, s, None)?;
+    let sql = format!("SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = {}", escape_literal(&s.role));
+    let rows = session.query(&sql).map_err(|e| failure("looking up the role", s, e))?;
+    match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
+        None => return Err(Failure::new(Kind::NotFound, format!("role '{}' does not exist at {}: check the user record's login", s.role, s.service()))),
+        Some("f") => return Err(Failure::new(Kind::Conflict, format!("role '{}' at {} cannot log in (NOLOGIN), so a new password could not be proved: nothing was changed", s.role, s.service()))),
+        Some(_) => {}
+    }
+    if dry_run {
+        let note = format!("would set a new {}-character password for role '{}' at {}: staged in the vault first, then set with a SCRAM-SHA-256 verifier, then made live", s.policy.length(), s.role, s.service());
+        return Ok(Rotated { password: None, notes: vec![note] });
+    }
+    Ok(Rotated { password: Some(Secret::new(s.policy.generate(fill))), notes: vec![] })
+}
+
+/// Sets `new` as the role's password (unless an earlier run did), then
+/// proves it: the new password logs in, with a password check, and the
+/// vault's old one no longer does.
+pub fn finalize<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<Vec<String>, Failure> {
+    let (mut session, already) = changer(net, s, Some(new))?;
+    if !already {
+        let verifier = postgres_protocol::password::scram_sha_256(new.expose().as_bytes());
+        let sql = format!("ALTER ROLE {} PASSWORD {}", escape_identifier(&s.role), escape_literal(&verifier));
+        match session.query(&sql) {
+            Ok(_) => {}
+            // It may have been applied before the connection broke: the
+            // login below tells.
+            Err(PgError::Net(NetError::Lost(_) | NetError::Timeout(_))) => {}
+            Err(e) => return Err(failure(&format!("setting the password of role '{}'", s.role), s, e)),
+        }
+    }
+    drop(session);
+    match Session::open(net, &login(s, &s.role, new)) {
+        Ok(check) if !check.password_checked => {
+            return Err(Failure::new(Kind::Conflict, format!("role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it", s.role, s.service())));
+        }
+        Ok(_) => {}
+        Err(PgError::Server { code, .. }) if code == "28P01" => {
+            return Err(Failure::new(Kind::Unavailable, format!("the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again", s.role, s.service())));
+        }
+        Err(e) => return Err(failure(&format!("logging in as role '{}' with the new password", s.role), s, e)),
+    }
+    let mut notes = vec![format!("role '{}' at {}: the new password logs in", s.role, s.service())];
+    if let Some(old) = s.current.as_ref().filter(|old| *old != new) {
+        match Session::open(net, &login(s, &s.role, old)) {
+            Err(PgError::Server { code, .. }) if code == "28P01" => notes.push("the old password no longer logs in".into()),
+            Ok(_) => return Err(Failure::new(Kind::Conflict, format!("the old password of role '{}' still logs in to {}: pg_hba.conf lets the role in by another rule; fix it, then run again", s.role, s.service()))),
+            Err(e) => notes.push(format!("whether the old password still logs in is unknown: {}", failure("checking", s, e))),
+        }
+    }
+    Ok(notes)
+}
