@@ -78,7 +78,13 @@ fn field_ids<'a>(record: &'a Record, id_fields: &'a [String]) -> impl Iterator<I
     let named = move |f: &crate::record::Field| {
         let secret = match f.label.as_deref() {
             // The host's staged fields hold a new password.
-            Some(label) if label.trim().eq_ignore_ascii_case(crate::fields::labels::STAGED) => true,
+            Some(label)
+                if label
+                    .trim()
+                    .eq_ignore_ascii_case(crate::fields::labels::STAGED) =>
+            {
+                true
+            }
             Some(label) => crate::text::looks_secret(label),
             None => crate::text::looks_secret(&f.kind),
         };

@@ -2,7 +2,7 @@
 //! import as the `Network` the flow runs on.
 
 use crate::policy::{DEFAULT_COMPLEXITY, DEFAULT_SPECIALS};
-use crate::settings::{self as names, Field, Settings, PASSWORD_FIELD};
+use crate::settings::{self as names, Field, PASSWORD_FIELD, Settings};
 use crate::wire::{NetError, Network, Stream};
 use crate::{Failure, Kind, Secret, rotation};
 
@@ -51,7 +51,13 @@ fn password(list: &[wit::OutputField]) -> Option<Secret> {
         .map(|f| Secret::new(f.value.clone()))
 }
 
-fn item(label: &str, desc: &str, item_type: wit::ItemType, default: Option<&str>, required: bool) -> wit::ConfigItem {
+fn item(
+    label: &str,
+    desc: &str,
+    item_type: wit::ItemType,
+    default: Option<&str>,
+    required: bool,
+) -> wit::ConfigItem {
     wit::ConfigItem {
         id: label.to_ascii_lowercase().replace(' ', "_"),
         label: label.into(),
@@ -80,23 +86,80 @@ impl Guest for Plugin {
 
     fn config_schema() -> Vec<wit::ConfigItem> {
         use wit::ItemType::{Secret as S, Text as T, Url as U};
-        let mut tls = item(names::TLS, "verify: TLS with the certificate checked by the host (--ca-file); disable: plain TCP, only on a trusted network", wit::ItemType::Enum, Some("verify"), false);
-        tls.enum_values = ["verify", "disable"].map(|v| wit::EnumValue { value: v.into(), desc: String::new() }).into();
+        let mut tls = item(
+            names::TLS,
+            "verify: TLS with the certificate checked by the host (--ca-file); disable: plain TCP, only on a trusted network",
+            wit::ItemType::Enum,
+            Some("verify"),
+            false,
+        );
+        tls.enum_values = ["verify", "disable"]
+            .map(|v| wit::EnumValue {
+                value: v.into(),
+                desc: String::new(),
+            })
+            .into();
         vec![
-            item(names::SERVER, "tcp://HOST:PORT of the server", U, None, true),
-            item(names::DATABASE, "The database to log in to", T, Some("postgres"), false),
+            item(
+                names::SERVER,
+                "tcp://HOST:PORT of the server",
+                U,
+                None,
+                true,
+            ),
+            item(
+                names::DATABASE,
+                "The database to log in to",
+                T,
+                Some("postgres"),
+                false,
+            ),
             tls,
-            item(names::ADMIN_LOGIN, "A role with CREATEROLE (and ADMIN OPTION on the rotated role from PostgreSQL 16); empty: each role changes its own password", T, None, false),
-            item(names::ADMIN_PASSWORD, "The admin role's password", S, None, false),
-            item(names::COMPLEXITY, "LENGTH,UPPER,LOWER,DIGITS,SPECIAL: the length and the least of each class", T, Some(DEFAULT_COMPLEXITY), false),
-            item(names::SPECIALS, "The special characters a password may hold", T, Some(DEFAULT_SPECIALS), false),
-            item(names::EXCLUDED, "Characters a password never holds", T, None, false),
+            item(
+                names::ADMIN_LOGIN,
+                "A role with CREATEROLE (and ADMIN OPTION on the rotated role from PostgreSQL 16); empty: each role changes its own password",
+                T,
+                None,
+                false,
+            ),
+            item(
+                names::ADMIN_PASSWORD,
+                "The admin role's password",
+                S,
+                None,
+                false,
+            ),
+            item(
+                names::COMPLEXITY,
+                "LENGTH,UPPER,LOWER,DIGITS,SPECIAL: the length and the least of each class",
+                T,
+                Some(DEFAULT_COMPLEXITY),
+                false,
+            ),
+            item(
+                names::SPECIALS,
+                "The special characters a password may hold",
+                T,
+                Some(DEFAULT_SPECIALS),
+                false,
+            ),
+            item(
+                names::EXCLUDED,
+                "Characters a password never holds",
+                T,
+                None,
+                false,
+            ),
         ]
     }
 
     fn subject(ctx: wit::Context) -> Result<wit::Subject, wit::PluginError> {
         let s = settings(&ctx)?;
-        Ok(wit::Subject { service: s.service(), login: s.role, fixed_by_config: false })
+        Ok(wit::Subject {
+            service: s.service(),
+            login: s.role,
+            fixed_by_config: false,
+        })
     }
 
     fn rotate(ctx: wit::Context) -> Result<wit::Rotation, wit::PluginError> {
@@ -119,12 +182,29 @@ impl Guest for Plugin {
         })
     }
 
-    fn finalize(ctx: wit::Context, done: wit::Rotation) -> Result<wit::Finalized, wit::PluginError> {
+    fn finalize(
+        ctx: wit::Context,
+        done: wit::Rotation,
+    ) -> Result<wit::Finalized, wit::PluginError> {
         let s = settings(&ctx)?;
-        let new = password(&done.fields).ok_or_else(|| wit::PluginError::Failed("finalize was given no password to set".into()))?;
+        let new = password(&done.fields).ok_or_else(|| {
+            wit::PluginError::Failed("finalize was given no password to set".into())
+        })?;
         let notes = rotation::finalize(&Host, &s, &new)?;
-        log::log(log::Level::Info, &format!("role '{}' at {}: new password set and proved", s.role.escape_debug(), s.service()));
-        Ok(wit::Finalized { retired: vec![], deactivated: vec![], kept: vec![], notes })
+        log::log(
+            log::Level::Info,
+            &format!(
+                "role '{}' at {}: new password set and proved",
+                s.role.escape_debug(),
+                s.service()
+            ),
+        );
+        Ok(wit::Finalized {
+            retired: vec![],
+            deactivated: vec![],
+            kept: vec![],
+            notes,
+        })
     }
 
     /// Nothing to undo: `rotate` set nothing at the server.
@@ -134,7 +214,12 @@ impl Guest for Plugin {
 
     /// A password leaves nothing deactivated to delete.
     fn purge(_: wit::Context) -> Result<wit::Finalized, wit::PluginError> {
-        Ok(wit::Finalized { retired: vec![], deactivated: vec![], kept: vec![], notes: vec![] })
+        Ok(wit::Finalized {
+            retired: vec![],
+            deactivated: vec![],
+            kept: vec![],
+            notes: vec![],
+        })
     }
 
     fn last_used(_: wit::Context) -> Result<Vec<wit::CredentialUse>, wit::PluginError> {

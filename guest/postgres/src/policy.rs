@@ -19,7 +19,12 @@ pub struct Policy {
     classes: Vec<(Vec<char>, usize)>,
 }
 
-const CLASS_NAMES: [&str; 4] = ["upper-case letters", "lower-case letters", "digits", "special characters"];
+const CLASS_NAMES: [&str; 4] = [
+    "upper-case letters",
+    "lower-case letters",
+    "digits",
+    "special characters",
+];
 
 impl Policy {
     /// Reads `complexity`, `specials` and `excluded` as the config gives
@@ -39,14 +44,22 @@ impl Policy {
             unreachable!("split yields one item at least")
         };
         if mins.len() != 4 {
-            return Err(format!("'Password Complexity' has {} numbers, not five: length, then the least upper-case, lower-case, digits and specials, such as '{DEFAULT_COMPLEXITY}'", numbers.len()));
+            return Err(format!(
+                "'Password Complexity' has {} numbers, not five: length, then the least upper-case, lower-case, digits and specials, such as '{DEFAULT_COMPLEXITY}'",
+                numbers.len()
+            ));
         }
         if !(MIN_LENGTH..=MAX_LENGTH).contains(length) {
-            return Err(format!("'Password Complexity' asks for {length} characters; use {MIN_LENGTH} to {MAX_LENGTH}"));
+            return Err(format!(
+                "'Password Complexity' asks for {length} characters; use {MIN_LENGTH} to {MAX_LENGTH}"
+            ));
         }
         let specials = specials.unwrap_or(DEFAULT_SPECIALS);
         if let Some(c) = specials.chars().find(|c| !c.is_ascii_punctuation()) {
-            return Err(format!("'Special Characters' holds '{}', which is not ASCII punctuation", c.escape_debug()));
+            return Err(format!(
+                "'Special Characters' holds '{}', which is not ASCII punctuation",
+                c.escape_debug()
+            ));
         }
         let excluded = excluded.unwrap_or("");
         let keep = |set: &mut dyn Iterator<Item = char>| -> Vec<char> {
@@ -61,20 +74,28 @@ impl Policy {
             keep(&mut ('0'..='9')),
             keep(&mut specials.chars()),
         ];
-        let classes: Vec<(Vec<char>, usize)> = alphabets.into_iter().zip(mins.iter().copied()).collect();
+        let classes: Vec<(Vec<char>, usize)> =
+            alphabets.into_iter().zip(mins.iter().copied()).collect();
         for ((alphabet, min), name) in classes.iter().zip(CLASS_NAMES) {
             if *min > 0 && alphabet.is_empty() {
-                return Err(format!("the policy asks for {min} {name}, but 'Excluded Characters' (or 'Special Characters') leaves none: allow some, or ask for 0"));
+                return Err(format!(
+                    "the policy asks for {min} {name}, but 'Excluded Characters' (or 'Special Characters') leaves none: allow some, or ask for 0"
+                ));
             }
         }
         let least: usize = mins.iter().sum();
         if least > *length {
-            return Err(format!("'Password Complexity' asks for at least {least} characters of given classes in a password of {length}: lower the minimums or raise the length"));
+            return Err(format!(
+                "'Password Complexity' asks for at least {least} characters of given classes in a password of {length}: lower the minimums or raise the length"
+            ));
         }
         if classes.iter().all(|(a, _)| a.is_empty()) {
             return Err("'Excluded Characters' excludes every character: allow some".into());
         }
-        Ok(Self { length: *length, classes })
+        Ok(Self {
+            length: *length,
+            classes,
+        })
     }
 
     /// The length of the passwords it makes.
@@ -86,7 +107,11 @@ impl Policy {
     /// the rest from every allowed character, then shuffled. `fill` is the
     /// CSPRNG; every choice is unbiased (rejection sampling).
     pub fn generate(&self, fill: &mut dyn FnMut(&mut [u8])) -> String {
-        let all: Vec<char> = self.classes.iter().flat_map(|(a, _)| a.iter().copied()).collect();
+        let all: Vec<char> = self
+            .classes
+            .iter()
+            .flat_map(|(a, _)| a.iter().copied())
+            .collect();
         let mut chars: Vec<char> = Vec::with_capacity(self.length);
         for (alphabet, min) in &self.classes {
             for _ in 0..*min {

@@ -20,20 +20,51 @@ pub struct Rotated {
 fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
     let at = s.service();
     match e {
-        PgError::Net(NetError::NotAllowed(m)) => Failure::new(Kind::InvalidConfig, format!("{what}: {at} is not allowed ({m})")),
-        PgError::Net(NetError::Tls(m)) => Failure::new(Kind::Failed, format!("{what}: TLS to {at} failed ({m}): give the host the server's CA with --ca-file, or set '{}' to 'disable' on a trusted network", crate::settings::TLS)),
-        PgError::Net(e @ (NetError::Connect(_) | NetError::Timeout(_) | NetError::Lost(_) | NetError::TooMuch(_))) => {
-            Failure::new(Kind::Unavailable, format!("{what}: {at}: {e:?}; try again later"))
-        }
-        PgError::NoTls => Failure::new(Kind::Failed, format!("{what}: {at} does not offer TLS: turn on ssl in postgresql.conf, or set '{}' to 'disable' on a trusted network", crate::settings::TLS)),
-        PgError::Method(m) => Failure::new(Kind::Failed, format!("{what}: {at} asked for '{m}' authentication; this plugin logs in with scram-sha-256 only: use scram-sha-256 in pg_hba.conf (and password_encryption)")),
-        PgError::Protocol(m) => Failure::new(Kind::Failed, format!("{what}: {at} broke the protocol ({m})")),
+        PgError::Net(NetError::NotAllowed(m)) => Failure::new(
+            Kind::InvalidConfig,
+            format!("{what}: {at} is not allowed ({m})"),
+        ),
+        PgError::Net(NetError::Tls(m)) => Failure::new(
+            Kind::Failed,
+            format!(
+                "{what}: TLS to {at} failed ({m}): give the host the server's CA with --ca-file, or set '{}' to 'disable' on a trusted network",
+                crate::settings::TLS
+            ),
+        ),
+        PgError::Net(
+            e @ (NetError::Connect(_)
+            | NetError::Timeout(_)
+            | NetError::Lost(_)
+            | NetError::TooMuch(_)),
+        ) => Failure::new(
+            Kind::Unavailable,
+            format!("{what}: {at}: {e:?}; try again later"),
+        ),
+        PgError::NoTls => Failure::new(
+            Kind::Failed,
+            format!(
+                "{what}: {at} does not offer TLS: turn on ssl in postgresql.conf, or set '{}' to 'disable' on a trusted network",
+                crate::settings::TLS
+            ),
+        ),
+        PgError::Method(m) => Failure::new(
+            Kind::Failed,
+            format!(
+                "{what}: {at} asked for '{m}' authentication; this plugin logs in with scram-sha-256 only: use scram-sha-256 in pg_hba.conf (and password_encryption)"
+            ),
+        ),
+        PgError::Protocol(m) => Failure::new(
+            Kind::Failed,
+            format!("{what}: {at} broke the protocol ({m})"),
+        ),
         PgError::Server { code, message } => {
             let kind = match code.as_str() {
                 "28P01" | "28000" | "42501" => Kind::Denied,
                 "42704" => Kind::NotFound,
                 "3D000" => Kind::InvalidConfig,
-                c if c.starts_with("53") || c.starts_with("57") || c.starts_with("08") => Kind::Unavailable,
+                c if c.starts_with("53") || c.starts_with("57") || c.starts_with("08") => {
+                    Kind::Unavailable
+                }
                 _ => Kind::Failed,
             };
             Failure::new(kind, format!("{what}: {at} answered {code}: {message}"))
@@ -61,7 +92,10 @@ fn changer<N: Network>(
     staged: Option<&Secret>,
 ) -> Result<(Session<N::Stream>, bool), Failure> {
     match &s.changer {
-        Changer::Admin { login: user, password } => Session::open(net, &login(s, user, password))
+        Changer::Admin {
+            login: user,
+            password,
+        } => Session::open(net, &login(s, user, password))
             .map(|x| (x, false))
             .map_err(|e| failure(&format!("logging in as admin role '{user}'"), s, e)),
         Changer::Itself => {
@@ -71,9 +105,22 @@ fn changer<N: Network>(
                 Err(PgError::Server { code, .. }) if code == "28P01" && staged.is_some() => {
                     Session::open(net, &login(s, &s.role, staged.expect("checked")))
                         .map(|x| (x, true))
-                        .map_err(|e| failure(&format!("logging in as role '{}' with the staged password", s.role), s, e))
+                        .map_err(|e| {
+                            failure(
+                                &format!(
+                                    "logging in as role '{}' with the staged password",
+                                    s.role
+                                ),
+                                s,
+                                e,
+                            )
+                        })
                 }
-                Err(e) => Err(failure(&format!("logging in as role '{}' with the vault's password", s.role), s, e)),
+                Err(e) => Err(failure(
+                    &format!("logging in as role '{}' with the vault's password", s.role),
+                    s,
+                    e,
+                )),
             }
         }
     }
@@ -90,22 +137,68 @@ pub fn rotate<N: Network>(
     fill: &mut dyn FnMut(&mut [u8]),
 ) -> Result<Rotated, Failure> {
     if let Some(p) = staged {
-        let note = format!("finishing the rotation of role '{}' that an earlier run staged", s.role);
-        return Ok(Rotated { password: (!dry_run).then_some(p), notes: vec![note] });
+        let note = format!(
+            "finishing the rotation of role '{}' that an earlier run staged",
+            s.role
+        );
+        return Ok(Rotated {
+            password: (!dry_run).then_some(p),
+            notes: vec![note],
+        });
     }
     let (mut session, _) = changer(net, s, None)?;
-    let sql = format!("SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = {}", escape_literal(&s.role));
-    let rows = session.query(&sql).map_err(|e| failure("looking up the role", s, e))?;
-    match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
-        None => return Err(Failure::new(Kind::NotFound, format!("role '{}' does not exist at {}: check the user record's login", s.role, s.service()))),
-        Some("f") => return Err(Failure::new(Kind::Conflict, format!("role '{}' at {} cannot log in (NOLOGIN), so a new password could not be proved: nothing was changed", s.role, s.service()))),
+    let sql = format!(
+        "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = {}",
+        escape_literal(&s.role)
+    );
+    let rows = session
+        .query(&sql)
+        .map_err(|e| failure("looking up the role", s, e))?;
+    match rows
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        .as_deref()
+    {
+        None => {
+            return Err(Failure::new(
+                Kind::NotFound,
+                format!(
+                    "role '{}' does not exist at {}: check the user record's login",
+                    s.role,
+                    s.service()
+                ),
+            ));
+        }
+        Some("f") => {
+            return Err(Failure::new(
+                Kind::Conflict,
+                format!(
+                    "role '{}' at {} cannot log in (NOLOGIN), so a new password could not be proved: nothing was changed",
+                    s.role,
+                    s.service()
+                ),
+            ));
+        }
         Some(_) => {}
     }
     if dry_run {
-        let note = format!("would set a new {}-character password for role '{}' at {}: staged in the vault first, then set with a SCRAM-SHA-256 verifier, then made live", s.policy.length(), s.role, s.service());
-        return Ok(Rotated { password: None, notes: vec![note] });
+        let note = format!(
+            "would set a new {}-character password for role '{}' at {}: staged in the vault first, then set with a SCRAM-SHA-256 verifier, then made live",
+            s.policy.length(),
+            s.role,
+            s.service()
+        );
+        return Ok(Rotated {
+            password: None,
+            notes: vec![note],
+        });
     }
-    Ok(Rotated { password: Some(Secret::new(s.policy.generate(fill))), notes: vec![] })
+    Ok(Rotated {
+        password: Some(Secret::new(s.policy.generate(fill))),
+        notes: vec![],
+    })
 }
 
 /// Sets `new` as the role's password (unless an earlier run did), then
@@ -115,32 +208,80 @@ pub fn finalize<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<Vec<S
     let (mut session, already) = changer(net, s, Some(new))?;
     if !already {
         let verifier = postgres_protocol::password::scram_sha_256(new.expose().as_bytes());
-        let sql = format!("ALTER ROLE {} PASSWORD {}", escape_identifier(&s.role), escape_literal(&verifier));
+        let sql = format!(
+            "ALTER ROLE {} PASSWORD {}",
+            escape_identifier(&s.role),
+            escape_literal(&verifier)
+        );
         match session.query(&sql) {
             Ok(_) => {}
             // It may have been applied before the connection broke: the
             // login below tells.
             Err(PgError::Net(NetError::Lost(_) | NetError::Timeout(_))) => {}
-            Err(e) => return Err(failure(&format!("setting the password of role '{}'", s.role), s, e)),
+            Err(e) => {
+                return Err(failure(
+                    &format!("setting the password of role '{}'", s.role),
+                    s,
+                    e,
+                ));
+            }
         }
     }
     drop(session);
     match Session::open(net, &login(s, &s.role, new)) {
         Ok(check) if !check.password_checked => {
-            return Err(Failure::new(Kind::Conflict, format!("role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it", s.role, s.service())));
+            return Err(Failure::new(
+                Kind::Conflict,
+                format!(
+                    "role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it",
+                    s.role,
+                    s.service()
+                ),
+            ));
         }
         Ok(_) => {}
         Err(PgError::Server { code, .. }) if code == "28P01" => {
-            return Err(Failure::new(Kind::Unavailable, format!("the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again", s.role, s.service())));
+            return Err(Failure::new(
+                Kind::Unavailable,
+                format!(
+                    "the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again",
+                    s.role,
+                    s.service()
+                ),
+            ));
         }
-        Err(e) => return Err(failure(&format!("logging in as role '{}' with the new password", s.role), s, e)),
+        Err(e) => {
+            return Err(failure(
+                &format!("logging in as role '{}' with the new password", s.role),
+                s,
+                e,
+            ));
+        }
     }
-    let mut notes = vec![format!("role '{}' at {}: the new password logs in", s.role, s.service())];
+    let mut notes = vec![format!(
+        "role '{}' at {}: the new password logs in",
+        s.role,
+        s.service()
+    )];
     if let Some(old) = s.current.as_ref().filter(|old| *old != new) {
         match Session::open(net, &login(s, &s.role, old)) {
-            Err(PgError::Server { code, .. }) if code == "28P01" => notes.push("the old password no longer logs in".into()),
-            Ok(_) => return Err(Failure::new(Kind::Conflict, format!("the old password of role '{}' still logs in to {}: pg_hba.conf lets the role in by another rule; fix it, then run again", s.role, s.service()))),
-            Err(e) => notes.push(format!("whether the old password still logs in is unknown: {}", failure("checking", s, e))),
+            Err(PgError::Server { code, .. }) if code == "28P01" => {
+                notes.push("the old password no longer logs in".into())
+            }
+            Ok(_) => {
+                return Err(Failure::new(
+                    Kind::Conflict,
+                    format!(
+                        "the old password of role '{}' still logs in to {}: pg_hba.conf lets the role in by another rule; fix it, then run again",
+                        s.role,
+                        s.service()
+                    ),
+                ));
+            }
+            Err(e) => notes.push(format!(
+                "whether the old password still logs in is unknown: {}",
+                failure("checking", s, e)
+            )),
         }
     }
     Ok(notes)

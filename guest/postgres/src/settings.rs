@@ -56,7 +56,11 @@ pub struct Settings {
 fn labelled<'a>(fields: &'a [Field], label: &str) -> Option<&'a str> {
     fields
         .iter()
-        .find(|f| f.label.as_deref().is_some_and(|l| l.trim().eq_ignore_ascii_case(label)))
+        .find(|f| {
+            f.label
+                .as_deref()
+                .is_some_and(|l| l.trim().eq_ignore_ascii_case(label))
+        })
         .map(|f| f.value.expose().trim())
         .filter(|v| !v.is_empty())
 }
@@ -64,7 +68,12 @@ fn labelled<'a>(fields: &'a [Field], label: &str) -> Option<&'a str> {
 fn of_type<'a>(fields: &'a [Field], kind: &str) -> Option<&'a str> {
     fields
         .iter()
-        .find(|f| f.kind.eq_ignore_ascii_case(kind) && f.label.as_deref().is_none_or(|l| l.trim().is_empty() || l.trim().eq_ignore_ascii_case(kind)))
+        .find(|f| {
+            f.kind.eq_ignore_ascii_case(kind)
+                && f.label
+                    .as_deref()
+                    .is_none_or(|l| l.trim().is_empty() || l.trim().eq_ignore_ascii_case(kind))
+        })
         .map(|f| f.value.expose())
         .filter(|v| !v.trim().is_empty())
 }
@@ -86,7 +95,9 @@ fn server(value: &str) -> Result<(String, u16), Failure> {
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let valid = !host.is_empty()
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
     let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
     if !valid {
         return Err(bad());
@@ -110,9 +121,14 @@ impl Settings {
     /// `invalid-config` and names the field.
     pub fn resolve(user: &[Field], config: &[Field]) -> Result<Self, Failure> {
         let (host, port) = server(labelled(config, SERVER).ok_or_else(|| {
-            invalid(format!("config field '{SERVER}' is missing: set it to tcp://HOST:PORT"))
+            invalid(format!(
+                "config field '{SERVER}' is missing: set it to tcp://HOST:PORT"
+            ))
         })?)?;
-        let tls = match labelled(config, TLS).map(str::to_ascii_lowercase).as_deref() {
+        let tls = match labelled(config, TLS)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("verify") => true,
             Some("disable") => false,
             Some(other) => {
@@ -122,7 +138,10 @@ impl Settings {
                 )));
             }
         };
-        let changer = match (labelled(config, ADMIN_LOGIN), labelled(config, ADMIN_PASSWORD)) {
+        let changer = match (
+            labelled(config, ADMIN_LOGIN),
+            labelled(config, ADMIN_PASSWORD),
+        ) {
             (Some(login), Some(password)) => Changer::Admin {
                 login: role(login)?,
                 password: Secret::new(password),
@@ -134,8 +153,9 @@ impl Settings {
                 )));
             }
         };
-        let login = of_type(user, "login")
-            .ok_or_else(|| invalid("the user record has no login: set it to the role's name".into()))?;
+        let login = of_type(user, "login").ok_or_else(|| {
+            invalid("the user record has no login: set it to the role's name".into())
+        })?;
         let current = of_type(user, "password").map(Secret::new);
         if matches!(changer, Changer::Itself) && current.is_none() {
             return Err(invalid(format!(
@@ -184,8 +204,12 @@ mod tests {
 
     #[test]
     fn a_config_without_admin_lets_the_role_change_its_own_password() {
-        let s = Settings::resolve(&user(), &[f("url", SERVER, "tcp://DB.example.com:5433")]).unwrap();
-        assert_eq!((s.host.as_str(), s.port, s.tls), ("db.example.com", 5433, true));
+        let s =
+            Settings::resolve(&user(), &[f("url", SERVER, "tcp://DB.example.com:5433")]).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.tls),
+            ("db.example.com", 5433, true)
+        );
         assert!(matches!(s.changer, Changer::Itself));
         assert_eq!(s.role, "app");
         assert_eq!(s.database, "postgres");
@@ -199,12 +223,42 @@ mod tests {
             (user(), vec![f("url", SERVER, "postgres://db:5432")], SERVER),
             (user(), vec![f("url", SERVER, "tcp://db:0")], SERVER),
             (user(), vec![f("url", SERVER, "tcp://db;rm:5432")], SERVER),
-            (user(), vec![f("url", SERVER, "tcp://db:5432"), f("text", TLS, "prefer")], TLS),
-            (user(), vec![f("url", SERVER, "tcp://db:5432"), f("text", ADMIN_LOGIN, "admin")], ADMIN_PASSWORD),
-            (vec![f("password", "", "x")], vec![f("url", SERVER, "tcp://db:5432")], "login"),
-            (vec![f("login", "", "app")], vec![f("url", SERVER, "tcp://db:5432")], "no password"),
-            (vec![f("login", "", "a\u{0}b"), f("password", "", "x")], vec![f("url", SERVER, "tcp://db:5432")], "role name"),
-            (user(), vec![f("url", SERVER, "tcp://db:5432"), f("text", COMPLEXITY, "4,1,1,1,1")], COMPLEXITY),
+            (
+                user(),
+                vec![f("url", SERVER, "tcp://db:5432"), f("text", TLS, "prefer")],
+                TLS,
+            ),
+            (
+                user(),
+                vec![
+                    f("url", SERVER, "tcp://db:5432"),
+                    f("text", ADMIN_LOGIN, "admin"),
+                ],
+                ADMIN_PASSWORD,
+            ),
+            (
+                vec![f("password", "", "x")],
+                vec![f("url", SERVER, "tcp://db:5432")],
+                "login",
+            ),
+            (
+                vec![f("login", "", "app")],
+                vec![f("url", SERVER, "tcp://db:5432")],
+                "no password",
+            ),
+            (
+                vec![f("login", "", "a\u{0}b"), f("password", "", "x")],
+                vec![f("url", SERVER, "tcp://db:5432")],
+                "role name",
+            ),
+            (
+                user(),
+                vec![
+                    f("url", SERVER, "tcp://db:5432"),
+                    f("text", COMPLEXITY, "4,1,1,1,1"),
+                ],
+                COMPLEXITY,
+            ),
         ];
         for (u, c, named) in cases {
             let e = Settings::resolve(&u, &c).unwrap_err();

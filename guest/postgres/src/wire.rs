@@ -44,7 +44,10 @@ pub trait Network {
 pub enum PgError {
     Net(NetError),
     /// The server's `ErrorResponse`: its SQLSTATE and message.
-    Server { code: String, message: String },
+    Server {
+        code: String,
+        message: String,
+    },
     /// The server refused TLS (`SSLRequest` answered `N`).
     NoTls,
     /// The server asked for an authentication method other than SCRAM-SHA-256.
@@ -97,11 +100,19 @@ impl<S: Stream> Session<S> {
                 b"S" => s.stream.start_tls()?,
                 b"N" => return Err(PgError::NoTls),
                 [] => return Err(NetError::Lost("the server closed the connection".into()).into()),
-                _ => return Err(PgError::Protocol("the server's answer to SSLRequest is not S or N".into())),
+                _ => {
+                    return Err(PgError::Protocol(
+                        "the server's answer to SSLRequest is not S or N".into(),
+                    ));
+                }
             }
         }
         let mut out = BytesMut::new();
-        let params = [("user", to.user), ("database", to.database), ("application_name", "rotate-host")];
+        let params = [
+            ("user", to.user),
+            ("database", to.database),
+            ("application_name", "rotate-host"),
+        ];
         frontend::startup_message(params, &mut out).map_err(protocol)?;
         s.stream.send(&out)?;
         s.authenticate(to.password)?;
@@ -138,10 +149,16 @@ impl<S: Stream> Session<S> {
                     self.scram(password)?;
                 }
                 Message::AuthenticationMd5Password(_) => return Err(PgError::Method("md5")),
-                Message::AuthenticationCleartextPassword => return Err(PgError::Method("password")),
+                Message::AuthenticationCleartextPassword => {
+                    return Err(PgError::Method("password"));
+                }
                 Message::ErrorResponse(body) => return Err(server_error(&body)),
                 Message::NoticeResponse(_) => {}
-                _ => return Err(PgError::Protocol("unexpected message during authentication".into())),
+                _ => {
+                    return Err(PgError::Protocol(
+                        "unexpected message during authentication".into(),
+                    ));
+                }
             }
         }
     }
@@ -149,9 +166,11 @@ impl<S: Stream> Session<S> {
     /// SCRAM-SHA-256 without channel binding (the host holds the TLS
     /// session); the server's final message proves it knew the verifier.
     fn scram(&mut self, password: &Secret) -> Result<(), PgError> {
-        let mut scram = ScramSha256::new(password.expose().as_bytes(), ChannelBinding::unsupported());
+        let mut scram =
+            ScramSha256::new(password.expose().as_bytes(), ChannelBinding::unsupported());
         let mut out = BytesMut::new();
-        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut out).map_err(protocol)?;
+        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut out)
+            .map_err(protocol)?;
         self.stream.send(&out)?;
         let body = match self.next()? {
             Message::AuthenticationSaslContinue(b) => b,
@@ -223,7 +242,12 @@ fn server_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -
     while let Ok(Some(f)) = fields.next() {
         match f.type_() {
             b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-            b'M' => message = String::from_utf8_lossy(f.value_bytes()).chars().take(300).collect(),
+            b'M' => {
+                message = String::from_utf8_lossy(f.value_bytes())
+                    .chars()
+                    .take(300)
+                    .collect()
+            }
             _ => {}
         }
     }

@@ -303,7 +303,10 @@ impl<'a> InFlight<'a> {
         for f in rotation.fields.iter().filter(|f| f.kind != ValueKind::Text) {
             self.instance.add_secret(f.value.expose());
         }
-        let names = rotation.fields.iter().flat_map(|f| std::iter::once(&f.label).chain(&f.aliases));
+        let names = rotation
+            .fields
+            .iter()
+            .flat_map(|f| std::iter::once(&f.label).chain(&f.aliases));
         if let Some(label) = names.clone().find(|l| is_host_label(l)) {
             return Err(RunError::HostField {
                 label: printable(label),
@@ -447,7 +450,11 @@ impl InFlight<'_> {
         fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
         let mut remove = vec![labels::STAGED];
         remove.extend(self.job.mark_pending.then_some(labels::PENDING));
-        (self.core.writer.store(&self.job.user_uid, fields, remove).await)
+        (self
+            .core
+            .writer
+            .store(&self.job.user_uid, fields, remove)
+            .await)
             .map_err(|source| RunError::PromoteFailed { source })?;
         tracing::info!(user = ?printable(&self.job.user_uid), "new credential set at the service and stored");
         self.report.notes.extend(done.notes);

@@ -46,7 +46,10 @@ pub fn read(user: &Record) -> Result<Vec<StoreField>, BadField> {
     let entries: Vec<Entry> =
         serde_json::from_str(raw).map_err(|_| bad("is not the host's JSON list of fields"))?;
     if entries.is_empty() || entries.len() > MAX_FIELDS {
-        return Err(bad(&format!("holds {} fields, not 1 to {MAX_FIELDS}", entries.len())));
+        return Err(bad(&format!(
+            "holds {} fields, not 1 to {MAX_FIELDS}",
+            entries.len()
+        )));
     }
     Ok(entries
         .into_iter()
@@ -114,7 +117,11 @@ mod tests {
 
     #[test]
     fn an_edited_staged_field_is_refused_by_name() {
-        for raw in ["hunter2", "[]", r#"[{"label":"p","kind":"text","value":"v","x":1}]"#] {
+        for raw in [
+            "hunter2",
+            "[]",
+            r#"[{"label":"p","kind":"text","value":"v","x":1}]"#,
+        ] {
             let user = Record::for_test("u", &[("secret", labels::STAGED, raw)]);
             let e = read(&user).unwrap_err();
             assert_eq!(e.field, labels::STAGED);

@@ -29,7 +29,11 @@ pub fn field_type(kind: ValueKind, item: Option<ItemType>) -> &'static str {
 pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
     for f in fields {
         let names = std::iter::once(&f.label).chain(&f.aliases);
-        let unlabelled = |v: &Value| v.get("label").and_then(Value::as_str).is_none_or(|l| l.trim().is_empty());
+        let unlabelled = |v: &Value| {
+            v.get("label")
+                .and_then(Value::as_str)
+                .is_none_or(|l| l.trim().is_empty())
+        };
         let matches = |v: &Value| {
             let by_label = v
                 .get("label")

@@ -44,7 +44,11 @@ pub struct PgServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn as_root() -> bool {
@@ -76,13 +80,37 @@ impl PgServer {
         std::fs::write(&ca_file, &ca.ca_pem).unwrap();
         if as_root() {
             // The server refuses to run as root: the cluster is `postgres`'s.
-            checked("chown", Command::new("chown").args(["-R", "postgres:"]).arg(&root).output().unwrap());
+            checked(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", "postgres:"])
+                    .arg(&root)
+                    .output()
+                    .unwrap(),
+            );
         }
-        let server = Self { _dir: dir, root, bin, port, ca_file };
-        server.as_owner("initdb", &[
-            "-D", data.to_str().unwrap(), "-U", "postgres", "--auth=scram-sha-256",
-            &format!("--pwfile={}", server.root.join("pw").display()), "-E", "UTF8", "--no-sync", "--no-instructions",
-        ]);
+        let server = Self {
+            _dir: dir,
+            root,
+            bin,
+            port,
+            ca_file,
+        };
+        server.as_owner(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", server.root.join("pw").display()),
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
         for (name, pem) in [("server.crt", &ca.cert_pem), ("server.key", &ca.key_pem)] {
             server.owned_file(&data.join(name), pem);
         }
@@ -92,11 +120,27 @@ impl PgServer {
              fsync = off\nmax_connections = 20\n",
             server.root.display()
         );
-        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
         f.write_all(conf.as_bytes()).unwrap();
-        server.owned_file(&data.join("pg_hba.conf"), "host all all 127.0.0.1/32 scram-sha-256\n");
+        server.owned_file(
+            &data.join("pg_hba.conf"),
+            "host all all 127.0.0.1/32 scram-sha-256\n",
+        );
         let log = server.root.join("server.log");
-        server.as_owner("pg_ctl", &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"]);
+        server.as_owner(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
         server
     }
 
@@ -105,14 +149,25 @@ impl PgServer {
         std::fs::write(path, text).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
         if as_root() {
-            checked("chown", Command::new("chown").arg("postgres:").arg(path).output().unwrap());
+            checked(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(path)
+                    .output()
+                    .unwrap(),
+            );
         }
     }
 
     fn as_owner(&self, program: &str, args: &[&str]) -> Output {
         let path = self.bin.join(program);
         let out = if as_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
         } else {
             Command::new(&path).args(args).output()
         };
@@ -121,7 +176,10 @@ impl PgServer {
 
     fn psql(&self, user: &str, password: &str, sql: &str) -> Output {
         Command::new("psql")
-            .arg(format!("host=127.0.0.1 port={} user={user} dbname=postgres sslmode=disable", self.port))
+            .arg(format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres sslmode=disable",
+                self.port
+            ))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "10")
@@ -162,7 +220,11 @@ impl PgServer {
     fn as_owner_quiet(&self, args: &[&str]) -> std::io::Result<Output> {
         let path = self.bin.join("pg_ctl");
         if as_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
         } else {
             Command::new(&path).args(args).output()
         }
@@ -197,13 +259,18 @@ impl PgProxy {
     pub fn start(to: u16, pattern: &'static str, trap: Trap) -> (Self, Receiver<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared { released: Mutex::new(false), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            released: Mutex::new(false),
+            wake: Condvar::new(),
+        });
         let (tx, rx) = channel();
         let s = shared.clone();
         thread::spawn(move || {
             let sprung = Arc::new(Mutex::new(false));
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
                 let (s, tx, sprung) = (s.clone(), tx.clone(), sprung.clone());
                 thread::spawn(move || relay(client, server, pattern, trap, &s, tx, &sprung));
             }
@@ -222,7 +289,15 @@ impl PgProxy {
     }
 }
 
-fn relay(client: TcpStream, server: TcpStream, pattern: &str, trap: Trap, shared: &Shared, tx: Sender<()>, sprung: &Mutex<bool>) {
+fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    pattern: &str,
+    trap: Trap,
+    shared: &Shared,
+    tx: Sender<()>,
+    sprung: &Mutex<bool>,
+) {
     let trapped = Arc::new(Mutex::new(false));
     let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let t = trapped.clone();
@@ -234,7 +309,10 @@ fn relay(client: TcpStream, server: TcpStream, pattern: &str, trap: Trap, shared
                 break;
             }
             // Marked before it is forwarded, so the answer comes after.
-            if buf[..n].windows(pattern.len()).any(|w| w == pattern.as_slice()) {
+            if buf[..n]
+                .windows(pattern.len())
+                .any(|w| w == pattern.as_slice())
+            {
                 *t.lock().unwrap() = true;
             }
             if s_out.write_all(&buf[..n]).is_err() {

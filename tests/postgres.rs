@@ -1,0 +1,387 @@
+//! The PostgreSQL plugin against a real PostgreSQL on 127.0.0.1 (scram-sha-256,
+//! TLS from a test CA, every statement logged): the new password logs in and
+//! the old one does not, the plaintext never reaches the server, bad input
+//! changes nothing, and a run killed or cut off at each step leaves a vault
+//! whose live or staged password works, which the next run finishes (I1 for
+//! passwords, design §13).
+
+mod common;
+
+use serde_json::{Value, json};
+
+use common::*;
+use test_support::postgres::{PgProxy, PgServer, Trap};
+use test_support::vault::{VaultFile, config_record};
+
+const OLD: &str = "old-Pa55word-for-app";
+const ADMIN_PW: &str = "rotator-Adm1n-pw";
+
+/// A server with role `app` (password `OLD`) and `rotator`, which may alter it.
+fn server() -> PgServer {
+    let pg = PgServer::start();
+    pg.sql(&format!("CREATE ROLE app LOGIN PASSWORD '{OLD}'"));
+    pg.sql(&format!(
+        "CREATE ROLE rotator LOGIN CREATEROLE PASSWORD '{ADMIN_PW}'"
+    ));
+    pg
+}
+
+fn user(login: &str, password: &str) -> Value {
+    json!({
+        "uid": "user1", "type": "pamUser", "title": login,
+        "fields": [{"type": "login", "value": [login]}, {"type": "password", "value": [password]}],
+        "custom": [], "notes": "kept as is"
+    })
+}
+
+/// The vault: `user1` for role `login`, config `cfg1` for `url` with `extra` fields.
+fn vault(url: &str, login: &str, extra: &[(&str, &str, &str)]) -> VaultFile {
+    let mut fields = vec![("url", "PostgreSQL Server", url)];
+    fields.extend_from_slice(extra);
+    VaultFile::new(vec![config_record("cfg1", &fields), user(login, OLD)])
+}
+
+fn admin() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        ("text", "Admin Login", "rotator"),
+        ("secret", "Admin Password", ADMIN_PW),
+    ]
+}
+
+fn plain_admin() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut a = admin();
+    a.push(("text", "TLS", "disable"));
+    a
+}
+
+/// The user record's standard (unlabelled) password field.
+fn password(v: &VaultFile) -> String {
+    let doc = v.json();
+    let user = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["uid"] == "user1")
+        .unwrap()
+        .clone();
+    let field = user["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "password")
+        .unwrap()
+        .clone();
+    assert!(
+        field.get("label").is_none(),
+        "the standard field was relabelled: {field}"
+    );
+    field["value"][0].as_str().unwrap().to_string()
+}
+
+/// The password an unfinished run staged, if any.
+fn staged(v: &VaultFile) -> Option<String> {
+    let raw = v.field("user1", "Rotation Staged")?;
+    let list: Vec<Value> = serde_json::from_str(&raw).unwrap();
+    Some(list[0]["value"].as_str().unwrap().to_string())
+}
+
+fn run(pg: &PgServer, v: &VaultFile, extra: &[&str]) -> Outcome {
+    let ca = pg.ca_file.to_str().unwrap();
+    let mut args = vec!["--ca-file", ca, "--no-cache"];
+    args.extend_from_slice(extra);
+    run_plugin(POSTGRES_WASM, v, "user1", "cfg1", &args)
+}
+
+/// The rotation is done: the vault's password logs in, the old one does
+/// not, nothing is staged, and no password reached the output.
+fn assert_rotated(pg: &PgServer, v: &VaultFile, out: &Outcome, old: &str) -> String {
+    assert_eq!(out.code, 0, "{}", out.all());
+    let new = password(v);
+    assert_ne!(new, old);
+    assert!(
+        pg.logs_in("app", &new),
+        "the vault's new password does not log in"
+    );
+    assert!(!pg.logs_in("app", old), "the old password still logs in");
+    assert_eq!(staged(v), None, "the staged field was left behind");
+    assert!(v.field("user1", "Last Rotated").is_some());
+    assert_no_secrets(&out.all(), &[&new, old, ADMIN_PW]);
+    new
+}
+
+#[test]
+fn a_rotation_sets_a_password_that_logs_in_and_the_old_one_no_longer_does() {
+    let pg = server();
+    let v = vault(&pg.url(), "app", &admin());
+    let out = run(&pg, &v, &[]);
+    let new = assert_rotated(&pg, &v, &out, OLD);
+    assert_eq!(new.len(), 32);
+    // The server saw a SCRAM verifier, never the password.
+    let log = pg.log();
+    assert!(
+        log.contains("ALTER ROLE \"app\" PASSWORD 'SCRAM-SHA-256$4096:"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&new),
+        "the plaintext reached the server's log"
+    );
+    assert_eq!(v.json()["records"][1]["notes"], "kept as is");
+}
+
+#[test]
+fn a_role_without_an_admin_changes_its_own_password_twice() {
+    let pg = server();
+    let v = vault(
+        &pg.url(),
+        "app",
+        &[("text", "Password Complexity", "20,2,2,2,2")],
+    );
+    let first = assert_rotated(&pg, &v, &run(&pg, &v, &[]), OLD);
+    assert_eq!(first.len(), 20);
+    assert_rotated(&pg, &v, &run(&pg, &v, &[]), &first);
+}
+
+#[test]
+fn a_dry_run_plans_and_changes_nothing() {
+    let pg = server();
+    let v = vault(&pg.url(), "app", &admin());
+    let before = v.bytes();
+    let out = run(&pg, &v, &["--dry-run"]);
+    out.expect(0, &[]);
+    assert!(
+        out.all()
+            .contains("would set a new 32-character password for role 'app'"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(v.bytes(), before);
+    assert!(pg.logs_in("app", OLD));
+}
+
+/// Nothing changed: the vault is byte-identical and the old password works.
+fn assert_untouched(pg: &PgServer, v: &VaultFile, before: &[u8], out: &Outcome) {
+    assert_eq!(v.bytes(), before, "the vault changed: {}", out.all());
+    assert!(pg.logs_in("app", OLD), "the old password no longer logs in");
+    assert!(!pg.log().contains("ALTER ROLE"), "a password was set");
+    assert_no_secrets(&out.all(), &[OLD, ADMIN_PW]);
+}
+
+#[test]
+fn a_wrong_admin_password_is_denied_and_changes_nothing() {
+    let pg = server();
+    let v = vault(
+        &pg.url(),
+        "app",
+        &[
+            ("text", "Admin Login", "rotator"),
+            ("secret", "Admin Password", "wrong"),
+        ],
+    );
+    let before = v.bytes();
+    let out = run(&pg, &v, &[]);
+    out.expect(1, &["logging in as admin role 'rotator'", "28P01"]);
+    assert_untouched(&pg, &v, &before, &out);
+}
+
+#[test]
+fn a_missing_role_is_not_found_and_changes_nothing() {
+    let pg = server();
+    let v = vault(&pg.url(), "ghost", &admin());
+    let before = v.bytes();
+    let out = run(&pg, &v, &[]);
+    out.expect(1, &["role 'ghost' does not exist"]);
+    assert_untouched(&pg, &v, &before, &out);
+}
+
+#[test]
+fn a_policy_the_generator_cannot_meet_exits_2_and_changes_nothing() {
+    let pg = server();
+    let mut extra = admin();
+    extra.push(("text", "Password Complexity", "16,5,5,5,5"));
+    let v = vault(&pg.url(), "app", &extra);
+    let before = v.bytes();
+    let out = run(&pg, &v, &[]);
+    out.expect(
+        2,
+        &["'Password Complexity' asks for at least 20 characters"],
+    );
+    assert_untouched(&pg, &v, &before, &out);
+}
+
+#[test]
+fn an_untrusted_server_certificate_is_refused_before_any_login() {
+    let pg = server();
+    let v = vault(&pg.url(), "app", &admin());
+    let before = v.bytes();
+    let out = run_plugin(POSTGRES_WASM, &v, "user1", "cfg1", &["--no-cache"]);
+    out.expect(1, &["TLS to postgresql://127.0.0.1", "--ca-file"]);
+    assert_untouched(&pg, &v, &before, &out);
+    assert!(!pg.log().contains("connection authorized: user=rotator"));
+}
+
+#[test]
+fn a_connection_dropped_after_alter_role_is_proved_and_finished_by_the_same_run() {
+    let pg = server();
+    let (proxy, _) = PgProxy::start(pg.port, "ALTER ROLE", Trap::DropAfter);
+    let v = vault(&proxy.url(), "app", &plain_admin());
+    let out = run(&pg, &v, &[]);
+    assert_rotated(&pg, &v, &out, OLD);
+}
+
+#[test]
+fn a_refused_alter_role_leaves_the_staged_password_unset_and_the_old_one_working() {
+    let pg = server();
+    pg.sql("ALTER ROLE rotator NOCREATEROLE");
+    let v = vault(&pg.url(), "app", &admin());
+    let out = run(&pg, &v, &[]);
+    out.expect(
+        3,
+        &[
+            "setting the password of role 'app'",
+            "42501",
+            "Rotation Staged",
+        ],
+    );
+    assert_eq!(password(&v), OLD);
+    let staged = staged(&v).expect("the new password stays staged");
+    assert!(pg.logs_in("app", OLD));
+    assert!(!pg.logs_in("app", &staged));
+    // Once the admin may, the next run finishes with the staged password.
+    pg.sql("ALTER ROLE rotator CREATEROLE");
+    let again = run(&pg, &v, &[]);
+    assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
+}
+
+/// Killed while the server holds its answer to `pattern`.
+fn killed_at(pg: &PgServer, pattern: &'static str) -> (VaultFile, Outcome) {
+    let (proxy, arrived) = PgProxy::start(pg.port, pattern, Trap::Hold);
+    let v = vault(&proxy.url(), "app", &plain_admin());
+    let ca = pg.ca_file.to_str().unwrap();
+    let path = v.path.to_str().unwrap();
+    let args = [
+        "run",
+        POSTGRES_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--ca-file",
+        ca,
+        "--no-cache",
+    ];
+    let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
+        proxy.release()
+    });
+    assert_eq!(
+        out.code,
+        -1,
+        "the run was meant to be killed: {}",
+        out.all()
+    );
+    (v, out)
+}
+
+#[test]
+fn killed_during_the_role_lookup_nothing_changes() {
+    let pg = server();
+    let (v, out) = killed_at(&pg, "rolcanlogin");
+    assert_eq!(password(&v), OLD);
+    assert_eq!(staged(&v), None);
+    assert!(pg.logs_in("app", OLD));
+    assert_no_secrets(&out.all(), &[OLD, ADMIN_PW]);
+}
+
+#[test]
+fn killed_during_alter_role_the_staged_password_works_and_the_next_run_finishes() {
+    let pg = server();
+    let (v, out) = killed_at(&pg, "ALTER ROLE");
+    // The server ran the statement: the vault's live password is now the
+    // old one, and the staged one is what works.
+    assert_eq!(password(&v), OLD);
+    let staged = staged(&v).expect("staged before the service got it");
+    assert!(pg.logs_in("app", &staged));
+    assert!(!pg.logs_in("app", OLD));
+    assert_no_secrets(&out.all(), &[&staged, OLD, ADMIN_PW]);
+    let again = run(&pg, &v, &[]);
+    assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
+}
+
+#[test]
+fn killed_during_alter_role_a_role_that_changes_its_own_password_finishes_next_time() {
+    let pg = server();
+    let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Hold);
+    let v = vault(&proxy.url(), "app", &[("text", "TLS", "disable")]);
+    let path = v.path.to_str().unwrap();
+    let args = [
+        "run",
+        POSTGRES_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--no-cache",
+    ];
+    let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
+        proxy.release()
+    });
+    assert_eq!(out.code, -1, "{}", out.all());
+    let staged = staged(&v).unwrap();
+    assert!(!pg.logs_in("app", OLD));
+    // The vault's password no longer logs in: the next run logs in with the staged one.
+    let again = run(&pg, &v, &[]);
+    assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
+}
+
+/// `run` under strace, killed at the `when`-th rename: the stage (1) or the promote (2).
+fn killed_at_save(pg: &PgServer, v: &VaultFile, when: u32) -> Outcome {
+    let ca = pg.ca_file.to_str().unwrap();
+    let path = v.path.to_str().unwrap();
+    let args = [
+        "run",
+        POSTGRES_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg1",
+        "--ca-file",
+        ca,
+        "--no-cache",
+    ];
+    under_strace(
+        "rename,renameat,renameat2",
+        &format!("signal=KILL:when={when}"),
+        &args,
+    )
+}
+
+#[test]
+fn killed_at_the_stage_save_nothing_changes_and_the_next_run_rotates() {
+    let pg = server();
+    let v = vault(&pg.url(), "app", &admin());
+    let before = v.bytes();
+    let out = killed_at_save(&pg, &v, 1);
+    assert_eq!(out.code, -1, "{}", out.all());
+    assert_eq!(v.bytes(), before);
+    assert!(pg.logs_in("app", OLD));
+    assert_rotated(&pg, &v, &run(&pg, &v, &[]), OLD);
+}
+
+#[test]
+fn killed_at_the_promote_save_the_staged_password_works_and_the_next_run_finishes() {
+    let pg = server();
+    let v = vault(&pg.url(), "app", &admin());
+    let out = killed_at_save(&pg, &v, 2);
+    assert_eq!(out.code, -1, "{}", out.all());
+    assert_eq!(password(&v), OLD);
+    let staged = staged(&v).unwrap();
+    assert!(pg.logs_in("app", &staged));
+    let again = run(&pg, &v, &[]);
+    assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
+}
