@@ -468,3 +468,36 @@ fn in_a_pass_the_provider_the_config_names_signs() {
         out.stderr
     );
 }
+
+/// A record editor who adds a `Rotation Staged` field to an AWS record keeps
+/// it due every pass no longer than one rotation: the AWS plugin stages
+/// nothing, and its store removes the forged field with the rest.
+#[test]
+fn a_forged_staged_field_on_a_plain_rotation_is_dropped_by_its_store() {
+    let s = fake_setup();
+    let forged = r#"[{"label":"Rotation Config","kind":"text","value":"cfg-of-another-team"}]"#;
+    s.vault.set_field("user1", "Rotation Staged", forged);
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_converged(&s.iam, &s.vault);
+    assert_eq!(s.vault.field("user1", "Rotation Staged"), None);
+    assert_eq!(s.vault.field("user1", "Rotation Config"), None);
+}
+
+/// A `Rotation Staged` field that is not the host's JSON stops that record
+/// before any request, naming the field, and changes nothing.
+#[test]
+fn a_garbled_staged_field_is_refused_by_name_and_nothing_is_sent() {
+    let s = fake_setup();
+    s.vault
+        .set_field("user1", "Rotation Staged", "hunter2-not-json");
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    out.expect(
+        2,
+        &["field 'Rotation Staged' is not the host's JSON list of fields"],
+    );
+    assert!(!out.all().contains("hunter2"), "{}", out.all());
+    assert_eq!(s.vault.bytes(), before);
+    assert!(s.iam.calls().is_empty(), "{:?}", s.iam.calls());
+}

@@ -549,3 +549,17 @@ fn secrets_a_plugin_says_in_subject_are_masked() {
     assert!(out.stderr.contains("leaked ***"), "{}", out.stderr);
     assert_no_secrets(&out.all(), &[SECRET]);
 }
+
+/// A plugin may not store a field the host keeps: one aliased `Rotation
+/// Config` would point the record at another team's config in the next pass.
+#[test]
+fn a_plugin_storing_a_host_field_is_refused_and_nothing_is_stored() {
+    let vault = hostile_vault("host-field", &[("text", "target", "cfg-of-another-team")]);
+    let before = vault.bytes();
+    let out = run_hostile(&vault, &[]);
+    out.expect(
+        1,
+        &["the plugin asked to store field 'rotation config', which the host keeps"],
+    );
+    assert_eq!(vault.bytes(), before);
+}

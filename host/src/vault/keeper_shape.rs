@@ -142,3 +142,40 @@ pub fn to_record(raw: &Value) -> Record {
         fields,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn password(v: &str) -> StoreField {
+        StoreField {
+            label: "password".into(),
+            aliases: vec![],
+            kind: ValueKind::Password,
+            value: Secret::new(v),
+        }
+    }
+
+    #[test]
+    fn a_password_replaces_the_standard_unlabelled_field_and_keeps_it_unlabelled() {
+        let mut r = json!({"fields": [{"type": "login", "value": ["app"]}, {"type": "password", "value": ["old"]}], "custom": []});
+        apply_fields(r.as_object_mut().unwrap(), &[password("new")]);
+        assert_eq!(
+            r["fields"][1],
+            json!({"type": "password", "value": ["new"]})
+        );
+        assert_eq!(r["custom"], json!([]));
+    }
+
+    #[test]
+    fn a_labelled_field_of_that_type_is_not_taken_for_it() {
+        let mut r =
+            json!({"fields": [{"type": "password", "label": "Recovery", "value": ["keep"]}]});
+        apply_fields(r.as_object_mut().unwrap(), &[password("new")]);
+        assert_eq!(r["fields"][0]["value"], json!(["keep"]));
+        assert_eq!(
+            r["custom"][0],
+            json!({"type": "password", "label": "password", "value": ["new"]})
+        );
+    }
+}
