@@ -10,8 +10,9 @@ mod common;
 use serde_json::{Value, json};
 
 use common::*;
+use test_support::fake_iam::FakeIam;
 use test_support::postgres::{PgProxy, PgServer, Trap};
-use test_support::vault::{VaultFile, config_record};
+use test_support::vault::{VaultFile, config_record, fleet_member, with_custom};
 
 const OLD: &str = "old-Pa55word-for-app";
 const ADMIN_PW: &str = "rotator-Adm1n-pw";
@@ -26,9 +27,9 @@ fn server() -> PgServer {
     pg
 }
 
-fn user(login: &str, password: &str) -> Value {
+fn user(uid: &str, login: &str, password: &str) -> Value {
     json!({
-        "uid": "user1", "type": "pamUser", "title": login,
+        "uid": uid, "type": "pamUser", "title": login,
         "fields": [{"type": "login", "value": [login]}, {"type": "password", "value": [password]}],
         "custom": [], "notes": "kept as is"
     })
@@ -38,7 +39,10 @@ fn user(login: &str, password: &str) -> Value {
 fn vault(url: &str, login: &str, extra: &[(&str, &str, &str)]) -> VaultFile {
     let mut fields = vec![("url", "PostgreSQL Server", url)];
     fields.extend_from_slice(extra);
-    VaultFile::new(vec![config_record("cfg1", &fields), user(login, OLD)])
+    VaultFile::new(vec![
+        config_record("cfg1", &fields),
+        user("user1", login, OLD),
+    ])
 }
 
 fn admin() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -56,12 +60,16 @@ fn plain_admin() -> Vec<(&'static str, &'static str, &'static str)> {
 
 /// The user record's standard (unlabelled) password field.
 fn password(v: &VaultFile) -> String {
+    password_of(v, "user1")
+}
+
+fn password_of(v: &VaultFile, uid: &str) -> String {
     let doc = v.json();
     let user = doc["records"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["uid"] == "user1")
+        .find(|r| r["uid"] == uid)
         .unwrap()
         .clone();
     let field = user["fields"]
@@ -384,4 +392,112 @@ fn killed_at_the_promote_save_the_staged_password_works_and_the_next_run_finishe
     assert!(pg.logs_in("app", &staged));
     let again = run(&pg, &v, &[]);
     assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
+}
+
+/// A config record for the PostgreSQL plugin (`SaaS Type` PostgreSQL).
+fn pg_config(uid: &str, url: &str) -> Value {
+    let mut fields = vec![("url", "PostgreSQL Server", url)];
+    fields.extend(admin());
+    let mut c = config_record(uid, &fields);
+    c["custom"][0]["value"] = json!(["PostgreSQL"]);
+    c
+}
+
+fn due(pg: &PgServer, plugins: &std::path::Path, v: &VaultFile) -> Outcome {
+    let (dir, path, ca) = (
+        plugins.to_str().unwrap(),
+        v.path.to_str().unwrap(),
+        pg.ca_file.to_str().unwrap(),
+    );
+    rotate_host(&[
+        "due",
+        "--plugins",
+        dir,
+        "--vault",
+        path,
+        "--ca-file",
+        ca,
+        "--json",
+        "--no-cache",
+    ])
+}
+
+#[test]
+fn one_pass_rotates_a_postgres_role_and_an_aws_key_side_by_side() {
+    let pg = server();
+    let iam = FakeIam::start();
+    iam.add_user("rotator", &["alice"]);
+    iam.add_user("alice", &[]);
+    let rotator = iam.add_key("rotator", "2024-01-01T00:00:00Z");
+    let old = iam.add_key("alice", "2024-01-01T00:00:00Z");
+    let mut aws = fake_config(&iam.url, &rotator);
+    aws.retain(|(_, l, _)| l != "IAM Username");
+    let pg_member = with_custom(user("u-pg", "app", OLD), &[("Rotation Config", "cfg-pg")]);
+    let v = VaultFile::new(vec![
+        config_from("cfg-aws", &aws),
+        fleet_member(
+            "u-aws",
+            "alice",
+            Some(("aws_access_key_id", &old.id)),
+            "cfg-aws",
+            &[],
+        ),
+        pg_config("cfg-pg", &pg.url()),
+        pg_member,
+    ]);
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(GUEST_WASM, plugins.path().join("aws.wasm")).unwrap();
+    std::fs::copy(POSTGRES_WASM, plugins.path().join("postgres.wasm")).unwrap();
+    let out = due(&pg, plugins.path(), &v);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_record_converged(&iam, &v, "u-aws", "alice");
+    let new = password_of(&v, "u-pg");
+    assert!(pg.logs_in("app", &new) && !pg.logs_in("app", OLD));
+    assert_eq!(v.field("u-pg", "Rotation Pending"), None);
+    let mut secrets = iam.all_secrets();
+    secrets.extend([new, OLD.to_string(), ADMIN_PW.to_string()]);
+    assert_no_leak(&out.all(), &secrets);
+}
+
+/// A staged password makes its record due at once, whatever its schedule
+/// says: the pass finishes it.
+#[test]
+fn a_pass_finishes_a_staged_rotation_before_it_is_due() {
+    let pg = server();
+    let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Hold);
+    let mut cfg = pg_config("cfg-pg", &proxy.url());
+    cfg["custom"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "text", "label": "TLS", "value": ["disable"]}));
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let member = with_custom(
+        user("user1", "app", OLD),
+        &[("Rotation Config", "cfg-pg"), ("Last Rotated", &now)],
+    );
+    let v = VaultFile::new(vec![cfg, member]);
+    let path = v.path.to_str().unwrap();
+    let args = [
+        "run",
+        POSTGRES_WASM,
+        "--vault",
+        path,
+        "-u",
+        "user1",
+        "-c",
+        "cfg-pg",
+        "--no-cache",
+    ];
+    let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
+        proxy.release()
+    });
+    assert_eq!(out.code, -1, "{}", out.all());
+    let staged = staged(&v).unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(POSTGRES_WASM, plugins.path().join("postgres.wasm")).unwrap();
+    let out = due(&pg, plugins.path(), &v);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(password(&v), staged);
+    assert_eq!(self::staged(&v), None);
+    assert!(pg.logs_in("app", &staged));
 }
