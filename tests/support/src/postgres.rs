@@ -323,8 +323,7 @@ fn relay(
     });
     let (mut s_in, mut c_out) = (server, client);
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        let Ok(n) = s_in.read(&mut buf) else { break };
+    while let Ok(n) = s_in.read(&mut buf) {
         if n == 0 {
             break;
         }
