@@ -205,84 +205,91 @@ pub fn rotate<N: Network>(
 /// proves it: the new password logs in, with a password check, and the
 /// vault's old one no longer does.
 pub fn finalize<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<Vec<String>, Failure> {
-    let (mut session, already) = changer(net, s, Some(new))?;
+    let (session, already) = changer(net, s, Some(new))?;
     if !already {
-        let verifier = postgres_protocol::password::scram_sha_256(new.expose().as_bytes());
-        let sql = format!(
-            "ALTER ROLE {} PASSWORD {}",
-            escape_identifier(&s.role),
-            escape_literal(&verifier)
-        );
-        match session.query(&sql) {
-            Ok(_) => {}
-            // It may have been applied before the connection broke: the
-            // login below tells.
-            Err(PgError::Net(NetError::Lost(_) | NetError::Timeout(_))) => {}
-            Err(e) => {
-                return Err(failure(
-                    &format!("setting the password of role '{}'", s.role),
-                    s,
-                    e,
-                ));
-            }
-        }
+        set_password(session, s, new)?;
     }
-    drop(session);
-    match Session::open(net, &login(s, &s.role, new)) {
-        Ok(check) if !check.password_checked => {
-            return Err(Failure::new(
-                Kind::Conflict,
-                format!(
-                    "role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it",
-                    s.role,
-                    s.service()
-                ),
-            ));
-        }
-        Ok(_) => {}
-        Err(PgError::Server { code, .. }) if code == "28P01" => {
-            return Err(Failure::new(
-                Kind::Unavailable,
-                format!(
-                    "the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again",
-                    s.role,
-                    s.service()
-                ),
-            ));
-        }
-        Err(e) => {
-            return Err(failure(
-                &format!("logging in as role '{}' with the new password", s.role),
-                s,
-                e,
-            ));
-        }
-    }
+    prove_new(net, s, new)?;
     let mut notes = vec![format!(
         "role '{}' at {}: the new password logs in",
         s.role,
         s.service()
     )];
     if let Some(old) = s.current.as_ref().filter(|old| *old != new) {
-        match Session::open(net, &login(s, &s.role, old)) {
-            Err(PgError::Server { code, .. }) if code == "28P01" => {
-                notes.push("the old password no longer logs in".into())
-            }
-            Ok(_) => {
-                return Err(Failure::new(
-                    Kind::Conflict,
-                    format!(
-                        "the old password of role '{}' still logs in to {}: pg_hba.conf lets the role in by another rule; fix it, then run again",
-                        s.role,
-                        s.service()
-                    ),
-                ));
-            }
-            Err(e) => notes.push(format!(
-                "whether the old password still logs in is unknown: {}",
-                failure("checking", s, e)
-            )),
-        }
+        notes.push(prove_old_gone(net, s, old)?);
     }
     Ok(notes)
+}
+
+/// `ALTER ROLE ... PASSWORD` with a SCRAM-SHA-256 verifier: the server never
+/// sees the password. A connection lost on the way is not an error yet: the
+/// statement may have run, and `prove_new` tells.
+fn set_password<S: crate::wire::Stream>(
+    mut session: Session<S>,
+    s: &Settings,
+    new: &Secret,
+) -> Result<(), Failure> {
+    let verifier = postgres_protocol::password::scram_sha_256(new.expose().as_bytes());
+    let sql = format!(
+        "ALTER ROLE {} PASSWORD {}",
+        escape_identifier(&s.role),
+        escape_literal(&verifier)
+    );
+    match session.query(&sql) {
+        Ok(_) | Err(PgError::Net(NetError::Lost(_) | NetError::Timeout(_))) => Ok(()),
+        Err(e) => Err(failure(
+            &format!("setting the password of role '{}'", s.role),
+            s,
+            e,
+        )),
+    }
+}
+
+/// The new password logs in, and the server checked it.
+fn prove_new<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<(), Failure> {
+    match Session::open(net, &login(s, &s.role, new)) {
+        Ok(check) if !check.password_checked => Err(Failure::new(
+            Kind::Conflict,
+            format!(
+                "role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it",
+                s.role,
+                s.service()
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(PgError::Server { code, .. }) if code == "28P01" => Err(Failure::new(
+            Kind::Unavailable,
+            format!(
+                "the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again",
+                s.role,
+                s.service()
+            ),
+        )),
+        Err(e) => Err(failure(
+            &format!("logging in as role '{}' with the new password", s.role),
+            s,
+            e,
+        )),
+    }
+}
+
+/// The vault's old password no longer logs in; a note says so.
+fn prove_old_gone<N: Network>(net: &N, s: &Settings, old: &Secret) -> Result<String, Failure> {
+    match Session::open(net, &login(s, &s.role, old)) {
+        Err(PgError::Server { code, .. }) if code == "28P01" => {
+            Ok("the old password no longer logs in".into())
+        }
+        Ok(_) => Err(Failure::new(
+            Kind::Conflict,
+            format!(
+                "the old password of role '{}' still logs in to {}: pg_hba.conf lets the role in by another rule; fix it, then run again",
+                s.role,
+                s.service()
+            ),
+        )),
+        Err(e) => Ok(format!(
+            "whether the old password still logs in is unknown: {}",
+            failure("checking", s, e)
+        )),
+    }
 }
