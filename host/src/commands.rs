@@ -361,7 +361,12 @@ fn print_info(m: &Member, info: &PluginInfo, schema: &[ConfigItem]) {
     );
     println!("sha256: {}", m.plugin.digest());
     println!("can rollback: {}", info.can_rollback);
-    println!("may reach: {}", info.allowed_hosts.join(", "));
+    let own = if info.allowed_hosts.is_empty() {
+        "no origin of its own".to_string()
+    } else {
+        info.allowed_hosts.join(", ")
+    };
+    println!("may reach: {own}, and the origin of each url field of its config");
     println!("\nconfig record fields:");
     for item in schema {
         let default = item
