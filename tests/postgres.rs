@@ -261,9 +261,9 @@ fn a_refused_alter_role_leaves_the_staged_password_unset_and_the_old_one_working
     assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
 }
 
-/// Killed while the server holds its answer to `pattern`.
-fn killed_at(pg: &PgServer, pattern: &'static str) -> (VaultFile, Outcome) {
-    let (proxy, arrived) = PgProxy::start(pg.port, pattern, Trap::Hold);
+/// Killed while the proxy holds `pattern` (`Trap::Withhold`) or its answer (`Trap::Hold`).
+fn killed_at(pg: &PgServer, pattern: &'static str, trap: Trap) -> (VaultFile, Outcome) {
+    let (proxy, arrived) = PgProxy::start(pg.port, pattern, trap);
     let v = vault(&proxy.url(), "app", &plain_admin());
     let ca = pg.ca_file.to_str().unwrap();
     let path = v.path.to_str().unwrap();
@@ -295,7 +295,7 @@ fn killed_at(pg: &PgServer, pattern: &'static str) -> (VaultFile, Outcome) {
 #[test]
 fn killed_during_the_role_lookup_nothing_changes() {
     let pg = server();
-    let (v, out) = killed_at(&pg, "rolcanlogin");
+    let (v, out) = killed_at(&pg, "rolcanlogin", Trap::Hold);
     assert_eq!(password(&v), OLD);
     assert_eq!(staged(&v), None);
     assert!(pg.logs_in("app", OLD));
@@ -303,9 +303,9 @@ fn killed_during_the_role_lookup_nothing_changes() {
 }
 
 #[test]
-fn killed_during_alter_role_the_staged_password_works_and_the_next_run_finishes() {
+fn killed_after_alter_role_ran_the_staged_password_works_and_the_next_run_finishes() {
     let pg = server();
-    let (v, out) = killed_at(&pg, "ALTER ROLE");
+    let (v, out) = killed_at(&pg, "ALTER ROLE", Trap::Hold);
     // The server ran the statement: the vault's live password is now the
     // old one, and the staged one is what works.
     assert_eq!(password(&v), OLD);
@@ -318,7 +318,7 @@ fn killed_during_alter_role_the_staged_password_works_and_the_next_run_finishes(
 }
 
 #[test]
-fn killed_during_alter_role_a_role_that_changes_its_own_password_finishes_next_time() {
+fn killed_after_alter_role_ran_a_role_that_changes_its_own_password_finishes_next_time() {
     let pg = server();
     let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Hold);
     let v = vault(&proxy.url(), "app", &[("text", "TLS", "disable")]);
@@ -367,6 +367,20 @@ fn killed_at_save(pg: &PgServer, v: &VaultFile, when: u32) -> Outcome {
         &format!("signal=KILL:when={when}"),
         &args,
     )
+}
+
+#[test]
+fn killed_before_alter_role_reached_the_server_the_live_password_works_and_the_next_run_finishes() {
+    let pg = server();
+    let (v, out) = killed_at(&pg, "ALTER ROLE", Trap::Withhold);
+    assert_eq!(password(&v), OLD);
+    let staged = staged(&v).expect("staged before the service got it");
+    assert!(pg.logs_in("app", OLD));
+    assert!(!pg.logs_in("app", &staged));
+    assert!(!pg.log().contains("ALTER ROLE"));
+    assert_no_secrets(&out.all(), &[&staged, OLD, ADMIN_PW]);
+    let again = run(&pg, &v, &[]);
+    assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
 }
 
 #[test]
@@ -500,4 +514,178 @@ fn a_pass_finishes_a_staged_rotation_before_it_is_due() {
     assert_eq!(password(&v), staged);
     assert_eq!(self::staged(&v), None);
     assert!(pg.logs_in("app", &staged));
+}
+
+/// A server on 127.0.0.1 that speaks just enough of PostgreSQL's protocol to
+/// misbehave: it answers an `SSLRequest` with `ssl`, reads the startup
+/// message, then runs `then` on the connection.
+fn hostile_server(ssl: u8, then: fn(&mut std::net::TcpStream)) -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let mut head = [0u8; 8];
+            if c.read_exact(&mut head).is_err() {
+                continue;
+            }
+            if head[4..8] == 80877103u32.to_be_bytes() {
+                let _ = std::io::Write::write_all(&mut c, &[ssl]);
+                continue;
+            }
+            let len = u32::from_be_bytes(head[0..4].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; len.saturating_sub(8)];
+            if c.read_exact(&mut rest).is_ok() {
+                then(&mut c);
+            }
+        }
+    });
+    format!("tcp://127.0.0.1:{port}")
+}
+
+/// `R`, an authentication request of `code` with `body`.
+fn auth(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![b'R'];
+    m.extend(((8 + body.len()) as u32).to_be_bytes());
+    m.extend(code.to_be_bytes());
+    m.extend(body);
+    m
+}
+
+fn write(c: &mut std::net::TcpStream, bytes: &[u8]) {
+    let _ = std::io::Write::write_all(c, bytes);
+}
+
+/// A run against `url` fails with exit 1 naming `why`, and changes nothing.
+fn refused(url: &str, tls: &str, why: &str) {
+    let mut extra = admin();
+    extra.push(("text", "TLS", tls));
+    let v = vault(url, "app", &extra);
+    let before = v.bytes();
+    let out = run_plugin(
+        POSTGRES_WASM,
+        &v,
+        "user1",
+        "cfg1",
+        &["--no-cache", "--http-timeout", "5"],
+    );
+    out.expect(1, &[why]);
+    assert_eq!(v.bytes(), before, "{why}");
+    assert_no_secrets(&out.all(), &[OLD, ADMIN_PW]);
+}
+
+#[test]
+fn a_server_that_refuses_tls_is_refused() {
+    refused(
+        &hostile_server(b'N', |_| {}),
+        "verify",
+        "does not offer TLS",
+    );
+}
+
+#[test]
+fn a_server_asking_for_md5_or_cleartext_is_refused() {
+    refused(
+        &hostile_server(b'N', |c| write(c, &auth(5, b"salt"))),
+        "disable",
+        "asked for 'md5' authentication",
+    );
+    refused(
+        &hostile_server(b'N', |c| write(c, &auth(3, b""))),
+        "disable",
+        "asked for 'password' authentication",
+    );
+}
+
+#[test]
+fn a_server_that_lets_the_admin_in_without_a_password_check_is_refused() {
+    let trust = |c: &mut std::net::TcpStream| {
+        write(c, &[auth(0, b""), vec![b'Z', 0, 0, 0, 5, b'I']].concat());
+    };
+    refused(
+        &hostile_server(b'N', trust),
+        "disable",
+        "without a password check",
+    );
+}
+
+#[test]
+fn a_huge_message_or_an_endless_answer_is_cut_off() {
+    let huge = |c: &mut std::net::TcpStream| write(c, &[b'R', 0x7f, 0xff, 0xff, 0xf0]);
+    refused(
+        &hostile_server(b'N', huge),
+        "disable",
+        "a message of 2147483632 bytes",
+    );
+    let endless = |c: &mut std::net::TcpStream| {
+        let body = [vec![b'M'], vec![b'x'; 1000], vec![0, 0]].concat();
+        let notice = [
+            vec![b'N'],
+            (4 + body.len() as u32).to_be_bytes().to_vec(),
+            body,
+        ]
+        .concat();
+        for _ in 0..100_000 {
+            let _ = std::io::Write::write_all(c, &notice);
+        }
+    };
+    refused(
+        &hostile_server(b'N', endless),
+        "disable",
+        "more than the host's cap",
+    );
+}
+
+#[test]
+fn a_server_asking_for_one_scram_iteration_is_refused() {
+    let cheap = |c: &mut std::net::TcpStream| {
+        use std::io::Read;
+        write(c, &auth(10, b"SCRAM-SHA-256\0\0"));
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        let nonce = text
+            .split("r=")
+            .nth(1)
+            .unwrap_or("")
+            .trim_end_matches('\0')
+            .to_string();
+        let first = format!("r={nonce}srv,s=c2FsdHNhbHQ=,i=1");
+        write(c, &auth(11, first.as_bytes()));
+    };
+    refused(
+        &hostile_server(b'N', cheap),
+        "disable",
+        "SCRAM iteration count Some(1)",
+    );
+}
+
+#[test]
+fn an_admin_config_does_not_rotate_privileged_roles_or_its_own_admin() {
+    let pg = server();
+    pg.sql("CREATE ROLE boss LOGIN CREATEROLE PASSWORD 'boss-Pa55word-x'");
+    for (role, why) in [
+        ("boss", "is privileged"),
+        ("rotator", "is the config's own admin role"),
+    ] {
+        let v = vault(&pg.url(), role, &admin());
+        let before = v.bytes();
+        let out = run(&pg, &v, &[]);
+        out.expect(1, &[why]);
+        assert_eq!(v.bytes(), before);
+    }
+    assert!(pg.logs_in("boss", "boss-Pa55word-x"));
+    assert!(pg.logs_in("rotator", ADMIN_PW));
+    assert!(!pg.log().contains("ALTER ROLE"));
+}
+
+#[test]
+fn a_role_whose_password_expired_is_refused_before_anything_is_staged() {
+    let pg = server();
+    pg.sql("ALTER ROLE app VALID UNTIL '2001-01-01'");
+    let v = vault(&pg.url(), "app", &admin());
+    let before = v.bytes();
+    let out = run(&pg, &v, &[]);
+    out.expect(1, &["VALID UNTIL"]);
+    assert_eq!(v.bytes(), before);
 }

@@ -83,8 +83,9 @@ impl Policy {
                 ));
             }
         }
-        let least: usize = mins.iter().sum();
-        if least > *length {
+        let least = mins.iter().try_fold(0usize, |sum, m| sum.checked_add(*m));
+        if least.is_none_or(|least| least > *length) {
+            let least = least.map_or("more than can be counted".into(), |l| l.to_string());
             return Err(format!(
                 "'Password Complexity' asks for at least {least} characters of given classes in a password of {length}: lower the minimums or raise the length"
             ));
@@ -189,6 +190,13 @@ mod tests {
             (Some("16,0,0,2,0"), None, Some("0123456789"), "digits"),
             (Some("8,1,1,1,1"), None, None, "12 to 256"),
             (Some("32,1,1,1"), None, None, "not five"),
+            (Some("12,4294967284,5,5,2"), None, None, "at least"),
+            (
+                Some("12,18446744073709551615,1,0,0"),
+                None,
+                None,
+                "at least",
+            ),
             (Some("long"), None, None, "five whole numbers"),
             (None, Some("ab"), None, "not ASCII punctuation"),
         ];

@@ -38,7 +38,7 @@ fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
             | NetError::TooMuch(_)),
         ) => Failure::new(
             Kind::Unavailable,
-            format!("{what}: {at}: {e:?}; try again later"),
+            format!("{what}: {at}: {}; try again later", net_words(&e)),
         ),
         PgError::NoTls => Failure::new(
             Kind::Failed,
@@ -51,6 +51,12 @@ fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
             Kind::Failed,
             format!(
                 "{what}: {at} asked for '{m}' authentication; this plugin logs in with scram-sha-256 only: use scram-sha-256 in pg_hba.conf (and password_encryption)"
+            ),
+        ),
+        PgError::NoPasswordCheck => Failure::new(
+            Kind::Conflict,
+            format!(
+                "{what}: {at} let the login in without a password check (trust in pg_hba.conf), so a password proves nothing: use scram-sha-256 for it"
             ),
         ),
         PgError::Protocol(m) => Failure::new(
@@ -69,6 +75,17 @@ fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
             };
             Failure::new(kind, format!("{what}: {at} answered {code}: {message}"))
         }
+    }
+}
+
+/// A network failure in plain words.
+fn net_words(e: &NetError) -> String {
+    match e {
+        NetError::NotAllowed(m) | NetError::Tls(m) => m.clone(),
+        NetError::Connect(m) => format!("could not connect ({m})"),
+        NetError::Timeout(m) => format!("no answer in time ({m})"),
+        NetError::Lost(m) => format!("the connection broke ({m})"),
+        NetError::TooMuch(n) => format!("the server sent more than the host's cap of {n} bytes"),
     }
 }
 
@@ -126,9 +143,10 @@ fn changer<N: Network>(
     }
 }
 
-/// Checks that the role exists and may log in, then makes a password to the
-/// policy with `fill` (WASI random). Changes nothing. With `staged`, an
-/// earlier run's password, it hands that back, so the run finishes it.
+/// Checks that the role exists, may log in, proves its password and is one
+/// this config may rotate, then makes a password to the policy with `fill`
+/// (WASI random). Changes nothing. With `staged`, an earlier run's password,
+/// it hands that back, so the run finishes it.
 pub fn rotate<N: Network>(
     net: &N,
     s: &Settings,
@@ -147,42 +165,9 @@ pub fn rotate<N: Network>(
         });
     }
     let (mut session, _) = changer(net, s, None)?;
-    let sql = format!(
-        "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = {}",
-        escape_literal(&s.role)
-    );
-    let rows = session
-        .query(&sql)
-        .map_err(|e| failure("looking up the role", s, e))?;
-    match rows
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
-        .flatten()
-        .as_deref()
-    {
-        None => {
-            return Err(Failure::new(
-                Kind::NotFound,
-                format!(
-                    "role '{}' does not exist at {}: check the user record's login",
-                    s.role,
-                    s.service()
-                ),
-            ));
-        }
-        Some("f") => {
-            return Err(Failure::new(
-                Kind::Conflict,
-                format!(
-                    "role '{}' at {} cannot log in (NOLOGIN), so a new password could not be proved: nothing was changed",
-                    s.role,
-                    s.service()
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
+    check_role(&mut session, s)?;
+    drop(session);
+    let notes = check_login(net, s)?;
     if dry_run {
         let note = format!(
             "would set a new {}-character password for role '{}' at {}: staged in the vault first, then set with a SCRAM-SHA-256 verifier, then made live",
@@ -192,13 +177,101 @@ pub fn rotate<N: Network>(
         );
         return Ok(Rotated {
             password: None,
-            notes: vec![note],
+            notes: [notes, vec![note]].concat(),
         });
     }
     Ok(Rotated {
         password: Some(Secret::new(s.policy.generate(fill))),
-        notes: vec![],
+        notes,
     })
+}
+
+fn conflict(s: &Settings, why: &str) -> Failure {
+    Failure::new(
+        Kind::Conflict,
+        format!(
+            "role '{}' at {} {why}; nothing was changed",
+            s.role,
+            s.service()
+        ),
+    )
+}
+
+/// The role exists and may log in, its password has not expired, and an
+/// admin config touches no privileged role (nor the admin itself): else a
+/// user record's editor could name one and read its new password.
+fn check_role<S: crate::wire::Stream>(
+    session: &mut Session<S>,
+    s: &Settings,
+) -> Result<(), Failure> {
+    let sql = format!(
+        "SELECT rolcanlogin, rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication, \
+         coalesce(rolvaliduntil < now(), false) FROM pg_catalog.pg_roles WHERE rolname = {}",
+        escape_literal(&s.role)
+    );
+    let rows = session
+        .query(&sql)
+        .map_err(|e| failure("looking up the role", s, e))?;
+    let Some(row) = rows.first() else {
+        return Err(Failure::new(
+            Kind::NotFound,
+            format!(
+                "role '{}' does not exist at {}: check the user record's login",
+                s.role,
+                s.service()
+            ),
+        ));
+    };
+    let yes = |i: usize| row.get(i).cloned().flatten().as_deref() == Some("t");
+    if !yes(0) {
+        return Err(conflict(
+            s,
+            "cannot log in (NOLOGIN), so a new password could not be proved",
+        ));
+    }
+    if yes(2) {
+        return Err(conflict(
+            s,
+            "has a password past its VALID UNTIL: extend it (ALTER ROLE ... VALID UNTIL) first",
+        ));
+    }
+    if let Changer::Admin { login, .. } = &s.changer {
+        if login == &s.role {
+            return Err(conflict(
+                s,
+                "is the config's own admin role: rotate it with a config of its own and no admin",
+            ));
+        }
+        if yes(1) {
+            return Err(conflict(
+                s,
+                "is privileged (SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION): an admin config does not rotate such roles; rotate it with a config of its own and no admin",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With an admin, the role's own login with the vault's password: the
+/// server must check it with SCRAM (a `trust` rule would let the new
+/// password prove nothing). A vault password that no longer works is noted:
+/// the rotation mends it.
+fn check_login<N: Network>(net: &N, s: &Settings) -> Result<Vec<String>, Failure> {
+    let (Changer::Admin { .. }, Some(current)) = (&s.changer, &s.current) else {
+        return Ok(vec![]);
+    };
+    match Session::open(net, &login(s, &s.role, current)) {
+        Ok(_) => Ok(vec![]),
+        Err(PgError::Server { code, .. }) if code == "28P01" => Ok(vec![format!(
+            "the vault's password for role '{}' does not log in now; the new one replaces it",
+            s.role
+        )]),
+        Err(e) => Err(failure(
+            &format!("logging in as role '{}' with the vault's password", s.role),
+            s,
+            e,
+        )),
+    }
 }
 
 /// Sets `new` as the role's password (unless an earlier run did), then
@@ -230,8 +303,10 @@ fn set_password<S: crate::wire::Stream>(
     new: &Secret,
 ) -> Result<(), Failure> {
     let verifier = postgres_protocol::password::scram_sha_256(new.expose().as_bytes());
+    // Bounded waits: a statement stuck on a lock must not commit after the
+    // plugin has given up on it.
     let sql = format!(
-        "ALTER ROLE {} PASSWORD {}",
+        "SET lock_timeout = '5s'; SET statement_timeout = '10s'; ALTER ROLE {} PASSWORD {}",
         escape_identifier(&s.role),
         escape_literal(&verifier)
     );
@@ -245,22 +320,14 @@ fn set_password<S: crate::wire::Stream>(
     }
 }
 
-/// The new password logs in, and the server checked it.
+/// The new password logs in (with SCRAM: `Session::open` refuses `trust`).
 fn prove_new<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<(), Failure> {
     match Session::open(net, &login(s, &s.role, new)) {
-        Ok(check) if !check.password_checked => Err(Failure::new(
-            Kind::Conflict,
-            format!(
-                "role '{}' logs in to {} without a password check (trust in pg_hba.conf), so the new password proves nothing: use scram-sha-256 for it",
-                s.role,
-                s.service()
-            ),
-        )),
         Ok(_) => Ok(()),
         Err(PgError::Server { code, .. }) if code == "28P01" => Err(Failure::new(
             Kind::Unavailable,
             format!(
-                "the new password of role '{}' does not log in to {}, so it was not set (the connection may have broken first); the vault's password still works: run again",
+                "the new password of role '{}' does not log in to {}: ALTER ROLE did not take effect (the connection broke before it finished); it stays staged: run again",
                 s.role,
                 s.service()
             ),

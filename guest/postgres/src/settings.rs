@@ -105,6 +105,14 @@ fn server(value: &str) -> Result<(String, u16), Failure> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
+/// Whether `host` is this machine: the only place plain TCP is allowed.
+fn loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A role name as PostgreSQL takes it: 1 to 63 bytes, no NUL or controls.
 fn role(value: &str) -> Result<String, Failure> {
     if value.is_empty() || value.len() > 63 || value.chars().any(char::is_control) {
@@ -138,6 +146,13 @@ impl Settings {
                 )));
             }
         };
+        if !tls && !loopback(&host) {
+            return Err(invalid(format!(
+                "config field '{TLS}' is 'disable' for {host}, which is not this machine: without TLS \
+                 anyone on the path sees the SCRAM verifier and the logins, and can forge the proof. \
+                 Plain TCP is only for 127.0.0.1, ::1 or localhost"
+            )));
+        }
         let changer = match (
             labelled(config, ADMIN_LOGIN),
             labelled(config, ADMIN_PASSWORD),
@@ -217,6 +232,17 @@ mod tests {
     }
 
     #[test]
+    fn plain_tcp_is_for_this_machine_only() {
+        for host in ["127.0.0.1", "127.1.2.3", "[::1]", "localhost"] {
+            let config = [
+                f("url", SERVER, &format!("tcp://{host}:5432")),
+                f("text", TLS, "disable"),
+            ];
+            assert!(!Settings::resolve(&user(), &config).unwrap().tls, "{host}");
+        }
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let cases: Vec<(Vec<Field>, Vec<Field>, &str)> = vec![
             (user(), vec![], SERVER),
@@ -227,6 +253,11 @@ mod tests {
                 user(),
                 vec![f("url", SERVER, "tcp://db:5432"), f("text", TLS, "prefer")],
                 TLS,
+            ),
+            (
+                user(),
+                vec![f("url", SERVER, "tcp://db:5432"), f("text", TLS, "disable")],
+                "not this machine",
             ),
             (
                 user(),

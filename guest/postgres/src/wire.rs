@@ -52,9 +52,21 @@ pub enum PgError {
     NoTls,
     /// The server asked for an authentication method other than SCRAM-SHA-256.
     Method(&'static str),
+    /// The server let the user in without checking a password (`trust`).
+    NoPasswordCheck,
     /// The server broke the protocol (or SCRAM's proof of the server failed).
     Protocol(String),
 }
+
+/// The largest message the plugin takes from a server: PostgreSQL's answers
+/// to its few statements are small, and the length would otherwise be
+/// reserved before the host's cap on received bytes applies.
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// SCRAM iteration counts the plugin accepts: PostgreSQL's default is the
+/// floor (a server asking for fewer would make the password cheap to guess
+/// from what it saw), and the ceiling bounds the work a server can demand.
+const ITERATIONS: std::ops::RangeInclusive<u32> = 4096..=1_000_000;
 
 impl From<NetError> for PgError {
     fn from(e: NetError) -> Self {
@@ -76,12 +88,10 @@ pub struct Login<'a> {
     pub password: &'a Secret,
 }
 
-/// A logged-in session.
+/// A logged-in session: the server checked the password with SCRAM-SHA-256.
 pub struct Session<S: Stream> {
     stream: S,
     buf: BytesMut,
-    /// The server checked a password (SCRAM ran); false under `trust`.
-    pub password_checked: bool,
 }
 
 impl<S: Stream> Session<S> {
@@ -90,7 +100,6 @@ impl<S: Stream> Session<S> {
         let mut s = Self {
             stream: net.connect(to.host, to.port)?,
             buf: BytesMut::new(),
-            password_checked: false,
         };
         if to.tls {
             let mut out = BytesMut::new();
@@ -122,6 +131,14 @@ impl<S: Stream> Session<S> {
 
     fn next(&mut self) -> Result<Message, PgError> {
         loop {
+            if let Some(len) = self.buf.get(1..5) {
+                let len = u32::from_be_bytes(len.try_into().expect("four bytes")) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(PgError::Protocol(format!(
+                        "a message of {len} bytes, over the plugin's {MAX_MESSAGE}"
+                    )));
+                }
+            }
             if let Some(m) = Message::parse(&mut self.buf).map_err(protocol)? {
                 return Ok(m);
             }
@@ -134,9 +151,11 @@ impl<S: Stream> Session<S> {
     }
 
     fn authenticate(&mut self, password: &Secret) -> Result<(), PgError> {
+        let mut checked = false;
         loop {
             match self.next()? {
-                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationOk if checked => return Ok(()),
+                Message::AuthenticationOk => return Err(PgError::NoPasswordCheck),
                 Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
                     let mut scram = false;
@@ -147,6 +166,7 @@ impl<S: Stream> Session<S> {
                         return Err(PgError::Method("SASL without SCRAM-SHA-256"));
                     }
                     self.scram(password)?;
+                    checked = true;
                 }
                 Message::AuthenticationMd5Password(_) => return Err(PgError::Method("md5")),
                 Message::AuthenticationCleartextPassword => {
@@ -177,6 +197,18 @@ impl<S: Stream> Session<S> {
             Message::ErrorResponse(b) => return Err(server_error(&b)),
             _ => return Err(PgError::Protocol("expected SASL continue".into())),
         };
+        let iterations = std::str::from_utf8(body.data())
+            .ok()
+            .and_then(|m| m.split(',').find_map(|a| a.strip_prefix("i=")))
+            .and_then(|i| i.parse::<u32>().ok());
+        match iterations {
+            Some(i) if ITERATIONS.contains(&i) => {}
+            other => {
+                return Err(PgError::Protocol(format!(
+                    "SCRAM iteration count {other:?}, outside {ITERATIONS:?}"
+                )));
+            }
+        }
         scram.update(body.data()).map_err(protocol)?;
         let mut out = BytesMut::new();
         frontend::sasl_response(scram.message(), &mut out).map_err(protocol)?;
@@ -186,9 +218,7 @@ impl<S: Stream> Session<S> {
             Message::ErrorResponse(b) => return Err(server_error(&b)),
             _ => return Err(PgError::Protocol("expected SASL final".into())),
         };
-        scram.finish(body.data()).map_err(protocol)?;
-        self.password_checked = true;
-        Ok(())
+        scram.finish(body.data()).map_err(protocol)
     }
 
     fn until_ready(&mut self) -> Result<(), PgError> {

@@ -312,6 +312,9 @@ impl<'a> InFlight<'a> {
                 label: printable(label),
             });
         }
+        if let Some(why) = staged::refusal(&rotation, &self.ctx.staged) {
+            return Err(RunError::BadStaged { why });
+        }
         let holdings = &self.core.holdings;
         if let Some(created) = &rotation.created {
             holdings.add(created, uid);
@@ -450,10 +453,11 @@ impl InFlight<'_> {
         fields.push(text_field(labels::LAST_ROTATED, &stamp(Utc::now())));
         let mut remove = vec![labels::STAGED];
         remove.extend(self.job.mark_pending.then_some(labels::PENDING));
-        (self
-            .core
-            .writer
-            .store(&self.job.user_uid, fields, remove)
+        // The save that makes the credential live: a rotation's store (KSM's
+        // rotation transaction).
+        let writer = self.core.writer;
+        (writer
+            .store_rotation(&self.job.user_uid, fields, remove, writer.rotating())
             .await)
             .map_err(|source| RunError::PromoteFailed { source })?;
         tracing::info!(user = ?printable(&self.job.user_uid), "new credential set at the service and stored");

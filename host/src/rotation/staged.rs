@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fields::{BadField, labels};
 use crate::record::{Record, StoreField, ValueKind};
+use crate::sandbox::plugin::Rotation;
 use crate::secret::Secret;
 
 /// At most this many fields are staged at once; a record editor's larger
@@ -66,6 +67,32 @@ pub fn read(user: &Record) -> Result<Vec<StoreField>, BadField> {
         .collect())
 }
 
+/// Why the host refuses the staged rotation `r` that `rotate` returned, given
+/// what an earlier run staged: a plugin that forgot the staged value would
+/// replace a password the service may already have.
+pub fn refusal(r: &Rotation, earlier: &[StoreField]) -> Option<String> {
+    if !r.staged {
+        return None;
+    }
+    if r.fields.is_empty() || r.fields.len() > MAX_FIELDS {
+        return Some(format!(
+            "it staged {} fields, not 1 to {MAX_FIELDS}",
+            r.fields.len()
+        ));
+    }
+    if r.created.is_some() || !r.retire.is_empty() || !r.deleted.is_empty() {
+        return Some("a staged rotation may not create, retire or delete credentials".into());
+    }
+    if !earlier.is_empty() && r.fields != earlier {
+        return Some(format!(
+            "an earlier run staged a credential the service may already have, and the plugin \
+             returned another; the staged one is kept in '{}' for the next run",
+            labels::STAGED
+        ));
+    }
+    None
+}
+
 /// The `Rotation Staged` field that keeps `fields` (a secret: it holds the
 /// new password).
 pub fn field(fields: &[StoreField]) -> StoreField {
@@ -108,6 +135,37 @@ mod tests {
         let f = field(&[password("n3w\"pa$$")]);
         let user = Record::for_test("u", &[("secret", labels::STAGED, f.value.expose())]);
         assert_eq!(read(&user).unwrap(), vec![password("n3w\"pa$$")]);
+    }
+
+    #[test]
+    fn a_staged_rotation_must_finish_what_an_earlier_run_staged() {
+        let earlier = vec![password("first")];
+        let again = Rotation {
+            fields: earlier.clone(),
+            staged: true,
+            ..Rotation::default()
+        };
+        assert_eq!(refusal(&again, &earlier), None);
+        let fresh = Rotation {
+            fields: vec![password("second")],
+            ..again.clone()
+        };
+        assert!(
+            refusal(&fresh, &earlier)
+                .unwrap()
+                .contains("returned another")
+        );
+        assert_eq!(refusal(&fresh, &[]), None);
+        let empty = Rotation {
+            fields: vec![],
+            ..again.clone()
+        };
+        assert!(refusal(&empty, &[]).unwrap().contains("0 fields"));
+        let creating = Rotation {
+            created: Some("id".into()),
+            ..again
+        };
+        assert!(refusal(&creating, &earlier).is_some());
     }
 
     #[test]

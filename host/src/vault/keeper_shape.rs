@@ -22,10 +22,10 @@ pub fn field_type(kind: ValueKind, item: Option<ItemType>) -> &'static str {
 }
 
 /// Sets `fields` on a Keeper-shaped record: every field labelled with the label
-/// or an alias (any case) is replaced and relabelled, and so is an unlabelled
-/// field whose type is the label (Keeper's standard `password` field, which
-/// stays unlabelled); if there is none, a custom field is added. Nothing else
-/// in the record changes.
+/// or an alias (any case) is replaced and relabelled, and a password also
+/// replaces the unlabelled field of type `password` (Keeper's standard one,
+/// which stays unlabelled); if there is none, a custom field is added.
+/// Nothing else in the record changes.
 pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
     for f in fields {
         let names = std::iter::once(&f.label).chain(&f.aliases);
@@ -39,10 +39,13 @@ pub fn apply_fields(record: &mut Map<String, Value>, fields: &[StoreField]) {
                 .get("label")
                 .and_then(Value::as_str)
                 .is_some_and(|l| names.clone().any(|n| l.trim().eq_ignore_ascii_case(n)));
-            let by_type = unlabelled(v)
+            // Only a password: else a plugin could overwrite the `login`
+            // that names whose credential rotates.
+            let by_type = f.kind == ValueKind::Password
+                && unlabelled(v)
                 && v.get("type")
                     .and_then(Value::as_str)
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(&f.label));
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("password"));
             by_label || by_type
         };
         let new_field = |old: Option<&Value>| {

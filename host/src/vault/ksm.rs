@@ -402,10 +402,11 @@ impl KsmVault {
         let Some(record) = Vault::record(self, &change.uid) else {
             return false;
         };
-        change
-            .fields
-            .iter()
-            .all(|f| record.value(&f.label) == Some(f.value.expose().trim()))
+        change.fields.iter().all(|f| {
+            let want = Some(f.value.expose().trim());
+            record.value(&f.label) == want
+                || (f.kind == ValueKind::Password && record.value_of_type("password") == want)
+        })
     }
 
     /// A marker or ledger change, as a plain update of the revision last read:

@@ -238,13 +238,25 @@ pub enum Trap {
     /// statement ran; the client never hears so).
     DropAfter,
     /// Forwards it, reports its arrival, and withholds the server's answer
-    /// until `release`.
+    /// until `release`: the statement ran, and the client is killed waiting.
     Hold,
+    /// Withholds the statement itself, reports its arrival, and closes at
+    /// `release`: the server never runs it.
+    Withhold,
 }
 
 struct Shared {
     released: Mutex<bool>,
     wake: Condvar,
+}
+
+impl Shared {
+    fn wait_release(&self) {
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.wake.wait(released).unwrap();
+        }
+    }
 }
 
 /// A plain-TCP proxy to a `PgServer` (TLS off: it reads the statements).
@@ -272,7 +284,7 @@ impl PgProxy {
                     continue;
                 };
                 let (s, tx, sprung) = (s.clone(), tx.clone(), sprung.clone());
-                thread::spawn(move || relay(client, server, pattern, trap, &s, tx, &sprung));
+                thread::spawn(move || relay(client, server, pattern, trap, s, tx, sprung));
             }
         });
         (Self { port, shared }, rx)
@@ -294,14 +306,15 @@ fn relay(
     server: TcpStream,
     pattern: &str,
     trap: Trap,
-    shared: &Shared,
+    shared: Arc<Shared>,
     tx: Sender<()>,
-    sprung: &Mutex<bool>,
+    sprung: Arc<Mutex<bool>>,
 ) {
     let trapped = Arc::new(Mutex::new(false));
     let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let t = trapped.clone();
     let pattern = pattern.as_bytes().to_vec();
+    let (up_shared, up_tx, up_sprung) = (shared.clone(), tx.clone(), sprung.clone());
     let upstream = thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         while let Ok(n) = c_in.read(&mut buf) {
@@ -313,6 +326,13 @@ fn relay(
                 .windows(pattern.len())
                 .any(|w| w == pattern.as_slice())
             {
+                if trap == Trap::Withhold
+                    && !std::mem::replace(&mut *up_sprung.lock().unwrap(), true)
+                {
+                    let _ = up_tx.send(());
+                    up_shared.wait_release();
+                    break;
+                }
                 *t.lock().unwrap() = true;
             }
             if s_out.write_all(&buf[..n]).is_err() {
@@ -336,10 +356,7 @@ fn relay(
         if hit {
             if trap == Trap::Hold {
                 let _ = tx.send(());
-                let mut released = shared.released.lock().unwrap();
-                while !*released {
-                    released = shared.wake.wait(released).unwrap();
-                }
+                shared.wait_release();
             }
             break;
         }
