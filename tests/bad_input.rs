@@ -59,7 +59,7 @@ fn wrong_plugin_files() {
         (
             "empty.wasm",
             b"\0asm\x0d\0\x01\0",
-            "does not implement pam:rotation/plugin@0.5.0",
+            "does not implement pam:rotation/plugin@0.6.0",
         ),
     ];
     for (name, bytes, expect) in cases {

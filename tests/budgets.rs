@@ -14,13 +14,15 @@ fn assert_within(wasm: &str, name: &str, budget_kib: u64) {
     );
 }
 
-/// The AWS plugin (release profile `guest`) stays within its 400 KiB budget.
+/// The AWS plugin (release profile `guest`) stays within its 420 KiB budget.
+/// It was 400 KiB until WIT 0.6.0: lifting `context.staged` costs every
+/// plugin about 2.5 KB, and took it to 400.5 KiB.
 #[test]
 fn guest_component_fits_its_size_budget() {
-    assert_within(GUEST_WASM, "AWS", 400);
+    assert_within(GUEST_WASM, "AWS", 420);
 }
 
-/// The PostgreSQL plugin stays within its 400 KiB budget (371 KiB when set).
+/// The PostgreSQL plugin stays within its 400 KiB budget (379 KiB when set).
 #[test]
 fn postgres_component_fits_its_size_budget() {
     assert_within(POSTGRES_WASM, "PostgreSQL", 400);
