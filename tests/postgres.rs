@@ -134,6 +134,8 @@ fn a_rotation_sets_a_password_that_logs_in_and_the_old_one_no_longer_does() {
         !log.contains(&new),
         "the plaintext reached the server's log"
     );
+    // The log sees logins (what the tests that expect none rely on).
+    assert!(log.contains("connection authorized: user=rotator"), "{log}");
     assert_eq!(v.json()["records"][1]["notes"], "kept as is");
 }
 
@@ -215,6 +217,10 @@ fn a_policy_the_generator_cannot_meet_exits_2_and_changes_nothing() {
         &["'Password Complexity' asks for at least 20 characters"],
     );
     assert_untouched(&pg, &v, &before, &out);
+    assert!(
+        !pg.log().contains("connection authorized: user=rotator"),
+        "it connected"
+    );
 }
 
 #[test]

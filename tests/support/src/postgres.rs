@@ -117,7 +117,7 @@ impl PgServer {
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              ssl = on\npassword_encryption = 'scram-sha-256'\nlog_statement = 'all'\n\
-             fsync = off\nmax_connections = 20\n",
+             fsync = off\nmax_connections = 20\nlog_connections = on\n",
             server.root.display()
         );
         let mut f = std::fs::OpenOptions::new()
