@@ -695,3 +695,119 @@ fn a_role_whose_password_expired_is_refused_before_anything_is_staged() {
     out.expect(1, &["VALID UNTIL"]);
     assert_eq!(v.bytes(), before);
 }
+
+/// The PostgreSQL plugin with Keeper as the vault (the fake KSM, real HTTPS):
+/// `user1` and `cfg1` live in Keeper; `url` is the server the config names.
+struct InKeeper {
+    ksm: test_support::fake_ksm::FakeKsm,
+    dir: tempfile::TempDir,
+}
+
+impl InKeeper {
+    fn start(url: &str, extra: &[(&str, &str, &str)]) -> Self {
+        let ca = test_support::tls::TestCa::for_name(test_support::fake_ksm::HOST);
+        let ksm = test_support::fake_ksm::FakeKsm::start(&ca);
+        let mut fields = vec![("url", "PostgreSQL Server", url)];
+        fields.extend_from_slice(extra);
+        let strip = |mut r: Value| {
+            r.as_object_mut().unwrap().remove("uid");
+            r
+        };
+        ksm.add_record("cfg1", strip(config_record("cfg1", &fields)));
+        ksm.add_record("user1", strip(user("user1", "app", OLD)));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
+        let path = dir.path().join("ksm.json");
+        std::fs::write(&path, ksm.config().to_string()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self { ksm, dir }
+    }
+
+    fn command(&self, pg: &PgServer) -> std::process::Command {
+        let config = self.dir.path().join("ksm.json");
+        let (config, ca) = (config.to_str().unwrap(), pg.ca_file.to_str().unwrap());
+        let args = [
+            "run",
+            POSTGRES_WASM,
+            "--ksm-config",
+            config,
+            "-u",
+            "user1",
+            "-c",
+            "cfg1",
+            "--ca-file",
+            ca,
+            "--no-cache",
+        ];
+        let mut cmd = command(&args);
+        cmd.env("SSL_CERT_FILE", self.dir.path().join("ca.pem"))
+            .env("HTTPS_PROXY", &self.ksm.proxy);
+        cmd
+    }
+
+    /// The password field Keeper's readers see, and the staged one if any.
+    fn passwords(&self) -> (String, Option<String>) {
+        let r = self.ksm.record("user1").unwrap();
+        let live = r["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["type"] == "password")
+            .unwrap()["value"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let staged = self.ksm.field("user1", "Rotation Staged").map(|raw| {
+            let list: Vec<Value> = serde_json::from_str(&raw).unwrap();
+            list[0]["value"].as_str().unwrap().to_string()
+        });
+        (live, staged)
+    }
+}
+
+#[test]
+fn with_keeper_the_password_is_staged_then_made_live_in_two_updates() {
+    let pg = server();
+    let k = InKeeper::start(&pg.url(), &admin());
+    let out: Outcome = k.command(&pg).output().unwrap().into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    let (live, staged) = k.passwords();
+    assert_eq!(staged, None);
+    assert!(pg.logs_in("app", &live) && !pg.logs_in("app", OLD));
+    assert!(!k.ksm.open_transaction("user1"));
+    // Keeper saw the staged value first, then the live one.
+    let writes: Vec<String> = k.ksm.writes("user1").iter().map(Value::to_string).collect();
+    let staged_at = writes
+        .iter()
+        .position(|w| w.contains("Rotation Staged"))
+        .expect("a staged write");
+    let live_at = writes
+        .iter()
+        .position(|w| w.contains(&live) && !w.contains("Rotation Staged"))
+        .expect("a live write");
+    assert!(staged_at < live_at, "{writes:?}");
+    let mut secrets = k.ksm.config_secrets();
+    secrets.extend([live, OLD.to_string(), ADMIN_PW.to_string()]);
+    assert_no_leak(&out.all(), &secrets);
+}
+
+#[test]
+fn with_keeper_killed_after_alter_role_ran_the_next_run_finishes() {
+    let pg = server();
+    let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Hold);
+    let k = InKeeper::start(&proxy.url(), &plain_admin());
+    let out = kill_when(k.command(&pg), arrived, std::time::Duration::ZERO, || {
+        proxy.release()
+    });
+    assert_eq!(out.code, -1, "{}", out.all());
+    let (live, staged) = k.passwords();
+    assert_eq!(live, OLD);
+    let staged = staged.expect("staged in Keeper");
+    assert!(pg.logs_in("app", &staged) && !pg.logs_in("app", OLD));
+    assert!(!k.ksm.open_transaction("user1"));
+    let again: Outcome = k.command(&pg).output().unwrap().into();
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(k.passwords(), (staged.clone(), None));
+    assert!(pg.logs_in("app", &staged));
+}
