@@ -267,13 +267,10 @@ fn a_refused_alter_role_leaves_the_staged_password_unset_and_the_old_one_working
     assert_eq!(assert_rotated(&pg, &v, &again, OLD), staged);
 }
 
-/// Killed while the proxy holds `pattern` (`Trap::Withhold`) or its answer (`Trap::Hold`).
-fn killed_at(pg: &PgServer, pattern: &'static str, trap: Trap) -> (VaultFile, Outcome) {
-    let (proxy, arrived) = PgProxy::start(pg.port, pattern, trap);
-    let v = vault(&proxy.url(), "app", &plain_admin());
-    let ca = pg.ca_file.to_str().unwrap();
-    let path = v.path.to_str().unwrap();
-    let args = [
+/// `run` of `user1` under `config` with the test CA, as arguments.
+fn run_args(pg: &PgServer, v: &VaultFile, config: &str) -> Vec<String> {
+    let (path, ca) = (v.path.to_str().unwrap(), pg.ca_file.to_str().unwrap());
+    [
         "run",
         POSTGRES_WASM,
         "--vault",
@@ -281,11 +278,25 @@ fn killed_at(pg: &PgServer, pattern: &'static str, trap: Trap) -> (VaultFile, Ou
         "-u",
         "user1",
         "-c",
-        "cfg1",
+        config,
         "--ca-file",
         ca,
         "--no-cache",
-    ];
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `run_args`, killed once the proxy reports `arrived`; then the proxy lets go.
+fn killed_run(
+    pg: &PgServer,
+    v: &VaultFile,
+    config: &str,
+    proxy: PgProxy,
+    arrived: std::sync::mpsc::Receiver<()>,
+) -> Outcome {
+    let args = run_args(pg, v, config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
         proxy.release()
     });
@@ -295,6 +306,14 @@ fn killed_at(pg: &PgServer, pattern: &'static str, trap: Trap) -> (VaultFile, Ou
         "the run was meant to be killed: {}",
         out.all()
     );
+    out
+}
+
+/// Killed while the proxy holds `pattern` (`Trap::Withhold`) or its answer (`Trap::Hold`).
+fn killed_at(pg: &PgServer, pattern: &'static str, trap: Trap) -> (VaultFile, Outcome) {
+    let (proxy, arrived) = PgProxy::start(pg.port, pattern, trap);
+    let v = vault(&proxy.url(), "app", &plain_admin());
+    let out = killed_run(pg, &v, "cfg1", proxy, arrived);
     (v, out)
 }
 
@@ -328,22 +347,7 @@ fn killed_after_alter_role_ran_a_role_that_changes_its_own_password_finishes_nex
     let pg = server();
     let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Hold);
     let v = vault(&proxy.url(), "app", &[("text", "TLS", "disable")]);
-    let path = v.path.to_str().unwrap();
-    let args = [
-        "run",
-        POSTGRES_WASM,
-        "--vault",
-        path,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-        "--no-cache",
-    ];
-    let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
-        proxy.release()
-    });
-    assert_eq!(out.code, -1, "{}", out.all());
+    killed_run(&pg, &v, "cfg1", proxy, arrived);
     let staged = staged(&v).unwrap();
     assert!(!pg.logs_in("app", OLD));
     // The vault's password no longer logs in: the next run logs in with the staged one.
@@ -353,21 +357,8 @@ fn killed_after_alter_role_ran_a_role_that_changes_its_own_password_finishes_nex
 
 /// `run` under strace, killed at the `when`-th rename: the stage (1) or the promote (2).
 fn killed_at_save(pg: &PgServer, v: &VaultFile, when: u32) -> Outcome {
-    let ca = pg.ca_file.to_str().unwrap();
-    let path = v.path.to_str().unwrap();
-    let args = [
-        "run",
-        POSTGRES_WASM,
-        "--vault",
-        path,
-        "-u",
-        "user1",
-        "-c",
-        "cfg1",
-        "--ca-file",
-        ca,
-        "--no-cache",
-    ];
+    let args = run_args(pg, v, "cfg1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     under_strace(
         "rename,renameat,renameat2",
         &format!("signal=KILL:when={when}"),
@@ -496,22 +487,7 @@ fn a_pass_finishes_a_staged_rotation_before_it_is_due() {
         &[("Rotation Config", "cfg-pg"), ("Last Rotated", &now)],
     );
     let v = VaultFile::new(vec![cfg, member]);
-    let path = v.path.to_str().unwrap();
-    let args = [
-        "run",
-        POSTGRES_WASM,
-        "--vault",
-        path,
-        "-u",
-        "user1",
-        "-c",
-        "cfg-pg",
-        "--no-cache",
-    ];
-    let out = kill_when(command(&args), arrived, std::time::Duration::ZERO, || {
-        proxy.release()
-    });
-    assert_eq!(out.code, -1, "{}", out.all());
+    killed_run(&pg, &v, "cfg-pg", proxy, arrived);
     let staged = staged(&v).unwrap();
     let plugins = tempfile::tempdir().unwrap();
     std::fs::copy(POSTGRES_WASM, plugins.path().join("postgres.wasm")).unwrap();

@@ -89,3 +89,16 @@ impl Record {
         }
     }
 }
+
+#[cfg(test)]
+impl StoreField {
+    /// A password field with `value`, as the PostgreSQL plugin returns one.
+    pub fn password_for_test(value: &str) -> Self {
+        Self {
+            label: "password".into(),
+            aliases: vec![],
+            kind: ValueKind::Password,
+            value: Secret::new(value),
+        }
+    }
+}

@@ -151,12 +151,7 @@ mod tests {
     use super::*;
 
     fn password(v: &str) -> StoreField {
-        StoreField {
-            label: "password".into(),
-            aliases: vec![],
-            kind: ValueKind::Password,
-            value: Secret::new(v),
-        }
+        StoreField::password_for_test(v)
     }
 
     #[test]
