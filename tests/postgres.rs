@@ -124,6 +124,12 @@ fn a_rotation_sets_a_password_that_logs_in_and_the_old_one_no_longer_does() {
     let out = run(&pg, &v, &[]);
     let new = assert_rotated(&pg, &v, &out, OLD);
     assert_eq!(new.len(), 32);
+    assert!(
+        out.stdout
+            .contains("rotated PAM user record user1: new credential stored in"),
+        "{}",
+        out.stdout
+    );
     // The server saw a SCRAM verifier, never the password.
     let log = pg.log();
     assert!(

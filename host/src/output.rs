@@ -78,12 +78,15 @@ fn print_report(out: &mut impl Write, report: &RunReport, vault: &str) {
             let _ = writeln!(out, "  - {n}");
         }
     } else {
+        // A staged rotation (a password) has no id to show.
+        let what = report
+            .created
+            .as_deref()
+            .map_or("new credential".to_string(), |id| format!("new key {id}"));
         let _ = writeln!(
             out,
-            "rotated PAM user record {}: new key {} stored in {}",
-            report.user_uid,
-            report.created.as_deref().unwrap_or("?"),
-            vault
+            "rotated PAM user record {}: {what} stored in {}",
+            report.user_uid, vault
         );
         if !report.purged.is_empty() {
             let _ = writeln!(
