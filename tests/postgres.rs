@@ -246,6 +246,7 @@ fn a_connection_dropped_after_alter_role_is_proved_and_finished_by_the_same_run(
     let (proxy, _) = PgProxy::start(pg.port, "ALTER ROLE", Trap::DropAfter);
     let v = vault(&proxy.url(), "app", &plain_admin());
     let out = run(&pg, &v, &[]);
+    assert!(proxy.sprung(), "the connection was never dropped");
     assert_rotated(&pg, &v, &out, OLD);
 }
 
@@ -330,7 +331,10 @@ fn killed_during_the_role_lookup_nothing_changes() {
     assert_eq!(password(&v), OLD);
     assert_eq!(staged(&v), None);
     assert!(pg.logs_in("app", OLD));
+    assert!(!pg.log().contains("ALTER ROLE"));
     assert_no_secrets(&out.all(), &[OLD, ADMIN_PW]);
+    // The next run rotates (straight to the server, TLS off on loopback).
+    assert_rotated(&pg, &v, &run(&pg, &v, &[]), OLD);
 }
 
 #[test]
@@ -749,7 +753,7 @@ impl InKeeper {
 }
 
 #[test]
-fn with_keeper_the_password_is_staged_then_made_live_in_two_updates() {
+fn with_keeper_the_password_is_staged_once_then_made_live() {
     let pg = server();
     let k = InKeeper::start(&pg.url(), &admin());
     let out: Outcome = k.command(&pg).output().unwrap().into();
@@ -769,6 +773,11 @@ fn with_keeper_the_password_is_staged_then_made_live_in_two_updates() {
         .position(|w| w.contains(&live) && !w.contains("Rotation Staged"))
         .expect("a live write");
     assert!(staged_at < live_at, "{writes:?}");
+    let staged_writes = writes
+        .iter()
+        .filter(|w| w.contains("Rotation Staged"))
+        .count();
+    assert_eq!(staged_writes, 1, "{writes:?}");
     let mut secrets = k.ksm.config_secrets();
     secrets.extend([live, OLD.to_string(), ADMIN_PW.to_string()]);
     assert_no_leak(&out.all(), &secrets);
@@ -792,4 +801,43 @@ fn with_keeper_killed_after_alter_role_ran_the_next_run_finishes() {
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(k.passwords(), (staged.clone(), None));
     assert!(pg.logs_in("app", &staged));
+}
+
+/// A user record's editor who forges a staged password and points `login` at
+/// a privileged role gets nothing set: `finalize` checks the role again.
+#[test]
+fn a_forged_staged_password_for_a_privileged_role_sets_nothing() {
+    let pg = server();
+    pg.sql("CREATE ROLE boss LOGIN CREATEROLE PASSWORD 'boss-Pa55word-x'");
+    let v = vault(&pg.url(), "boss", &admin());
+    let forged = r#"[{"label":"password","kind":"password","value":"chosen-by-the-editor-1A!"}]"#;
+    v.set_field("user1", "Rotation Staged", forged);
+    let out = run(&pg, &v, &[]);
+    out.expect(3, &["is privileged"]);
+    assert!(pg.logs_in("boss", "boss-Pa55word-x"));
+    assert!(!pg.logs_in("boss", "chosen-by-the-editor-1A!"));
+    assert!(!pg.log().contains("ALTER ROLE"));
+}
+
+/// After a crash left a staged password, someone reset the role's password
+/// at the server: the run says what happened and what to do, and sets nothing.
+#[test]
+fn a_password_reset_behind_the_vaults_back_is_named_with_what_to_do() {
+    let pg = server();
+    let (proxy, arrived) = PgProxy::start(pg.port, "ALTER ROLE", Trap::Withhold);
+    let v = vault(&proxy.url(), "app", &[("text", "TLS", "disable")]);
+    killed_run(&pg, &v, "cfg1", proxy, arrived);
+    let staged = staged(&v).expect("staged");
+    pg.sql("ALTER ROLE app PASSWORD 'reset-by-a-dba-Pa55'");
+    let out = run(&pg, &v, &[]);
+    out.expect(
+        3,
+        &[
+            "neither the vault's password nor the staged one logs in",
+            "delete the record's 'Rotation Staged' field",
+        ],
+    );
+    assert_eq!(password(&v), OLD);
+    assert!(pg.logs_in("app", "reset-by-a-dba-Pa55"));
+    assert_no_secrets(&out.all(), &[&staged, OLD, "reset-by-a-dba-Pa55"]);
 }

@@ -501,3 +501,17 @@ fn a_garbled_staged_field_is_refused_by_name_and_nothing_is_sent() {
     assert_eq!(s.vault.bytes(), before);
     assert!(s.iam.calls().is_empty(), "{:?}", s.iam.calls());
 }
+
+/// A forged staged *password* on an AWS record is kept: a plain rotation
+/// would drop it, so the run is refused, and the key it made is deleted again.
+#[test]
+fn a_plain_rotation_never_drops_a_staged_password() {
+    let s = fake_setup();
+    let forged = r#"[{"label":"password","kind":"password","value":"maybe-at-the-service"}]"#;
+    s.vault.set_field("user1", "Rotation Staged", forged);
+    let before = s.vault.bytes();
+    let out = run(&s.vault, "user1", "cfg1", &[]);
+    out.expect(1, &["would drop it", "was deleted again"]);
+    assert_eq!(s.vault.bytes(), before);
+    assert_eq!(ids(&s.iam.keys("alice")), [s.old.id.clone()]);
+}

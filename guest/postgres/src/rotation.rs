@@ -64,6 +64,12 @@ fn failure(what: &str, s: &Settings, e: PgError) -> Failure {
             format!("{what}: {at} broke the protocol ({m})"),
         ),
         PgError::Server { code, message } => {
+            // A server (or whatever answers for it) may quote the statement.
+            let message = if message.contains("SCRAM-SHA-256$") {
+                "(its words quoted the password verifier, so they are withheld)".to_string()
+            } else {
+                message
+            };
             let kind = match code.as_str() {
                 "28P01" | "28000" | "42501" => Kind::Denied,
                 "42704" => Kind::NotFound,
@@ -120,18 +126,22 @@ fn changer<N: Network>(
             match Session::open(net, &login(s, &s.role, current)) {
                 Ok(x) => Ok((x, false)),
                 Err(PgError::Server { code, .. }) if code == "28P01" && staged.is_some() => {
-                    Session::open(net, &login(s, &s.role, staged.expect("checked")))
-                        .map(|x| (x, true))
-                        .map_err(|e| {
-                            failure(
-                                &format!(
-                                    "logging in as role '{}' with the staged password",
-                                    s.role
-                                ),
-                                s,
-                                e,
-                            )
-                        })
+                    match Session::open(net, &login(s, &s.role, staged.expect("checked"))) {
+                        Ok(x) => Ok((x, true)),
+                        Err(PgError::Server { code, .. }) if code == "28P01" => Err(Failure::new(
+                            Kind::Denied,
+                            format!(
+                                "neither the vault's password nor the staged one logs in as role '{}' at {}: someone changed it at the server. Set the record's password to the role's current one, delete the record's 'Rotation Staged' field, then run again",
+                                s.role,
+                                s.service()
+                            ),
+                        )),
+                        Err(e) => Err(failure(
+                            &format!("logging in as role '{}' with the staged password", s.role),
+                            s,
+                            e,
+                        )),
+                    }
                 }
                 Err(e) => Err(failure(
                     &format!("logging in as role '{}' with the vault's password", s.role),
@@ -204,9 +214,15 @@ fn check_role<S: crate::wire::Stream>(
     session: &mut Session<S>,
     s: &Settings,
 ) -> Result<(), Failure> {
+    // Privileged: by its own attributes, or through membership (at any depth)
+    // of a role that is, or of a role that reaches the server's files or programs.
     let sql = format!(
-        "SELECT rolcanlogin, rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication, \
-         coalesce(rolvaliduntil < now(), false) FROM pg_catalog.pg_roles WHERE rolname = {}",
+        "SELECT r.rolcanlogin, r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication \
+         OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles p WHERE p.oid <> r.oid \
+         AND (p.rolsuper OR p.rolcreaterole OR p.rolbypassrls OR p.rolreplication \
+         OR p.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files')) \
+         AND pg_catalog.pg_has_role(r.oid, p.oid, 'MEMBER')), \
+         coalesce(r.rolvaliduntil < now(), false) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
         escape_literal(&s.role)
     );
     let rows = session
@@ -245,7 +261,7 @@ fn check_role<S: crate::wire::Stream>(
         if yes(1) {
             return Err(conflict(
                 s,
-                "is privileged (SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION): an admin config does not rotate such roles; rotate it with a config of its own and no admin",
+                "is privileged (SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION, or a member of such a role or of pg_execute_server_program, pg_write_server_files or pg_read_server_files): an admin config does not rotate such roles; rotate it with a config of its own and no admin",
             ));
         }
     }
@@ -278,8 +294,11 @@ fn check_login<N: Network>(net: &N, s: &Settings) -> Result<Vec<String>, Failure
 /// proves it: the new password logs in, with a password check, and the
 /// vault's old one no longer does.
 pub fn finalize<N: Network>(net: &N, s: &Settings, new: &Secret) -> Result<Vec<String>, Failure> {
-    let (session, already) = changer(net, s, Some(new))?;
+    let (mut session, already) = changer(net, s, Some(new))?;
     if !already {
+        // Again, here: a staged value skipped `rotate`'s checks, and the
+        // record (its login) may have been edited since.
+        check_role(&mut session, s)?;
         set_password(session, s, new)?;
     }
     prove_new(net, s, new)?;

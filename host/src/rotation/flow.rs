@@ -133,7 +133,10 @@ async fn rotate_once(
         return Ok(run.report);
     }
     if rotation.staged {
-        run.stage(&rotation, under_way).await?;
+        // Finishing an earlier run's: its fields are staged already.
+        if run.ctx.staged.is_empty() {
+            run.stage(&rotation, under_way).await?;
+        }
         return run.finalize_staged(&rotation).await;
     }
     let created = run.store(&rotation, under_way).await?;
@@ -303,16 +306,19 @@ impl<'a> InFlight<'a> {
         for f in rotation.fields.iter().filter(|f| f.kind != ValueKind::Text) {
             self.instance.add_secret(f.value.expose());
         }
-        let names = rotation
-            .fields
-            .iter()
-            .flat_map(|f| std::iter::once(&f.label).chain(&f.aliases));
-        if let Some(label) = names.clone().find(|l| is_host_label(l)) {
-            return Err(RunError::HostField {
-                label: printable(label),
-            });
+        if let Some(label) = host_field(&rotation) {
+            return Err(RunError::HostField { label });
         }
         if let Some(why) = staged::refusal(&rotation, &self.ctx.staged) {
+            // What a plain rotation created is deleted again, as after a failed store.
+            let created = rotation.created.clone().filter(|_| !rotation.staged);
+            let why = match created {
+                Some(created) => {
+                    let undone = rollback(&mut self.instance, &self.ctx, &rotation, &created).await;
+                    format!("{why}. {undone}")
+                }
+                None => why,
+            };
             return Err(RunError::BadStaged { why });
         }
         let holdings = &self.core.holdings;
@@ -465,6 +471,13 @@ impl InFlight<'_> {
         self.report.retired = done.retired;
         Ok(self.report)
     }
+}
+
+/// The first label or alias of `rotation`'s fields that the host keeps, escaped.
+fn host_field(rotation: &crate::sandbox::plugin::Rotation) -> Option<String> {
+    let mut names =
+        (rotation.fields.iter()).flat_map(|f| std::iter::once(&f.label).chain(&f.aliases));
+    names.find(|l| is_host_label(l)).map(|l| printable(l))
 }
 
 /// The host's own check of I6 on what `rotate` returned: an id another record

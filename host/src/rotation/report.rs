@@ -163,10 +163,7 @@ pub enum RunError {
          was stored. A plugin that does this is broken or hostile: do not run it"
     )]
     HostField { label: String },
-    #[error(
-        "the plugin's staged rotation is refused: {why}. Nothing was stored or sent; report it \
-         to the plugin's authors"
-    )]
+    #[error("the plugin's rotation is refused: {why}. Nothing was stored")]
     BadStaged { why: String },
     #[error("{0}")]
     Vetting(#[from] VetError),

@@ -72,7 +72,17 @@ pub fn read(user: &Record) -> Result<Vec<StoreField>, BadField> {
 /// replace a password the service may already have.
 pub fn refusal(r: &Rotation, earlier: &[StoreField]) -> Option<String> {
     if !r.staged {
-        return None;
+        // A plain rotation's store drops what is staged: never a password
+        // the service may already have.
+        let password = earlier.iter().any(|f| f.kind == ValueKind::Password);
+        return (password && !r.fields.is_empty()).then(|| {
+            format!(
+                "an earlier run staged a password the service may already have, and this \
+                 rotation would drop it; it is kept in '{}'. If it is forged, delete it once \
+                 you know which password the service has",
+                labels::STAGED
+            )
+        });
     }
     if r.fields.is_empty() || r.fields.len() > MAX_FIELDS {
         return Some(format!(
@@ -151,6 +161,16 @@ mod tests {
                 .contains("returned another")
         );
         assert_eq!(refusal(&fresh, &[]), None);
+        let plain = Rotation {
+            staged: false,
+            ..fresh.clone()
+        };
+        assert!(refusal(&plain, &earlier).unwrap().contains("would drop it"));
+        let planned = Rotation {
+            fields: vec![],
+            ..plain
+        };
+        assert_eq!(refusal(&planned, &earlier), None);
         let empty = Rotation {
             fields: vec![],
             ..again.clone()

@@ -263,6 +263,7 @@ impl Shared {
 pub struct PgProxy {
     pub port: u16,
     shared: Arc<Shared>,
+    sprung: Arc<Mutex<bool>>,
 }
 
 impl PgProxy {
@@ -277,8 +278,10 @@ impl PgProxy {
         });
         let (tx, rx) = channel();
         let s = shared.clone();
+        let sprung = Arc::new(Mutex::new(false));
+        let trap_sprung = sprung.clone();
         thread::spawn(move || {
-            let sprung = Arc::new(Mutex::new(false));
+            let sprung = trap_sprung;
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
@@ -287,7 +290,19 @@ impl PgProxy {
                 thread::spawn(move || relay(client, server, pattern, trap, s, tx, sprung));
             }
         });
-        (Self { port, shared }, rx)
+        (
+            Self {
+                port,
+                shared,
+                sprung,
+            },
+            rx,
+        )
+    }
+
+    /// Whether the trap has sprung.
+    pub fn sprung(&self) -> bool {
+        *self.sprung.lock().unwrap()
     }
 
     /// Lets a held answer go: the proxy closes the trapped connection.
