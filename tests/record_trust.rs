@@ -513,5 +513,5 @@ fn a_plain_rotation_never_drops_a_staged_password() {
     let out = run(&s.vault, "user1", "cfg1", &[]);
     out.expect(1, &["would drop it", "was deleted again"]);
     assert_eq!(s.vault.bytes(), before);
-    assert_eq!(ids(&s.iam.keys("alice")), [s.old.id.clone()]);
+    assert_eq!(ids(&s.iam.keys("alice")), std::slice::from_ref(&s.old.id));
 }
