@@ -326,60 +326,60 @@ fn relay(
     sprung: Arc<Mutex<bool>>,
 ) {
     let trapped = Arc::new(Mutex::new(false));
-    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let t = trapped.clone();
     let pattern = pattern.as_bytes().to_vec();
     let (up_shared, up_tx, up_sprung) = (shared.clone(), tx.clone(), sprung.clone());
     let upstream = thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = c_in.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            // Marked before it is forwarded, so the answer comes after.
-            if buf[..n]
+        pump(c_in, &mut s_out, |chunk| {
+            if !chunk
                 .windows(pattern.len())
                 .any(|w| w == pattern.as_slice())
             {
-                if trap == Trap::Withhold
-                    && !std::mem::replace(&mut *up_sprung.lock().unwrap(), true)
-                {
-                    let _ = up_tx.send(());
-                    up_shared.wait_release();
-                    break;
-                }
-                *t.lock().unwrap() = true;
+                return true;
             }
-            if s_out.write_all(&buf[..n]).is_err() {
-                break;
+            if trap == Trap::Withhold && spring(&up_sprung) {
+                let _ = up_tx.send(());
+                up_shared.wait_release();
+                return false;
             }
-        }
+            // Marked before it is forwarded, so the answer comes after.
+            *t.lock().unwrap() = true;
+            true
+        });
         let _ = s_out.shutdown(Shutdown::Write);
     });
-    let (mut s_in, mut c_out) = (server, client);
+    let (s_in, mut c_out) = (server, client);
+    let s_close = s_in.try_clone().unwrap();
+    // The first connection to send the pattern springs the trap: its answer
+    // is not forwarded.
+    pump(s_in, &mut c_out, |_| {
+        if !(*trapped.lock().unwrap() && spring(&sprung)) {
+            return true;
+        }
+        if trap == Trap::Hold {
+            let _ = tx.send(());
+            shared.wait_release();
+        }
+        false
+    });
+    let _ = c_out.shutdown(Shutdown::Both);
+    let _ = s_close.shutdown(Shutdown::Both);
+    let _ = upstream.join();
+}
+
+/// Copies `from` to `to` chunk by chunk until either side ends or `each`
+/// returns false for a chunk, which is then not forwarded.
+fn pump(mut from: TcpStream, to: &mut TcpStream, mut each: impl FnMut(&[u8]) -> bool) {
     let mut buf = [0u8; 16 * 1024];
-    while let Ok(n) = s_in.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        // The first connection to send the pattern springs the trap: its
-        // answer is not forwarded.
-        let hit = *trapped.lock().unwrap() && {
-            let mut s = sprung.lock().unwrap();
-            !std::mem::replace(&mut *s, true)
-        };
-        if hit {
-            if trap == Trap::Hold {
-                let _ = tx.send(());
-                shared.wait_release();
-            }
-            break;
-        }
-        if c_out.write_all(&buf[..n]).is_err() {
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || !each(&buf[..n]) || to.write_all(&buf[..n]).is_err() {
             break;
         }
     }
-    let _ = c_out.shutdown(Shutdown::Both);
-    let _ = s_in.shutdown(Shutdown::Both);
-    let _ = upstream.join();
+}
+
+/// Springs the proxy's one trap: true only the first time.
+fn spring(sprung: &Mutex<bool>) -> bool {
+    !std::mem::replace(&mut *sprung.lock().unwrap(), true)
 }
