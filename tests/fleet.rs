@@ -340,12 +340,15 @@ fn twin_records_of_one_user_fail_together() {
 
 /// A store that fails inside a pass (the vault's rename fails with ENOSPC,
 /// injected by strace): that record is rolled back, and the next record's
-/// save writes it as it was, never the key its rollback deleted (I1).
+/// save writes it as it was, never the key its rollback deleted (I1). Ben's
+/// new key is held at IAM until ann's save has failed, so ann's save goes
+/// alone (after the linger) and ben's is the next one.
 #[test]
 fn a_failed_store_in_a_pass_is_not_written_by_the_next_save() {
     let f = fleet(&[("ann", &[]), ("ben", &[])], &[]);
     let path = f.vault.path.to_str().unwrap();
-    let out = under_strace(
+    let arrived = f.iam.hold_for("CreateAccessKey", "ben");
+    let mut cmd = strace_command(
         "rename,renameat,renameat2",
         "error=ENOSPC:when=1",
         &[
@@ -359,10 +362,24 @@ fn a_failed_store_in_a_pass_is_not_written_by_the_next_save() {
             "--no-cache",
         ],
     );
-    assert_eq!(out.code, 1, "{}", out.all());
-    f.assert_no_leak(&out.all());
-    let v: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (Debian package strace; .ci/run installs it)");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut watched = Watched::new(child);
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("ben's CreateAccessKey never arrived");
+    watched.wait_line("stores=1 ok=false");
+    f.iam.release();
+    let (code, stderr) = watched.finish();
+    let mut json = String::new();
+    stdout.read_to_string(&mut json).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    f.assert_no_leak(&format!("{json}{stderr}"));
+    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert_eq!(uids(&v, "failed"), ["u-ann"]);
     assert_eq!(uids(&v, "rotated"), ["u-ben"]);
     let ann = &f.keys[0].1;
@@ -528,6 +545,74 @@ fn killed_mid_pass_the_next_pass_converges() {
                 .is_none(),
             "{n}: {v}"
         );
+    }
+}
+
+/// A store waiting for a shared save gives its turn to the next rotation:
+/// at `--jobs 2`, six due records are all stored, in one save, before the
+/// first old key is deleted (I1 for anyone reading the file, and one
+/// rewrite for six stores).
+#[test]
+fn a_pass_stores_every_due_key_in_one_save_before_it_deletes_any_old_one() {
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
+    let f = fleet(&users, &[]);
+    let arrived = f.iam.hold("DeleteAccessKey");
+    let path = f.vault.path.to_str().unwrap();
+    let child = command(&["due", GUEST_WASM, "--vault", path, "--jobs", "2"])
+        .env("RUST_LOG", "rotate_host=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived
+        .recv_timeout(Duration::from_secs(120))
+        .expect("no old key was deleted");
+    for (name, old) in &f.keys {
+        let held = f.vault.field(&format!("u-{name}"), "aws_access_key_id");
+        let held = held.unwrap();
+        assert_ne!(
+            held, old.id,
+            "{name}'s new key was not stored before the first delete"
+        );
+        assert_key_exists(&f.iam, name, &held);
+    }
+    f.iam.release();
+    let out: Outcome = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, 0, "{}", out.all());
+    let saves: Vec<&str> = (out.stderr.lines())
+        .filter(|l| l.contains("vault group commit"))
+        .collect();
+    assert!(saves[0].contains("stores=6"), "{saves:#?}");
+    for n in names {
+        f.assert_converged(n);
+    }
+    f.assert_no_leak(&out.all());
+}
+
+/// Killed while stores wait for a rotation held in `rotate`: every key a
+/// record holds exists, and the next pass removes the keys made but never
+/// stored and converges every record.
+#[test]
+fn killed_while_stores_wait_for_a_held_rotation_the_next_pass_converges() {
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
+    let f = fleet(&users, &[]);
+    let arrived = f.iam.hold("CreateAccessKey");
+    let path = f.vault.path.to_str().unwrap();
+    let args = ["due", GUEST_WASM, "--vault", path, "--jobs", "2"];
+    let out = kill_when_arrived(&args, arrived, Duration::from_millis(300), &f.iam);
+    assert_eq!(out.code, -1, "the pass was meant to be killed");
+    f.assert_no_leak(&out.all());
+    assert_vault_at_rest(&f.vault);
+    f.assert_recorded_keys_exist();
+
+    let (again, v) = due_json(&f, &["--jobs", "2"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for n in names {
+        f.assert_converged(n);
+        let pending = f.vault.field(&format!("u-{n}"), "Rotation Pending");
+        assert!(pending.is_none(), "{n}: {v}");
     }
 }
 

@@ -103,7 +103,8 @@ pub struct FleetArgs {
     /// config record sets a schedule [1-36500].
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=36_500))]
     pub max_age_days: i64,
-    /// Rotations at once, per plugin [1-64].
+    /// Rotations in plugin calls at once, per plugin [1-64]; those waiting
+    /// for a shared save do not count.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: u64,
     /// The plugins' outbound requests per second, across all jobs [1-10000].

@@ -1,5 +1,6 @@
 //! Secret values, and the redaction of known secrets from text a guest hands us.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// A secret value. `Debug` and `Display` print `***`.
@@ -35,12 +36,16 @@ impl fmt::Display for Secret {
 /// the guest is not supposed to put secrets there, and the host does not trust
 /// it. Each secret is also caught percent-encoded (either case, `+` or `%20`)
 /// and JSON-escaped, or in any token that decodes to it.
+///
+/// One instance may see every record of a vault (vetting asks `subject` of
+/// each), so adding a secret and masking a text must not cost more with each
+/// secret known: both go through an index by first bytes (`Forms`).
 #[derive(Clone, Default)]
 pub struct Redactor {
-    /// The secrets as given; decoded tokens are compared with these.
-    secrets: Vec<String>,
-    /// Every form to replace: each secret and its encodings, longest first.
-    forms: Vec<String>,
+    /// The secrets as given; decoded tokens are searched for these.
+    secrets: Forms,
+    /// Every form to replace: each secret and its encodings.
+    forms: Forms,
 }
 
 // Shorter values would mask ordinary words; real secrets are far longer.
@@ -50,10 +55,9 @@ impl Redactor {
     /// Adds a value to mask from now on.
     pub fn add(&mut self, secret: &str) {
         let s = secret.trim();
-        if s.len() < MIN_SECRET_LEN || self.secrets.iter().any(|k| k == s) {
+        if !self.secrets.insert(s) {
             return;
         }
-        self.secrets.push(s.to_string());
         let percent: String =
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
@@ -62,18 +66,14 @@ impl Redactor {
         for form in [
             s.to_string(),
             url::form_urlencoded::byte_serialize(s.as_bytes()).collect(),
-            percent.clone(),
             lower_hex_escapes(&percent),
+            percent,
             json.to_string(),
             json.replace('/', "\\/"),
             s.escape_debug().to_string(),
         ] {
-            if !self.forms.contains(&form) {
-                self.forms.push(form);
-            }
+            self.forms.insert(&form);
         }
-        // Longest first, so a secret that contains another is masked whole.
-        self.forms.sort_by_key(|k| std::cmp::Reverse(k.len()));
     }
 
     /// `text` with every known secret masked.
@@ -81,10 +81,7 @@ impl Redactor {
         if self.secrets.is_empty() {
             return text.to_string();
         }
-        let text = self
-            .forms
-            .iter()
-            .fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "***"));
+        let text = self.forms.mask(text);
         // Encodings mixed in ways the list above does not foresee: decode each
         // token that has escapes and mask it whole if it hides a secret.
         let mut out = String::with_capacity(text.len());
@@ -118,8 +115,81 @@ impl Redactor {
         let json = serde_json::from_str::<String>(&format!("\"{token}\"")).unwrap_or_default();
         [percent.as_ref(), form.as_str(), json.as_str()]
             .iter()
-            .any(|decoded| self.secrets.iter().any(|s| decoded.contains(s.as_str())))
+            .any(|decoded| self.secrets.found_in(decoded))
     }
+}
+
+/// Strings of at least `MIN_SECRET_LEN` bytes, found in a text in one scan:
+/// each is filed under its first bytes, so a position costs one lookup
+/// whatever the number of strings, and an insert costs one too. (A full
+/// automaton would be rebuilt on every insert; vetting inserts between scans.)
+#[derive(Clone, Default)]
+struct Forms {
+    /// By first `MIN_SECRET_LEN` bytes; each list longest first, then in
+    /// byte order.
+    by_start: HashMap<[u8; MIN_SECRET_LEN], Vec<Box<str>>>,
+    count: usize,
+}
+
+impl Forms {
+    /// Adds `s` unless it is too short or known; says whether it was added.
+    fn insert(&mut self, s: &str) -> bool {
+        let Some(start) = start_of(s.as_bytes(), 0) else {
+            return false;
+        };
+        let list = self.by_start.entry(start).or_default();
+        // Longest first, then in byte order: a binary search finds both a
+        // duplicate and the place, however many strings share a start.
+        let Err(at) = list.binary_search_by(|k| {
+            (std::cmp::Reverse(k.len()), &**k).cmp(&(std::cmp::Reverse(s.len()), s))
+        }) else {
+            return false;
+        };
+        list.insert(at, s.into());
+        self.count += 1;
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The length of the longest string that starts at byte `at` of `text`.
+    fn longest_at(&self, text: &[u8], at: usize) -> Option<usize> {
+        let list = self.by_start.get(&start_of(text, at)?)?;
+        list.iter()
+            .find(|k| text[at..].starts_with(k.as_bytes()))
+            .map(|k| k.len())
+    }
+
+    /// `text` with each leftmost, longest string replaced by `***`.
+    fn mask(&self, text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let (mut at, mut copied) = (0, 0);
+        while at < bytes.len() {
+            match self.longest_at(bytes, at) {
+                // A whole UTF-8 string matched, so both ends are char boundaries.
+                Some(len) => {
+                    out.push_str(&text[copied..at]);
+                    out.push_str("***");
+                    at += len;
+                    copied = at;
+                }
+                None => at += 1,
+            }
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+
+    fn found_in(&self, text: &str) -> bool {
+        (0..text.len()).any(|at| self.longest_at(text.as_bytes(), at).is_some())
+    }
+}
+
+fn start_of(text: &[u8], at: usize) -> Option<[u8; MIN_SECRET_LEN]> {
+    text.get(at..at + MIN_SECRET_LEN)?.try_into().ok()
 }
 
 fn is_separator(c: char) -> bool {
@@ -145,7 +215,7 @@ fn lower_hex_escapes(encoded: &str) -> String {
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} secrets)", self.secrets.len())
+        write!(f, "Redactor({} secrets)", self.secrets.count)
     }
 }
 
@@ -190,6 +260,23 @@ mod tests {
         let split = "key w\u{200b}Jalr\u{ad}XUtn\u{2060}FEMI\u{feff}K7MDENG end";
         assert_eq!(r.clean(split), "key *** end");
         assert_eq!(r.clean("a\u{202e}b"), "a\\u{202e}b");
+    }
+
+    /// Vetting hands one instance every record of a vault.
+    #[test]
+    fn a_redactor_of_twenty_thousand_secrets_masks_each() {
+        let mut r = Redactor::default();
+        let secret = |i: usize| format!("wJalr/{i:08}+EXAMPLEKEY");
+        for i in 0..20_000 {
+            r.add(&secret(i));
+        }
+        r.add(&secret(7));
+        assert_eq!(format!("{r:?}"), "Redactor(20000 secrets)");
+        for i in [0, 7, 19_999] {
+            let text = format!("a {} b {} c", secret(i), secret(i).replace('/', "%2F"));
+            assert_eq!(r.redact(&text), "a *** b *** c");
+        }
+        assert_eq!(r.redact("wJalr/00000000+EXAMPLE"), "wJalr/00000000+EXAMPLE");
     }
 
     #[test]

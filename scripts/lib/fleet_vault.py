@@ -58,7 +58,10 @@ def pad(path, total, out, members=False):
     doc = json.load(open(path))
     config = doc["records"][0]["uid"]
     for i in range(total - len(doc["records"])):
-        custom = [{"type": "text", "label": "aws_access_key_id", "value": [f"AKIAFILLER{i:010d}"]}]
+        # Each holds a secret, as a real member does: vetting sees them all.
+        custom = [{"type": "text", "label": "aws_access_key_id", "value": [f"AKIAFILLER{i:010d}"]},
+                  {"type": "secret", "label": "aws_secret_access_key",
+                   "value": [f"fillerSecret/{i:010d}+abcdefghijklmnopq"]}]
         if members:
             custom += [{"type": "text", "label": "Rotation Config", "value": [config]},
                        {"type": "text", "label": "Last Rotated", "value": ["2099-01-01T00:00:00Z"]}]

@@ -108,6 +108,14 @@ fn wrapped(wrapper: &[&str], args: &[&str]) -> Command {
 /// `error=ENOSPC:when=1` or `signal=KILL:when=2`) at a call of one of
 /// `syscalls`: a real kernel error, or a kill at an exact point.
 pub fn under_strace(syscalls: &str, inject: &str, args: &[&str]) -> Outcome {
+    strace_command(syscalls, inject, args)
+        .output()
+        .expect("strace (Debian package strace; .ci/run installs it)")
+        .into()
+}
+
+/// The command `under_strace` runs, for a test that watches it run.
+pub fn strace_command(syscalls: &str, inject: &str, args: &[&str]) -> Command {
     let trace = format!("trace={syscalls}");
     let inject = format!("inject={syscalls}:{inject}");
     let strace = [
@@ -122,9 +130,6 @@ pub fn under_strace(syscalls: &str, inject: &str, args: &[&str]) -> Outcome {
         &inject,
     ];
     wrapped(&strace, args)
-        .output()
-        .expect("strace (Debian package strace; .ci/run installs it)")
-        .into()
 }
 
 /// Starts `rotate-host ARGS`, waits until the fake signals that the held call

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::holdings::Holdings;
@@ -32,10 +31,11 @@ use crate::rotation::flow::{Rotator, rotate_record};
 use crate::rotation::identity::{GatewayIdentity, Lending};
 use crate::rotation::job::fleet_records;
 use crate::rotation::report::{RunError, RunReport};
+use crate::rotation::turn::Slots;
 use crate::rotation::vetting::{self, VetError};
 use crate::sandbox::engine::{Limits, SandboxError};
 use crate::sandbox::plugin_set::{PluginPolicy, PluginSet, PluginSetError, PluginSource};
-use crate::vault::writer::VaultWriter;
+use crate::vault::writer::{BATCH, VaultWriter};
 use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
 
 /// What `due` and `gateway` were asked to do.
@@ -51,7 +51,7 @@ pub struct FleetOptions {
     pub cache_dir: Option<PathBuf>,
     /// `--max-age-days`: the schedule of records that set none.
     pub max_age: chrono::Duration,
-    /// `--jobs`: rotations at once.
+    /// `--jobs`: rotations in plugin calls at once, per plugin.
     pub jobs: usize,
     pub dry_run: bool,
     pub audit: Option<PathBuf>,
@@ -129,7 +129,9 @@ impl Fleet {
 
     /// One pass: every due record, each plugin's `jobs` at a time (so one
     /// plugin's stuck rotations hold up none of another's); records of one
-    /// login one after another.
+    /// login one after another. A rotation waiting for a shared save gives
+    /// its turn to the next (up to `BATCH` of them wait), so a file vault is
+    /// rewritten about once per `BATCH` stores.
     pub async fn pass(&self) -> Result<PassReport, FleetError> {
         let started = Instant::now();
         let opts = self.opts.clone();
@@ -143,24 +145,25 @@ impl Fleet {
         let writer = Arc::new(VaultWriter::new(vault));
 
         let groups = by_login(work);
-        let permits: Arc<Vec<Semaphore>> = Arc::new(
+        let slots: Arc<Vec<Slots>> = Arc::new(
             self.plugins
                 .members()
                 .iter()
-                .map(|m| Semaphore::new(m.jobs))
+                .map(|m| Slots::new(m.jobs, BATCH, m.plugin.limits().memory_bytes))
                 .collect(),
         );
         let mut tasks = JoinSet::new();
         for (_, group) in groups {
-            let (fleet, writer, permits) = (self.clone(), writer.clone(), permits.clone());
+            let (fleet, writer, slots) = (self.clone(), writer.clone(), slots.clone());
             let holdings = holdings.clone();
+            // Counted before any task runs, so the first save waits for it.
+            let first = writer.rotating();
             tasks.spawn(async move {
                 let mut done = Vec::new();
+                let mut counted = Some(first);
                 for w in group {
-                    let _permit = permits[w.plugin]
-                        .acquire()
-                        .await
-                        .expect("the semaphore stays open");
+                    let under_way = counted.take().unwrap_or_else(|| writer.rotating());
+                    let turn = slots[w.plugin].begin().await;
                     if fleet.stopping.load(Ordering::SeqCst) {
                         done.push(Err(w.job.user_uid));
                         continue;
@@ -172,8 +175,9 @@ impl Fleet {
                         identity: &fleet.identity,
                         holdings: holdings.clone(),
                         stopping: &fleet.stopping,
+                        turn: Some(&turn),
                     };
-                    let result = rotate_record(&core, &w.job, w.records.clone()).await;
+                    let result = rotate_record(&core, &w.job, w.records.clone(), under_way).await;
                     let audit = fleet.audit(&w, &result, started.elapsed());
                     done.push(Ok((w.job.user_uid, w.next_due, result, audit)));
                 }

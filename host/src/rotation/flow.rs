@@ -16,6 +16,7 @@ use crate::rotation::job::{Job, Records};
 use crate::rotation::report::{Outcome, RunError, RunReport};
 use crate::rotation::retire;
 use crate::rotation::staged;
+use crate::rotation::turn::Turn;
 use crate::rotation::usage::Policy;
 use crate::sandbox::engine::Plugin;
 use crate::sandbox::instance::Instance;
@@ -23,7 +24,7 @@ use crate::sandbox::plugin::{Context, PluginError};
 use crate::secret::Secret;
 use crate::text::printable;
 use crate::vault::lease::Lease;
-use crate::vault::writer::VaultWriter;
+use crate::vault::writer::{Rotating, VaultWriter};
 
 /// What every rotation of one run or pass shares.
 pub struct Rotator<'a> {
@@ -35,20 +36,46 @@ pub struct Rotator<'a> {
     /// Set by SIGTERM or SIGINT: no plugin call that could change something
     /// starts; a key already created is still stored and finalized.
     pub stopping: &'a AtomicBool,
+    /// In a pass, the rotation's turn among its plugin's jobs: given up while
+    /// its store waits for others' to share a save.
+    pub turn: Option<&'a Turn<'a>>,
+}
+
+impl Rotator<'_> {
+    /// `save(wait)`, a store through `writer`. In a pass over a file vault it
+    /// waits (`wait`) for others' stores to share its rewrite, without its
+    /// turn, if the plugin's waiting instances have room for one holding
+    /// `memory` bytes; otherwise it saves at once.
+    async fn saved<T, F>(&self, memory: usize, save: impl FnOnce(bool) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let room = match self.turn {
+            Some(turn) if self.writer.lingers() => turn.room(memory),
+            _ => None,
+        };
+        match room {
+            Some(room) => room.aside(save(true)).await,
+            None => save(false).await,
+        }
+    }
 }
 
 /// The rotation core: a fresh instance of `plugin` rotates one record, the new
 /// credential is stored through `writer` before anything is retired, then
 /// `finalize`, or `rollback` if storing failed. Keys deactivated by earlier
 /// rotations whose grace period ended are deleted first (`purge`).
+/// `under_way` counts the rotation as one whose store a save may wait for,
+/// from before it begins.
 pub async fn rotate_record(
     core: &Rotator<'_>,
     job: &Job,
     mut records: Records,
+    under_way: Rotating,
 ) -> Result<RunReport, RunError> {
     if job.dry_run {
         // Reads only: another writer's lease does not stop a plan.
-        return rotate_once(core, job, records).await;
+        return rotate_once(core, job, records, under_way).await;
     }
     if !needs_lease(job, &records) {
         // At most the retirement of an unused kept key, which touches no key
@@ -56,7 +83,7 @@ pub async fn rotate_record(
         // does not update every record each pass. Another writer's live lease
         // still keeps it out.
         core.writer.check_lease(&job.user_uid).await?;
-        return rotate_once(core, job, records).await;
+        return rotate_once(core, job, records, under_way).await;
     }
     // Every plugin call may take the whole call timeout; a few are made.
     let length = core.plugin.limits().call_timeout * 4 + std::time::Duration::from_secs(60);
@@ -68,7 +95,7 @@ pub async fn rotate_record(
         }
         None => false,
     };
-    let result = rotate_once(core, job, records).await;
+    let result = rotate_once(core, job, records, under_way).await;
     if leased && let Err(e) = core.writer.release(&job.user_uid, &lease).await {
         tracing::warn!(
             user = ?printable(&job.user_uid),
@@ -102,6 +129,7 @@ async fn rotate_once(
     core: &Rotator<'_>,
     job: &Job,
     records: Records,
+    under_way: Rotating,
 ) -> Result<RunReport, RunError> {
     let mut run = InFlight::start(core, job, records).await?;
     run.old_keys().await?;
@@ -127,7 +155,6 @@ async fn rotate_once(
     // Between plugin calls: after a purge, no rotation starts once stopping.
     // A key `rotate` created is always stored and finalized.
     run.not_stopping()?;
-    let under_way = core.writer.rotating();
     let rotation = run.rotate().await?;
     if job.dry_run {
         return Ok(run.report);
@@ -341,7 +368,7 @@ impl<'a> InFlight<'a> {
     async fn store(
         &mut self,
         rotation: &crate::sandbox::plugin::Rotation,
-        under_way: crate::vault::writer::Rotating<'_>,
+        under_way: Rotating,
     ) -> Result<String, RunError> {
         let job = self.job;
         let Some(created) = self.report.created.clone() else {
@@ -367,10 +394,8 @@ impl<'a> InFlight<'a> {
             remove.extend(retire::ledger_removal(&self.ledger));
         }
         let writer = self.core.writer;
-        if let Err(source) = writer
-            .store_rotation(&job.user_uid, fields, remove, under_way)
-            .await
-        {
+        let saved = |wait| writer.store_rotation(&job.user_uid, fields, remove, under_way, wait);
+        if let Err(source) = self.core.saved(self.instance.memory_used(), saved).await {
             if source.is_uncertain() {
                 // The key may be in the vault now: deleting it could lock the user out.
                 return Err(RunError::StoreUncertain { created, source });
@@ -425,7 +450,7 @@ impl InFlight<'_> {
     async fn stage(
         &mut self,
         rotation: &crate::sandbox::plugin::Rotation,
-        under_way: crate::vault::writer::Rotating<'_>,
+        under_way: Rotating,
     ) -> Result<(), RunError> {
         let job = self.job;
         let mut fields = vec![staged::field(&rotation.fields)];
@@ -437,10 +462,9 @@ impl InFlight<'_> {
         }
         let user = printable(&job.user_uid);
         tracing::info!(user = ?user, "new credential made; staging it in the vault before the service gets it");
-        self.core
-            .writer
-            .store_rotation(&job.user_uid, fields, remove, under_way)
-            .await
+        let writer = self.core.writer;
+        let staged = |wait| writer.store_rotation(&job.user_uid, fields, remove, under_way, wait);
+        (self.core.saved(self.instance.memory_used(), staged).await)
             .map_err(|source| RunError::StageFailed { source })?;
         tracing::info!(user = ?user, "new credential staged");
         Ok(())
@@ -462,9 +486,9 @@ impl InFlight<'_> {
         // The save that makes the credential live: a rotation's store (KSM's
         // rotation transaction).
         let writer = self.core.writer;
-        (writer
-            .store_rotation(&self.job.user_uid, fields, remove, writer.rotating())
-            .await)
+        let uid = &self.job.user_uid;
+        let promoted = |wait| writer.store_rotation(uid, fields, remove, writer.rotating(), wait);
+        (self.core.saved(self.instance.memory_used(), promoted).await)
             .map_err(|source| RunError::PromoteFailed { source })?;
         tracing::info!(user = ?printable(&self.job.user_uid), "new credential set at the service and stored");
         self.report.notes.extend(done.notes);

@@ -12,5 +12,6 @@ pub mod report;
 pub mod retire;
 pub mod run;
 pub mod staged;
+pub mod turn;
 pub mod usage;
 pub mod vetting;

@@ -68,8 +68,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             identity: &identity,
             holdings,
             stopping: &AtomicBool::new(false),
+            turn: None,
         };
-        rotate_record(&core, &job, records).await
+        rotate_record(&core, &job, records, writer.rotating()).await
     })
 }
 

@@ -106,6 +106,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The bytes its memories and tables hold now, as the budget counts them.
+    pub fn memory_used(&self) -> usize {
+        self.store.data().budget.used
+    }
+
     /// Lets the guest reach `allow`; every other destination is refused.
     pub fn allow(&mut self, allow: AllowList) {
         self.store.data_mut().outbound = Arc::new(Outbound::new(allow, &self.limits.http));

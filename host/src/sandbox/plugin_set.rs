@@ -33,7 +33,7 @@ pub struct PluginPolicy {
     pub allow_host: Option<Vec<AllowedOrigin>>,
     pub memory_mib: Option<u64>,
     pub timeout: Option<Duration>,
-    /// Its rotations at once, apart from every other plugin's.
+    /// Its rotations in plugin calls at once, apart from every other plugin's.
     pub jobs: Option<usize>,
     /// May it be lent the host's own identity? Unset: yes for a single file
     /// (the operator picked it), no in a folder.

@@ -6,10 +6,13 @@
 //! `finalize` never runs before its key is saved (I1, I2).
 //!
 //! A file vault rewrites the whole file per save, so a new key's store waits
-//! a little (at most `LINGER`, and only until its own change is saved) for the
-//! rotations whose `rotate` is under way to queue their stores too: with
-//! `--jobs J`, a pass then costs about K / J rewrites instead of nearly K. The
-//! wait is bounded, so a plugin that hangs delays the others' stores by
+//! (at most `LINGER`, and only until its own change is saved) for the other
+//! rotations of the pass to queue theirs: every rotation counts as under way
+//! from the moment the pass takes it on (`rotating`), and a save goes ahead
+//! once none is left, or `BATCH` stores are queued. While its store waits, a
+//! rotation gives up its turn among `--jobs` (`rotation::turn`), so the next
+//! ones reach their stores too: a pass then costs about K / `BATCH` rewrites.
+//! The wait is bounded, so a plugin that hangs delays the others' stores by
 //! `LINGER` at most, never by its own time limit. Markers and ledgers do not wait.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +22,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 /// The longest a save waits for rotations under way to queue their stores.
-const LINGER: Duration = Duration::from_millis(250);
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// The most rotation stores a save waits for: each waiting rotation keeps its
+/// plugin instance, so this bounds a pass's memory as well as its rewrites.
+pub const BATCH: usize = 64;
 
 use crate::record::StoreField;
 use crate::vault::{Change, Vault, VaultError};
@@ -31,29 +38,45 @@ struct Queued {
     done: Option<oneshot::Sender<Result<(), Arc<VaultError>>>>,
 }
 
+/// What a change waits for before its save.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waits {
+    /// A rotation's store: the stores of rotations under way (bounded).
+    ForOthers,
+    /// A rotation's store that saves at once.
+    No,
+    /// A marker or ledger: nothing.
+    Marker,
+}
+
 /// A locked vault shared by concurrent rotations.
 pub struct VaultWriter {
     vault: tokio::sync::Mutex<Box<dyn Vault>>,
     queue: Mutex<Vec<Queued>>,
     /// Saves wait for rotations under way (a file vault: each save rewrites it).
     lingers: bool,
-    /// Rotations between the start of `rotate` and their store.
-    rotating: AtomicUsize,
+    under_way: Arc<UnderWay>,
+}
+
+/// Rotations taken on whose store is not queued yet.
+#[derive(Default)]
+struct UnderWay {
+    count: AtomicUsize,
     /// Woken when one of them queues its store or ends without one.
     progress: Notify,
 }
 
-/// A rotation under way, from `rotate` to its store: saves wait for it
-/// (bounded). Dropped without a store (a failed or dry `rotate`), it stops
-/// counting.
-pub struct Rotating<'a> {
-    writer: &'a VaultWriter,
+/// A rotation under way, until its store is queued: saves wait for it
+/// (bounded). Dropped without a store (a failed, dry or purge-only run), it
+/// stops counting.
+pub struct Rotating {
+    under_way: Arc<UnderWay>,
 }
 
-impl Drop for Rotating<'_> {
+impl Drop for Rotating {
     fn drop(&mut self) {
-        self.writer.rotating.fetch_sub(1, Ordering::SeqCst);
-        self.writer.progress.notify_waiters();
+        self.under_way.count.fetch_sub(1, Ordering::SeqCst);
+        self.under_way.progress.notify_waiters();
     }
 }
 
@@ -63,28 +86,37 @@ impl VaultWriter {
             lingers: vault.rewrites_whole(),
             vault: tokio::sync::Mutex::new(vault),
             queue: Mutex::new(Vec::new()),
-            rotating: AtomicUsize::new(0),
-            progress: Notify::new(),
+            under_way: Arc::default(),
         }
     }
 
     /// Marks a rotation under way until its store is queued.
-    pub fn rotating(&self) -> Rotating<'_> {
-        self.rotating.fetch_add(1, Ordering::SeqCst);
-        Rotating { writer: self }
+    pub fn rotating(&self) -> Rotating {
+        self.under_way.count.fetch_add(1, Ordering::SeqCst);
+        Rotating {
+            under_way: self.under_way.clone(),
+        }
+    }
+
+    /// Whether a store waits for others to share its save (a file vault).
+    pub fn lingers(&self) -> bool {
+        self.lingers
     }
 
     /// Stores a rotation's new credential: sets `fields` and removes the fields
     /// labelled `remove` on record `uid`, and returns once they are saved.
-    /// `under_way` stops counting once the store is queued.
+    /// `under_way` stops counting once the store is queued. With `wait`, the
+    /// save first waits (bounded) for the stores of rotations under way.
     pub async fn store_rotation(
         &self,
         uid: &str,
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
-        under_way: Rotating<'_>,
+        under_way: Rotating,
+        wait: bool,
     ) -> Result<(), Arc<VaultError>> {
-        self.submit(uid, fields, remove, true, Some(under_way))
+        let waits = if wait { Waits::ForOthers } else { Waits::No };
+        self.submit(uid, fields, remove, waits, Some(under_way))
             .await
     }
 
@@ -95,7 +127,7 @@ impl VaultWriter {
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
     ) -> Result<(), Arc<VaultError>> {
-        self.submit(uid, fields, remove, false, None).await
+        self.submit(uid, fields, remove, Waits::Marker, None).await
     }
 
     async fn submit(
@@ -103,8 +135,8 @@ impl VaultWriter {
         uid: &str,
         fields: Vec<StoreField>,
         remove: Vec<&'static str>,
-        rotation: bool,
-        under_way: Option<Rotating<'_>>,
+        waits: Waits,
+        under_way: Option<Rotating>,
     ) -> Result<(), Arc<VaultError>> {
         let (done, result) = oneshot::channel();
         self.queue.lock().expect("queue lock").push(Queued {
@@ -112,13 +144,13 @@ impl VaultWriter {
                 uid: uid.to_string(),
                 fields,
                 remove,
-                rotation,
+                rotation: waits != Waits::Marker,
             },
             done: Some(done),
         });
         drop(under_way);
         let mut result = result;
-        if rotation {
+        if waits == Waits::ForOthers {
             // Another store's save may write this one meanwhile: then it is done.
             tokio::select! {
                 saved = &mut result => return saved.expect("every queued store is answered"),
@@ -129,24 +161,29 @@ impl VaultWriter {
         result.await.expect("every queued store is answered")
     }
 
-    /// Waits, at most `LINGER`, until no rotation is between `rotate` and
-    /// its store, so that their stores share this save.
+    /// Waits, at most `LINGER`, until no rotation is under way or `BATCH`
+    /// stores are queued, so that their stores share this save.
     async fn linger(&self) {
         if !self.lingers {
             return;
         }
         let deadline = tokio::time::Instant::now() + LINGER;
         loop {
-            let woken = self.progress.notified();
+            let woken = self.under_way.progress.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if self.rotating.load(Ordering::SeqCst) == 0 {
+            if self.under_way.count.load(Ordering::SeqCst) == 0 || self.queued_stores() >= BATCH {
                 return;
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return;
             }
         }
+    }
+
+    fn queued_stores(&self) -> usize {
+        let queue = self.queue.lock().expect("queue lock");
+        queue.iter().filter(|q| q.change.rotation).count()
     }
 
     /// `Vault::lease` for record `uid`; returns it read again if one was written.
@@ -290,25 +327,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (w, saves) = writer(dir.path());
         let (first, second) = (w.rotating(), w.rotating());
-        let a = w.store_rotation("a", key("1"), vec![], first);
-        let b = w.store_rotation("b", key("2"), vec![], second);
+        let a = w.store_rotation("a", key("1"), vec![], first, true);
+        let b = w.store_rotation("b", key("2"), vec![], second, true);
         let (a, b) = tokio::join!(a, b);
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(*saves.lock().unwrap(), [2]);
     }
 
     /// A rotation that never stores holds a save back for the linger, then
-    /// the save goes ahead alone.
-    #[tokio::test]
+    /// the save goes ahead alone. (The clock is tokio's, paused: it moves
+    /// only when every task waits, so the elapsed time says whether it waited.)
+    #[tokio::test(start_paused = true)]
     async fn a_save_waits_out_the_linger_for_a_rotation_that_never_stores() {
         let dir = tempfile::tempdir().unwrap();
         let (w, saves) = writer(dir.path());
         let stuck = w.rotating();
         let mine = w.rotating();
         let started = tokio::time::Instant::now();
-        w.store_rotation("a", key("1"), vec![], mine).await.unwrap();
+        w.store_rotation("a", key("1"), vec![], mine, true)
+            .await
+            .unwrap();
         assert!(started.elapsed() >= LINGER);
         assert_eq!(*saves.lock().unwrap(), [1]);
+        drop(stuck);
+    }
+
+    /// With `BATCH` stores queued, a save stops waiting for the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_save_waits_for_no_more_than_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, saves) = writer(dir.path());
+        let w = Arc::new(w);
+        let stuck = w.rotating();
+        let started = tokio::time::Instant::now();
+        let mut stores = tokio::task::JoinSet::new();
+        for i in 0..BATCH {
+            let (w, under_way) = (w.clone(), w.rotating());
+            let uid = if i % 2 == 0 { "a" } else { "b" };
+            stores.spawn(async move {
+                w.store_rotation(uid, key(&i.to_string()), vec![], under_way, true)
+                    .await
+            });
+        }
+        while let Some(stored) = stores.join_next().await {
+            assert!(stored.unwrap().is_ok());
+        }
+        assert!(started.elapsed() < LINGER, "{:?}", started.elapsed());
+        assert_eq!(*saves.lock().unwrap(), [BATCH]);
         drop(stuck);
     }
 }

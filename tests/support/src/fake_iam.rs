@@ -173,6 +173,8 @@ struct State {
 /// An answer to hold back: the fake signals `arrived`, then waits on `release`.
 struct Hold {
     action: String,
+    /// Only a call for this user, if set.
+    user: Option<String>,
     arrived: Sender<()>,
     release: Receiver<()>,
 }
@@ -400,12 +402,22 @@ impl FakeIam {
     /// Holds the answer to the next `action` after carrying it out; the returned
     /// receiver fires when the call is in flight. `release` lets it go.
     pub fn hold(&self, action: &str) -> Receiver<()> {
+        self.hold_call(action, None)
+    }
+
+    /// `hold`, for the next `action` on `user` only.
+    pub fn hold_for(&self, action: &str, user: &str) -> Receiver<()> {
+        self.hold_call(action, Some(user.into()))
+    }
+
+    fn hold_call(&self, action: &str, user: Option<String>) -> Receiver<()> {
         let (arrived_tx, arrived_rx) = channel();
         let (release_tx, release_rx) = channel::<()>();
         let mut s = self.state.lock().unwrap();
         // The release sender is parked in the state so `release` can find it.
         s.hold = Some(Hold {
             action: action.into(),
+            user,
             arrived: arrived_tx,
             release: release_rx,
         });
@@ -573,7 +585,12 @@ fn serve(stream: impl Read + Write, state: Arc<Mutex<State>>) {
         let hold = {
             let mut s = state.lock().unwrap();
             match &s.hold {
-                Some(h) if h.action == action => s.hold.take(),
+                Some(h)
+                    if h.action == action
+                        && h.user.iter().all(|u| params.get("UserName") == Some(u)) =>
+                {
+                    s.hold.take()
+                }
                 _ => None,
             }
         };

@@ -38,6 +38,17 @@ fn moto_server() -> PathBuf {
 impl Moto {
     /// Starts moto on a free port; the first three calls bootstrap an administrator.
     pub fn start() -> Self {
+        // The port is free when picked, but a parallel test may take it before
+        // moto binds it: moto then exits, and is started again on another.
+        for _ in 0..5 {
+            if let Some(moto) = Self::try_start() {
+                return moto;
+            }
+        }
+        panic!("moto_server exited at start five times (ports taken?)");
+    }
+
+    fn try_start() -> Option<Self> {
         let server = moto_server();
         let python = server.with_file_name("python");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -53,29 +64,46 @@ impl Moto {
             .spawn()
             .expect("start moto_server");
         let url = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "moto_server did not start"
-            );
-            sleep(Duration::from_millis(100));
-        }
         let mut moto = Self {
             url,
             child,
             python,
             admin: (String::new(), String::new()),
         };
-        let admin = moto.helper(&["bootstrap"]);
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if moto.exited() {
+                return None;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            sleep(Duration::from_millis(100));
+        }
+        let admin = match moto.try_helper(&["bootstrap"]) {
+            Ok(admin) => admin,
+            Err(_) if moto.exited() => return None,
+            Err(e) => panic!("moto_iam.py bootstrap failed: {e}"),
+        };
         moto.admin = (
             admin["key_id"].as_str().unwrap().into(),
             admin["secret"].as_str().unwrap().into(),
         );
-        moto
+        Some(moto)
+    }
+
+    /// Whether the server process has ended.
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     fn helper(&self, args: &[&str]) -> Value {
+        self.try_helper(args)
+            .unwrap_or_else(|e| panic!("moto_iam.py {args:?} failed: {e}"))
+    }
+
+    fn try_helper(&self, args: &[&str]) -> Result<Value, String> {
         let out = Command::new(&self.python)
             .arg(repo_root().join("tests/moto/moto_iam.py"))
             .args(["--endpoint", &self.url])
@@ -84,12 +112,10 @@ impl Moto {
             .env("MOTO_ADMIN_SECRET", &self.admin.1)
             .output()
             .expect("run tests/moto/moto_iam.py");
-        assert!(
-            out.status.success(),
-            "moto_iam.py {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("moto_iam.py prints JSON")
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).expect("moto_iam.py prints JSON"))
     }
 
     /// Creates a user; with `policy_on`, it gets the user guide's four actions.
