@@ -1,7 +1,12 @@
 //! Secret values, and the redaction of known secrets from text a guest hands us.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Mutex;
+
+/// No code panics while holding the redactor's lock.
+const UNPOISONED: &str = "the redactor's lock is never poisoned";
 
 /// A secret value. `Debug` and `Display` print `***`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -39,13 +44,15 @@ impl fmt::Display for Secret {
 ///
 /// One instance may see every record of a vault (vetting asks `subject` of
 /// each), so adding a secret and masking a text must not cost more with each
-/// secret known: both go through an index by first bytes (`Forms`).
-#[derive(Clone, Default)]
+/// secret known: both go through an index by first bytes (`Forms`). The
+/// encodings of a secret are worked out when a text is first masked after
+/// it was added, since most instances that see many secrets mask little.
+#[derive(Default)]
 pub struct Redactor {
     /// The secrets as given; decoded tokens are searched for these.
     secrets: Forms,
-    /// Every form to replace: each secret and its encodings.
-    forms: Forms,
+    /// Every form to replace, and the secrets whose forms are not in it yet.
+    forms: Mutex<(Forms, Vec<Box<str>>)>,
 }
 
 // Shorter values would mask ordinary words; real secrets are far longer.
@@ -55,15 +62,19 @@ impl Redactor {
     /// Adds a value to mask from now on.
     pub fn add(&mut self, secret: &str) {
         let s = secret.trim();
-        if !self.secrets.insert(s) {
-            return;
+        if self.secrets.insert(s) {
+            self.forms.get_mut().expect(UNPOISONED).1.push(s.into());
         }
+    }
+
+    /// Every form of `s` to replace: itself and its encodings.
+    fn forms_of(s: &str) -> [String; 7] {
         let percent: String =
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
         let json = serde_json::to_string(s).expect("a string serialises");
         let json = &json[1..json.len() - 1];
-        for form in [
+        [
             s.to_string(),
             url::form_urlencoded::byte_serialize(s.as_bytes()).collect(),
             lower_hex_escapes(&percent),
@@ -71,9 +82,19 @@ impl Redactor {
             json.to_string(),
             json.replace('/', "\\/"),
             s.escape_debug().to_string(),
-        ] {
-            self.forms.insert(&form);
+        ]
+    }
+
+    /// `text` with every form of every known secret masked.
+    fn mask(&self, text: &str) -> String {
+        let mut forms = self.forms.lock().expect(UNPOISONED);
+        let (index, pending) = &mut *forms;
+        for s in pending.drain(..) {
+            for form in Self::forms_of(&s) {
+                index.insert(&form);
+            }
         }
+        index.mask(text)
     }
 
     /// `text` with every known secret masked.
@@ -81,7 +102,7 @@ impl Redactor {
         if self.secrets.is_empty() {
             return text.to_string();
         }
-        let text = self.forms.mask(text);
+        let text = self.mask(text);
         // Encodings mixed in ways the list above does not foresee: decode each
         // token that has escapes and mask it whole if it hides a secret.
         let mut out = String::with_capacity(text.len());
@@ -120,16 +141,20 @@ impl Redactor {
 }
 
 /// Strings of at least `MIN_SECRET_LEN` bytes, found in a text in one scan:
-/// each is filed under its first bytes, so a position costs one lookup
-/// whatever the number of strings, and an insert costs one too. (A full
-/// automaton would be rebuilt on every insert; vetting inserts between scans.)
-#[derive(Clone, Default)]
+/// each is filed under its first bytes, then its length, so a text position
+/// costs one lookup per length filed there and an insert costs one lookup,
+/// however many strings share a start (a record editor can make thousands
+/// that do). A full automaton would be rebuilt on every insert; vetting
+/// inserts between scans.
+#[derive(Default)]
 struct Forms {
-    /// By first `MIN_SECRET_LEN` bytes; each list longest first, then in
-    /// byte order.
-    by_start: HashMap<[u8; MIN_SECRET_LEN], Vec<Box<str>>>,
+    /// By first `MIN_SECRET_LEN` bytes.
+    by_start: HashMap<[u8; MIN_SECRET_LEN], ByLength>,
     count: usize,
 }
+
+/// Strings of one start, by length, longest first.
+type ByLength = BTreeMap<Reverse<usize>, HashSet<Box<[u8]>>>;
 
 impl Forms {
     /// Adds `s` unless it is too short or known; says whether it was added.
@@ -137,15 +162,15 @@ impl Forms {
         let Some(start) = start_of(s.as_bytes(), 0) else {
             return false;
         };
-        let list = self.by_start.entry(start).or_default();
-        // Longest first, then in byte order: a binary search finds both a
-        // duplicate and the place, however many strings share a start.
-        let Err(at) = list.binary_search_by(|k| {
-            (std::cmp::Reverse(k.len()), &**k).cmp(&(std::cmp::Reverse(s.len()), s))
-        }) else {
+        let same_length = self
+            .by_start
+            .entry(start)
+            .or_default()
+            .entry(Reverse(s.len()))
+            .or_default();
+        if !same_length.insert(s.as_bytes().into()) {
             return false;
-        };
-        list.insert(at, s.into());
+        }
         self.count += 1;
         true
     }
@@ -156,10 +181,11 @@ impl Forms {
 
     /// The length of the longest string that starts at byte `at` of `text`.
     fn longest_at(&self, text: &[u8], at: usize) -> Option<usize> {
-        let list = self.by_start.get(&start_of(text, at)?)?;
-        list.iter()
-            .find(|k| text[at..].starts_with(k.as_bytes()))
-            .map(|k| k.len())
+        let lengths = self.by_start.get(&start_of(text, at)?)?;
+        lengths.iter().find_map(|(Reverse(len), strings)| {
+            let candidate = text.get(at..at + len)?;
+            strings.contains(candidate).then_some(*len)
+        })
     }
 
     /// `text` with each leftmost, longest string replaced by `***`.
@@ -277,6 +303,20 @@ mod tests {
             assert_eq!(r.redact(&text), "a *** b *** c");
         }
         assert_eq!(r.redact("wJalr/00000000+EXAMPLE"), "wJalr/00000000+EXAMPLE");
+    }
+
+    /// Forms are worked out at the first mask after an add: a secret added
+    /// after a text was masked is masked, in every form, from then on.
+    #[test]
+    fn a_secret_added_after_a_mask_is_masked_in_every_form() {
+        let mut r = Redactor::default();
+        r.add("first/secret+one");
+        assert_eq!(r.redact("x first%2Fsecret%2Bone y"), "x *** y");
+        r.add("second/secret+two");
+        assert_eq!(
+            r.redact("x second%2fsecret%2btwo y second\\/secret+two z"),
+            "x *** y *** z"
+        );
     }
 
     #[test]

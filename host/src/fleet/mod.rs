@@ -29,13 +29,13 @@ use crate::rotation::audit::AuditLog;
 use crate::rotation::audit::audit_entry;
 use crate::rotation::flow::{Rotator, rotate_record};
 use crate::rotation::identity::{GatewayIdentity, Lending};
-use crate::rotation::job::fleet_records;
+use crate::rotation::job::FleetReader;
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::turn::Slots;
 use crate::rotation::vetting::{self, VetError};
 use crate::sandbox::engine::{Limits, SandboxError};
 use crate::sandbox::plugin_set::{PluginPolicy, PluginSet, PluginSetError, PluginSource};
-use crate::vault::writer::{BATCH, VaultWriter};
+use crate::vault::writer::{BATCH, Rotating, VaultWriter};
 use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
 
 /// What `due` and `gateway` were asked to do.
@@ -154,51 +154,19 @@ impl Fleet {
         );
         let mut tasks = JoinSet::new();
         for (_, group) in groups {
-            let (fleet, writer, slots) = (self.clone(), writer.clone(), slots.clone());
-            let holdings = holdings.clone();
             // Counted before any task runs, so the first save waits for it.
             let first = writer.rotating();
+            let (fleet, writer, slots) = (self.clone(), writer.clone(), slots.clone());
+            let holdings = holdings.clone();
             tasks.spawn(async move {
-                let mut done = Vec::new();
-                let mut counted = Some(first);
-                for w in group {
-                    let under_way = counted.take().unwrap_or_else(|| writer.rotating());
-                    let turn = slots[w.plugin].begin().await;
-                    if fleet.stopping.load(Ordering::SeqCst) {
-                        done.push(Err(w.job.user_uid));
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let core = Rotator {
-                        plugin: &fleet.plugins.members()[w.plugin].plugin,
-                        writer: &writer,
-                        identity: &fleet.identity,
-                        holdings: holdings.clone(),
-                        stopping: &fleet.stopping,
-                        turn: Some(&turn),
-                    };
-                    let result = rotate_record(&core, &w.job, w.records.clone(), under_way).await;
-                    let audit = fleet.audit(&w, &result, started.elapsed());
-                    done.push(Ok((w.job.user_uid, w.next_due, result, audit)));
-                }
-                done
+                fleet
+                    .rotate_group(group, &writer, &slots, holdings, first)
+                    .await
             });
         }
         while let Some(group) = tasks.join_next().await {
             for outcome in group.expect("a rotation task does not panic") {
-                match outcome {
-                    Ok((uid, next_due, result, audit)) => {
-                        let mut e = Entry::new(&uid);
-                        e.next_due = next_due;
-                        record(&mut report, e, result);
-                        report.audit_failures.extend(audit);
-                    }
-                    Err(uid) => {
-                        let mut e = Entry::new(&uid);
-                        e.error = Some("the gateway is stopping; it was not started".into());
-                        report.skipped.push(e);
-                    }
-                }
+                outcome.report_into(&mut report);
             }
         }
         // Clears the `Rotation Pending` marks of finished rotations, in one save.
@@ -233,12 +201,13 @@ impl Fleet {
             .iter()
             .map(|m| vetting::Subjects::new(&m.plugin, &self.identity))
             .collect();
+        let mut reader = FleetReader::new(vault);
         for uid in vault.uids() {
             let Some(record) = vault.record(&uid) else {
                 continue;
             };
             holdings.add_record(&record, &id_fields);
-            let Some((uid, records)) = fleet_records(vault, record) else {
+            let Some((uid, records)) = reader.records(record) else {
                 continue;
             };
             let checked = match vetting::check_config(&records.user, &records.config, true)
@@ -294,6 +263,46 @@ impl Fleet {
         Ok((kept, holdings))
     }
 
+    /// The records of one login, one after another, each in its plugin's
+    /// turn. `first` counts the first as under way from before the task ran.
+    async fn rotate_group(
+        &self,
+        group: Vec<Work>,
+        writer: &VaultWriter,
+        slots: &[Slots],
+        holdings: Arc<Holdings>,
+        first: Rotating,
+    ) -> Vec<Done> {
+        let mut done = Vec::new();
+        let mut counted = Some(first);
+        for w in group {
+            let under_way = counted.take().unwrap_or_else(|| writer.rotating());
+            let turn = slots[w.plugin].begin().await;
+            if self.stopping.load(Ordering::SeqCst) {
+                done.push(Done::Skipped(w.job.user_uid));
+                continue;
+            }
+            let started = Instant::now();
+            let core = Rotator {
+                plugin: &self.plugins.members()[w.plugin].plugin,
+                writer,
+                identity: &self.identity,
+                holdings: holdings.clone(),
+                stopping: &self.stopping,
+                turn: Some(&turn),
+            };
+            let result = rotate_record(&core, &w.job, w.records.clone(), under_way).await;
+            let audit = self.audit(&w, &result, started.elapsed());
+            done.push(Done::Ran {
+                uid: w.job.user_uid,
+                next_due: w.next_due,
+                result: Box::new(result),
+                audit,
+            });
+        }
+        done
+    }
+
     /// Writes the attempt's audit line; an error says the line is missing.
     fn audit(
         &self,
@@ -319,6 +328,42 @@ impl Fleet {
 
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// What became of one record a pass took on.
+enum Done {
+    Ran {
+        uid: String,
+        next_due: Option<String>,
+        result: Box<Result<RunReport, RunError>>,
+        /// Why its audit line is missing, if it is.
+        audit: Option<String>,
+    },
+    /// Not started: the gateway is stopping.
+    Skipped(String),
+}
+
+impl Done {
+    fn report_into(self, report: &mut PassReport) {
+        match self {
+            Done::Ran {
+                uid,
+                next_due,
+                result,
+                audit,
+            } => {
+                let mut e = Entry::new(&uid);
+                e.next_due = next_due;
+                record(report, e, *result);
+                report.audit_failures.extend(audit);
+            }
+            Done::Skipped(uid) => {
+                let mut e = Entry::new(&uid);
+                e.error = Some("the gateway is stopping; it was not started".into());
+                report.skipped.push(e);
+            }
+        }
     }
 }
 

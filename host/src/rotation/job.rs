@@ -1,5 +1,7 @@
 //! One record's rotation as asked for: the job and the records it reads.
 
+use std::collections::HashMap;
+
 use crate::fields::PAM_USER_TYPE;
 use crate::fields::labels;
 use crate::record::Record;
@@ -42,24 +44,48 @@ impl Records {
     }
 }
 
-/// The records a fleet pass would rotate `user` with, if it is a fleet member.
-pub fn fleet_records(vault: &dyn Vault, user: Record) -> Option<(String, Records)> {
-    if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
-        return None;
+/// Reads fleet members' records from one vault: each config and provider
+/// record is read once, however many members name it (a vault of thousands
+/// of members usually names a handful).
+pub struct FleetReader<'v> {
+    vault: &'v dyn Vault,
+    named: HashMap<(&'static str, String), Option<Record>>,
+}
+
+impl<'v> FleetReader<'v> {
+    pub fn new(vault: &'v dyn Vault) -> Self {
+        Self {
+            vault,
+            named: HashMap::new(),
+        }
     }
-    let config = vault
-        .named(user.value(labels::CONFIG)?, labels::CONFIG, None)
-        .ok()?;
-    let provider = match user.value(labels::PROVIDER) {
-        Some(p) => Some(vault.named(p, labels::PROVIDER, None).ok()?),
-        None => None,
-    };
-    Some((
-        user.uid.clone(),
-        Records {
-            user,
-            config,
-            provider,
-        },
-    ))
+
+    /// The records a fleet pass would rotate `user` with, if it is a fleet member.
+    pub fn records(&mut self, user: Record) -> Option<(String, Records)> {
+        if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
+            return None;
+        }
+        let config = self.named(user.value(labels::CONFIG)?, labels::CONFIG)?;
+        let provider = match user.value(labels::PROVIDER) {
+            Some(p) => Some(self.named(p, labels::PROVIDER)?),
+            None => None,
+        };
+        Some((
+            user.uid.clone(),
+            Records {
+                user,
+                config,
+                provider,
+            },
+        ))
+    }
+
+    /// Record `uid`, as a field labelled `label` names it.
+    fn named(&mut self, uid: &str, label: &'static str) -> Option<Record> {
+        let vault = self.vault;
+        self.named
+            .entry((label, uid.to_string()))
+            .or_insert_with(|| vault.named(uid, label, None).ok())
+            .clone()
+    }
 }

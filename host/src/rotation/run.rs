@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use crate::holdings::Holdings;
 use crate::rotation::flow::{Rotator, rotate_record};
 use crate::rotation::identity::{GatewayIdentity, Lending};
-use crate::rotation::job::{Job, Records, fleet_records};
+use crate::rotation::job::{FleetReader, Job, Records};
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::vetting::{self};
 use crate::sandbox::engine::Limits;
@@ -91,6 +91,7 @@ async fn vet_run(
     vetting::check_scope(&job.user_uid, &mine, &records.config, false)?;
     // One record at a time: a vault is never held in memory twice.
     let holdings = Holdings::default();
+    let mut reader = FleetReader::new(vault);
     for uid in vault.uids() {
         let Some(record) = vault.record(&uid) else {
             continue;
@@ -99,7 +100,7 @@ async fn vet_run(
         if uid == job.user_uid {
             continue;
         }
-        let Some((_, theirs)) = fleet_records(vault, record) else {
+        let Some((_, theirs)) = reader.records(record) else {
             continue;
         };
         // Only the same plugin's records compete: another plugin's subjects
