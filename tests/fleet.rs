@@ -511,41 +511,54 @@ fn the_rate_cap_spaces_requests_across_jobs() {
     }
 }
 
-/// Killed mid-pass with four jobs: every key a record holds exists, and the
-/// next pass converges every record.
-#[test]
-fn killed_mid_pass_the_next_pass_converges() {
-    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
-    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
-    let f = fleet(&users, &[]);
-    // The first finalize is held: that record is stored, others are in flight or done.
-    let arrived = f.iam.hold("GetCallerIdentity");
+/// Six users, each due, with one key that its record holds.
+const SIX: [&str; 6] = ["ann", "ben", "cat", "dan", "eve", "fay"];
+
+fn six_users() -> Fleet {
+    let users: Vec<(&str, &[(&str, &str)])> = SIX.iter().map(|n| (*n, &[][..])).collect();
+    fleet(&users, &[])
+}
+
+/// Kills `due --jobs JOBS` `settle` after the fake holds `action`, then
+/// checks I3 in its output and I1 in the vault it left.
+fn kill_pass_when_held(f: &Fleet, action: &str, jobs: &str, settle: Duration) {
+    let arrived = f.iam.hold(action);
     let path = f.vault.path.to_str().unwrap();
-    let args = ["due", GUEST_WASM, "--vault", path, "--jobs", "4"];
-    let out = kill_when_arrived(&args, arrived, Duration::from_millis(100), &f.iam);
+    let args = ["due", GUEST_WASM, "--vault", path, "--jobs", jobs];
+    let out = kill_when_arrived(&args, arrived, settle, &f.iam);
     assert_eq!(out.code, -1, "the pass was meant to be killed");
     f.assert_no_leak(&out.all());
     assert_vault_at_rest(&f.vault);
     f.assert_recorded_keys_exist();
+}
+
+/// The next pass at `--jobs JOBS` converges every user, and leaves no
+/// record marked `Rotation Pending`.
+fn assert_next_pass_converges(f: &Fleet, jobs: &str) {
+    let (again, v) = due_json(f, &["--jobs", jobs]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for n in SIX {
+        f.assert_converged(n);
+        let pending = f.vault.field(&format!("u-{n}"), "Rotation Pending");
+        assert!(pending.is_none(), "{n}: {v}");
+    }
+}
+
+/// Killed mid-pass with four jobs: every key a record holds exists, and the
+/// next pass converges every record.
+#[test]
+fn killed_mid_pass_the_next_pass_converges() {
+    let f = six_users();
+    // The first finalize is held: that record is stored, others are in flight or done.
+    kill_pass_when_held(&f, "GetCallerIdentity", "4", Duration::from_millis(100));
     assert!(
-        names.iter().any(|n| f
+        SIX.iter().any(|n| f
             .vault
             .field(&format!("u-{n}"), "Rotation Pending")
             .is_some()),
         "no record was stored before its finalize"
     );
-
-    let (again, v) = due_json(&f, &["--jobs", "4"]);
-    assert_eq!(again.code, 0, "{}", again.all());
-    for n in names {
-        f.assert_converged(n);
-        assert!(
-            f.vault
-                .field(&format!("u-{n}"), "Rotation Pending")
-                .is_none(),
-            "{n}: {v}"
-        );
-    }
+    assert_next_pass_converges(&f, "4");
 }
 
 /// A store waiting for a shared save gives its turn to the next rotation:
@@ -554,9 +567,7 @@ fn killed_mid_pass_the_next_pass_converges() {
 /// rewrite for six stores).
 #[test]
 fn a_pass_stores_every_due_key_in_one_save_before_it_deletes_any_old_one() {
-    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
-    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
-    let f = fleet(&users, &[]);
+    let f = six_users();
     let arrived = f.iam.hold("DeleteAccessKey");
     let path = f.vault.path.to_str().unwrap();
     let child = command(&["due", GUEST_WASM, "--vault", path, "--jobs", "2"])
@@ -584,7 +595,7 @@ fn a_pass_stores_every_due_key_in_one_save_before_it_deletes_any_old_one() {
         .filter(|l| l.contains("vault group commit"))
         .collect();
     assert!(saves[0].contains("stores=6"), "{saves:#?}");
-    for n in names {
+    for n in SIX {
         f.assert_converged(n);
     }
     f.assert_no_leak(&out.all());
@@ -595,25 +606,9 @@ fn a_pass_stores_every_due_key_in_one_save_before_it_deletes_any_old_one() {
 /// stored and converges every record.
 #[test]
 fn killed_while_stores_wait_for_a_held_rotation_the_next_pass_converges() {
-    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
-    let users: Vec<(&str, &[(&str, &str)])> = names.iter().map(|n| (*n, &[][..])).collect();
-    let f = fleet(&users, &[]);
-    let arrived = f.iam.hold("CreateAccessKey");
-    let path = f.vault.path.to_str().unwrap();
-    let args = ["due", GUEST_WASM, "--vault", path, "--jobs", "2"];
-    let out = kill_when_arrived(&args, arrived, Duration::from_millis(300), &f.iam);
-    assert_eq!(out.code, -1, "the pass was meant to be killed");
-    f.assert_no_leak(&out.all());
-    assert_vault_at_rest(&f.vault);
-    f.assert_recorded_keys_exist();
-
-    let (again, v) = due_json(&f, &["--jobs", "2"]);
-    assert_eq!(again.code, 0, "{}", again.all());
-    for n in names {
-        f.assert_converged(n);
-        let pending = f.vault.field(&format!("u-{n}"), "Rotation Pending");
-        assert!(pending.is_none(), "{n}: {v}");
-    }
+    let f = six_users();
+    kill_pass_when_held(&f, "CreateAccessKey", "2", Duration::from_millis(300));
+    assert_next_pass_converges(&f, "2");
 }
 
 /// The audit log: one line per attempt, mode 0600, no secret.
