@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use super::file_lock::lock;
 use super::json_index::{Member, Slot, index, is_minified, minify};
 use super::keeper_shape::{apply_fields, remove_label, to_record};
+use super::record_json::record_from_json;
 use super::{Change, Vault, VaultError, VaultOptions};
 use crate::record::Record;
 use crate::record::StoreField;
@@ -337,7 +338,12 @@ impl FileVault {
     /// The record `uid`, if the vault has it.
     pub fn record(&self, uid: &str) -> Option<Record> {
         let index = *self.by_uid.get(uid)?;
-        Some(to_record(&self.value_at(index)))
+        Some(match &self.records[index] {
+            Slot::Changed(v) => to_record(v),
+            Slot::Raw(range) => {
+                record_from_json(&self.text[range.clone()]).expect("an indexed record parses")
+            }
+        })
     }
 
     /// The index of record `uid`, which a change names.

@@ -14,6 +14,7 @@ pub mod keeper_shape;
 #[cfg(feature = "ksm")]
 pub mod ksm;
 pub mod lease;
+mod record_json;
 pub mod writer;
 
 use std::io;
