@@ -163,6 +163,9 @@ async fn rotate_once(
         // Finishing an earlier run's: its fields are staged already.
         if run.ctx.staged.is_empty() {
             run.stage(&rotation, under_way).await?;
+        } else {
+            // Nothing to stage: no save should wait for this one.
+            drop(under_way);
         }
         return run.finalize_staged(&rotation).await;
     }

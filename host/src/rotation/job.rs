@@ -44,6 +44,9 @@ impl Records {
     }
 }
 
+/// The most config and provider records a `FleetReader` keeps.
+const MAX_NAMED: usize = 1024;
+
 /// Reads fleet members' records from one vault: each config and provider
 /// record is read once, however many members name it (a vault of thousands
 /// of members usually names a handful).
@@ -82,6 +85,11 @@ impl<'v> FleetReader<'v> {
 
     /// Record `uid`, as a field labelled `label` names it.
     fn named(&mut self, uid: &str, label: &'static str) -> Option<Record> {
+        // Members that each name a record of their own would otherwise keep
+        // a second copy of the vault here.
+        if self.named.len() >= MAX_NAMED {
+            self.named.clear();
+        }
         let vault = self.vault;
         self.named
             .entry((label, uid.to_string()))

@@ -743,6 +743,33 @@ mod tests {
         }
     }
 
+    /// serde_json's own tokens for numbers and raw values, spelled out as
+    /// keys by a record editor (even escaped), are refused at open rather
+    /// than failing every later read of the record; real numbers still read.
+    #[test]
+    fn keys_that_imitate_serde_jsons_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for body in [
+            r#"{"records": [{"uid": "u", "title": {"$serde_json::private::Number": "x"}}]}"#,
+            r#"{"records": [{"uid": "u", "title": {"\u0024serde_json::private::Number": "1", "b": 2}}]}"#,
+            r#"{"records": [{"uid": "u", "custom": [{"value": [{"$serde_json::private::RawValue": "{"}]}]}]}"#,
+        ] {
+            let p = write(dir.path(), body);
+            let e = FileVault::open(&p, &t()).unwrap_err();
+            assert!(
+                matches!(&e, VaultError::Malformed { why, .. } if why.contains("is reserved; rename it")),
+                "{body}: {e}"
+            );
+        }
+        let p = write(
+            dir.path(),
+            r#"{"records": [{"uid": "u", "type": "pamUser", "revision": 12345678901234567890123, "fields": [{"type": "n", "value": [1.50]}]}]}"#,
+        );
+        let v = FileVault::open(&p, &t()).unwrap();
+        let record = v.record("u").unwrap();
+        assert_eq!(record.fields[0].values[0].expose(), "1.50");
+    }
+
     /// Every field under the label or an alias gets the new value.
     #[test]
     fn every_field_with_the_label_or_an_alias_is_updated() {

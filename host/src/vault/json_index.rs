@@ -153,6 +153,34 @@ impl<'de> Deserialize<'de> for Entries<'de> {
 /// would keep only the last, and a rewrite would silently drop the others.
 struct NoDuplicateKeys;
 
+/// serde_json (with `arbitrary_precision` and `raw_value`) hands a number
+/// or raw value to a visitor as a one-key map under a key of this prefix.
+/// An object in the file that spells such a key out would make every later
+/// read of its record fail, so one is taken only as serde_json can read it.
+const SERDE_JSON_TOKEN: &str = "$serde_json::private::";
+
+/// A map whose first key `key` is one of serde_json's tokens: a number or a
+/// raw value, or a record editor's imitation, refused.
+fn token<'de, A: MapAccess<'de>>(
+    key: String,
+    first: bool,
+    mut map: A,
+) -> Result<NoDuplicateKeys, A::Error> {
+    let text = map.next_value::<String>()?;
+    let reads = if key.ends_with("Number") {
+        text.parse::<serde_json::Number>().is_ok()
+    } else {
+        serde_json::from_str::<Value>(&text).is_ok()
+    };
+    if first && reads && map.next_key::<de::IgnoredAny>()?.is_none() {
+        return Ok(NoDuplicateKeys);
+    }
+    Err(de::Error::custom(format!(
+        "the key \"{}\" is reserved; rename it",
+        crate::text::printable(&key)
+    )))
+}
+
 impl<'de> Deserialize<'de> for NoDuplicateKeys {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -164,6 +192,9 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
+                    if key.starts_with(SERDE_JSON_TOKEN) {
+                        return token(key, seen.is_empty(), map);
+                    }
                     if !seen.insert(key.clone()) {
                         return Err(de::Error::custom(format!(
                             "the key \"{key}\" appears twice"
