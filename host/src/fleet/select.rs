@@ -1,8 +1,6 @@
 //! Which records a pass takes: the vault's fleet members sorted into work to
 //! do now and report entries (disabled, bad fields, not due).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 
 use crate::exit::Exit;
@@ -12,7 +10,7 @@ use crate::fleet::schedule::{self, Due, FleetEntry, Member};
 use crate::fleet::{Entry, FleetOptions, PassReport};
 use crate::record::Record;
 use crate::rotation::grace::Ledger;
-use crate::rotation::job::{Job, Records};
+use crate::rotation::job::{FleetReader, Job, Records};
 use crate::sandbox::plugin::Subject;
 use crate::vault::Vault;
 
@@ -42,7 +40,7 @@ pub(super) fn bad_field(uid: &str, bad: &crate::fields::BadField) -> Entry {
 /// Sorts the vault's records into work to do now and report entries.
 pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
     let now = Utc::now();
-    let mut configs: HashMap<String, Option<Record>> = HashMap::new();
+    let mut reader = FleetReader::new(vault);
     let mut work = Vec::new();
     for uid in vault.uids() {
         let Some(user) = vault.record(&uid) else {
@@ -51,12 +49,7 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
         if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
             continue;
         }
-        let config = user.value(labels::CONFIG).and_then(|c| {
-            configs
-                .entry(c.to_string())
-                .or_insert_with(|| vault.named(c, labels::CONFIG, None).ok())
-                .clone()
-        });
+        let config = (user.value(labels::CONFIG)).and_then(|c| reader.named(c, labels::CONFIG));
         if let Some(w) = consider(vault, opts, report, now, user, config) {
             work.push(w);
         }

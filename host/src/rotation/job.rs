@@ -83,8 +83,8 @@ impl<'v> FleetReader<'v> {
         ))
     }
 
-    /// Record `uid`, as a field labelled `label` names it.
-    fn named(&mut self, uid: &str, label: &'static str) -> Option<Record> {
+    /// Record `uid`, as a field labelled `label` names it, if it reads.
+    pub fn named(&mut self, uid: &str, label: &'static str) -> Option<Record> {
         // Members that each name a record of their own would otherwise keep
         // a second copy of the vault here.
         if self.named.len() >= MAX_NAMED {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 /// The longest a save waits for rotations under way to queue their stores.
-pub const LINGER: Duration = Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The most rotation stores a save waits for: each waiting rotation keeps its
 /// plugin instance, so this bounds a pass's memory as well as its rewrites.
