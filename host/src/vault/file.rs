@@ -743,6 +743,43 @@ mod tests {
         }
     }
 
+    /// A record, or the file, that is not an object is refused by its kind:
+    /// the message never quotes the value, which may be a secret pasted in.
+    #[test]
+    fn a_value_in_the_wrong_place_is_named_by_its_kind_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (body, kind) in [
+            (
+                r#"{"records": ["wJalrXUtnFEMI/K7MDENG"]}"#,
+                "a string, not an object",
+            ),
+            (r#"{"records": [1234567890]}"#, "a number, not an object"),
+            (
+                r#"{"records": [["wJalrXUtnFEMI/K7MDENG"]]}"#,
+                "an array, not an object",
+            ),
+            (r#""wJalrXUtnFEMI/K7MDENG""#, "a string, not an object"),
+        ] {
+            let p = write(dir.path(), body);
+            let e = FileVault::open(&p, &t()).unwrap_err().to_string();
+            assert!(e.contains(kind), "{body}: {e}");
+            assert!(!e.contains("wJalr") && !e.contains("1234567890"), "{e}");
+        }
+    }
+
+    /// A key with control characters is named escaped in the error.
+    #[test]
+    fn a_duplicate_key_is_named_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"{"records": [{"uid": "u", "a\u001b[2Jb": 1, "a\u001b[2Jb": 2}]}"#,
+        );
+        let e = FileVault::open(&p, &t()).unwrap_err().to_string();
+        assert!(e.contains("appears twice"), "{e}");
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+    }
+
     /// serde_json's own tokens for numbers and raw values, spelled out as
     /// keys by a record editor (even escaped), are refused at open rather
     /// than failing every later read of the record; real numbers still read.
