@@ -11,10 +11,12 @@
 mod report;
 pub mod schedule;
 mod select;
+mod vet;
 
 use report::record;
 pub use report::{Entry, PassReport};
 use select::{Work, select};
+use vet::Vetter;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,14 +31,12 @@ use crate::rotation::audit::AuditLog;
 use crate::rotation::audit::audit_entry;
 use crate::rotation::flow::{Rotator, rotate_record};
 use crate::rotation::identity::{GatewayIdentity, Lending};
-use crate::rotation::job::FleetReader;
 use crate::rotation::report::{RunError, RunReport};
 use crate::rotation::turn::Slots;
-use crate::rotation::vetting::{self, VetError};
 use crate::sandbox::engine::{Limits, SandboxError};
 use crate::sandbox::plugin_set::{PluginPolicy, PluginSet, PluginSetError, PluginSource};
 use crate::vault::writer::{BATCH, Rotating, VaultWriter};
-use crate::vault::{Vault, VaultError, VaultOptions, VaultSource};
+use crate::vault::{VaultError, VaultOptions, VaultSource};
 
 /// What `due` and `gateway` were asked to do.
 #[derive(Debug, Clone)]
@@ -140,8 +140,10 @@ impl Fleet {
             .await
             .expect("the vault opener does not panic")?;
         let mut report = PassReport::default();
-        let work = select(vault.as_ref(), &self.opts, &mut report);
-        let (work, holdings) = self.vet(vault.as_ref(), work, &mut report).await?;
+        let id_fields = self.plugins.credential_id_fields().await?;
+        let mut vetter = Vetter::new(&self.plugins, &self.identity, id_fields);
+        let work = select(vault.as_ref(), &self.opts, &mut vetter, &mut report).await;
+        let (work, holdings) = vetter.finish(work, &mut report);
         let writer = Arc::new(VaultWriter::new(vault));
 
         let groups = by_login(work);
@@ -179,88 +181,6 @@ impl Fleet {
         report.finish();
         report.took = started.elapsed();
         Ok(report)
-    }
-
-    /// Who holds which credential (I6), and which members may rotate what they
-    /// name: a config record that is one, in scope, and no two members with one
-    /// subject. A member that fails here fails alone, due or not.
-    async fn vet(
-        &self,
-        vault: &dyn Vault,
-        work: Vec<Work>,
-        report: &mut PassReport,
-    ) -> Result<(Vec<Work>, Arc<Holdings>), FleetError> {
-        let id_fields = self.plugins.credential_id_fields().await?;
-        // One record at a time: a vault is never held in memory twice.
-        let holdings = Arc::new(Holdings::default());
-        let mut failed: BTreeMap<String, VetError> = BTreeMap::new();
-        let mut good = BTreeMap::new();
-        let mut subjects: Vec<_> = self
-            .plugins
-            .members()
-            .iter()
-            .map(|m| vetting::Subjects::new(&m.plugin, &self.identity))
-            .collect();
-        let mut reader = FleetReader::new(vault);
-        for uid in vault.uids() {
-            let Some(record) = vault.record(&uid) else {
-                continue;
-            };
-            holdings.add_record(&record, &id_fields);
-            let Some((uid, records)) = reader.records(record) else {
-                continue;
-            };
-            let checked = match vetting::check_config(&records.user, &records.config, true)
-                .and_then(|()| vetting::plugin_for(&self.plugins, &uid, &records.config))
-            {
-                Ok(i) => subjects[i].of(&records).await.and_then(|s| {
-                    vetting::check_scope(&uid, &s, &records.config, true).map(|()| (s, i))
-                }),
-                Err(e) => Err(e),
-            };
-            match checked {
-                Ok(s) => {
-                    good.insert(uid, s);
-                }
-                Err(e) => {
-                    failed.insert(uid, e);
-                }
-            }
-        }
-        // Per plugin: a plugin's subjects cannot fail another plugin's records.
-        for i in 0..self.plugins.members().len() {
-            failed.extend(vetting::duplicates(
-                good.iter()
-                    .filter(|(_, (_, p))| *p == i)
-                    .map(|(u, (s, _))| (u.as_str(), s)),
-            ));
-        }
-        let entry = |uid: &str, e: &VetError| {
-            let mut entry = Entry::new(uid);
-            entry.exit_code = Some(e.exit());
-            entry.error = Some(format!("{e}; the rest of the fleet was rotated"));
-            entry
-        };
-        // A record already reported (a bad field, or disabled) is reported once.
-        for e in report.failed.iter().chain(&report.skipped) {
-            failed.remove(&e.user_uid);
-        }
-        report.not_due.retain(|e| !failed.contains_key(&e.user_uid));
-        let kept = work
-            .into_iter()
-            .filter(|w| !failed.contains_key(&w.job.user_uid))
-            .map(|mut w| {
-                if let Some((s, i)) = good.remove(&w.job.user_uid) {
-                    w.subject = Some(s);
-                    w.plugin = i;
-                }
-                w
-            })
-            .collect();
-        report
-            .failed
-            .extend(failed.iter().map(|(uid, e)| entry(uid, e)));
-        Ok((kept, holdings))
     }
 
     /// The records of one login, one after another, each in its plugin's

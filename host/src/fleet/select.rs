@@ -7,6 +7,7 @@ use crate::exit::Exit;
 use crate::fields::PAM_USER_TYPE;
 use crate::fields::{labels, stamp};
 use crate::fleet::schedule::{self, Due, FleetEntry, Member};
+use crate::fleet::vet::Vetter;
 use crate::fleet::{Entry, FleetOptions, PassReport};
 use crate::record::Record;
 use crate::rotation::grace::Ledger;
@@ -37,8 +38,14 @@ pub(super) fn bad_field(uid: &str, bad: &crate::fields::BadField) -> Entry {
     e
 }
 
-/// Sorts the vault's records into work to do now and report entries.
-pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassReport) -> Vec<Work> {
+/// Sorts the vault's records into work to do now and report entries, and
+/// has `vetter` vet them: each record is read once.
+pub(super) async fn select(
+    vault: &dyn Vault,
+    opts: &FleetOptions,
+    vetter: &mut Vetter<'_>,
+    report: &mut PassReport,
+) -> Vec<Work> {
     let now = Utc::now();
     let mut reader = FleetReader::new(vault);
     let mut work = Vec::new();
@@ -46,15 +53,34 @@ pub(super) fn select(vault: &dyn Vault, opts: &FleetOptions, report: &mut PassRe
         let Some(user) = vault.record(&uid) else {
             continue;
         };
+        vetter.hold(&user);
         if !user.record_type.eq_ignore_ascii_case(PAM_USER_TYPE) {
             continue;
         }
         let config = (user.value(labels::CONFIG)).and_then(|c| reader.named(c, labels::CONFIG));
-        if let Some(w) = consider(vault, opts, report, now, user, config) {
+        let read = match (config, reader.provider(&user)) {
+            (Some(config), Some(provider)) => {
+                let records = Records {
+                    user,
+                    config,
+                    provider,
+                };
+                vetter.member(&records).await;
+                Read::Member(records)
+            }
+            (config, _) => Read::Partly(user, config),
+        };
+        if let Some(w) = consider(vault, opts, report, now, read) {
             work.push(w);
         }
     }
     work
+}
+
+/// A PAM user record as read: a member's records, or what of them reads.
+enum Read {
+    Member(Records),
+    Partly(Record, Option<Record>),
 }
 
 /// One PAM user record: work to do now, or an entry in the report.
@@ -63,9 +89,12 @@ fn consider(
     opts: &FleetOptions,
     report: &mut PassReport,
     now: DateTime<Utc>,
-    user: Record,
-    config: Option<Record>,
+    read: Read,
 ) -> Option<Work> {
+    let (user, config, provider) = match read {
+        Read::Member(r) => (r.user, Some(r.config), r.provider),
+        Read::Partly(user, config) => (user, config, None),
+    };
     let uid = user.uid.clone();
     let entry = match schedule::member(&user, config.as_ref(), opts.max_age) {
         Ok(Member::Outside) => return None,
@@ -107,12 +136,13 @@ fn consider(
         mark_pending: true,
         rotate: due == Due::Now,
     };
-    // The user and config records are read already; only the provider is left.
-    let provider = job
-        .provider_uid
-        .as_deref()
-        .map(|p| vault.named(p, labels::PROVIDER, None))
-        .transpose();
+    // A provider record read already is used; one that did not read is
+    // read again, for the error that says why.
+    let provider = match (job.provider_uid.as_deref(), provider) {
+        (Some(_), Some(p)) => Ok(Some(p)),
+        (Some(p), None) => vault.named(p, labels::PROVIDER, None).map(Some),
+        (None, _) => Ok(None),
+    };
     match provider {
         Ok(provider) => Some(Work {
             login: user.value_of_type("login").map(str::to_lowercase),

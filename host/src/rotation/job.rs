@@ -69,10 +69,7 @@ impl<'v> FleetReader<'v> {
             return None;
         }
         let config = self.named(user.value(labels::CONFIG)?, labels::CONFIG)?;
-        let provider = match user.value(labels::PROVIDER) {
-            Some(p) => Some(self.named(p, labels::PROVIDER)?),
-            None => None,
-        };
+        let provider = self.provider(&user)?;
         Some((
             user.uid.clone(),
             Records {
@@ -81,6 +78,15 @@ impl<'v> FleetReader<'v> {
                 provider,
             },
         ))
+    }
+
+    /// The provider record `user` names, if any; `None` if it names one
+    /// that does not read.
+    pub fn provider(&mut self, user: &Record) -> Option<Option<Record>> {
+        match user.value(labels::PROVIDER) {
+            Some(p) => self.named(p, labels::PROVIDER).map(Some),
+            None => Some(None),
+        }
     }
 
     /// Record `uid`, as a field labelled `label` names it, if it reads.
