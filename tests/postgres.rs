@@ -95,7 +95,7 @@ fn staged(v: &VaultFile) -> Option<String> {
 
 fn run(pg: &PgServer, v: &VaultFile, extra: &[&str]) -> Outcome {
     let ca = pg.ca_file.to_str().unwrap();
-    let mut args = vec!["--ca-file", ca, "--no-cache"];
+    let mut args = vec!["--ca-file", ca];
     args.extend_from_slice(extra);
     run_plugin(POSTGRES_WASM, v, "user1", "cfg1", &args)
 }
@@ -234,7 +234,7 @@ fn an_untrusted_server_certificate_is_refused_before_any_login() {
     let pg = server();
     let v = vault(&pg.url(), "app", &admin());
     let before = v.bytes();
-    let out = run_plugin(POSTGRES_WASM, &v, "user1", "cfg1", &["--no-cache"]);
+    let out = run_plugin(POSTGRES_WASM, &v, "user1", "cfg1", &[]);
     out.expect(1, &["TLS to postgresql://127.0.0.1", "--ca-file"]);
     assert_untouched(&pg, &v, &before, &out);
     assert!(!pg.log().contains("connection authorized: user=rotator"));
@@ -288,7 +288,6 @@ fn run_args(pg: &PgServer, v: &VaultFile, config: &str) -> Vec<String> {
         config,
         "--ca-file",
         ca,
-        "--no-cache",
     ]
     .map(String::from)
     .to_vec()
@@ -439,7 +438,6 @@ fn due(pg: &PgServer, plugins: &std::path::Path, v: &VaultFile) -> Outcome {
         "--ca-file",
         ca,
         "--json",
-        "--no-cache",
     ])
 }
 
@@ -554,13 +552,7 @@ fn refused(url: &str, tls: &str, why: &str) {
     extra.push(("text", "TLS", tls));
     let v = vault(url, "app", &extra);
     let before = v.bytes();
-    let out = run_plugin(
-        POSTGRES_WASM,
-        &v,
-        "user1",
-        "cfg1",
-        &["--no-cache", "--http-timeout", "5"],
-    );
+    let out = run_plugin(POSTGRES_WASM, &v, "user1", "cfg1", &["--http-timeout", "5"]);
     out.expect(1, &[why]);
     assert_eq!(v.bytes(), before, "{why}");
     assert_no_secrets(&out.all(), &[OLD, ADMIN_PW]);
@@ -724,7 +716,6 @@ impl InKeeper {
             "cfg1",
             "--ca-file",
             ca,
-            "--no-cache",
         ];
         let mut cmd = command(&args);
         cmd.env("SSL_CERT_FILE", self.dir.path().join("ca.pem"))

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use test_support::fake_iam::{FakeIam, Key};
 use test_support::moto::Moto;
@@ -17,10 +16,10 @@ pub use test_support::{assert_no_leak, assert_no_secrets};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rotate-host");
 
-/// One cache folder per test binary, so the guest is compiled once.
+/// One compile cache for every test binary (cargo runs them one after another),
+/// so each guest is compiled once per build of the host, not once per binary.
 pub fn cache_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    Path::new(concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-cache"))
 }
 
 /// What one `rotate-host` run printed and returned.

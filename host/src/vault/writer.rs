@@ -53,8 +53,9 @@ enum Waits {
 pub struct VaultWriter {
     vault: tokio::sync::Mutex<Box<dyn Vault>>,
     queue: Mutex<Vec<Queued>>,
-    /// Saves wait for rotations under way (a file vault: each save rewrites it).
-    lingers: bool,
+    /// How long saves wait for rotations under way: `LINGER` for a vault
+    /// whose saves rewrite it whole (a file), none otherwise.
+    linger: Option<Duration>,
     under_way: Arc<UnderWay>,
 }
 
@@ -83,11 +84,18 @@ impl Drop for Rotating {
 impl VaultWriter {
     pub fn new(vault: Box<dyn Vault>) -> Self {
         Self {
-            lingers: vault.rewrites_whole(),
+            linger: vault.rewrites_whole().then_some(LINGER),
             vault: tokio::sync::Mutex::new(vault),
             queue: Mutex::new(Vec::new()),
             under_way: Arc::default(),
         }
+    }
+
+    /// This writer with saves lingering `linger` (tests: real time, no paused clock).
+    #[cfg(test)]
+    fn lingering(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
     }
 
     /// Marks a rotation under way until its store is queued.
@@ -100,7 +108,7 @@ impl VaultWriter {
 
     /// Whether a store waits for others to share its save (a file vault).
     pub fn lingers(&self) -> bool {
-        self.lingers
+        self.linger.is_some()
     }
 
     /// Stores a rotation's new credential: sets `fields` and removes the fields
@@ -164,10 +172,10 @@ impl VaultWriter {
     /// Waits, at most `LINGER`, until no rotation is under way or `BATCH`
     /// stores are queued, so that their stores share this save.
     async fn linger(&self) {
-        if !self.lingers {
+        let Some(linger) = self.linger else {
             return;
-        }
-        let deadline = tokio::time::Instant::now() + LINGER;
+        };
+        let deadline = tokio::time::Instant::now() + linger;
         loop {
             let woken = self.under_way.progress.notified();
             tokio::pin!(woken);
@@ -335,29 +343,32 @@ mod tests {
     }
 
     /// A rotation that never stores holds a save back for the linger, then
-    /// the save goes ahead alone. (The clock is tokio's, paused: it moves
-    /// only when every task waits, so the elapsed time says whether it waited.)
-    #[tokio::test(start_paused = true)]
+    /// the save goes ahead alone.
+    #[tokio::test]
     async fn a_save_waits_out_the_linger_for_a_rotation_that_never_stores() {
         let dir = tempfile::tempdir().unwrap();
         let (w, saves) = writer(dir.path());
+        let linger = Duration::from_millis(300);
+        let w = w.lingering(linger);
         let stuck = w.rotating();
         let mine = w.rotating();
         let started = tokio::time::Instant::now();
         w.store_rotation("a", key("1"), vec![], mine, true)
             .await
             .unwrap();
-        assert!(started.elapsed() >= LINGER);
+        assert!(started.elapsed() >= linger);
         assert_eq!(*saves.lock().unwrap(), [1]);
         drop(stuck);
     }
 
-    /// With `BATCH` stores queued, a save stops waiting for the rest.
-    #[tokio::test(start_paused = true)]
+    /// With `BATCH` stores queued, a save stops waiting for the rest: with
+    /// a linger of an hour, the stores end long before it would.
+    #[tokio::test]
     async fn a_save_waits_for_no_more_than_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let (w, saves) = writer(dir.path());
-        let w = Arc::new(w);
+        let linger = Duration::from_secs(3600);
+        let w = Arc::new(w.lingering(linger));
         let stuck = w.rotating();
         let started = tokio::time::Instant::now();
         let mut stores = tokio::task::JoinSet::new();
@@ -369,10 +380,16 @@ mod tests {
                     .await
             });
         }
-        while let Some(stored) = stores.join_next().await {
-            assert!(stored.unwrap().is_ok());
-        }
-        assert!(started.elapsed() < LINGER, "{:?}", started.elapsed());
+        // A save that waited out the linger would fail here, not hang the suite.
+        let all = async {
+            while let Some(stored) = stores.join_next().await {
+                assert!(stored.unwrap().is_ok());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(300), all)
+            .await
+            .expect("the batch's save did not wait for the stuck rotation");
+        assert!(started.elapsed() < linger, "{:?}", started.elapsed());
         assert_eq!(*saves.lock().unwrap(), [BATCH]);
         drop(stuck);
     }
