@@ -344,6 +344,38 @@ fn redirects_are_not_followed() {
     );
 }
 
+/// An answer whose status line and headers run past 16 KiB is refused, by
+/// that name, as a lost connection (the request went out), not buffered.
+#[test]
+fn an_oversized_response_head_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        // Held open: the head alone must be refused, not the connection's end.
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let filler = "x".repeat(1000);
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..40 {
+                head.push_str(&format!("x-filler-{i}: {filler}\r\n"));
+            }
+            head.push_str("content-length: 0\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            held.push(stream);
+        }
+    });
+    let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
+    let out = run_hostile(&vault, &[]);
+    assert!(
+        out.stderr.contains("send error: SendError::ConnectionLost(\"response header is too big"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("status 200"), "{}", out.stderr);
+}
+
 #[test]
 fn response_bodies_are_capped() {
     let url = serve(vec![b'x'; 2 << 20], Duration::ZERO);

@@ -120,6 +120,12 @@ impl Default for HttpConfig {
 /// A bundle of every public root CA is about 250 KiB.
 const MAX_CA_FILE_BYTES: u64 = 16 << 20;
 
+/// ureq's buffers, each way.
+const BUFFER_BYTES: usize = 32 * 1024;
+
+/// The most an answer's status line and headers may take.
+const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
+
 /// Reads the PEM certificates of a `--ca-file`.
 pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> {
     let pem = crate::fsguard::read_regular(path, MAX_CA_FILE_BYTES)
@@ -184,6 +190,14 @@ impl Outbound {
                 // A redirect could lead outside the allowlist.
                 .max_redirects(0)
                 .max_redirects_will_error(false)
+                // ureq zero-fills 128 KiB each way per connection, and a
+                // rotation's connections are new: that was a tenth of a
+                // pass's CPU. A plugin's requests and answer heads are small.
+                .input_buffer_size(BUFFER_BYTES)
+                .output_buffer_size(BUFFER_BYTES)
+                // Below the buffer's size, so that a longer head is named
+                // as such (ureq reads a full buffer as the peer's end).
+                .max_response_header_size(MAX_RESPONSE_HEAD_BYTES)
                 .build()
                 .into()
         };
