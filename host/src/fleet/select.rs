@@ -136,14 +136,7 @@ fn consider(
         mark_pending: true,
         rotate: due == Due::Now,
     };
-    // A provider record read already is used; one that did not read is
-    // read again, for the error that says why.
-    let provider = match (job.provider_uid.as_deref(), provider) {
-        (Some(_), Some(p)) => Ok(Some(p)),
-        (Some(p), None) => vault.named(p, labels::PROVIDER, None).map(Some),
-        (None, _) => Ok(None),
-    };
-    match provider {
+    match provider_of(vault, &job, provider) {
         Ok(provider) => Some(Work {
             login: user.value_of_type("login").map(str::to_lowercase),
             subject: None,
@@ -163,6 +156,20 @@ fn consider(
             report.failed.push(entry);
             None
         }
+    }
+}
+
+/// The job's provider record: the one read already, or, if it did not
+/// read, read again for the error that says why.
+fn provider_of(
+    vault: &dyn Vault,
+    job: &Job,
+    read: Option<Record>,
+) -> Result<Option<Record>, crate::vault::VaultError> {
+    match (job.provider_uid.as_deref(), read) {
+        (Some(_), Some(p)) => Ok(Some(p)),
+        (Some(p), None) => vault.named(p, labels::PROVIDER, None).map(Some),
+        (None, _) => Ok(None),
     }
 }
 
