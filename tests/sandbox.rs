@@ -369,7 +369,8 @@ fn an_oversized_response_head_is_refused() {
     let vault = hostile_vault("fetch", &[("url", "AWS Endpoint URL", &url)]);
     let out = run_hostile(&vault, &[]);
     assert!(
-        out.stderr.contains("send error: SendError::ConnectionLost(\"response header is too big"),
+        out.stderr
+            .contains("send error: SendError::ConnectionLost(\"response header is too big"),
         "{}",
         out.stderr
     );
