@@ -759,6 +759,8 @@ mod tests {
                 "an array, not an object",
             ),
             (r#""wJalrXUtnFEMI/K7MDENG""#, "a string, not an object"),
+            (r#"1234567890"#, "a number, not an object"),
+            (r#"{"records": [1234567890.5]}"#, "a number, not an object"),
         ] {
             let p = write(dir.path(), body);
             let e = FileVault::open(&p, &t()).unwrap_err().to_string();

@@ -137,14 +137,16 @@ impl<'de> Deserialize<'de> for Entries<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
                 let mut out: Vec<(String, &'de RawValue)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
+                let mut keys = Keys::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     if key.starts_with(SERDE_JSON_TOKEN) {
-                        return Err(reserved(&key));
+                        token(&key, keys.is_empty(), map)?;
+                        return Err(not("a number", "an object"));
                     }
-                    if out.iter().any(|(k, _)| *k == key) {
+                    if !keys.insert(key.clone()) {
                         return Err(twice(&key));
                     }
-                    out.push((key, map.next_value()?));
+                    out.push((key.into_owned(), map.next_value()?));
                 }
                 Ok(Entries(out))
             }
@@ -156,6 +158,15 @@ impl<'de> Deserialize<'de> for Entries<'de> {
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Entries<'de>, E> {
                 Err(not("a boolean", "an object"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Entries<'de>, E> {
+                Err(not("a number", "an object"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Entries<'de>, E> {
+                Err(not("a number", "an object"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Entries<'de>, E> {
+                Err(not("a number", "an object"))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Entries<'de>, E> {
                 Err(not("null", "an object"))
